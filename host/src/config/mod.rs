@@ -1,0 +1,540 @@
+//! The TOML configuration: one file, unknown keys are errors, every value
+//! has a sane default, and [`Config::validate`] names the offending key.
+
+mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use units::{Bytes, Seconds};
+
+/// A configuration problem, with the dotted key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Problem {
+    /// Dotted path of the offending key, e.g. `listener[0].address`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, wrong type or unknown key (toml names line and key).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, including line, column and key.
+        message: String,
+    },
+    /// The file parsed but its values do not make sense together.
+    #[error("{path}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Everything found wrong.
+        problems: Vec<Problem>,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity, spool and trusted networks.
+    pub server: Server,
+    /// SMTP protocol settings and limits.
+    #[serde(default)]
+    pub smtp: Smtp,
+    /// Where Postern listens (`[[listener]]`).
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Listener>,
+    /// The resolver.
+    #[serde(default)]
+    pub dns: Dns,
+    /// Local domains, users and mailboxes.
+    #[serde(default)]
+    pub local: Local,
+    /// Aliases: local part (any local domain) or full address → targets.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Targets>,
+    /// Queue and delivery behaviour.
+    #[serde(default)]
+    pub queue: Queue,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Our fully qualified host name (`myhostname`).
+    pub hostname: String,
+    /// Our domain (`mydomain`); default: the host name minus its first label.
+    pub domain: Option<String>,
+    /// Domain for unqualified addresses (`myorigin`); default: `domain`.
+    pub origin: Option<String>,
+    /// Spool directory (queue files); relative to the working directory.
+    #[serde(default = "default_spool")]
+    pub spool_dir: PathBuf,
+    /// Networks allowed to relay (`mynetworks`). Default: none.
+    #[serde(default)]
+    pub trusted_networks: Vec<IpNet>,
+    /// How long SIGTERM waits for sessions and deliveries to finish.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Seconds,
+}
+
+fn default_spool() -> PathBuf {
+    PathBuf::from("var/spool")
+}
+
+fn default_shutdown_grace() -> Seconds {
+    Seconds(std::time::Duration::from_secs(30))
+}
+
+impl Server {
+    /// `mydomain` with Postfix's defaulting rule.
+    pub fn domain(&self) -> String {
+        if let Some(d) = &self.domain {
+            return d.to_ascii_lowercase();
+        }
+        match self.hostname.split_once('.') {
+            Some((_, rest)) if rest.contains('.') => rest.to_ascii_lowercase(),
+            _ => self.hostname.to_ascii_lowercase(),
+        }
+    }
+
+    /// `myorigin` with Postfix's defaulting rule.
+    pub fn origin(&self) -> String {
+        self.origin
+            .as_ref()
+            .map(|o| o.to_ascii_lowercase())
+            .unwrap_or_else(|| self.domain())
+    }
+}
+
+/// `[smtp]`: protocol settings (Postfix `smtpd_*` names in brackets).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Refuse MAIL before HELO/EHLO (`smtpd_helo_required`).
+    pub helo_required: bool,
+    /// Require `<>` around envelope addresses (`strict_rfc821_envelopes`).
+    pub strict_envelopes: bool,
+    /// Answer VRFY (`disable_vrfy_command = no`).
+    pub vrfy: bool,
+    /// Report connect/HELO/MAIL rejects at RCPT (`smtpd_delay_reject`).
+    pub delay_reject: bool,
+    /// Longest command line accepted (`line_length_limit`).
+    pub max_line_length: usize,
+    /// Recipients per message (`smtpd_recipient_limit`).
+    pub max_recipients: usize,
+    /// Largest message (`message_size_limit`).
+    pub max_message_size: Bytes,
+    /// Time allowed to finish a command line once it has started.
+    pub command_timeout: Seconds,
+    /// Time to wait for the next command (`smtpd_timeout`).
+    pub idle_timeout: Seconds,
+    /// Time allowed between reads while message content arrives.
+    pub data_timeout: Seconds,
+    /// Errors before the session is closed (`smtpd_hard_error_limit`).
+    pub max_errors: u32,
+    /// Errors after which every error reply is delayed (`smtpd_soft_error_limit`).
+    pub error_delay_after: u32,
+    /// The delay applied after `error_delay_after` (`smtpd_error_sleep_time`).
+    pub error_delay: Seconds,
+    /// Concurrent sessions over all listeners (`smtpd process limit`).
+    pub max_connections: usize,
+    /// Concurrent sessions per client IP (`smtpd_client_connection_count_limit`).
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Smtp {
+    fn default() -> Smtp {
+        use std::time::Duration;
+        Smtp {
+            helo_required: false,
+            strict_envelopes: false,
+            vrfy: false,
+            delay_reject: true,
+            max_line_length: 2048,
+            max_recipients: 1000,
+            max_message_size: Bytes(10_240_000),
+            command_timeout: Seconds(Duration::from_secs(60)),
+            idle_timeout: Seconds(Duration::from_secs(300)),
+            data_timeout: Seconds(Duration::from_secs(180)),
+            max_errors: 20,
+            error_delay_after: 10,
+            error_delay: Seconds(Duration::from_secs(1)),
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+        }
+    }
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name for logs and plugins (default: the address).
+    pub name: Option<String>,
+    /// Socket address to bind.
+    pub address: SocketAddr,
+}
+
+impl Listener {
+    /// The listener's name for logs.
+    pub fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.address.to_string())
+    }
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Nameservers (UDP and TCP); empty means the system's resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Timeout per query.
+    pub timeout: Seconds,
+    /// Look up the client's PTR at connect (for `Received:` and plugins).
+    pub reverse_lookup: bool,
+}
+
+impl Default for Dns {
+    fn default() -> Dns {
+        Dns {
+            nameservers: Vec::new(),
+            timeout: Seconds(std::time::Duration::from_secs(3)),
+            reverse_lookup: true,
+        }
+    }
+}
+
+/// `[local]`: domains delivered here, their users and mailboxes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Local {
+    /// Domains whose mail is delivered locally (`mydestination`).
+    pub domains: Vec<String>,
+    /// Local users; each has the same mailbox in every local domain.
+    pub users: Vec<String>,
+    /// Maildir path template; `{user}` is replaced by the user name.
+    pub maildir: String,
+    /// Separator between user and tag (`recipient_delimiter`); empty disables.
+    pub recipient_delimiter: String,
+}
+
+impl Default for Local {
+    fn default() -> Local {
+        Local {
+            domains: Vec::new(),
+            users: Vec::new(),
+            maildir: "var/mail/{user}/Maildir".into(),
+            recipient_delimiter: "+".into(),
+        }
+    }
+}
+
+/// Alias targets: one address or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Targets {
+    /// A single target.
+    One(String),
+    /// Several targets.
+    Many(Vec<String>),
+}
+
+impl Targets {
+    /// The targets as a slice-like list.
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Targets::One(t) => vec![t.clone()],
+            Targets::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[queue]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// Deliveries in flight at once.
+    pub delivery_concurrency: usize,
+    /// First retry delay after a temporary failure.
+    pub retry_initial: Seconds,
+    /// Longest retry delay (the backoff doubles up to this).
+    pub retry_max: Seconds,
+    /// After this long in the queue a message is given up (held for the
+    /// operator until bounces exist).
+    pub max_lifetime: Seconds,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        use std::time::Duration;
+        Queue {
+            delivery_concurrency: 32,
+            retry_initial: Seconds(Duration::from_secs(300)),
+            retry_max: Seconds(Duration::from_secs(4000)),
+            max_lifetime: Seconds(Duration::from_secs(5 * 86400)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// Everything that is wrong with the values, each with its key.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            out.push(Problem {
+                key: key.to_string(),
+                message,
+            })
+        };
+        if !is_hostname(&self.server.hostname) || !self.server.hostname.contains('.') {
+            bad(
+                "server.hostname",
+                format!(
+                    "{:?} is not a fully qualified host name",
+                    self.server.hostname
+                ),
+            );
+        }
+        if self.listeners.is_empty() {
+            bad("listener", "at least one [[listener]] is required".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !seen.insert(l.address) {
+                bad(
+                    &format!("listener[{i}].address"),
+                    format!("{} is used twice", l.address),
+                );
+            }
+        }
+        let s = &self.smtp;
+        if s.max_line_length < 512 {
+            bad(
+                "smtp.max_line_length",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+            );
+        }
+        if s.max_recipients < 1 {
+            bad("smtp.max_recipients", "must be at least 1".into());
+        }
+        if s.max_message_size.0 < 1024 {
+            bad(
+                "smtp.max_message_size",
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        if s.max_errors < 1 {
+            bad("smtp.max_errors", "must be at least 1".into());
+        }
+        if s.max_connections < 1 || s.max_connections_per_ip < 1 {
+            bad(
+                "smtp.max_connections",
+                "connection limits must be at least 1".into(),
+            );
+        }
+        for (i, d) in self.local.domains.iter().enumerate() {
+            if !is_hostname(d) {
+                bad(
+                    &format!("local.domains[{i}]"),
+                    format!("{d:?} is not a domain name"),
+                );
+            }
+        }
+        for (i, u) in self.local.users.iter().enumerate() {
+            if u.is_empty() || u.contains(['@', '/', ' ']) || u.starts_with('.') {
+                bad(
+                    &format!("local.users[{i}]"),
+                    format!("{u:?} is not a valid user name"),
+                );
+            }
+        }
+        if !self.local.maildir.contains("{user}") && self.local.users.len() > 1 {
+            bad(
+                "local.maildir",
+                "must contain {user} when there are several users".into(),
+            );
+        }
+        if self.local.recipient_delimiter.chars().count() > 1 {
+            bad(
+                "local.recipient_delimiter",
+                "must be one character or empty".into(),
+            );
+        }
+        let users: std::collections::HashSet<String> =
+            self.local.users.iter().map(|u| u.to_lowercase()).collect();
+        let domains: Vec<String> = self
+            .local
+            .domains
+            .iter()
+            .map(|d| d.to_lowercase())
+            .collect();
+        for (name, targets) in &self.aliases {
+            let key = format!("aliases.{name}");
+            if let Some((_, d)) = name.rsplit_once('@')
+                && !domains.contains(&d.to_lowercase())
+            {
+                bad(&key, format!("domain {d:?} is not in local.domains"));
+            }
+            let list = targets.list();
+            if list.is_empty() {
+                bad(&key, "has no targets".into());
+            }
+            for t in list {
+                if !t.contains('@')
+                    && !users.contains(&t.to_lowercase())
+                    && !self.aliases.contains_key(&t)
+                {
+                    bad(
+                        &key,
+                        format!("target {t:?} is neither a local user, an alias nor an address"),
+                    );
+                }
+            }
+        }
+        if !self.local.domains.is_empty() {
+            for required in ["postmaster", "abuse"] {
+                let covered = users.contains(required)
+                    || self
+                        .aliases
+                        .keys()
+                        .any(|k| k.eq_ignore_ascii_case(required));
+                if !covered {
+                    bad(
+                        &format!("aliases.{required}"),
+                        format!(
+                            "RFC 5321/2142 need a {required} mailbox: add `{required} = \"<user>\"`"
+                        ),
+                    );
+                }
+            }
+        }
+        if self.queue.delivery_concurrency < 1 {
+            bad("queue.delivery_concurrency", "must be at least 1".into());
+        }
+        if self.queue.retry_initial.0.is_zero()
+            || self.queue.retry_max.0 < self.queue.retry_initial.0
+        {
+            bad(
+                "queue.retry_max",
+                "must be at least queue.retry_initial, which must be > 0".into(),
+            );
+        }
+        out
+    }
+}
+
+/// A plausible DNS host name (letters, digits, hyphens, dots).
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+hostname = "mx.example.test"
+[[listener]]
+address = "127.0.0.1:2525"
+[local]
+domains = ["example.test"]
+users = ["alice"]
+[aliases]
+postmaster = "alice"
+abuse = "alice"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_and_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.server.domain(), "example.test");
+        assert_eq!(c.server.origin(), "example.test");
+        assert_eq!(c.smtp.max_message_size, Bytes(10_240_000));
+        assert!(c.smtp.delay_reject);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let text = MINIMAL.replace("[local]", "[local]\nmaildirs = \"x\"");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `maildirs`"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let text = MINIMAL.replace("postmaster = \"alice\"", "postmaster = \"nobody\"");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("aliases.postmaster: target \"nobody\""),
+            "{err}"
+        );
+        let text = MINIMAL.replace("abuse = \"alice\"", "");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("aliases.abuse"), "{err}");
+        let text = MINIMAL.replace("127.0.0.1:2525", "127.0.0.1:99999");
+        assert!(load(&text).is_err());
+    }
+}

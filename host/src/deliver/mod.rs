@@ -1,0 +1,333 @@
+//! The delivery manager: takes queued messages, hands each recipient to its
+//! delivery agent, and reschedules temporary failures with exponential
+//! backoff. A message leaves the spool only when every recipient is done.
+
+pub mod maildir;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::route::{Destination, Router};
+use crate::spool::{DirSyncer, Spool, now_secs};
+
+/// Delivery settings taken from `[queue]` and `[server]`.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Our host name (Maildir file names).
+    pub hostname: String,
+    /// Deliveries in flight.
+    pub concurrency: usize,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Give up (hold) after this long.
+    pub max_lifetime: Duration,
+}
+
+/// Messages sent to the manager.
+#[derive(Debug)]
+pub enum Job {
+    /// A message was queued (or recovered): deliver it.
+    Queued(String),
+    /// Retry every deferred message now (`postern queue flush`).
+    Flush,
+}
+
+/// Handle used by sessions to hand over newly queued messages.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Queue {
+    /// Schedules delivery of a message that is now durable in the spool.
+    pub fn queued(&self, id: String) {
+        let _ = self.tx.send(Job::Queued(id));
+    }
+
+    /// Retries every deferred message now.
+    pub fn flush(&self) {
+        let _ = self.tx.send(Job::Flush);
+    }
+}
+
+/// The result of one delivery attempt.
+enum Outcome {
+    /// Every recipient is done; the message was removed.
+    Finished,
+    /// Some recipients must be retried at this time.
+    Retry(Instant),
+    /// The attempt could not even start (spool error); retry later.
+    Failed(String),
+}
+
+/// Shared, read-mostly inputs of a delivery attempt.
+struct Ctx {
+    spool: Arc<Spool>,
+    router: Arc<ArcSwap<Router>>,
+    syncer: DirSyncer,
+    cfg: DeliveryConfig,
+}
+
+/// Starts the manager; returns the handle and the task to await at shutdown.
+pub fn start(
+    spool: Arc<Spool>,
+    router: Arc<ArcSwap<Router>>,
+    syncer: DirSyncer,
+    cfg: DeliveryConfig,
+    recovered: Vec<String>,
+    shutdown: watch::Receiver<bool>,
+) -> (Queue, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        spool,
+        router,
+        syncer,
+        cfg,
+    });
+    let handle = tokio::spawn(run(ctx, rx, recovered, shutdown));
+    (Queue { tx }, handle)
+}
+
+async fn run(
+    ctx: Arc<Ctx>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    recovered: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ready: VecDeque<String> = VecDeque::new();
+    let mut waiting: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<(String, Outcome)> = JoinSet::new();
+
+    // Recovered messages keep their retry schedule.
+    let now_wall = now_secs();
+    for id in recovered {
+        let when = match ctx.spool.load_state(&id) {
+            Ok(Some(st)) if st.next_attempt > now_wall => {
+                Instant::now() + Duration::from_secs(st.next_attempt - now_wall)
+            }
+            _ => Instant::now(),
+        };
+        waiting.push(Reverse((when, id)));
+    }
+
+    let mut accepting = true;
+    loop {
+        // Move due retries to the ready queue.
+        let now = Instant::now();
+        while let Some(Reverse((when, _))) = waiting.peek() {
+            if *when > now {
+                break;
+            }
+            if let Some(Reverse((_, id))) = waiting.pop() {
+                ready.push_back(id);
+            }
+        }
+        while accepting && tasks.len() < ctx.cfg.concurrency {
+            let Some(id) = ready.pop_front() else { break };
+            if !in_flight.insert(id.clone()) {
+                continue;
+            }
+            let c = ctx.clone();
+            tasks.spawn_blocking(move || {
+                let outcome = attempt(&c, &id);
+                (id, outcome)
+            });
+        }
+        if !accepting && tasks.is_empty() {
+            break;
+        }
+        let next_wake = waiting
+            .peek()
+            .map(|Reverse((w, _))| *w)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            job = rx.recv(), if accepting => match job {
+                Some(Job::Queued(id)) => ready.push_back(id),
+                Some(Job::Flush) => {
+                    while let Some(Reverse((_, id))) = waiting.pop() {
+                        ready.push_back(id);
+                    }
+                }
+                None => accepting = false,
+            },
+            Some(res) = tasks.join_next(), if !tasks.is_empty() => match res {
+                Ok((id, outcome)) => {
+                    in_flight.remove(&id);
+                    match outcome {
+                        Outcome::Finished => {}
+                        Outcome::Retry(at) => waiting.push(Reverse((at, id))),
+                        Outcome::Failed(e) => {
+                            tracing::error!("{id}: delivery attempt failed: {e}");
+                            waiting.push(Reverse((Instant::now() + ctx.cfg.retry_initial, id)));
+                        }
+                    }
+                }
+                Err(e) => tracing::error!("delivery task failed: {e}"),
+            },
+            _ = tokio::time::sleep_until(next_wake.into()) => {}
+            _ = shutdown.changed(), if accepting => {
+                if *shutdown.borrow() {
+                    tracing::info!(
+                        "delivery: stopping, {} in flight, {} left in the queue for the next start",
+                        tasks.len(),
+                        ready.len() + waiting.len()
+                    );
+                    accepting = false;
+                }
+            }
+        }
+    }
+}
+
+/// Backoff for the n-th attempt: initial × 2^(n-1), capped.
+fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    cfg.retry_initial.saturating_mul(factor).min(cfg.retry_max)
+}
+
+/// One delivery attempt of one message (blocking).
+fn attempt(ctx: &Ctx, id: &str) -> Outcome {
+    let loaded = match ctx.spool.read(id) {
+        Ok(l) => l,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let mut state = match ctx.spool.load_state(id) {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let env = &loaded.envelope;
+    let router = ctx.router.load();
+    let delimiter = router.delimiter();
+    let started = now_secs();
+    let delay = |_: ()| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(env.arrival);
+        (now - env.arrival).max(0.0)
+    };
+    let return_path = format!("Return-Path: <{}>\r\n", env.sender);
+    let mut deferred: Option<String> = None;
+    for (i, rcpt) in env.recipients.iter().enumerate() {
+        if state.done.contains(&i) {
+            continue;
+        }
+        let to = rcpt.destination.address(delimiter);
+        match &rcpt.destination {
+            Destination::Local { user, tag, .. } => {
+                if !router.has_user(user) {
+                    tracing::warn!(
+                        "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred (user {user} no longer exists)",
+                        rcpt.original,
+                        delay(())
+                    );
+                    deferred = Some(format!("user {user} no longer exists"));
+                    continue;
+                }
+                let delivered_to = format!("Delivered-To: {to}\r\n");
+                let parts: [&[u8]; 4] = [
+                    return_path.as_bytes(),
+                    delivered_to.as_bytes(),
+                    env.prepend.as_bytes(),
+                    loaded.content(),
+                ];
+                match maildir::deliver(
+                    &router.maildir(user),
+                    tag.as_deref(),
+                    &parts,
+                    &ctx.cfg.hostname,
+                    &ctx.syncer,
+                ) {
+                    Ok(path) => {
+                        state.done.insert(i);
+                        tracing::info!(
+                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=sent (delivered to maildir {})",
+                            rcpt.original,
+                            delay(()),
+                            path.display()
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred ({e})",
+                            rcpt.original,
+                            delay(())
+                        );
+                        deferred = Some(e.to_string());
+                    }
+                }
+            }
+            Destination::Remote { .. } => {
+                let why = "remote delivery is not available in this version";
+                tracing::warn!(
+                    "{id}: to=<{to}>, orig_to=<{}>, relay=none, delay={:.2}, status=deferred ({why})",
+                    rcpt.original,
+                    delay(())
+                );
+                deferred = Some(why.into());
+            }
+        }
+    }
+    let Some(last_error) = deferred else {
+        return match ctx.spool.remove(id) {
+            Ok(()) => {
+                tracing::info!("{id}: removed");
+                Outcome::Finished
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+    };
+    state.attempts += 1;
+    state.last_error = Some(last_error.clone());
+    let wait = backoff(&ctx.cfg, state.attempts);
+    state.next_attempt = started + wait.as_secs();
+    let age = Duration::from_secs_f64(delay(()));
+    if age >= ctx.cfg.max_lifetime {
+        state.hold_reason = Some(format!(
+            "undeliverable for {}: {last_error}",
+            humantime::format_duration(Duration::from_secs(age.as_secs()))
+        ));
+        tracing::error!(
+            "{id}: giving up after {} attempts, message held: {last_error}",
+            state.attempts
+        );
+        return match ctx.spool.hold(id, &state) {
+            Ok(()) => Outcome::Finished,
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+    }
+    if let Err(e) = ctx.spool.save_state(id, &state) {
+        return Outcome::Failed(e.to_string());
+    }
+    Outcome::Retry(Instant::now() + wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let cfg = DeliveryConfig {
+            hostname: "h".into(),
+            concurrency: 1,
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(86400),
+        };
+        assert_eq!(backoff(&cfg, 1), Duration::from_secs(60));
+        assert_eq!(backoff(&cfg, 2), Duration::from_secs(120));
+        assert_eq!(backoff(&cfg, 4), Duration::from_secs(480));
+        assert_eq!(backoff(&cfg, 5), Duration::from_secs(600));
+        assert_eq!(backoff(&cfg, 100), Duration::from_secs(600));
+    }
+}

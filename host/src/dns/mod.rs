@@ -1,0 +1,84 @@
+//! The resolver: built from `[dns]` (explicit nameservers, never the system
+//! resolver when they are given) and the connect-time PTR check.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
+
+use crate::config::Dns as DnsConfig;
+
+/// The daemon's DNS client.
+#[derive(Clone)]
+pub struct Dns {
+    resolver: TokioResolver,
+    timeout: Duration,
+    reverse_lookup: bool,
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dns")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Dns {
+    /// Builds the resolver from the config.
+    pub fn new(cfg: &DnsConfig) -> anyhow::Result<Dns> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = cfg.timeout.0;
+        opts.attempts = 2;
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.ndots = 0;
+        let resolver = if cfg.nameservers.is_empty() {
+            TokioResolver::builder_tokio()?.with_options(opts).build()
+        } else {
+            let mut rc = ResolverConfig::new();
+            for addr in &cfg.nameservers {
+                rc.add_name_server(NameServerConfig::new(*addr, Protocol::Udp));
+                rc.add_name_server(NameServerConfig::new(*addr, Protocol::Tcp));
+            }
+            TokioResolver::builder_with_config(rc, TokioConnectionProvider::default())
+                .with_options(opts)
+                .build()
+        };
+        Ok(Dns {
+            resolver,
+            timeout: cfg.timeout.0,
+            reverse_lookup: cfg.reverse_lookup,
+        })
+    }
+
+    /// The underlying resolver (for plugins' DNS capability).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// The client's forward-confirmed PTR name (FCrDNS), like Postfix's
+    /// `client_name`: `None` when there is no PTR or it does not point back.
+    pub async fn verified_ptr(&self, ip: IpAddr) -> Option<String> {
+        if !self.reverse_lookup {
+            return None;
+        }
+        let budget = self.timeout * 2;
+        let work = async {
+            let names = self.resolver.reverse_lookup(ip).await.ok()?;
+            for name in names.iter() {
+                let host = name.0.to_utf8();
+                let host = host.trim_end_matches('.').to_string();
+                if let Ok(ips) = self.resolver.lookup_ip(format!("{host}.")).await
+                    && ips.iter().any(|a| a == ip)
+                {
+                    return Some(host);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(budget, work).await.ok().flatten()
+    }
+}

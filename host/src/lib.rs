@@ -1,0 +1,15 @@
+//! Postern: a mail transfer agent whose policy runs as sandboxed
+//! WebAssembly plugins.
+//!
+//! The crate is organised by concern: [`smtp`] is the protocol without I/O,
+//! [`server`] drives it over sockets, [`spool`] makes messages durable,
+//! [`route`] decides where they go and [`deliver`] takes them there.
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod dns;
+pub mod route;
+pub mod server;
+pub mod smtp;
+pub mod spool;

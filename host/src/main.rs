@@ -1,0 +1,5 @@
+//! The `postern` binary.
+
+fn main() -> std::process::ExitCode {
+    postern::cli::main()
+}

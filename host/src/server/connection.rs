@@ -1,0 +1,493 @@
+//! The tokio driver of one SMTP session: reads bytes into the receiver,
+//! feeds events to the session state machine, makes the decisions the
+//! session asks for (routing, relay control, spooling) and writes replies.
+//!
+//! Replies are buffered while pipelined input is pending and flushed before
+//! every read, which is exactly what RFC 2920 asks of a server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::generation::Generation;
+use super::trace::{TraceInfo, missing_headers, received};
+use crate::route::{Destination, RouteError};
+use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::smtp::command::{self, MailParams, ParseOptions};
+use crate::smtp::receiver::{Body, Event, Receiver};
+use crate::smtp::reply::{Reply, r};
+use crate::smtp::session::{Decision, Session, Step};
+use crate::spool::{self, Client, Envelope, Recipient, new_queue_id};
+
+/// Size of one socket read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the driver does after a step.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// One client connection.
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    generation: Arc<Generation>,
+    listener: usize,
+    shared: Arc<Shared>,
+    session: Session<Vec<Destination>>,
+    receiver: Receiver,
+    body: Body,
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    /// `name[ip]` for log lines, like Postfix.
+    client: String,
+    /// The last command verb, for "lost connection after X" lines.
+    last_verb: &'static str,
+}
+
+impl Connection {
+    /// Runs the session until QUIT, error, timeout or shutdown.
+    pub async fn serve(
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: usize,
+        generation: Arc<Generation>,
+        shared: Arc<Shared>,
+    ) {
+        let Some(lgen) = generation.listener(listener) else {
+            return;
+        };
+        let cfg = lgen.session.clone();
+        let ptr = shared.dns.verified_ptr(peer.ip()).await;
+        let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
+        tracing::info!("connect from {client} on {}", lgen.name);
+        let max_line = generation.config.smtp.max_line_length;
+        let mut conn = Connection {
+            stream,
+            peer,
+            listener,
+            shared,
+            session: Session::new(cfg, peer.ip(), ptr),
+            receiver: Receiver::new(max_line),
+            body: Body::new(0),
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+            client,
+            last_verb: "CONNECT",
+            generation,
+        };
+        conn.run().await;
+        tracing::info!(
+            "disconnect from {} messages={} errors={}",
+            conn.client,
+            conn.session.messages,
+            conn.session.errors()
+        );
+    }
+
+    async fn run(&mut self) {
+        let greeting = self.session.greeting_reply();
+        greeting.write_to(&mut self.out);
+        let smtp = &self.generation.config.smtp;
+        let (idle, command_timeout, data_timeout) = (
+            smtp.idle_timeout.0,
+            smtp.command_timeout.0,
+            smtp.data_timeout.0,
+        );
+        let mut line_started: Option<Instant> = None;
+        loop {
+            // Handle everything already buffered (pipelining).
+            while let Some(event) = self.receiver.next(&mut self.inbuf, &mut self.body) {
+                line_started = None;
+                let step = self.on_event(event);
+                match self.drive(step).await {
+                    Flow::Continue => {}
+                    Flow::Close => {
+                        let _ = self.flush().await;
+                        return;
+                    }
+                }
+            }
+            if self.flush().await.is_err() {
+                tracing::info!(
+                    "lost connection after {} from {}",
+                    self.last_verb,
+                    self.client
+                );
+                return;
+            }
+            // Choose the timeout for the next read.
+            let timeout = if self.receiver.in_content() {
+                data_timeout
+            } else if self.inbuf.is_empty() {
+                idle
+            } else {
+                let started = *line_started.get_or_insert_with(Instant::now);
+                command_timeout.saturating_sub(started.elapsed())
+            };
+            let mut shutdown = self.shared.shutdown.clone();
+            let busy = self.session.transaction().is_some() || self.receiver.in_content();
+            if *shutdown.borrow() && !busy {
+                self.reply_and_close(r(
+                    421,
+                    4,
+                    3,
+                    2,
+                    "Service shutting down, closing transmission channel",
+                ))
+                .await;
+                return;
+            }
+            self.inbuf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                res = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf)) => res,
+                _ = shutdown.changed(), if !busy => {
+                    self.reply_and_close(r(421, 4, 3, 2, "Service shutting down, closing transmission channel")).await;
+                    return;
+                }
+            };
+            match read {
+                Err(_) => {
+                    tracing::info!("timeout after {} from {}", self.last_verb, self.client);
+                    self.reply_and_close(r(421, 4, 4, 2, "Error: timeout exceeded"))
+                        .await;
+                    return;
+                }
+                Ok(Ok(0)) => {
+                    if self.session.transaction().is_some() || !self.inbuf.is_empty() {
+                        tracing::info!(
+                            "lost connection after {} from {}",
+                            self.last_verb,
+                            self.client
+                        );
+                    }
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(
+                        "lost connection after {} from {}: {e}",
+                        self.last_verb,
+                        self.client
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn reply_and_close(&mut self, reply: Reply) {
+        reply.write_to(&mut self.out);
+        let _ = self.flush().await;
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let res = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        res
+    }
+
+    fn qid(&self) -> &str {
+        self.session
+            .transaction()
+            .map(|t| t.id.as_str())
+            .unwrap_or("NOQUEUE")
+    }
+
+    /// Turns a receiver event into the session's next step.
+    fn on_event(&mut self, event: Event) -> Step {
+        match event {
+            Event::Line(line) => {
+                let opts = ParseOptions {
+                    strict_envelopes: self.generation.config.smtp.strict_envelopes,
+                };
+                match command::parse(&line, opts) {
+                    Ok(cmd) => {
+                        self.last_verb = cmd.verb();
+                        self.session.command(cmd)
+                    }
+                    Err(e) => {
+                        let shown =
+                            String::from_utf8_lossy(&line[..line.len().min(100)]).into_owned();
+                        tracing::info!(
+                            "{}: reject: {e} from {}: {:?}",
+                            self.qid(),
+                            self.client,
+                            shown
+                        );
+                        self.session.bad_command(&e)
+                    }
+                }
+            }
+            Event::LineTooLong => {
+                tracing::info!("{}: reject: line too long from {}", self.qid(), self.client);
+                self.session.line_too_long()
+            }
+            Event::DataEnd => self.session.data_end(&self.body),
+            Event::ChunkEnd => self.session.chunk_end(&self.body),
+            Event::BareNewline => {
+                tracing::warn!(
+                    "{}: reject: bare <CR> or <LF> in message data from {} (possible SMTP smuggling); disconnecting",
+                    self.qid(),
+                    self.client
+                );
+                self.session.bare_newline()
+            }
+        }
+    }
+
+    /// Carries out steps until one produces a reply.
+    async fn drive(&mut self, mut step: Step) -> Flow {
+        loop {
+            step = match step {
+                Step::Reply(reply) => {
+                    self.push_reply(reply).await;
+                    return Flow::Continue;
+                }
+                Step::Close(reply) => {
+                    if !reply.is_positive() && reply.code != 221 {
+                        tracing::info!(
+                            "{}: closing session with {} after {}: {}",
+                            self.qid(),
+                            self.client,
+                            self.last_verb,
+                            reply.summary()
+                        );
+                    }
+                    reply.write_to(&mut self.out);
+                    return Flow::Close;
+                }
+                Step::Helo(greeting) => self.session.helo_done(greeting, Decision::Accept(())),
+                Step::Mail(from, params) => self.mail(from, params),
+                Step::Rcpt(to) => {
+                    let decision = self.rcpt_decision(&to);
+                    if let Decision::Reject(reply) = &decision {
+                        tracing::info!(
+                            "{}: reject: RCPT from {}: {}; from=<{}> to=<{}> proto={} helo=<{}>",
+                            self.qid(),
+                            self.client,
+                            reply.summary(),
+                            self.session
+                                .transaction()
+                                .map(|t| t.from.to_string())
+                                .unwrap_or_default(),
+                            to,
+                            self.session.protocol(),
+                            self.session
+                                .greeting
+                                .as_ref()
+                                .map(|g| g.name.as_str())
+                                .unwrap_or("")
+                        );
+                    }
+                    self.session.rcpt_done(to, decision)
+                }
+                Step::StartData(reply) => {
+                    self.body = Body::new(self.session.config().max_message_size);
+                    self.receiver.start_data();
+                    reply.write_to(&mut self.out);
+                    return Flow::Continue;
+                }
+                Step::StartBdat(size) => {
+                    if self
+                        .session
+                        .transaction()
+                        .is_none_or(|t| t.rcpts.is_empty())
+                    {
+                        // The chunk will be drained and refused: keep nothing.
+                        self.body = Body::new(0);
+                    }
+                    self.receiver.start_bdat(size);
+                    return Flow::Continue;
+                }
+                Step::Commit => {
+                    let result = self.commit().await;
+                    self.receiver.reset_bdat();
+                    self.session.commit_done(result)
+                }
+                Step::Vrfy(arg) => {
+                    let reply = self.vrfy(&arg);
+                    self.session.vrfy_done(reply)
+                }
+                Step::StartTls(_) | Step::Auth { .. } => {
+                    self.session
+                        .fail(r(502, 5, 5, 1, "Error: command not implemented"))
+                }
+            };
+        }
+    }
+
+    /// Writes a reply, delaying error replies once a client has made many
+    /// errors (Postfix `smtpd_error_sleep_time`).
+    async fn push_reply(&mut self, reply: Reply) {
+        let smtp = &self.generation.config.smtp;
+        if !reply.is_positive() && self.session.errors() > smtp.error_delay_after {
+            let delay: Duration = smtp.error_delay.0;
+            let _ = self.flush().await;
+            tokio::time::sleep(delay).await;
+        }
+        reply.write_to(&mut self.out);
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) -> Step {
+        let id = new_queue_id();
+        self.body = Body::new(self.session.config().max_message_size);
+        self.receiver.reset_bdat();
+        tracing::debug!("{id}: client={}, from=<{from}>", self.client);
+        self.session
+            .mail_done(id, from, params, Decision::Accept(None))
+    }
+
+    /// Relay control and routing for one recipient. Relay control comes
+    /// first and is not configurable away: only trusted networks and
+    /// authenticated clients may send to domains that are not ours.
+    fn rcpt_decision(&self, to: &ForwardPath) -> Decision<Vec<Destination>> {
+        let router = &self.generation.router;
+        if let ForwardPath::Mailbox(m) = to
+            && !router.is_local_domain(&m.domain)
+            && !router.is_trusted(self.peer.ip())
+            && self.session.auth_user.is_none()
+        {
+            return Decision::Reject(r(554, 5, 7, 1, format!("<{m}>: Relay access denied")));
+        }
+        match router.resolve(to) {
+            Ok(dests) => Decision::Accept(dests),
+            Err(RouteError::UnknownUser) => Decision::Reject(r(
+                550,
+                5,
+                1,
+                1,
+                format!(
+                    "<{to}>: Recipient address rejected: User unknown in local recipient table"
+                ),
+            )),
+            Err(RouteError::AliasLoop) => Decision::Reject(r(
+                550,
+                5,
+                4,
+                6,
+                format!("<{to}>: Recipient address rejected: alias loop"),
+            )),
+        }
+    }
+
+    fn vrfy(&self, arg: &str) -> Reply {
+        let addr = arg.trim().trim_start_matches('<').trim_end_matches('>');
+        let Ok(path) = crate::smtp::address::parse_forward_path(addr, true) else {
+            return r(501, 5, 1, 3, "Bad recipient address syntax");
+        };
+        let router = &self.generation.router;
+        if let ForwardPath::Mailbox(m) = &path
+            && !router.is_local_domain(&m.domain)
+        {
+            return r(
+                252,
+                2,
+                0,
+                0,
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            );
+        }
+        match router.resolve(&path) {
+            Ok(_) => r(250, 2, 0, 0, format!("<{path}>")),
+            Err(_) => r(
+                550,
+                5,
+                1,
+                1,
+                format!("<{path}>: Recipient address rejected: User unknown"),
+            ),
+        }
+    }
+
+    /// Builds the envelope and trace headers and makes the message durable.
+    async fn commit(&mut self) -> Result<Reply, Reply> {
+        let Some(tx) = self.session.transaction() else {
+            return Err(r(503, 5, 5, 1, "Error: no transaction"));
+        };
+        let id = tx.id.clone();
+        let mut recipients: Vec<Recipient> = Vec::new();
+        for rcpt in &tx.rcpts {
+            for dest in &rcpt.route {
+                // Duplicate elimination, like Postfix: one copy per mailbox.
+                if !recipients.iter().any(|r| &r.destination == dest) {
+                    recipients.push(Recipient {
+                        original: rcpt.path.to_string(),
+                        destination: dest.clone(),
+                    });
+                }
+            }
+        }
+        let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].path.to_string());
+        let content = std::mem::take(&mut self.body.bytes);
+        let hostname = &self.generation.config.server.hostname;
+        let mut prepend = received(&TraceInfo {
+            helo: self.session.greeting.as_ref().map(|g| g.name.as_str()),
+            ptr: self.session.client_ptr.as_deref(),
+            ip: self.peer.ip(),
+            hostname,
+            protocol: self.session.protocol(),
+            tls: None,
+            id: &id,
+            single_rcpt: single.as_deref(),
+        });
+        prepend.push_str(&missing_headers(&content, &id, hostname));
+        let listener = self
+            .generation
+            .listener(self.listener)
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
+        let env = Envelope {
+            version: spool::format::ENVELOPE_VERSION,
+            id: id.clone(),
+            arrival: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            sender: tx.from.to_string(),
+            recipients,
+            prepend,
+            client: Client {
+                ip: self.peer.ip().to_string(),
+                ptr: self.session.client_ptr.clone(),
+                helo: self.session.greeting.as_ref().map(|g| g.name.clone()),
+                auth_user: self.session.auth_user.clone(),
+                listener,
+            },
+            smtputf8: tx.params.smtputf8,
+        };
+        let size = content.len();
+        let nrcpt = env.recipients.len();
+        let from = env.sender.clone();
+        match self.shared.spool.commit(content, env).await {
+            Ok(()) => {
+                tracing::info!(
+                    "{id}: client={}, from=<{from}>, size={size}, nrcpt={nrcpt}, proto={} (queued)",
+                    self.client,
+                    self.session.protocol()
+                );
+                self.shared.queue.queued(id.clone());
+                Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")))
+            }
+            Err(e) => {
+                tracing::error!("{id}: cannot queue message from {}: {e}", self.client);
+                Err(r(
+                    451,
+                    4,
+                    3,
+                    0,
+                    "Error: queue file write error, try again later",
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The daemon: binds listeners, recovers the spool, starts delivery, serves
+//! sessions, reloads on SIGHUP and drains on SIGTERM.
+
+pub mod connection;
+pub mod generation;
+pub mod limits;
+pub mod trace;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::deliver::{self, DeliveryConfig};
+use crate::dns::Dns;
+use crate::route::Router;
+use crate::smtp::reply::r;
+use crate::spool::{DirSyncer, Spool};
+use connection::Connection;
+use generation::Generation;
+use limits::{ConnLimits, Refused};
+
+/// State shared by every session of the daemon.
+pub struct Shared {
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// Hands queued messages to delivery.
+    pub queue: deliver::Queue,
+    /// The resolver.
+    pub dns: Dns,
+    /// Session counters.
+    pub limits: Arc<ConnLimits>,
+    /// The current generation; sessions take a snapshot at connect.
+    pub generation: ArcSwap<Generation>,
+    /// Becomes true when the daemon is stopping.
+    pub shutdown: watch::Receiver<bool>,
+    /// The router used by delivery (replaced on reload).
+    pub router: Arc<ArcSwap<Router>>,
+    /// Where the config was loaded from (for reloads).
+    pub config_path: PathBuf,
+    next_generation: AtomicU64,
+}
+
+impl Shared {
+    /// Loads the config again and swaps in a new generation if it is valid;
+    /// otherwise the running generation stays and the error is returned.
+    pub fn reload(&self) -> anyhow::Result<u64> {
+        let config = Config::load(&self.config_path)?;
+        let current = self.generation.load();
+        let old: Vec<_> = current.config.listeners.iter().map(|l| l.address).collect();
+        let new: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
+        if old != new {
+            anyhow::bail!(
+                "listener addresses changed: a restart is needed for that (nothing was reloaded)"
+            );
+        }
+        if config.server.spool_dir != current.config.server.spool_dir {
+            anyhow::bail!(
+                "server.spool_dir changed: a restart is needed for that (nothing was reloaded)"
+            );
+        }
+        let id = self.next_generation.fetch_add(1, Ordering::SeqCst);
+        let next = Generation::build(config, id)?;
+        self.router.store(next.router.clone());
+        self.generation.store(Arc::new(next));
+        Ok(id)
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let current = Generation::build(config, 1)?;
+    let cfg = &current.config;
+
+    let syncer = DirSyncer::start().context("cannot start the directory sync thread")?;
+    let spool = Arc::new(
+        Spool::open(&cfg.server.spool_dir, syncer.clone())
+            .with_context(|| format!("cannot open spool {}", cfg.server.spool_dir.display()))?,
+    );
+    let recovered = spool.recover().context("spool recovery failed")?;
+    if !recovered.is_empty() {
+        tracing::info!(
+            "recovered {} queued messages from the spool",
+            recovered.len()
+        );
+    }
+
+    let mut sockets = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let sock = TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("listener[{i}]: cannot listen on {}", l.address))?;
+        sockets.push((i, sock));
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let router = Arc::new(ArcSwap::from(current.router.clone()));
+    let (queue, delivery) = deliver::start(
+        spool.clone(),
+        router.clone(),
+        syncer,
+        DeliveryConfig {
+            hostname: cfg.server.hostname.clone(),
+            concurrency: cfg.queue.delivery_concurrency,
+            retry_initial: cfg.queue.retry_initial.0,
+            retry_max: cfg.queue.retry_max.0,
+            max_lifetime: cfg.queue.max_lifetime.0,
+        },
+        recovered,
+        shutdown_rx.clone(),
+    );
+    let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
+    let grace = cfg.server.shutdown_grace.0;
+    let listening: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| format!("{} ({})", l.address, l.name()))
+        .collect();
+    let shared = Arc::new(Shared {
+        spool,
+        queue,
+        dns,
+        limits: Arc::new(ConnLimits::default()),
+        generation: ArcSwap::from_pointee(current),
+        shutdown: shutdown_rx,
+        router,
+        config_path: config_path.to_path_buf(),
+        next_generation: AtomicU64::new(2),
+    });
+
+    let tracker = TaskTracker::new();
+    for (index, sock) in sockets {
+        tokio::spawn(accept_loop(index, sock, shared.clone(), tracker.clone()));
+    }
+    tracing::info!("postern started: listening on {}", listening.join(", "));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match shared.reload() {
+                Ok(id) => tracing::info!("reload: generation {id} is now serving new sessions"),
+                Err(e) => tracing::error!("reload failed, the old generation keeps serving: {e:#}"),
+            },
+        }
+    }
+
+    tracing::info!(
+        "stopping: draining {} sessions (grace {})",
+        shared.limits.total(),
+        humantime::format_duration(grace)
+    );
+    let _ = shutdown_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            "{} sessions still open after the grace period; closing them",
+            shared.limits.total()
+        );
+    }
+    if tokio::time::timeout(grace, delivery).await.is_err() {
+        tracing::warn!(
+            "deliveries still running after the grace period; they will be retried on the next start"
+        );
+    }
+    tracing::info!("postern stopped");
+    Ok(())
+}
+
+async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            res = sock.accept() => res,
+            _ = shutdown.changed() => return,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::error!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let current = shared.generation.load_full();
+        let smtp = &current.config.smtp;
+        match shared
+            .limits
+            .acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip)
+        {
+            Ok(slot) => {
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    Connection::serve(stream, peer, index, current, shared).await;
+                    drop(slot);
+                });
+            }
+            Err(why) => {
+                let (text, what) = match why {
+                    Refused::Total => ("Error: too many connections", "max_connections"),
+                    Refused::PerIp => (
+                        "Error: too many connections from your address",
+                        "max_connections_per_ip",
+                    ),
+                };
+                tracing::warn!("refused connection from [{}]: {what} reached", peer.ip());
+                tokio::spawn(async move {
+                    let _ = stream.write_all(&r(421, 4, 7, 0, text).to_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Trace and missing headers added at acceptance: `Received:` (RFC 5321
+//! §4.4), and `Message-ID:`/`Date:` only where a submission lacks them.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+/// What goes into the `Received:` header.
+#[derive(Debug)]
+pub struct TraceInfo<'a> {
+    /// HELO/EHLO name.
+    pub helo: Option<&'a str>,
+    /// Verified PTR name.
+    pub ptr: Option<&'a str>,
+    /// Client IP.
+    pub ip: std::net::IpAddr,
+    /// Our host name.
+    pub hostname: &'a str,
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPA`, `ESMTPSA`.
+    pub protocol: &'a str,
+    /// TLS version and cipher, e.g. `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384`.
+    pub tls: Option<&'a str>,
+    /// Queue ID.
+    pub id: &'a str,
+    /// The recipient, only when there is exactly one.
+    pub single_rcpt: Option<&'a str>,
+}
+
+/// The current date in RFC 5322 form.
+pub fn rfc5322_now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc2822)
+        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
+}
+
+/// Builds the folded `Received:` header, CRLF-terminated.
+pub fn received(t: &TraceInfo<'_>) -> String {
+    let ip = match t.ip {
+        std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
+        v4 => v4.to_string(),
+    };
+    let mut h = format!(
+        "Received: from {} ({} [{}])\r\n",
+        t.helo.unwrap_or("unknown"),
+        t.ptr.unwrap_or("unknown"),
+        ip
+    );
+    if let Some(tls) = t.tls {
+        h.push_str(&format!("\t(using {tls})\r\n"));
+    }
+    h.push_str(&format!(
+        "\tby {} (Postern) with {} id {}",
+        t.hostname, t.protocol, t.id
+    ));
+    match t.single_rcpt {
+        Some(r) => h.push_str(&format!("\r\n\tfor <{r}>; {}\r\n", rfc5322_now())),
+        None => h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_now())),
+    }
+    h
+}
+
+/// Which of `Message-ID:` and `Date:` the header section already has.
+pub fn has_id_and_date(message: &[u8]) -> (bool, bool) {
+    let (mut id, mut date) = (false, false);
+    for line in message.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        id |= name.eq_ignore_ascii_case(b"message-id");
+        date |= name.eq_ignore_ascii_case(b"date");
+    }
+    (id, date)
+}
+
+/// The headers to add for a message that lacks `Message-ID:` or `Date:`.
+pub fn missing_headers(message: &[u8], id: &str, hostname: &str) -> String {
+    let (has_id, has_date) = has_id_and_date(message);
+    let mut out = String::new();
+    if !has_id {
+        let mut rnd = [0u8; 4];
+        let _ = getrandom::fill(&mut rnd);
+        out.push_str(&format!(
+            "Message-ID: <{id}.{:08x}@{hostname}>\r\n",
+            u32::from_le_bytes(rnd)
+        ));
+    }
+    if !has_date {
+        out.push_str(&format!("Date: {}\r\n", rfc5322_now()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_existing_headers() {
+        assert_eq!(
+            has_id_and_date(b"Subject: x\r\nMessage-Id: <a@b>\r\n\r\nDate: in body\r\n"),
+            (true, false)
+        );
+        assert_eq!(has_id_and_date(b"DATE : now\r\n\r\n"), (false, true));
+        let added = missing_headers(b"Subject: x\r\n\r\n", "ABC", "mx.test");
+        assert!(added.starts_with("Message-ID: <ABC."));
+        assert!(added.contains("\r\nDate: "));
+    }
+
+    #[test]
+    fn received_header_shape() {
+        let h = received(&TraceInfo {
+            helo: Some("client.test"),
+            ptr: None,
+            ip: "127.0.0.1".parse().unwrap(),
+            hostname: "mx.example.test",
+            protocol: "ESMTP",
+            tls: None,
+            id: "0123",
+            single_rcpt: Some("alice@example.test"),
+        });
+        assert!(h.starts_with("Received: from client.test (unknown [127.0.0.1])\r\n\tby mx.example.test (Postern) with ESMTP id 0123\r\n\tfor <alice@example.test>; "));
+        assert!(h.ends_with("\r\n"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The queue file: message content, then the envelope as JSON, then a
+//! fixed trailer that makes a complete file recognisable.
+//!
+//! ```text
+//! [content bytes][envelope JSON][content len u64 LE][envelope len u64 LE][crc32 u32 LE]["PSTRNQ01"]
+//! ```
+//!
+//! Content comes first so that a large message can be streamed to disk as
+//! it arrives and the envelope (which includes headers computed at the end
+//! of DATA) appended last. A file without a valid trailer was never
+//! acknowledged; a file whose CRC does not match is corrupt.
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::Destination;
+
+const MAGIC: &[u8; 8] = b"PSTRNQ01";
+const TRAILER: usize = 8 + 8 + 4 + 8;
+
+/// Format version of [`Envelope`].
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Everything about a queued message except its content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// [`ENVELOPE_VERSION`].
+    pub version: u32,
+    /// Queue ID.
+    pub id: String,
+    /// Arrival time, seconds since the epoch.
+    pub arrival: f64,
+    /// Envelope sender; empty for `<>`.
+    pub sender: String,
+    /// Recipients with their destinations.
+    pub recipients: Vec<Recipient>,
+    /// Header lines (CRLF-terminated) to put before the content on delivery:
+    /// `Received:`, and `Message-ID:`/`Date:` where the message lacked them.
+    pub prepend: String,
+    /// The client that handed us the message.
+    pub client: Client,
+    /// The envelope used SMTPUTF8.
+    #[serde(default)]
+    pub smtputf8: bool,
+}
+
+/// One destination of a queued message, with the recipient it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipient {
+    /// The address given in RCPT TO.
+    pub original: String,
+    /// Where it goes.
+    pub destination: Destination,
+}
+
+/// Who submitted the message (for logs and `queue list`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// Client IP address.
+    pub ip: String,
+    /// Verified PTR name.
+    pub ptr: Option<String>,
+    /// HELO/EHLO name.
+    pub helo: Option<String>,
+    /// SASL identity.
+    pub auth_user: Option<String>,
+    /// Listener name.
+    pub listener: String,
+}
+
+/// Why a queue file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// No trailer: the file was never completed.
+    #[error("incomplete queue file (no trailer)")]
+    Incomplete,
+    /// Trailer present but the checksum or lengths do not match.
+    #[error("corrupt queue file: {0}")]
+    Corrupt(String),
+}
+
+/// The bytes that follow the content in the file: envelope and trailer.
+pub fn encode_tail(content: &[u8], env: &Envelope) -> Vec<u8> {
+    let json = serde_json::to_vec(env).unwrap_or_default();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(content);
+    hasher.update(&json);
+    let crc = hasher.finalize();
+    let mut out = Vec::with_capacity(json.len() + TRAILER);
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&(content.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(MAGIC);
+    out
+}
+
+/// Serialises content + envelope into the on-disk form.
+pub fn encode(content: &[u8], env: &Envelope) -> Vec<u8> {
+    let mut out = content.to_vec();
+    out.extend_from_slice(&encode_tail(content, env));
+    out
+}
+
+/// Parses a queue file, returning the envelope and the content's range.
+pub fn decode(file: &[u8]) -> Result<(Envelope, std::ops::Range<usize>), FormatError> {
+    if file.len() < TRAILER || &file[file.len() - 8..] != MAGIC {
+        return Err(FormatError::Incomplete);
+    }
+    let t = &file[file.len() - TRAILER..];
+    let word = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (content_len, env_len) = (word(0), word(8));
+    let crc = u32::from_le_bytes(t[16..20].try_into().unwrap_or([0; 4]));
+    let body_len = file.len() - TRAILER;
+    if content_len.checked_add(env_len) != Some(body_len as u64) {
+        return Err(FormatError::Corrupt(
+            "lengths do not match file size".into(),
+        ));
+    }
+    if crc32fast::hash(&file[..body_len]) != crc {
+        return Err(FormatError::Corrupt("checksum mismatch".into()));
+    }
+    let content_len = content_len as usize;
+    let env: Envelope = serde_json::from_slice(&file[content_len..body_len])
+        .map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))?;
+    if env.version != ENVELOPE_VERSION {
+        return Err(FormatError::Corrupt(format!(
+            "envelope version {} not supported",
+            env.version
+        )));
+    }
+    Ok((env, 0..content_len))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: "0000000000000001".into(),
+            arrival: 1.0,
+            sender: "a@b.test".into(),
+            recipients: vec![Recipient {
+                original: "alice@example.test".into(),
+                destination: Destination::Local {
+                    user: "alice".into(),
+                    tag: None,
+                    domain: "example.test".into(),
+                },
+            }],
+            prepend: "Received: x\r\n".into(),
+            client: Client::default(),
+            smtputf8: false,
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_damage() {
+        let env = sample();
+        let file = encode(b"Subject: hi\r\n\r\nbody\r\n", &env);
+        let (back, range) = decode(&file).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(&file[range], b"Subject: hi\r\n\r\nbody\r\n");
+        assert!(matches!(
+            decode(&file[..file.len() - 1]),
+            Err(FormatError::Incomplete)
+        ));
+        let mut bad = file.clone();
+        bad[3] ^= 1;
+        assert!(matches!(decode(&bad), Err(FormatError::Corrupt(_))));
+    }
+}

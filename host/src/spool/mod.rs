@@ -1,0 +1,458 @@
+//! The durable spool: where a message becomes durable before `250`.
+//!
+//! Layout under `spool_dir`:
+//! - `incoming/` files being written; anything here at start-up was never
+//!   acknowledged and is removed.
+//! - `queue/ID` complete messages awaiting delivery ([`format`]), with an
+//!   optional `queue/ID.state` recording deliveries done and retry timing.
+//! - `hold/` messages an operator must look at (given up, quarantined).
+//! - `corrupt/` files that failed their checksum.
+//!
+//! A message is acknowledged only after its file is fsynced, renamed into
+//! `queue/`, and `queue/` itself is fsynced ([`dirsync`] batches that last
+//! step across concurrent sessions).
+
+pub mod dirsync;
+pub mod format;
+mod queue_id;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use dirsync::DirSyncer;
+pub use format::{Client, Envelope, Recipient};
+pub use queue_id::{is_queue_id, new_queue_id};
+
+/// Spool failures, with the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// An I/O operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A queue file is damaged.
+    #[error("{path}: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: format::FormatError,
+    },
+    /// Another process holds the spool lock.
+    #[error("spool {0} is locked by another postern process")]
+    Locked(PathBuf),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Mutable delivery progress of a queued message (`queue/ID.state`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryState {
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Earliest next attempt, seconds since the epoch.
+    pub next_attempt: u64,
+    /// The last temporary error.
+    pub last_error: Option<String>,
+    /// Indexes of recipients that are finished (delivered or failed for good).
+    pub done: BTreeSet<usize>,
+    /// Why the message was put on hold, if it was.
+    #[serde(default)]
+    pub hold_reason: Option<String>,
+}
+
+/// One line of `postern queue list`.
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    /// Queue ID.
+    pub id: String,
+    /// Size of the content in bytes.
+    pub size: u64,
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Delivery progress, if any was recorded.
+    pub state: Option<DeliveryState>,
+    /// `queue` or `hold`.
+    pub area: &'static str,
+}
+
+/// A queue file read back from disk.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The whole file.
+    pub file: Vec<u8>,
+    /// Where the content is inside `file`.
+    pub content: std::ops::Range<usize>,
+}
+
+impl Loaded {
+    /// The message content.
+    pub fn content(&self) -> &[u8] {
+        &self.file[self.content.clone()]
+    }
+}
+
+/// The spool of one daemon.
+#[derive(Debug)]
+pub struct Spool {
+    incoming: PathBuf,
+    queue: PathBuf,
+    hold: PathBuf,
+    corrupt: PathBuf,
+    syncer: Option<DirSyncer>,
+    _lock: Option<File>,
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Spool {
+    /// Opens the spool for the daemon: creates the directories and takes
+    /// an exclusive lock so that two daemons never share a spool.
+    pub fn open(root: &Path, syncer: DirSyncer) -> Result<Spool, SpoolError> {
+        let mut spool = Spool::paths(root);
+        for d in [&spool.incoming, &spool.queue, &spool.hold, &spool.corrupt] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        if !try_lock(&lock) {
+            return Err(SpoolError::Locked(root.to_path_buf()));
+        }
+        spool._lock = Some(lock);
+        spool.syncer = Some(syncer);
+        Ok(spool)
+    }
+
+    /// Opens the spool read-only for the CLI (no lock, nothing created).
+    pub fn open_readonly(root: &Path) -> Spool {
+        Spool::paths(root)
+    }
+
+    fn paths(root: &Path) -> Spool {
+        Spool {
+            incoming: root.join("incoming"),
+            queue: root.join("queue"),
+            hold: root.join("hold"),
+            corrupt: root.join("corrupt"),
+            syncer: None,
+            _lock: None,
+        }
+    }
+
+    fn syncer(&self) -> io::Result<&DirSyncer> {
+        self.syncer
+            .as_ref()
+            .ok_or_else(|| io::Error::other("spool opened read-only"))
+    }
+
+    /// Writes a message durably into `queue/`. Returns only once the file
+    /// and its directory entry are on disk: the caller may then send 250.
+    pub async fn commit(&self, content: Vec<u8>, env: Envelope) -> Result<(), SpoolError> {
+        let incoming = self.incoming.join(&env.id);
+        let queued = self.queue.join(&env.id);
+        tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
+            let tail = format::encode_tail(&content, &env);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&incoming)
+                .map_err(io_err("create", &incoming))?;
+            f.write_all(&content).map_err(io_err("write", &incoming))?;
+            f.write_all(&tail).map_err(io_err("write", &incoming))?;
+            f.sync_data().map_err(io_err("fsync", &incoming))?;
+            drop(f);
+            fs::rename(&incoming, &queued).map_err(io_err("rename", &queued))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| SpoolError::Io {
+            op: "commit",
+            path: self.queue.clone(),
+            source: io::Error::other(e),
+        })??;
+        self.syncer()
+            .map_err(io_err("fsync", &self.queue))?
+            .sync(&self.queue)
+            .await
+            .map_err(io_err("fsync", &self.queue))
+    }
+
+    /// Reads a queued message (blocking).
+    pub fn read(&self, id: &str) -> Result<Loaded, SpoolError> {
+        let path = self.queue.join(id);
+        let file = fs::read(&path).map_err(io_err("read", &path))?;
+        let (envelope, content) = format::decode(&file).map_err(|source| SpoolError::Format {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Loaded {
+            envelope,
+            file,
+            content,
+        })
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.state"))
+    }
+
+    /// The delivery state of a queued message, if one was saved.
+    pub fn load_state(&self, id: &str) -> Result<Option<DeliveryState>, SpoolError> {
+        read_state(&self.state_path(id))
+    }
+
+    /// Saves delivery progress durably (blocking; write, fsync, rename).
+    pub fn save_state(&self, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
+        let path = self.state_path(id);
+        let tmp = self.queue.join(format!("{id}.state.tmp"));
+        let json = serde_json::to_vec(state).unwrap_or_default();
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(&json).map_err(io_err("write", &tmp))?;
+        f.sync_data().map_err(io_err("fsync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        self.syncer()
+            .map_err(io_err("fsync", &self.queue))?
+            .sync_blocking(&self.queue)
+            .map_err(io_err("fsync", &self.queue))
+    }
+
+    /// Removes a message whose delivery is finished (blocking).
+    pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
+        // The message file goes first: a leftover state file is harmless,
+        // a message without its state would be delivered again.
+        let path = self.queue.join(id);
+        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        let state = self.state_path(id);
+        match fs::remove_file(&state) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &state)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves a message to `hold/` with a reason (blocking).
+    pub fn hold(&self, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
+        let json = serde_json::to_vec(state).unwrap_or_default();
+        let hold_state = self.hold.join(format!("{id}.state"));
+        fs::write(&hold_state, json).map_err(io_err("write", &hold_state))?;
+        let from = self.queue.join(id);
+        let to = self.hold.join(id);
+        fs::rename(&from, &to).map_err(io_err("rename", &to))?;
+        let _ = fs::remove_file(self.state_path(id));
+        let syncer = self.syncer().map_err(io_err("fsync", &self.hold))?;
+        syncer
+            .sync_blocking(&self.hold)
+            .map_err(io_err("fsync", &self.hold))?;
+        syncer
+            .sync_blocking(&self.queue)
+            .map_err(io_err("fsync", &self.queue))
+    }
+
+    /// Start-up recovery: removes half-received messages, moves corrupt
+    /// files aside and returns the IDs of every complete queued message.
+    pub fn recover(&self) -> Result<Vec<String>, SpoolError> {
+        for entry in fs::read_dir(&self.incoming).map_err(io_err("read", &self.incoming))? {
+            let entry = entry.map_err(io_err("read", &self.incoming))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            tracing::warn!(
+                "{name}: removing half-received message left by a crash (never acknowledged)"
+            );
+            let p = entry.path();
+            fs::remove_file(&p).map_err(io_err("remove", &p))?;
+        }
+        let mut ids = Vec::new();
+        for name in list_names(&self.queue)? {
+            if let Some(id) = name.strip_suffix(".state.tmp") {
+                tracing::debug!("{id}: removing unfinished state file");
+                let _ = fs::remove_file(self.queue.join(&name));
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(".state") {
+                if !self.queue.join(id).exists() {
+                    let _ = fs::remove_file(self.queue.join(&name));
+                }
+                continue;
+            }
+            if !is_queue_id(&name) {
+                tracing::warn!(
+                    "ignoring unexpected file {} in the queue",
+                    self.queue.join(&name).display()
+                );
+                continue;
+            }
+            match self.read(&name) {
+                Ok(_) => ids.push(name),
+                Err(SpoolError::Format { source, .. }) => {
+                    tracing::error!("{name}: {source}; moved to {}", self.corrupt.display());
+                    let to = self.corrupt.join(&name);
+                    fs::rename(self.queue.join(&name), &to).map_err(io_err("rename", &to))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Everything in `queue/` and `hold/`, for `postern queue list`.
+    pub fn list(&self) -> Result<Vec<QueueEntry>, SpoolError> {
+        let mut out = Vec::new();
+        for (area, dir) in [("queue", &self.queue), ("hold", &self.hold)] {
+            if !dir.exists() {
+                continue;
+            }
+            for name in list_names(dir)? {
+                if !is_queue_id(&name) {
+                    continue;
+                }
+                let path = dir.join(&name);
+                let file = match fs::read(&path) {
+                    Ok(f) => f,
+                    // Delivered and removed while we were listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("read", &path)(e)),
+                };
+                let Ok((envelope, content)) = format::decode(&file) else {
+                    continue;
+                };
+                let state = read_state(&dir.join(format!("{name}.state")))?;
+                out.push(QueueEntry {
+                    id: name,
+                    size: content.len() as u64,
+                    envelope,
+                    state,
+                    area,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+fn read_state(path: &Path) -> Result<Option<DeliveryState>, SpoolError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| SpoolError::Format {
+                path: path.to_path_buf(),
+                source: format::FormatError::Corrupt(e.to_string()),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+fn list_names(dir: &Path) -> Result<Vec<String>, SpoolError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("read", dir))? {
+        let entry = entry.map_err(io_err("read", dir))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+/// Non-blocking exclusive flock; false if another process holds it.
+fn try_lock(f: &File) -> bool {
+    f.try_lock().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_spool(name: &str) -> (PathBuf, Spool) {
+        let dir = std::env::temp_dir().join(format!("postern-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let spool = Spool::open(&dir, DirSyncer::start().unwrap()).unwrap();
+        (dir, spool)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn commit_recover_remove() {
+        let (dir, spool) = temp_spool("crr");
+        let mut env = format::tests::sample();
+        env.id = new_queue_id();
+        spool
+            .commit(b"Subject: x\r\n\r\nhi\r\n".to_vec(), env.clone())
+            .await
+            .unwrap();
+        fs::write(dir.join("incoming").join(new_queue_id()), b"half").unwrap();
+        let ids = spool.recover().unwrap();
+        assert_eq!(ids, vec![env.id.clone()]);
+        assert_eq!(fs::read_dir(dir.join("incoming")).unwrap().count(), 0);
+        let loaded = spool.read(&env.id).unwrap();
+        assert_eq!(loaded.content(), b"Subject: x\r\n\r\nhi\r\n");
+        let state = DeliveryState {
+            attempts: 1,
+            last_error: Some("x".into()),
+            ..DeliveryState::default()
+        };
+        tokio::task::block_in_place(|| spool.save_state(&env.id, &state)).unwrap();
+        assert_eq!(spool.load_state(&env.id).unwrap(), Some(state));
+        assert_eq!(spool.list().unwrap().len(), 1);
+        tokio::task::block_in_place(|| spool.remove(&env.id)).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn second_daemon_is_refused() {
+        let (dir, _spool) = temp_spool("lock");
+        assert!(matches!(
+            Spool::open(&dir, DirSyncer::start().unwrap()),
+            Err(SpoolError::Locked(_))
+        ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn corrupt_files_are_moved_aside() {
+        let (dir, spool) = temp_spool("corrupt");
+        let mut env = format::tests::sample();
+        env.id = new_queue_id();
+        spool
+            .commit(b"hello\r\n".to_vec(), env.clone())
+            .await
+            .unwrap();
+        let path = dir.join("queue").join(&env.id);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        assert!(spool.recover().unwrap().is_empty());
+        assert!(dir.join("corrupt").join(&env.id).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine of this kind (run as root):
+#   1. installs what the tests need (the peers kit's Debian packages, the
+#      wasm32-wasip2 target, pytest),
+#   2. builds Postern once in release mode (the tests reuse that build),
+#   3. runs the unit tests, starts the real peers (DNS, Dovecot) and runs the
+#      end-to-end tests against the real binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PEERS=$ROOT/../shared/peers
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+"$PEERS/install.sh"
+rustup target add wasm32-wasip2 >/dev/null
+python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
+
+step "building postern (release)"
+cargo build --release --locked -p postern
+
+step "unit tests"
+cargo test --release --locked --workspace
+
+step "starting peers"
+"$PEERS/start.sh" dns dovecot
+trap '"$PEERS/stop.sh" dns dovecot >/dev/null 2>&1 || true' EXIT
+
+step "end-to-end tests"
+POSTERN_BIN=$ROOT/target/release/postern python3 -m pytest -q -p no:cacheprovider "$@" tests/

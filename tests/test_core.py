@@ -1,0 +1,408 @@
+"""The MTA core end to end: real binary, real sockets, smtplib and swaks."""
+
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, message, raw_session, swaks
+
+
+def headers_of(path):
+    text = path.read_bytes().decode(errors="replace")
+    head, _, body = text.partition("\r\n\r\n")
+    return head, body
+
+
+def test_delivery_into_maildir_with_trace_headers(daemon):
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        code, resp = s.docmd("MAIL FROM:<sender@example.org>")
+        assert code == 250
+        s.rcpt("alice@example.test")
+        code, resp = s.data(message(subject="hello alice"))
+        assert code == 250
+        qid = re.search(rb"queued as ([0-9A-F]{16})", resp).group(1).decode()
+    [f] = daemon.wait_mail("alice")
+    head, body = headers_of(f)
+    lines = head.split("\r\n")
+    assert lines[0] == "Return-Path: <sender@example.org>"
+    assert lines[1] == "Delivered-To: alice@example.test"
+    assert lines[2].startswith("Received: from client.test (")
+    assert "[127.0.0.1])" in lines[2]
+    assert f"by mx.example.test (Postern) with ESMTP id {qid}" in head
+    assert "for <alice@example.test>;" in head
+    assert "Subject: hello alice" in head
+    assert body == "Hello.\r\n"
+    # The queue is empty again and the log tells the story under the queue ID.
+    daemon.wait_log(f"{qid}: removed")
+    log = daemon.log_text()
+    assert f"{qid}: client=" in log and f"{qid}: to=<alice@example.test>" in log
+    assert "status=sent" in log
+    assert daemon.queue_files() == []
+
+
+def test_swaks_delivery_and_pipelining(daemon):
+    rc, out = swaks("--server", f"127.0.0.1:{daemon.port}", "--helo", "client.test",
+                    "--from", "sender@example.org", "--to", "bob@example.test",
+                    "--pipeline", "--header", "Subject: via swaks")
+    assert rc == 0, out
+    assert "PIPELINING" in out
+    [f] = daemon.wait_mail("bob")
+    head, _ = headers_of(f)
+    assert "Subject: via swaks" in head
+    assert "Delivered-To: bob@example.test" in head
+
+
+def test_missing_message_id_and_date_are_added_only_when_missing(daemon):
+    with daemon.smtp() as s:
+        s.sendmail("sender@example.org", ["alice@example.test"], message(mid=False))
+        s.sendmail("sender@example.org", ["bob@example.test"], message(mid=True))
+    [a] = daemon.wait_mail("alice")
+    head, _ = headers_of(a)
+    assert re.search(r"^Message-ID: <[0-9A-F]{16}\.[0-9a-f]{8}@mx\.example\.test>\r?$", head, re.M)
+    assert re.search(r"^Date: \w{3}, \d{2} \w{3} \d{4} ", head, re.M)
+    [b] = daemon.wait_mail("bob")
+    head, _ = headers_of(b)
+    assert head.count("Message-ID:") == 1 and "@example.org>" in head
+    assert head.count("Date:") == 1
+
+
+def test_aliases_postmaster_abuse_case_insensitive(daemon):
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        for rcpt in ["postmaster@example.test", "PostMaster@EXAMPLE.test", "abuse@example.test"]:
+            s.sendmail("sender@example.org", [rcpt], message(subject=rcpt))
+        # RFC 5321 4.1.1.3: <postmaster> without a domain.
+        assert s.docmd("MAIL FROM:<>")[0] == 250
+        assert s.docmd("RCPT TO:<Postmaster>")[0] == 250
+        assert s.data(message(subject="bare postmaster"))[0] == 250
+    files = daemon.wait_mail("alice", count=4)
+    assert len(files) == 4
+    assert daemon.new_mail("bob") == []
+
+
+def test_alias_to_several_users_and_duplicate_elimination(daemon):
+    with daemon.smtp() as s:
+        s.sendmail("sender@example.org", ["team@example.test", "alice@example.test"], message())
+    daemon.wait_mail("alice")
+    daemon.wait_mail("bob")
+    time.sleep(0.3)
+    assert len(daemon.new_mail("alice")) == 1, "alice must get one copy, not two"
+
+
+def test_plus_tag_goes_to_existing_folder_else_inbox(daemon):
+    for sub in ("cur", "new", "tmp"):
+        (daemon.maildir("alice", ".news") / sub).mkdir(parents=True, exist_ok=True)
+    with daemon.smtp() as s:
+        s.sendmail("sender@example.org", ["alice+news@example.test"], message(subject="tagged"))
+        s.sendmail("sender@example.org", ["alice+nofolder@example.test"], message(subject="untagged"))
+    [f] = daemon.wait_mail("alice", folder=".news")
+    head, _ = headers_of(f)
+    assert "Delivered-To: alice+news@example.test" in head
+    assert "Subject: tagged" in head
+    [g] = daemon.wait_mail("alice")
+    assert "Subject: untagged" in headers_of(g)[0]
+
+
+def test_unknown_user_rejected_at_rcpt(daemon):
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("sender@example.org")
+        code, resp = s.rcpt("carol@example.test")
+    assert code == 550
+    assert resp.startswith(b"5.1.1 ")
+    assert "reject: RCPT from" in daemon.log_text()
+
+
+def test_relay_refused_from_untrusted_address(daemon):
+    with daemon.smtp(source="127.0.0.2") as s:
+        s.ehlo("client.test")
+        s.mail("sender@example.org")
+        code, resp = s.rcpt("someone@dest.test")
+        assert code == 554
+        assert resp.startswith(b"5.7.1 ") and b"Relay access denied" in resp
+        # Local recipients are still fine from anywhere.
+        assert s.rcpt("alice@example.test")[0] == 250
+
+
+def test_relay_from_trusted_network_is_accepted_and_queued(daemon):
+    with daemon.smtp() as s:
+        s.sendmail("alice@example.test", ["someone@dest.test"], message())
+    daemon.wait_log("status=deferred (remote delivery is not available")
+    out = daemon.cli("queue", "list").stdout
+    assert "someone@dest.test" in out and "alice@example.test" in out
+    assert "remote delivery is not available" in out
+
+
+def test_oversize_message_refused(daemon_factory):
+    d = daemon_factory(smtp="max_message_size = 2048")
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert b"SIZE 2048" in s.ehlo_resp
+        code, resp = s.docmd("MAIL FROM:<sender@example.org> SIZE=4096")
+        assert code == 552 and resp.startswith(b"5.3.4")
+        # Without SIZE=: the content itself is measured.
+        assert s.docmd("MAIL FROM:<sender@example.org>")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
+        code, resp = s.data(message(body="x" * 70 + "\r\n") * 40)
+        assert code == 552 and resp.startswith(b"5.3.4")
+        # The session goes on.
+        assert s.noop()[0] == 250
+    time.sleep(0.3)
+    assert d.new_mail("alice") == []
+
+
+def test_too_many_recipients(daemon_factory):
+    d = daemon_factory(smtp="max_recipients = 2")
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("sender@example.org")
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.rcpt("bob@example.test")[0] == 250
+        code, resp = s.rcpt("postmaster@example.test")
+        assert code == 452 and resp.startswith(b"4.5.3")
+        assert s.data(message())[0] == 250
+    d.wait_mail("alice")
+    d.wait_mail("bob")
+
+
+def test_kill9_right_after_250_then_restart_delivers(daemon_factory):
+    d = daemon_factory()
+    # Block alice's mailbox so the message is certainly still queued at the kill.
+    mail_root = d.dir / "var" / "mail" / "alice"
+    mail_root.parent.mkdir(parents=True, exist_ok=True)
+    mail_root.write_text("not a directory")
+    with d.smtp() as s:
+        code, resp = s.docmd("EHLO client.test")
+        s.mail("sender@example.org")
+        s.rcpt("alice@example.test")
+        code, resp = s.data(message(subject="durable"))
+        assert code == 250
+        d.kill9()
+    qid = re.search(rb"queued as ([0-9A-F]{16})", resp).group(1).decode()
+    assert d.queue_files() == [qid]
+    mail_root.unlink()
+    d.start()
+    [f] = d.wait_mail("alice")
+    assert "Subject: durable" in headers_of(f)[0]
+    assert "recovered 1 queued messages" in d.log_text()
+    d.wait_log(f"{qid}: removed")
+
+
+def test_kill9_immediately_after_250_many_messages_nothing_lost_or_doubled(daemon_factory):
+    d = daemon_factory()
+    subjects = [f"burst-{i}" for i in range(20)]
+    with d.smtp() as s:
+        for subj in subjects:
+            assert s.sendmail("sender@example.org", ["bob@example.test"], message(subject=subj)) == {}
+        d.kill9()
+    d.start()
+    files = d.wait_mail("bob", count=len(subjects))
+    time.sleep(0.5)
+    files = d.new_mail("bob")
+    got = sorted(re.search(r"Subject: (burst-\d+)", f.read_text()).group(1) for f in files)
+    assert got == sorted(subjects)
+
+
+def test_kill9_during_data_leaves_nothing_half_delivered(daemon_factory):
+    d = daemon_factory()
+    s = socket.create_connection(("127.0.0.1", d.port))
+    s.recv(1024)
+    s.sendall(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    time.sleep(0.3)
+    s.sendall(b"Subject: half\r\n\r\nfirst part\r\n")
+    time.sleep(0.2)
+    d.kill9()
+    s.close()
+    d.start()
+    time.sleep(0.5)
+    assert d.new_mail("alice") == []
+    assert d.queue_files() == []
+    assert list((d.dir / "var" / "spool" / "incoming").iterdir()) == []
+
+
+def test_failed_delivery_stays_queued_and_is_retried(daemon_factory):
+    d = daemon_factory(retry="1s")
+    blocker = d.dir / "var" / "mail" / "bob"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    with d.smtp() as s:
+        s.sendmail("sender@example.org", ["bob@example.test"], message(subject="retry me"))
+    d.wait_log("status=deferred")
+    out = d.cli("queue", "list").stdout
+    assert "bob@example.test" in out and "attempt" in out
+    blocker.unlink()
+    [f] = d.wait_mail("bob", timeout=15)
+    assert "Subject: retry me" in f.read_text()
+    time.sleep(0.3)
+    assert len(d.new_mail("bob")) == 1
+    assert d.cli("queue", "list").stdout.strip() == "Mail queue is empty"
+
+
+def test_smtp_smuggling_is_refused_and_nothing_smuggled(daemon):
+    payload = (
+        b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+        b"Subject: outer\r\n\r\nouter body\n.\r\n"
+        b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+        b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n"
+    )
+    out = raw_session(daemon.port, payload)
+    assert "521 5.5.2" in out
+    assert "queued as" not in out
+    time.sleep(0.3)
+    assert daemon.new_mail("alice") == [] and daemon.new_mail("bob") == []
+    assert "possible SMTP smuggling" in daemon.log_text()
+
+
+@pytest.mark.parametrize("ending", [b"\r\n.\n", b"\r.\r\n", b"\n.\n"])
+def test_other_fake_end_markers_refused(daemon, ending):
+    payload = (b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+               b"Subject: x\r\n\r\nbody" + ending + b"QUIT\r\n")
+    out = raw_session(daemon.port, payload)
+    assert "521 5.5.2" in out and "queued as" not in out
+
+
+def test_pipelined_commands_answered_in_order(daemon):
+    payload = (b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<nobody@example.test>\r\n"
+               b"RCPT TO:<alice@example.test>\r\nDATA\r\n")
+    s = socket.create_connection(("127.0.0.1", daemon.port))
+    s.recv(1024)
+    s.sendall(payload)
+    buf = b""
+    while b"354 " not in buf:
+        buf += s.recv(4096)
+    codes = [l[:3] for l in buf.decode().split("\r\n") if l and l[3] == " "]
+    assert codes == ["250", "250", "550", "250", "354"]
+    s.sendall(b"Subject: piped\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    rest = b""
+    while b"221 " not in rest:
+        rest += s.recv(4096)
+    assert b"250 2.0.0 Ok: queued as" in rest
+    s.close()
+    daemon.wait_mail("alice")
+
+
+def test_bdat_chunking(daemon):
+    msg = message(subject="chunked")
+    part1, part2 = msg[:20], msg[20:]
+    payload = (b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
+               + b"BDAT %d\r\n" % len(part1) + part1
+               + b"BDAT %d LAST\r\n" % len(part2) + part2 + b"QUIT\r\n")
+    out = raw_session(daemon.port, payload)
+    assert "CHUNKING" in out
+    assert f"250 2.0.0 {len(part1)} octets received" in out
+    assert "queued as" in out
+    [f] = daemon.wait_mail("alice")
+    assert f.read_bytes().endswith(msg)
+
+
+def test_helo_required_and_strict_envelopes(daemon_factory):
+    d = daemon_factory(smtp="helo_required = true\nstrict_envelopes = true")
+    out = raw_session(d.port, b"MAIL FROM:<a@example.org>\r\nHELO c.test\r\nMAIL FROM:a@example.org\r\n"
+                               b"MAIL FROM:<a@example.org>\r\nQUIT\r\n")
+    lines = [l for l in out.split("\r\n") if l]
+    assert lines[1].startswith("503 5.5.1")
+    assert lines[2].startswith("250 ")
+    assert lines[3].startswith("501 5.1.7")
+    assert lines[4].startswith("250 2.1.0")
+    # Lax default: no brackets is fine.
+    d2 = daemon_factory(name="lax")
+    out = raw_session(d2.port, b"MAIL FROM:a@example.org\r\nQUIT\r\n")
+    assert "250 2.1.0" in out
+
+
+def test_error_limit_disconnects(daemon_factory):
+    d = daemon_factory(smtp="max_errors = 3")
+    out = raw_session(d.port, b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n")
+    assert out.count("500 5.5.2") == 2
+    assert "421 4.7.0" in out and "250 2.0.0" not in out
+
+
+def test_line_too_long(daemon):
+    out = raw_session(daemon.port, b"NOOP " + b"x" * 5000 + b"\r\nNOOP\r\n")
+    assert "500 5.5.2 Error: line too long" in out
+    assert "250 2.0.0 Ok" in out
+
+
+def test_vrfy_disabled_by_default_and_enabled_by_config(daemon, daemon_factory):
+    out = raw_session(daemon.port, b"VRFY alice\r\n")
+    assert "502 5.5.1" in out
+    d = daemon_factory(name="vrfy", smtp="vrfy = true")
+    out = raw_session(d.port, b"VRFY <alice@example.test>\r\nVRFY <carol@example.test>\r\n")
+    assert "250 2.0.0 <alice@example.test>" in out
+    assert "550 5.1.1" in out
+
+
+def test_idle_timeout(daemon_factory):
+    d = daemon_factory(smtp='idle_timeout = "1s"')
+    s = socket.create_connection(("127.0.0.1", d.port))
+    s.settimeout(5)
+    s.recv(1024)
+    t0 = time.time()
+    data = s.recv(1024)
+    assert b"421 4.4.2" in data
+    assert time.time() - t0 < 4
+    s.close()
+
+
+def test_connection_limit_per_ip(daemon_factory):
+    d = daemon_factory(smtp="max_connections_per_ip = 2")
+    a = d.smtp()
+    b = d.smtp()
+    c = socket.create_connection(("127.0.0.1", d.port))
+    c.settimeout(5)
+    assert c.recv(1024).startswith(b"421 4.7.0")
+    # Another address is not affected.
+    with d.smtp(source="127.0.0.2") as other:
+        assert other.noop()[0] == 250
+    a.quit()
+    b.quit()
+    c.close()
+    time.sleep(0.2)
+    with d.smtp() as again:
+        assert again.noop()[0] == 250
+
+
+def test_sigterm_drains_sessions(daemon_factory):
+    d = daemon_factory()
+    s = d.smtp()
+    s.ehlo("client.test")
+    s.mail("sender@example.org")
+    s.rcpt("alice@example.test")
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # The transaction in progress completes...
+    assert s.data(message(subject="in flight"))[0] == 250
+    # ...and the idle session is then told to go.
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        s.noop()
+        s.noop()
+    assert d.proc.wait(timeout=15) == 0
+    assert "postern stopped" in d.log_text()
+    d.start()
+    d.wait_mail("alice")
+
+
+def test_check_reports_unknown_keys_and_bad_values(daemon_factory, tmp_path):
+    d = daemon_factory(start=False)
+    ok = d.cli("check")
+    assert ok.returncode == 0 and ": ok" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(d.config_text.replace("[local]", "[local]\nmailbox_size = 5"))
+    p = subprocess.run([str(BIN), "check", "--config", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 1
+    assert "unknown field `mailbox_size`" in p.stderr
+    bad.write_text(d.config_text.replace('postmaster = "alice"', 'postmaster = "nobody"'))
+    p = subprocess.run([str(BIN), "check", "--config", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 1 and "aliases.postmaster" in p.stderr
+
+
+def test_quickstart_config_is_valid():
+    p = subprocess.run([str(BIN), "check", "--config", str(ROOT / "examples" / "quickstart.toml")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
