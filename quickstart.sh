@@ -4,5 +4,6 @@
 # Stop with Ctrl-C (SIGTERM/SIGINT drain sessions and stop cleanly).
 set -euo pipefail
 cd "$(dirname "$0")"
+plugins/build.sh >/dev/null
 cargo build --release --locked -p postern
 exec target/release/postern run --config examples/quickstart.toml

@@ -24,6 +24,17 @@ BIN = pathlib.Path(os.environ.get("POSTERN_BIN", ROOT / "target" / "release" / "
 PEERS = ROOT.parent / "shared" / "peers"
 PEERS_RUN = pathlib.Path(os.environ.get("PEERS_RUN", "/tmp/postern-peers"))
 DNS = "127.0.0.1:5353"
+PLUGINS = ROOT / "target" / "wasm32-wasip2" / "plugin"
+# Compiled plugins are shared by every daemon of the run (Python takes seconds).
+CACHE = ROOT / "target" / "test-plugin-cache"
+
+
+def plugin_path(name):
+    """Path of a built plugin component, e.g. plugin_path("access")."""
+    for candidate in (PLUGINS / f"postern_plugin_{name}.wasm", PLUGINS / f"postern_test_{name}.wasm"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"plugin {name} not built (plugins/build.sh --tests)")
 
 
 def free_port():
@@ -72,10 +83,18 @@ maildir = "var/mail/{{user}}/Maildir"
 postmaster = "alice"
 abuse = "alice"
 team = ["alice", "bob"]
+# Addresses that make the misbehaving test plugin misbehave.
+loop = "alice"
+hog = "alice"
+trap = "alice"
 
 [queue]
 retry_initial = "{retry}"
 retry_max = "{retry}"
+
+[wasm]
+cache_dir = "{cache}"
+max_instances = 200
 {extra}
 """
 
@@ -89,7 +108,7 @@ class Daemon:
         self.port = free_port()
         text = config if config is not None else BASE_CONFIG
         self.config_text = textwrap.dedent(text).format(
-            port=self.port, dns=DNS, smtp=smtp, extra=extra, retry=retry
+            port=self.port, dns=DNS, smtp=smtp, extra=extra, retry=retry, cache=CACHE
         )
         self.config = self.dir / "postern.toml"
         self.config.write_text(self.config_text)
@@ -158,6 +177,14 @@ class Daemon:
         q = self.dir / "var" / "spool" / "queue"
         return sorted(p.name for p in q.iterdir() if "." not in p.name) if q.is_dir() else []
 
+    def rewrite(self, extra=None, smtp=None):
+        """Writes a new config (same port) for reload tests."""
+        text = textwrap.dedent(BASE_CONFIG).format(
+            port=self.port, dns=DNS, smtp=smtp or "", extra=extra or "", retry="1s", cache=CACHE
+        )
+        self.config.write_text(text)
+        self.config_text = text
+
     def cli(self, *args, check=True):
         return subprocess.run(
             [str(BIN), *args, "--config", str(self.config)],
@@ -219,12 +246,15 @@ def raw_session(port, data, source="127.0.0.1", read_timeout=5.0):
     out = b""
     try:
         out += s.recv(4096)
-        s.sendall(data)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         s.settimeout(1.0)
         while True:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except (socket.timeout, ConnectionResetError):
                 break
             if not chunk:
                 break

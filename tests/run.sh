@@ -16,12 +16,15 @@ step "installing test dependencies"
 "$PEERS/install.sh"
 rustup target add wasm32-wasip2 >/dev/null
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
+command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py==0.25.1
 
-step "building postern (release)"
+step "building postern (release) and the plugins (wasm32-wasip2)"
 cargo build --release --locked -p postern
+plugins/build.sh --tests
+examples/plugins/python-subject-score/build.sh
 
 step "unit tests"
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --lib
 
 step "starting peers"
 "$PEERS/start.sh" dns dovecot

@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod dns;
+pub mod message;
+pub mod plugin;
 pub mod route;
 pub mod server;
 pub mod smtp;

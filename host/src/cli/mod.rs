@@ -1,5 +1,6 @@
 //! The `postern` command line.
 
+mod plugin_test;
 mod queue;
 
 use std::path::PathBuf;
@@ -33,8 +34,16 @@ struct ConfigArg {
 enum Command {
     /// Run the daemon in the foreground (logs to stderr; SIGTERM stops, SIGHUP reloads).
     Run(ConfigArg),
-    /// Validate a configuration file and print every problem with its key.
+    /// Validate a configuration file and print every problem with its key;
+    /// also loads every plugin and checks its WIT and its config.
     Check(ConfigArg),
+    /// Tell the running daemon to reload its config and plugins.
+    Reload(ConfigArg),
+    /// Plugin development tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
@@ -46,6 +55,75 @@ enum Command {
 enum QueueCommand {
     /// List queued and held messages: ID, size, age, sender, recipients, last error.
     List(ConfigArg),
+    /// Retry every deferred message now (asks the running daemon).
+    Flush(ConfigArg),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run a plugin against transaction fixtures (TOML) without a daemon.
+    Test {
+        /// The component (.wasm); default: the `plugin` key of each fixture.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// Where compiled plugins are cached.
+        #[arg(long, default_value = "var/cache/plugins")]
+        cache_dir: PathBuf,
+        /// Fixture files.
+        #[arg(required = true)]
+        fixtures: Vec<PathBuf>,
+    },
+}
+
+fn admin(config: &std::path::Path, command: &str) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let path = crate::server::admin::socket_path(&config.server.spool_dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = rt.block_on(crate::server::admin::send(&path, command))?;
+    if let Some(err) = answer.strip_prefix("error: ") {
+        eprintln!("postern: {err}");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}", answer.strip_prefix("ok ").unwrap_or(&answer));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Validates the config and builds a generation (plugins compiled, WIT and
+/// entry configs checked), exactly as a start or reload would.
+fn check(path: &std::path::Path) -> anyhow::Result<String> {
+    let config = Config::load(path)?;
+    let summary = format!(
+        "{} listener(s), {} local domain(s), {} user(s), {} alias(es)",
+        config.listeners.len(),
+        config.local.domains.len(),
+        config.local.users.len(),
+        config.aliases.len()
+    );
+    if config.plugins.is_empty() {
+        return Ok(summary);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let generation = rt.block_on(async {
+        let runtime = crate::plugin::Runtime::new(&config.wasm)?;
+        crate::server::generation::Generation::build(config, 0, Some(&runtime)).await
+    })?;
+    let plugins: Vec<String> = generation
+        .chains
+        .plugins
+        .iter()
+        .map(|p| format!("{} [{}]", p.def.name, p.hooks.names().join(",")))
+        .collect();
+    Ok(format!(
+        "{summary}, {} plugin(s): {}, {} chain entries",
+        plugins.len(),
+        plugins.join(" "),
+        generation.chains.len()
+    ))
 }
 
 fn init_logging() {
@@ -87,23 +165,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.shutdown_timeout(std::time::Duration::from_secs(5));
             res.map(|()| ExitCode::SUCCESS)
         }
-        Command::Check(a) => match Config::load(&a.config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listener(s), {} local domain(s), {} user(s), {} alias(es))",
-                    a.config.display(),
-                    c.listeners.len(),
-                    c.local.domains.len(),
-                    c.local.users.len(),
-                    c.aliases.len()
-                );
+        Command::Check(a) => match check(&a.config) {
+            Ok(summary) => {
+                println!("{}: ok ({summary})", a.config.display());
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
-                eprintln!("{e}");
+                eprintln!("{e:#}");
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Reload(a) => admin(&a.config, "reload"),
+        Command::Queue {
+            command: QueueCommand::Flush(a),
+        } => admin(&a.config, "flush"),
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    plugin,
+                    cache_dir,
+                    fixtures,
+                },
+        } => {
+            let failed = plugin_test::run(plugin.as_deref(), &fixtures, &cache_dir)?;
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Queue {
             command: QueueCommand::List(a),
         } => {

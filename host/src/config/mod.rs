@@ -75,6 +75,154 @@ pub struct Config {
     /// Queue and delivery behaviour.
     #[serde(default)]
     pub queue: Queue,
+    /// The WebAssembly runtime (`[wasm]`).
+    #[serde(default)]
+    pub wasm: Wasm,
+    /// Plugin components (`[[plugin]]`).
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginDef>,
+    /// Per-stage plugin chains (`[[chain.rcpt]]` ...).
+    #[serde(default)]
+    pub chain: Chains,
+    /// Thresholds for the scores plugins contribute.
+    #[serde(default)]
+    pub scoring: Scoring,
+}
+
+/// `[wasm]`: the plugin runtime. Changes need a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Wasm {
+    /// Precompiled plugin artifacts, keyed by content and engine hash.
+    pub cache_dir: PathBuf,
+    /// Plugin instances alive at once over all sessions (pooling slots).
+    pub max_instances: u32,
+    /// Ceiling for any plugin's `memory_limit` (size of a pooling slot).
+    pub max_memory: Bytes,
+}
+
+impl Default for Wasm {
+    fn default() -> Wasm {
+        Wasm {
+            cache_dir: PathBuf::from("var/cache/plugins"),
+            max_instances: 1000,
+            max_memory: Bytes(128 << 20),
+        }
+    }
+}
+
+/// What a plugin failure (trap, time or memory limit) costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// `451 4.3.0`: the client retries, the mail is not lost (default).
+    #[default]
+    Tempfail,
+    /// Skip the plugin (fail open).
+    Continue,
+}
+
+/// `[[plugin]]`: one WebAssembly component.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDef {
+    /// Name used by chain entries and in logs.
+    pub name: String,
+    /// The component (`.wasm`), relative to the working directory.
+    pub path: PathBuf,
+    /// What a failure costs.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Keep warm instances across transactions (for Python/JS guests whose
+    /// instantiation costs milliseconds). Default: a fresh instance per
+    /// transaction.
+    #[serde(default)]
+    pub reuse_instances: bool,
+    /// Linear memory limit per instance.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit: Bytes,
+    /// CPU time allowed per call (epoch-based, 10 ms granularity).
+    #[serde(default = "default_plugin_time")]
+    pub time_limit: Seconds,
+}
+
+fn default_plugin_memory() -> Bytes {
+    Bytes(64 << 20)
+}
+
+fn default_plugin_time() -> Seconds {
+    Seconds(std::time::Duration::from_millis(500))
+}
+
+/// `[chain]`: an ordered list of plugin entries per stage.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Chains {
+    /// On connect, before the greeting.
+    pub connect: Vec<ChainEntry>,
+    /// On HELO/EHLO.
+    pub helo: Vec<ChainEntry>,
+    /// On MAIL FROM.
+    pub mail: Vec<ChainEntry>,
+    /// On each RCPT TO (after relay control and routing).
+    pub rcpt: Vec<ChainEntry>,
+    /// At the end of DATA/BDAT, before the reply.
+    pub data: Vec<ChainEntry>,
+}
+
+impl Chains {
+    /// `(stage name, entries)` for every stage, in SMTP order.
+    pub fn stages(&self) -> [(&'static str, &Vec<ChainEntry>); 5] {
+        [
+            ("connect", &self.connect),
+            ("helo", &self.helo),
+            ("mail", &self.mail),
+            ("rcpt", &self.rcpt),
+            ("data", &self.data),
+        ]
+    }
+}
+
+/// One chain entry: a plugin with its own config table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainEntry {
+    /// The `[[plugin]]` name.
+    pub plugin: String,
+    /// Label in logs (default: the plugin name).
+    pub name: Option<String>,
+    /// This entry's config, handed to the plugin as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl ChainEntry {
+    /// The entry's label.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.plugin)
+    }
+}
+
+/// `[scoring]`: what the sum of plugin scores leads to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scoring {
+    /// Reject (`554 5.7.1`) at or above this total.
+    pub reject: Option<f64>,
+    /// Tempfail (`451 4.7.1`) at or above this total.
+    pub tempfail: Option<f64>,
+    /// Add an `X-Postern-Score` header with the breakdown when there are scores.
+    pub add_header: bool,
+}
+
+impl Default for Scoring {
+    fn default() -> Scoring {
+        Scoring {
+            reject: None,
+            tempfail: None,
+            add_header: true,
+        }
+    }
 }
 
 /// `[server]`.
@@ -456,6 +604,45 @@ impl Config {
                     );
                 }
             }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !names.insert(p.name.as_str()) {
+                bad(
+                    &format!("plugin[{i}].name"),
+                    format!("{:?} is defined twice", p.name),
+                );
+            }
+            if p.memory_limit.0 > self.wasm.max_memory.0 {
+                bad(
+                    &format!("plugin[{i}].memory_limit"),
+                    format!("exceeds wasm.max_memory ({} bytes)", self.wasm.max_memory.0),
+                );
+            }
+            if p.time_limit.0 < std::time::Duration::from_millis(10) {
+                bad(
+                    &format!("plugin[{i}].time_limit"),
+                    "must be at least 10ms".into(),
+                );
+            }
+        }
+        for (stage, entries) in self.chain.stages() {
+            for (i, e) in entries.iter().enumerate() {
+                if !names.contains(e.plugin.as_str()) {
+                    bad(
+                        &format!("chain.{stage}[{i}].plugin"),
+                        format!("no [[plugin]] named {:?}", e.plugin),
+                    );
+                }
+            }
+        }
+        if let (Some(t), Some(r)) = (self.scoring.tempfail, self.scoring.reject)
+            && t > r
+        {
+            bad(
+                "scoring.tempfail",
+                "must not be above scoring.reject".into(),
+            );
         }
         if self.queue.delivery_concurrency < 1 {
             bad("queue.delivery_concurrency", "must be at least 1".into());

@@ -16,6 +16,11 @@ use tokio::net::TcpStream;
 use super::Shared;
 use super::generation::Generation;
 use super::trace::{TraceInfo, missing_headers, received};
+use crate::message::{HeaderAction, apply_actions};
+use crate::plugin::{
+    Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
+    StageResult, Verdict, scoring,
+};
 use crate::route::{Destination, RouteError};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{self, MailParams, ParseOptions};
@@ -49,6 +54,35 @@ pub struct Connection {
     client: String,
     /// The last command verb, for "lost connection after X" lines.
     last_verb: &'static str,
+    /// Calls this generation's plugin chains.
+    plugins: PluginSession,
+    /// What plugins see of the session.
+    info: SessionInfo,
+    /// Policy state of the session (connect, HELO) and of the transaction.
+    session_policy: Policy,
+    tx_policy: Policy,
+    /// Rejects held back until RCPT (delay_reject), by stage.
+    connect_reject: Option<Reply>,
+    helo_reject: Option<Reply>,
+    /// The plugin that refused the current RCPT, for its log line.
+    rcpt_plugin: Option<std::sync::Arc<str>>,
+}
+
+/// What a message will be, besides delivered.
+#[derive(Debug, Clone)]
+enum Disposition {
+    /// Accepted and dropped.
+    Discard(String),
+    /// Accepted and held.
+    Quarantine(String),
+}
+
+/// Scores, header actions and disposition collected from plugins.
+#[derive(Debug, Default)]
+struct Policy {
+    scores: Vec<Score>,
+    actions: Vec<HeaderAction>,
+    disposition: Option<Disposition>,
 }
 
 impl Connection {
@@ -68,6 +102,16 @@ impl Connection {
         let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
         tracing::info!("connect from {client} on {}", lgen.name);
         let max_line = generation.config.smtp.max_line_length;
+        let info = SessionInfo {
+            id: new_queue_id(),
+            listener: lgen.name.clone(),
+            client_ip: peer.ip().to_string(),
+            client_port: peer.port(),
+            client_ptr: ptr.clone(),
+            trusted: generation.router.is_trusted(peer.ip()),
+            ..SessionInfo::default()
+        };
+        let plugins = PluginSession::new(generation.chains.clone());
         let mut conn = Connection {
             stream,
             peer,
@@ -81,8 +125,17 @@ impl Connection {
             client,
             last_verb: "CONNECT",
             generation,
+            plugins,
+            info,
+            session_policy: Policy::default(),
+            tx_policy: Policy::default(),
+            connect_reject: None,
+            helo_reject: None,
+            rcpt_plugin: None,
         };
-        conn.run().await;
+        if conn.connect_stage().await {
+            conn.run().await;
+        }
         tracing::info!(
             "disconnect from {} messages={} errors={}",
             conn.client,
@@ -266,13 +319,22 @@ impl Connection {
                     reply.write_to(&mut self.out);
                     return Flow::Close;
                 }
-                Step::Helo(greeting) => self.session.helo_done(greeting, Decision::Accept(())),
-                Step::Mail(from, params) => self.mail(from, params),
+                Step::Helo(greeting) => {
+                    let decision = self.helo_stage(&greeting.name).await;
+                    self.session.helo_done(greeting, decision)
+                }
+                Step::Mail(from, params) => self.mail(from, params).await,
                 Step::Rcpt(to) => {
-                    let decision = self.rcpt_decision(&to);
+                    self.rcpt_plugin = None;
+                    let decision = self.rcpt_decision(&to).await;
                     if let Decision::Reject(reply) = &decision {
+                        let by = self
+                            .rcpt_plugin
+                            .as_ref()
+                            .map(|p| format!(" plugin={p}"))
+                            .unwrap_or_default();
                         tracing::info!(
-                            "{}: reject: RCPT from {}: {}; from=<{}> to=<{}> proto={} helo=<{}>",
+                            "{}: reject: RCPT from {}: {}; from=<{}> to=<{}> proto={} helo=<{}>{by}",
                             self.qid(),
                             self.client,
                             reply.summary(),
@@ -312,6 +374,7 @@ impl Connection {
                 Step::Commit => {
                     let result = self.commit().await;
                     self.receiver.reset_bdat();
+                    self.end_transaction();
                     self.session.commit_done(result)
                 }
                 Step::Vrfy(arg) => {
@@ -338,19 +401,243 @@ impl Connection {
         reply.write_to(&mut self.out);
     }
 
-    fn mail(&mut self, from: ReversePath, params: MailParams) -> Step {
+    async fn mail(&mut self, from: ReversePath, params: MailParams) -> Step {
+        self.end_transaction();
         let id = new_queue_id();
         self.body = Body::new(self.session.config().max_message_size);
         self.receiver.reset_bdat();
         tracing::debug!("{id}: client={}, from=<{from}>", self.client);
-        self.session
-            .mail_done(id, from, params, Decision::Accept(None))
+        let mut decision = Decision::Accept(None);
+        if self.plugins.has(Stage::Mail) {
+            let envelope = EnvelopeInfo {
+                queue_id: id.clone(),
+                mail_from: from.to_string(),
+                mail_params: mail_params(&params),
+                rcpt_to: Vec::new(),
+            };
+            let result = self
+                .run_chain(Stage::Mail, &id, Some(&envelope), None, None)
+                .await;
+            if let Some(reply) = self.absorb(Stage::Mail, &id, result, false) {
+                decision = if self.generation.config.smtp.delay_reject {
+                    Decision::Accept(Some(reply))
+                } else {
+                    Decision::Reject(reply)
+                };
+            }
+        }
+        if let Some(reply) = self.judge_scores(Stage::Mail, &id) {
+            decision = if self.generation.config.smtp.delay_reject {
+                Decision::Accept(Some(reply))
+            } else {
+                Decision::Reject(reply)
+            };
+        }
+        if matches!(decision, Decision::Reject(_)) {
+            self.end_transaction();
+        }
+        self.session.mail_done(id, from, params, decision)
+    }
+
+    /// Runs the connect chain; false if the session must end right away.
+    async fn connect_stage(&mut self) -> bool {
+        if !self.plugins.has(Stage::Connect) {
+            return true;
+        }
+        let context = self.info.id.clone();
+        let result = self
+            .run_chain(Stage::Connect, &context, None, None, None)
+            .await;
+        let reply = self
+            .absorb(Stage::Connect, &context, result, true)
+            .or_else(|| self.judge_scores(Stage::Connect, &context));
+        let Some(reply) = reply else {
+            return true;
+        };
+        if self.generation.config.smtp.delay_reject {
+            self.connect_reject = Some(reply);
+            self.session.delayed_reject = self.connect_reject.clone().or(self.helo_reject.clone());
+            return true;
+        }
+        // Refused before the greeting: say why and hang up.
+        self.out.clear();
+        reply.write_to(&mut self.out);
+        let _ = self.flush().await;
+        false
+    }
+
+    /// Runs the HELO chain for a new greeting.
+    async fn helo_stage(&mut self, name: &str) -> Decision<()> {
+        self.info.helo = Some(name.to_string());
+        self.helo_reject = None;
+        if self.plugins.has(Stage::Helo) {
+            let context = self.info.id.clone();
+            let result = self
+                .run_chain(Stage::Helo, &context, None, None, None)
+                .await;
+            let reply = self
+                .absorb(Stage::Helo, &context, result, true)
+                .or_else(|| self.judge_scores(Stage::Helo, &context));
+            if let Some(reply) = reply {
+                if !self.generation.config.smtp.delay_reject {
+                    self.session.delayed_reject = self.connect_reject.clone();
+                    return Decision::Reject(reply);
+                }
+                self.helo_reject = Some(reply);
+            }
+        }
+        self.session.delayed_reject = self.connect_reject.clone().or(self.helo_reject.clone());
+        Decision::Accept(())
+    }
+
+    /// Calls a stage's chain with the session and, when given, envelope,
+    /// recipient and message.
+    async fn run_chain(
+        &mut self,
+        stage: Stage,
+        context: &str,
+        envelope: Option<&EnvelopeInfo>,
+        recipient: Option<&str>,
+        message: Option<std::sync::Arc<Vec<u8>>>,
+    ) -> StageResult {
+        self.info.auth_user = self.session.auth_user.clone();
+        let input = Input {
+            session: Some(&self.info),
+            envelope,
+            recipient,
+            message,
+        };
+        self.plugins.run(stage, &input, context).await
+    }
+
+    /// Takes a stage's scores and actions into the session or transaction
+    /// policy, logs a decision, and returns the reply of a reject or
+    /// tempfail. Discard/quarantine become the disposition.
+    fn absorb(
+        &mut self,
+        stage: Stage,
+        context: &str,
+        result: StageResult,
+        session_level: bool,
+    ) -> Option<Reply> {
+        let policy = if session_level {
+            &mut self.session_policy
+        } else {
+            &mut self.tx_policy
+        };
+        policy.scores.extend(result.scores);
+        policy.actions.extend(result.actions);
+        let PluginDecision { entry, verdict } = result.decision?;
+        match verdict {
+            Verdict::Reject(reply) | Verdict::Tempfail(reply) if stage == Stage::Rcpt => {
+                // Logged by the RCPT reject line, which names the plugin.
+                self.rcpt_plugin = Some(entry);
+                Some(reply)
+            }
+            Verdict::Reject(reply) | Verdict::Tempfail(reply) => {
+                tracing::info!(
+                    "{context}: reject: {} from {}: {}; plugin={entry}",
+                    stage.command(),
+                    self.client,
+                    reply.summary()
+                );
+                Some(reply)
+            }
+            Verdict::Discard(why) => {
+                tracing::info!(
+                    "{context}: discard: {} from {}: {why}; plugin={entry}",
+                    stage.command(),
+                    self.client
+                );
+                policy.disposition = Some(Disposition::Discard(format!("{why} (plugin {entry})")));
+                None
+            }
+            Verdict::Quarantine(why) => {
+                tracing::info!(
+                    "{context}: hold: {} from {}: {why}; plugin={entry}",
+                    stage.command(),
+                    self.client
+                );
+                policy.disposition =
+                    Some(Disposition::Quarantine(format!("{why} (plugin {entry})")));
+                None
+            }
+            Verdict::Accept => {
+                tracing::debug!(
+                    "{context}: accept: {} from {}; plugin={entry}",
+                    stage.command(),
+                    self.client
+                );
+                None
+            }
+            Verdict::Continue => None,
+        }
+    }
+
+    /// All scores of the session and the transaction.
+    fn all_scores(&self) -> Vec<Score> {
+        let mut all = self.session_policy.scores.clone();
+        all.extend(self.tx_policy.scores.iter().cloned());
+        all
+    }
+
+    /// Judges the scores so far; logs and returns the reply if a threshold
+    /// is reached.
+    fn judge_scores(&self, stage: Stage, context: &str) -> Option<Reply> {
+        let scores = self.all_scores();
+        let reply = scoring::judge(&scores, &self.generation.config.scoring)?;
+        tracing::info!(
+            "{context}: score {:.2} ({}) at {}: {}",
+            scoring::total(&scores),
+            scoring::breakdown(&scores),
+            stage.name(),
+            reply.summary()
+        );
+        Some(reply)
+    }
+
+    /// Forgets the transaction's policy state and plugin instances.
+    fn end_transaction(&mut self) {
+        self.plugins.end_transaction();
+        self.tx_policy = Policy::default();
     }
 
     /// Relay control and routing for one recipient. Relay control comes
     /// first and is not configurable away: only trusted networks and
     /// authenticated clients may send to domains that are not ours.
-    fn rcpt_decision(&self, to: &ForwardPath) -> Decision<Vec<Destination>> {
+    async fn rcpt_decision(&mut self, to: &ForwardPath) -> Decision<Vec<Destination>> {
+        let decision = self.route(to);
+        let Decision::Accept(dests) = decision else {
+            return decision;
+        };
+        let Some(tx) = self.session.transaction() else {
+            return Decision::Accept(dests);
+        };
+        let id = tx.id.clone();
+        if self.plugins.has(Stage::Rcpt) {
+            let envelope = EnvelopeInfo {
+                queue_id: id.clone(),
+                mail_from: tx.from.to_string(),
+                mail_params: mail_params(&tx.params),
+                rcpt_to: tx.rcpts.iter().map(|r| r.path.to_string()).collect(),
+            };
+            let rcpt = to.to_string();
+            let result = self
+                .run_chain(Stage::Rcpt, &id, Some(&envelope), Some(&rcpt), None)
+                .await;
+            if let Some(reply) = self.absorb(Stage::Rcpt, &id, result, false) {
+                return Decision::Reject(reply);
+            }
+        }
+        match self.judge_scores(Stage::Rcpt, &id) {
+            Some(reply) => Decision::Reject(reply),
+            None => Decision::Accept(dests),
+        }
+    }
+
+    /// Relay control, then routing. Not configurable away, and before any
+    /// plugin: a plugin can only make Postern stricter.
+    fn route(&self, to: &ForwardPath) -> Decision<Vec<Destination>> {
         let router = &self.generation.router;
         if let ForwardPath::Mailbox(m) = to
             && !router.is_local_domain(&m.domain)
@@ -409,12 +696,58 @@ impl Connection {
         }
     }
 
-    /// Builds the envelope and trace headers and makes the message durable.
+    /// Runs the data chain, judges the scores, applies header actions, and
+    /// makes the message durable (or discards or holds it).
     async fn commit(&mut self) -> Result<Reply, Reply> {
         let Some(tx) = self.session.transaction() else {
             return Err(r(503, 5, 5, 1, "Error: no transaction"));
         };
         let id = tx.id.clone();
+        let mut content = std::mem::take(&mut self.body.bytes);
+        if self.plugins.has(Stage::Data) {
+            let envelope = EnvelopeInfo {
+                queue_id: id.clone(),
+                mail_from: tx.from.to_string(),
+                mail_params: mail_params(&tx.params),
+                rcpt_to: tx.rcpts.iter().map(|r| r.path.to_string()).collect(),
+            };
+            let shared = std::sync::Arc::new(content);
+            let result = self
+                .run_chain(
+                    Stage::Data,
+                    &id,
+                    Some(&envelope),
+                    None,
+                    Some(shared.clone()),
+                )
+                .await;
+            // Plugins only borrowed the content; take it back without a copy.
+            content = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+            if let Some(reply) = self.absorb(Stage::Data, &id, result, false) {
+                return Err(reply);
+            }
+        }
+        if let Some(reply) = self.judge_scores(Stage::Data, &id) {
+            return Err(reply);
+        }
+        let Some(tx) = self.session.transaction() else {
+            return Err(r(503, 5, 5, 1, "Error: no transaction"));
+        };
+        let disposition = self
+            .tx_policy
+            .disposition
+            .clone()
+            .or_else(|| self.session_policy.disposition.clone());
+        if let Some(Disposition::Discard(why)) = &disposition {
+            tracing::info!(
+                "{id}: client={}, from=<{}>, size={}, nrcpt={}: discarded: {why}",
+                self.client,
+                tx.from,
+                content.len(),
+                tx.rcpts.len()
+            );
+            return Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")));
+        }
         let mut recipients: Vec<Recipient> = Vec::new();
         for rcpt in &tx.rcpts {
             for dest in &rcpt.route {
@@ -428,7 +761,6 @@ impl Connection {
             }
         }
         let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].path.to_string());
-        let content = std::mem::take(&mut self.body.bytes);
         let hostname = &self.generation.config.server.hostname;
         let mut prepend = received(&TraceInfo {
             helo: self.session.greeting.as_ref().map(|g| g.name.as_str()),
@@ -440,6 +772,32 @@ impl Connection {
             id: &id,
             single_rcpt: single.as_deref(),
         });
+        let scores = self.all_scores();
+        if !scores.is_empty() {
+            tracing::info!(
+                "{id}: score {:.2} ({})",
+                scoring::total(&scores),
+                scoring::breakdown(&scores)
+            );
+            if self.generation.config.scoring.add_header {
+                prepend.push_str(&format!(
+                    "X-Postern-Score: {}\r\n",
+                    scoring::header_value(&scores)
+                ));
+            }
+        }
+        let actions: Vec<HeaderAction> = self
+            .session_policy
+            .actions
+            .iter()
+            .chain(self.tx_policy.actions.iter())
+            .cloned()
+            .collect();
+        if !actions.is_empty() {
+            content = apply_actions(content, &mut prepend, &actions);
+            let what: Vec<String> = actions.iter().map(HeaderAction::describe).collect();
+            tracing::info!("{id}: header changes by plugins: {}", what.join(", "));
+        }
         prepend.push_str(&missing_headers(&content, &id, hostname));
         let listener = self
             .generation
@@ -468,14 +826,29 @@ impl Connection {
         let size = content.len();
         let nrcpt = env.recipients.len();
         let from = env.sender.clone();
-        match self.shared.spool.commit(content, env).await {
+        let (result, status) = match &disposition {
+            Some(Disposition::Quarantine(why)) => (
+                self.shared
+                    .spool
+                    .commit_held(content, env, why.clone())
+                    .await,
+                format!("held: {why}"),
+            ),
+            _ => (
+                self.shared.spool.commit(content, env).await,
+                "queued".to_string(),
+            ),
+        };
+        match result {
             Ok(()) => {
                 tracing::info!(
-                    "{id}: client={}, from=<{from}>, size={size}, nrcpt={nrcpt}, proto={} (queued)",
+                    "{id}: client={}, from=<{from}>, size={size}, nrcpt={nrcpt}, proto={} ({status})",
                     self.client,
                     self.session.protocol()
                 );
-                self.shared.queue.queued(id.clone());
+                if disposition.is_none() {
+                    self.shared.queue.queued(id.clone());
+                }
                 Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")))
             }
             Err(e) => {
@@ -490,4 +863,22 @@ impl Connection {
             }
         }
     }
+}
+
+/// MAIL FROM parameters as plugins see them.
+fn mail_params(p: &MailParams) -> Vec<(String, Option<String>)> {
+    let mut v = Vec::new();
+    if let Some(size) = p.size {
+        v.push(("SIZE".to_string(), Some(size.to_string())));
+    }
+    if p.body == crate::smtp::command::Body::EightBitMime {
+        v.push(("BODY".to_string(), Some("8BITMIME".to_string())));
+    }
+    if p.smtputf8 {
+        v.push(("SMTPUTF8".to_string(), None));
+    }
+    if let Some(auth) = &p.auth {
+        v.push(("AUTH".to_string(), Some(auth.clone())));
+    }
+    v
 }

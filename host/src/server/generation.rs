@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
 use crate::smtp::session::SessionConfig;
 
@@ -27,11 +28,19 @@ pub struct Generation {
     pub router: Arc<Router>,
     /// Same order as `config.listeners`.
     pub listeners: Vec<ListenerGen>,
+    /// Plugin chains per stage.
+    pub chains: Arc<Chains>,
 }
 
 impl Generation {
-    /// Builds a generation from a validated config.
-    pub fn build(config: Config, id: u64) -> anyhow::Result<Generation> {
+    /// Builds a generation from a validated config: routing tables, and
+    /// every plugin loaded and checked (WIT, hooks, each entry's config).
+    pub async fn build(
+        config: Config,
+        id: u64,
+        runtime: Option<&Arc<Runtime>>,
+    ) -> anyhow::Result<Generation> {
+        let chains = Arc::new(Chains::build(&config, runtime).await?);
         let router = Arc::new(Router::new(&config));
         let s = &config.smtp;
         let listeners = config
@@ -55,6 +64,7 @@ impl Generation {
             config,
             router,
             listeners,
+            chains,
         })
     }
 

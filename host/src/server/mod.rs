@@ -1,6 +1,7 @@
 //! The daemon: binds listeners, recovers the spool, starts delivery, serves
 //! sessions, reloads on SIGHUP and drains on SIGTERM.
 
+pub mod admin;
 pub mod connection;
 pub mod generation;
 pub mod limits;
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::deliver::{self, DeliveryConfig};
 use crate::dns::Dns;
+use crate::plugin::Runtime;
 use crate::route::Router;
 use crate::smtp::reply::r;
 use crate::spool::{DirSyncer, Spool};
@@ -47,14 +49,20 @@ pub struct Shared {
     /// Where the config was loaded from (for reloads).
     pub config_path: PathBuf,
     next_generation: AtomicU64,
+    /// The WebAssembly runtime, created when the first plugin is configured.
+    runtime: std::sync::Mutex<Option<Arc<Runtime>>>,
+    /// Serialises reloads.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
-    /// Loads the config again and swaps in a new generation if it is valid;
-    /// otherwise the running generation stays and the error is returned.
-    pub fn reload(&self) -> anyhow::Result<u64> {
+    /// Loads the config again, builds the new generation beside the
+    /// running one (plugins compiled and checked), and swaps it in
+    /// atomically. On any error the old generation keeps serving.
+    pub async fn reload(&self) -> anyhow::Result<u64> {
+        let _one_at_a_time = self.reloading.lock().await;
         let config = Config::load(&self.config_path)?;
-        let current = self.generation.load();
+        let current = self.generation.load_full();
         let old: Vec<_> = current.config.listeners.iter().map(|l| l.address).collect();
         let new: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
         if old != new {
@@ -67,18 +75,40 @@ impl Shared {
                 "server.spool_dir changed: a restart is needed for that (nothing was reloaded)"
             );
         }
+        let runtime = self.runtime_for(&config)?;
         let id = self.next_generation.fetch_add(1, Ordering::SeqCst);
-        let next = Generation::build(config, id)?;
+        let next = Generation::build(config, id, runtime.as_ref()).await?;
+        let (plugins, entries) = (next.chains.plugins.len(), next.chains.len());
         self.router.store(next.router.clone());
         self.generation.store(Arc::new(next));
+        tracing::info!(
+            "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {}",
+            current.id
+        );
         Ok(id)
+    }
+
+    fn runtime_for(&self, config: &Config) -> anyhow::Result<Option<Arc<Runtime>>> {
+        if config.plugins.is_empty() {
+            return Ok(None);
+        }
+        let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        if rt.is_none() {
+            *rt = Some(Runtime::new(&config.wasm)?);
+        }
+        Ok(rt.clone())
     }
 }
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let current = Generation::build(config, 1)?;
+    let runtime = if config.plugins.is_empty() {
+        None
+    } else {
+        Some(Runtime::new(&config.wasm)?)
+    };
+    let current = Generation::build(config, 1, runtime.as_ref()).await?;
     let cfg = &current.config;
 
     let syncer = DirSyncer::start().context("cannot start the directory sync thread")?;
@@ -120,6 +150,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
     let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
     let grace = cfg.server.shutdown_grace.0;
+    let current_spool_dir = cfg.server.spool_dir.clone();
     let listening: Vec<String> = cfg
         .listeners
         .iter()
@@ -135,7 +166,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         router,
         config_path: config_path.to_path_buf(),
         next_generation: AtomicU64::new(2),
+        runtime: std::sync::Mutex::new(runtime),
+        reloading: tokio::sync::Mutex::new(()),
     });
+    let admin_path = admin::socket_path(&current_spool_dir);
+    admin::start(&admin_path, shared.clone())?;
 
     let tracker = TaskTracker::new();
     for (index, sock) in sockets {
@@ -150,10 +185,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match shared.reload() {
-                Ok(id) => tracing::info!("reload: generation {id} is now serving new sessions"),
-                Err(e) => tracing::error!("reload failed, the old generation keeps serving: {e:#}"),
-            },
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                if let Err(e) = shared.reload().await {
+                    tracing::error!("reload failed, the old generation keeps serving: {e:#}");
+                }
+            }
         }
     }
 
@@ -175,6 +212,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "deliveries still running after the grace period; they will be retried on the next start"
         );
     }
+    let _ = std::fs::remove_file(&admin_path);
     tracing::info!("postern stopped");
     Ok(())
 }

@@ -180,8 +180,33 @@ impl Spool {
     /// Writes a message durably into `queue/`. Returns only once the file
     /// and its directory entry are on disk: the caller may then send 250.
     pub async fn commit(&self, content: Vec<u8>, env: Envelope) -> Result<(), SpoolError> {
+        self.commit_to(content, env, None).await
+    }
+
+    /// Like [`Spool::commit`], but into `hold/` with a reason (quarantine).
+    pub async fn commit_held(
+        &self,
+        content: Vec<u8>,
+        env: Envelope,
+        reason: String,
+    ) -> Result<(), SpoolError> {
+        self.commit_to(content, env, Some(reason)).await
+    }
+
+    async fn commit_to(
+        &self,
+        content: Vec<u8>,
+        env: Envelope,
+        hold: Option<String>,
+    ) -> Result<(), SpoolError> {
         let incoming = self.incoming.join(&env.id);
-        let queued = self.queue.join(&env.id);
+        let dir = if hold.is_some() {
+            self.hold.clone()
+        } else {
+            self.queue.clone()
+        };
+        let target = dir.join(&env.id);
+        let state_path = dir.join(format!("{}.state", env.id));
         tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
             let tail = format::encode_tail(&content, &env);
             let mut f = OpenOptions::new()
@@ -194,20 +219,30 @@ impl Spool {
             f.write_all(&tail).map_err(io_err("write", &incoming))?;
             f.sync_data().map_err(io_err("fsync", &incoming))?;
             drop(f);
-            fs::rename(&incoming, &queued).map_err(io_err("rename", &queued))?;
+            if let Some(reason) = hold {
+                let state = DeliveryState {
+                    hold_reason: Some(reason),
+                    ..DeliveryState::default()
+                };
+                let json = serde_json::to_vec(&state).unwrap_or_default();
+                let mut sf = File::create(&state_path).map_err(io_err("create", &state_path))?;
+                sf.write_all(&json).map_err(io_err("write", &state_path))?;
+                sf.sync_data().map_err(io_err("fsync", &state_path))?;
+            }
+            fs::rename(&incoming, &target).map_err(io_err("rename", &target))?;
             Ok(())
         })
         .await
         .map_err(|e| SpoolError::Io {
             op: "commit",
-            path: self.queue.clone(),
+            path: dir.clone(),
             source: io::Error::other(e),
         })??;
         self.syncer()
-            .map_err(io_err("fsync", &self.queue))?
-            .sync(&self.queue)
+            .map_err(io_err("fsync", &dir))?
+            .sync(&dir)
             .await
-            .map_err(io_err("fsync", &self.queue))
+            .map_err(io_err("fsync", &dir))
     }
 
     /// Reads a queued message (blocking).

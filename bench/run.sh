@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# bench/run.sh [SESSIONS [MESSAGES [SIZE]]]   (defaults 20 2000 4096)
+#
+# Postern vs the Postfix baseline of ../shared/peers/postfix-baseline, same
+# load, same run, same machine: smtp-source -> each MTA -> local Maildir.
+# Prints accepted msg/s and delivered-to-Maildir msg/s for both and the
+# ratios. Both MTAs fsync every message before 250 and every Maildir file
+# before it counts as delivered.
+#
+# Extra variants (set BENCH_VARIANTS, space separated; default "core"):
+#   core      Postern with no plugins
+#   plugins   Postern with the quickstart plugin chain (when plugins exist)
+#
+# Needs root, the peers kit installed, and target/release/postern built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PEERS=$ROOT/../shared/peers
+S=${1:-20} M=${2:-2000} L=${3:-4096}
+BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
+VARIANTS=${BENCH_VARIANTS:-core}
+PORT=${BENCH_PORT:-2625}
+LIMIT=300
+
+[ -x "$BIN" ] || { echo "bench: $BIN missing: cargo build --release -p postern" >&2; exit 1; }
+command -v smtp-source >/dev/null || { echo "bench: smtp-source missing: $PEERS/install.sh" >&2; exit 1; }
+
+now() { date +%s.%N; }
+
+disk_probe() {
+  python3 - <<'EOF'
+import os, tempfile, time
+d = tempfile.mkdtemp(dir="/var/tmp")
+t0 = time.time(); n = 200
+for i in range(n):
+    fd = os.open(f"{d}/{i}", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.write(fd, b"x" * 4096); os.fsync(fd); os.close(fd)
+dt = time.time() - t0
+for i in range(n): os.unlink(f"{d}/{i}")
+os.rmdir(d)
+print(f"{n / dt:.0f}")
+EOF
+}
+
+# Runs one Postern variant; prints its result line.
+run_postern() { # VARIANT
+  local variant=$1 work pid t0 t1 t2 n rc=0 load
+  work=$(mktemp -d /tmp/postern-bench.XXXXXX)
+  cat >"$work/postern.toml" <<EOF
+[server]
+hostname = "mx.test"
+spool_dir = "var/spool"
+trusted_networks = ["127.0.0.1/32"]
+
+[[listener]]
+name = "bench"
+address = "127.0.0.1:$PORT"
+
+[dns]
+nameservers = ["127.0.0.1:5353"]
+timeout = "1s"
+
+[smtp]
+max_connections_per_ip = 100
+
+[local]
+domains = ["testdomain.test", "mx.test"]
+users = ["testuser"]
+maildir = "var/mail/{user}/Maildir"
+
+[aliases]
+postmaster = "testuser"
+abuse = "testuser"
+EOF
+  if [ "$variant" = plugins ] && [ -f "$ROOT/bench/plugins.toml" ]; then
+    cat "$ROOT/bench/plugins.toml" >>"$work/postern.toml"
+  fi
+  (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
+  pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+    sleep 0.1
+  done
+  local new=$work/var/mail/testuser/Maildir/new
+  sync
+  sleep 1
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  t0=$(now)
+  timeout $LIMIT smtp-source -s "$S" -m "$M" -l "$L" -f sender@example.test \
+    -t testuser@testdomain.test -M client.test "127.0.0.1:$PORT" || rc=$?
+  t1=$(now)
+  n=0
+  local end=$((SECONDS + LIMIT))
+  while [ $SECONDS -lt $end ]; do
+    n=$(find "$new" -mindepth 1 -maxdepth 1 -type f 2>/dev/null | wc -l)
+    [ "$n" -ge "$M" ] && break
+    sleep 0.05
+  done
+  t2=$(now)
+  local rss
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  awk -v v="$variant" -v s="$S" -v m="$M" -v l="$L" -v t0="$t0" -v t1="$t1" -v t2="$t2" \
+    -v n="$n" -v rc="$rc" -v load="$load" -v rss="$rss" 'BEGIN {
+    acc = (rc == 0) ? m : 0
+    printf "postern-%s s=%d m=%d size=%d accepted_msg_s=%.0f delivered_msg_s=%.0f accept_s=%.2f deliver_s=%.2f delivered=%d/%d smtp_source_rc=%d peak_rss_kb=%d load1_before=%s\n",
+      v, s, m, l, acc / (t1 - t0), n / (t2 - t0), t1 - t0, t2 - t0, n, m, rc, rss, load }'
+  if [ "$n" -lt "$M" ]; then
+    tail -n 20 "$work/postern.log" >&2
+  fi
+  rm -rf "$work"
+}
+
+field() { # LINE KEY
+  sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<"$1"
+}
+
+echo "bench: $S sessions, $M messages of $L bytes; $(nproc) cpus; disk: $(disk_probe) single-thread fsync/s"
+"$PEERS/start.sh" dns >/dev/null
+"$PEERS/postfix-baseline/setup.sh" >/dev/null
+trap '"$PEERS/postfix-baseline/teardown.sh" >/dev/null 2>&1 || true' EXIT
+
+pf=$("$PEERS/postfix-baseline/bench.sh" "$S" "$M" "$L" | tail -n 1)
+echo "$pf"
+pf_acc=$(field "$pf" accepted_msg_s)
+pf_del=$(field "$pf" delivered_msg_s)
+
+declare -A acc del
+for v in $VARIANTS; do
+  line=$(run_postern "$v")
+  echo "$line"
+  acc[$v]=$(field "$line" accepted_msg_s)
+  del[$v]=$(field "$line" delivered_msg_s)
+done
+
+for v in $VARIANTS; do
+  awk -v v="$v" -v a="${acc[$v]}" -v d="${del[$v]}" -v pa="$pf_acc" -v pd="$pf_del" 'BEGIN {
+    printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx\n", v, a / pa, d / pd }'
+done
+if [ -n "${acc[core]:-}" ] && [ -n "${acc[plugins]:-}" ]; then
+  awk -v a="${acc[core]}" -v b="${acc[plugins]}" -v c="${del[core]}" -v d="${del[plugins]}" 'BEGIN {
+    printf "plugin overhead: accepted %.1f%% delivered %.1f%%\n", (a - b) / a * 100, (c - d) / c * 100 }'
+fi

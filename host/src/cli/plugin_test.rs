@@ -1,0 +1,295 @@
+//! `postern plugin test`: runs one plugin against transaction fixtures
+//! without a daemon, so plugin authors can test in CI.
+//!
+//! A fixture file (TOML):
+//!
+//! ```toml
+//! plugin = "../target/wasm32-wasip2/plugin/postern_plugin_access.wasm"  # relative to this file
+//! [config]                       # the chain entry's config table
+//! sender = { "blocked.test" = "REJECT" }
+//!
+//! [[case]]
+//! name = "blocked sender"
+//! stage = "rcpt"                 # connect, helo, mail, rcpt, data
+//! client_ip = "192.0.2.1"        # optional session fields: client_ptr, helo,
+//! helo = "client.test"           #   trusted, auth_user, listener
+//! mail_from = "x@blocked.test"
+//! rcpt_to = ["alice@example.test"]   # at rcpt: the last one is being checked
+//! # message = "spam.eml"         # data stage: a file, or message_text = "..."
+//! [case.expect]
+//! verdict = "reject"             # continue, accept, reject, tempfail, discard, quarantine, failure
+//! code = 554
+//! enhanced = "5.7.1"
+//! text = "Sender address rejected"   # substring of the reply text or reason
+//! scores = { SPAMMY = 2.0 }      # symbols that must be present, with points
+//! headers = ["X-Tag"]            # header names the plugin must add or change
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::config::{Bytes, ChainEntry, Chains as ChainConfig, OnError, PluginDef, Seconds, Wasm};
+use crate::message::HeaderAction;
+use crate::plugin::{Chains, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, Verdict};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    plugin: Option<PathBuf>,
+    #[serde(default)]
+    config: toml::Table,
+    #[serde(default)]
+    time_limit: Option<Seconds>,
+    #[serde(default)]
+    memory_limit: Option<Bytes>,
+    #[serde(rename = "case")]
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    stage: String,
+    #[serde(default = "default_ip")]
+    client_ip: String,
+    client_ptr: Option<String>,
+    helo: Option<String>,
+    #[serde(default)]
+    trusted: bool,
+    auth_user: Option<String>,
+    #[serde(default = "default_listener")]
+    listener: String,
+    #[serde(default)]
+    mail_from: String,
+    #[serde(default)]
+    rcpt_to: Vec<String>,
+    message: Option<PathBuf>,
+    message_text: Option<String>,
+    expect: Expect,
+}
+
+fn default_ip() -> String {
+    "192.0.2.1".into()
+}
+
+fn default_listener() -> String {
+    "mx".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    verdict: String,
+    code: Option<u16>,
+    enhanced: Option<String>,
+    text: Option<String>,
+    #[serde(default)]
+    scores: BTreeMap<String, f64>,
+    #[serde(default)]
+    headers: Vec<String>,
+}
+
+fn stage(name: &str) -> anyhow::Result<Stage> {
+    Ok(match name {
+        "connect" => Stage::Connect,
+        "helo" => Stage::Helo,
+        "mail" => Stage::Mail,
+        "rcpt" => Stage::Rcpt,
+        "data" => Stage::Data,
+        other => anyhow::bail!("unknown stage {other:?} (connect, helo, mail, rcpt, data)"),
+    })
+}
+
+/// Runs every fixture; returns the number of failed cases.
+pub fn run(plugin: Option<&Path>, fixtures: &[PathBuf], cache_dir: &Path) -> anyhow::Result<usize> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut failed = 0;
+        for f in fixtures {
+            failed += run_fixture(plugin, f, cache_dir).await?;
+        }
+        Ok(failed)
+    })
+}
+
+async fn run_fixture(
+    plugin: Option<&Path>,
+    path: &Path,
+    cache_dir: &Path,
+) -> anyhow::Result<usize> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let fixture: Fixture =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let wasm = match (plugin, &fixture.plugin) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => base.join(p),
+        (None, None) => anyhow::bail!(
+            "{}: no plugin given (--plugin or `plugin = ...`)",
+            path.display()
+        ),
+    };
+    let runtime = crate::plugin::Runtime::new(&Wasm {
+        cache_dir: cache_dir.to_path_buf(),
+        max_instances: 16,
+        ..Wasm::default()
+    })?;
+    let def = PluginDef {
+        name: "under-test".into(),
+        path: wasm.clone(),
+        on_error: OnError::Tempfail,
+        reuse_instances: false,
+        memory_limit: fixture.memory_limit.unwrap_or(Bytes(64 << 20)),
+        time_limit: fixture
+            .time_limit
+            .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
+    };
+    println!("# {} with {}", path.display(), wasm.display());
+    let mut failed = 0;
+    for case in &fixture.cases {
+        match run_case(&runtime, &def, &fixture.config, case, base).await {
+            Ok(()) => println!("ok   - {}", case.name),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL - {}: {e:#}", case.name);
+            }
+        }
+    }
+    println!("# {} passed, {failed} failed", fixture.cases.len() - failed);
+    Ok(failed)
+}
+
+async fn run_case(
+    runtime: &Arc<crate::plugin::Runtime>,
+    def: &PluginDef,
+    config: &toml::Table,
+    case: &Case,
+    base: &Path,
+) -> anyhow::Result<()> {
+    let st = stage(&case.stage)?;
+    let entry = ChainEntry {
+        plugin: def.name.clone(),
+        name: Some("under-test".into()),
+        config: config.clone(),
+    };
+    let mut chain = ChainConfig::default();
+    match st {
+        Stage::Connect => chain.connect.push(entry),
+        Stage::Helo => chain.helo.push(entry),
+        Stage::Mail => chain.mail.push(entry),
+        Stage::Rcpt => chain.rcpt.push(entry),
+        Stage::Data => chain.data.push(entry),
+    }
+    let chains = Chains::build_from(std::slice::from_ref(def), &chain, Some(runtime)).await?;
+    let session = SessionInfo {
+        id: "TEST".into(),
+        listener: case.listener.clone(),
+        client_ip: case.client_ip.clone(),
+        client_port: 40000,
+        client_ptr: case.client_ptr.clone(),
+        trusted: case.trusted,
+        helo: case.helo.clone(),
+        tls: None,
+        auth_user: case.auth_user.clone(),
+    };
+    let (before, recipient) = match (st, case.rcpt_to.split_last()) {
+        (Stage::Rcpt, Some((last, before))) => (before.to_vec(), Some(last.clone())),
+        _ => (case.rcpt_to.clone(), None),
+    };
+    let envelope = EnvelopeInfo {
+        queue_id: "0000000000000000".into(),
+        mail_from: case.mail_from.clone(),
+        mail_params: Vec::new(),
+        rcpt_to: before,
+    };
+    let message = match (&case.message, &case.message_text) {
+        (Some(p), _) => Some(
+            std::fs::read(base.join(p)).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+        (None, Some(t)) => Some(t.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes()),
+        (None, None) => None,
+    };
+    let mut runner = PluginSession::new(Arc::new(chains));
+    let input = Input {
+        session: Some(&session),
+        envelope: (!matches!(st, Stage::Connect | Stage::Helo)).then_some(&envelope),
+        recipient: recipient.as_deref(),
+        message: message.map(Arc::new),
+    };
+    let result = runner.run(st, &input, "TEST").await;
+    let (verdict, reply_code, enhanced, text) = match result.decision.map(|d| d.verdict) {
+        None => ("continue", None, None, String::new()),
+        Some(Verdict::Continue) => ("continue", None, None, String::new()),
+        Some(Verdict::Accept) => ("accept", None, None, String::new()),
+        Some(Verdict::Reject(r)) => (
+            "reject",
+            Some(r.code),
+            r.enhanced.map(|e| e.to_string()),
+            r.lines.join(" "),
+        ),
+        Some(Verdict::Tempfail(r)) => {
+            let failure = r.enhanced.map(|e| e.to_string()) == Some("4.3.0".into())
+                && r.lines.join(" ").contains("policy plugin");
+            (
+                if failure { "failure" } else { "tempfail" },
+                Some(r.code),
+                r.enhanced.map(|e| e.to_string()),
+                r.lines.join(" "),
+            )
+        }
+        Some(Verdict::Discard(w)) => ("discard", None, None, w),
+        Some(Verdict::Quarantine(w)) => ("quarantine", None, None, w),
+    };
+    let e = &case.expect;
+    let mut problems = Vec::new();
+    if e.verdict != verdict {
+        problems.push(format!("verdict {verdict} (expected {})", e.verdict));
+    }
+    if let Some(c) = e.code
+        && reply_code != Some(c)
+    {
+        problems.push(format!("code {reply_code:?} (expected {c})"));
+    }
+    if let Some(x) = &e.enhanced
+        && enhanced.as_deref() != Some(x.as_str())
+    {
+        problems.push(format!("enhanced code {enhanced:?} (expected {x})"));
+    }
+    if let Some(t) = &e.text
+        && !text.contains(t.as_str())
+    {
+        problems.push(format!("text {text:?} does not contain {t:?}"));
+    }
+    for (sym, points) in &e.scores {
+        match result.scores.iter().find(|s| &s.symbol == sym) {
+            Some(s) if (s.points - points).abs() < 1e-9 => {}
+            Some(s) => problems.push(format!("score {sym}={} (expected {points})", s.points)),
+            None => problems.push(format!("no score {sym}")),
+        }
+    }
+    for h in &e.headers {
+        let found = result.actions.iter().any(|a| match a {
+            HeaderAction::Add { name, .. } | HeaderAction::Change { name, .. } => {
+                name.eq_ignore_ascii_case(h)
+            }
+            HeaderAction::Remove { .. } => false,
+        });
+        if !found {
+            problems.push(format!("no header {h} added"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", problems.join("; "))
+    }
+}

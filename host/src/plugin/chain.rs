@@ -1,0 +1,608 @@
+//! Stage chains: the ordered plugin entries of each SMTP stage, built and
+//! validated with a generation, and the per-session runner that calls them.
+//!
+//! Semantics (Postfix restriction lists): entries run in order; the first
+//! definitive verdict ends the stage, `continue` passes on; scores and
+//! header actions of every entry called are collected. A plugin failure
+//! (trap, time or memory limit, pool exhausted) becomes a `451 4.3.0` or
+//! is skipped, per the plugin's `on_error`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use wasmtime::component::Resource;
+use wasmtime::{PoolConcurrencyLimitError, Trap};
+
+use super::bindings::postern::filter::types as wit;
+use super::outcome::{Outcome, Score, Verdict};
+use super::runtime::{Live, LoadedPlugin, Runtime, budget};
+use super::state::{MemoryLimitExceeded, MessageData};
+use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
+use crate::message::HeaderAction;
+use crate::smtp::reply::r;
+
+/// Warm instances kept per entry when `reuse_instances` is on.
+const WARM_POOL: usize = 16;
+
+/// The SMTP stages that have chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Connection established.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// End of message content.
+    Data,
+}
+
+impl Stage {
+    /// The stage's name in config and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+        }
+    }
+
+    /// The SMTP command for log lines.
+    pub fn command(self) -> &'static str {
+        match self {
+            Stage::Connect => "CONNECT",
+            Stage::Helo => "EHLO",
+            Stage::Mail => "MAIL",
+            Stage::Rcpt => "RCPT",
+            Stage::Data => "END-OF-MESSAGE",
+        }
+    }
+
+    /// Whether instances of this stage belong to the transaction.
+    fn transactional(self) -> bool {
+        matches!(self, Stage::Mail | Stage::Rcpt | Stage::Data)
+    }
+}
+
+/// One entry of a chain: a plugin with its own config.
+pub struct Entry {
+    id: usize,
+    /// Label for logs.
+    pub label: Arc<str>,
+    /// The plugin.
+    pub plugin: Arc<LoadedPlugin>,
+    config: Arc<str>,
+    warm: Mutex<Vec<Live>>,
+}
+
+/// Every chain of a generation.
+pub struct Chains {
+    runtime: Option<Arc<Runtime>>,
+    stages: HashMap<Stage, Vec<Arc<Entry>>>,
+    /// All loaded plugins, for `check` and logs.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+impl std::fmt::Debug for Chains {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(s, e)| format!("{}={}", s.name(), e.len()))
+            .collect();
+        f.debug_struct("Chains").field("stages", &stages).finish()
+    }
+}
+
+/// Host-side view of the session, converted for each call.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    /// Unique session ID.
+    pub id: String,
+    /// Listener name.
+    pub listener: String,
+    /// Client IP.
+    pub client_ip: String,
+    /// Client port.
+    pub client_port: u16,
+    /// Verified PTR.
+    pub client_ptr: Option<String>,
+    /// In trusted networks.
+    pub trusted: bool,
+    /// HELO name.
+    pub helo: Option<String>,
+    /// TLS version and cipher.
+    pub tls: Option<(String, String)>,
+    /// SASL identity.
+    pub auth_user: Option<String>,
+}
+
+/// Host-side view of the envelope.
+#[derive(Debug, Clone, Default)]
+pub struct EnvelopeInfo {
+    /// Queue ID.
+    pub queue_id: String,
+    /// Sender (empty for `<>`).
+    pub mail_from: String,
+    /// MAIL parameters.
+    pub mail_params: Vec<(String, Option<String>)>,
+    /// Recipients so far.
+    pub rcpt_to: Vec<String>,
+}
+
+/// What a hook is called with.
+#[derive(Debug, Default)]
+pub struct Input<'a> {
+    /// The session.
+    pub session: Option<&'a SessionInfo>,
+    /// The envelope (mail, rcpt, data).
+    pub envelope: Option<&'a EnvelopeInfo>,
+    /// The recipient being checked (rcpt).
+    pub recipient: Option<&'a str>,
+    /// The message content (data).
+    pub message: Option<Arc<Vec<u8>>>,
+}
+
+fn to_wit_session(s: &SessionInfo) -> wit::Session {
+    wit::Session {
+        id: s.id.clone(),
+        listener: s.listener.clone(),
+        client_ip: s.client_ip.clone(),
+        client_port: s.client_port,
+        client_ptr: s.client_ptr.clone(),
+        trusted: s.trusted,
+        helo: s.helo.clone(),
+        tls: s.tls.as_ref().map(|(version, cipher)| wit::TlsInfo {
+            version: version.clone(),
+            cipher: cipher.clone(),
+        }),
+        auth_user: s.auth_user.clone(),
+    }
+}
+
+fn to_wit_envelope(e: &EnvelopeInfo) -> wit::Envelope {
+    wit::Envelope {
+        queue_id: e.queue_id.clone(),
+        mail_from: e.mail_from.clone(),
+        mail_params: e
+            .mail_params
+            .iter()
+            .map(|(name, value)| wit::Param {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        rcpt_to: e.rcpt_to.clone(),
+    }
+}
+
+/// The first definitive verdict of a stage and who gave it.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Entry label.
+    pub entry: Arc<str>,
+    /// The verdict (never `Continue`).
+    pub verdict: Verdict,
+}
+
+/// Everything a stage produced.
+#[derive(Debug, Default)]
+pub struct StageResult {
+    /// The deciding verdict, if any entry gave one.
+    pub decision: Option<Decision>,
+    /// Scores of every entry called.
+    pub scores: Vec<Score>,
+    /// Header actions of every entry called.
+    pub actions: Vec<HeaderAction>,
+}
+
+/// Why a plugin call failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The epoch budget ran out.
+    TimeLimit,
+    /// Memory growth beyond the limit.
+    MemoryLimit(String),
+    /// No pooling slot free.
+    Overloaded,
+    /// Any other trap or error.
+    Trap(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::TimeLimit => f.write_str("time limit exceeded"),
+            Failure::MemoryLimit(m) => write!(f, "{m}"),
+            Failure::Overloaded => f.write_str("no free plugin instance slot (wasm.max_instances)"),
+            Failure::Trap(m) => write!(f, "trapped: {m}"),
+        }
+    }
+}
+
+fn classify(e: &wasmtime::Error) -> Failure {
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Failure::TimeLimit;
+    }
+    if let Some(m) = e.downcast_ref::<MemoryLimitExceeded>() {
+        return Failure::MemoryLimit(m.to_string());
+    }
+    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return Failure::Overloaded;
+    }
+    // One log line: the trap or root cause, never a backtrace.
+    let text = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    Failure::Trap(
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(300)
+            .collect(),
+    )
+}
+
+impl Chains {
+    /// No chains at all.
+    pub fn empty() -> Chains {
+        Chains {
+            runtime: None,
+            stages: HashMap::new(),
+            plugins: Vec::new(),
+        }
+    }
+
+    /// Loads every `[[plugin]]` and builds the chains; validates that each
+    /// entry's plugin exports the stage's hook and accepts the entry's
+    /// config (`configure.check-config`).
+    pub async fn build(config: &Config, runtime: Option<&Arc<Runtime>>) -> anyhow::Result<Chains> {
+        Chains::build_from(&config.plugins, &config.chain, runtime).await
+    }
+
+    /// [`Chains::build`] from the `[[plugin]]` and `[chain]` parts alone.
+    pub async fn build_from(
+        plugin_defs: &[PluginDef],
+        chain: &ChainConfig,
+        runtime: Option<&Arc<Runtime>>,
+    ) -> anyhow::Result<Chains> {
+        if plugin_defs.is_empty() {
+            return Ok(Chains::empty());
+        }
+        let runtime = runtime
+            .context("plugins are configured but the WebAssembly runtime is not available")?
+            .clone();
+        let mut loaded: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
+        let mut plugins = Vec::new();
+        for (i, def) in plugin_defs.iter().enumerate() {
+            let p = runtime
+                .load(def)
+                .await
+                .with_context(|| format!("plugin[{i}] {:?} ({})", def.name, def.path.display()))?;
+            tracing::info!(
+                "plugin {}: loaded {} ({}), hooks: {}",
+                def.name,
+                def.path.display(),
+                p.digest,
+                p.hooks.names().join(", ")
+            );
+            loaded.insert(def.name.clone(), p.clone());
+            plugins.push(p);
+        }
+        let mut stages = HashMap::new();
+        let mut next_id = 0;
+        let stage_of = |name: &str| match name {
+            "connect" => Stage::Connect,
+            "helo" => Stage::Helo,
+            "mail" => Stage::Mail,
+            "rcpt" => Stage::Rcpt,
+            _ => Stage::Data,
+        };
+        for (stage_name, entries) in chain.stages() {
+            let mut list = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                let key = format!("chain.{stage_name}[{i}]");
+                let plugin = loaded
+                    .get(&e.plugin)
+                    .with_context(|| format!("{key}: no [[plugin]] named {:?}", e.plugin))?
+                    .clone();
+                if !plugin.hooks.has(stage_name) {
+                    anyhow::bail!(
+                        "{key}: plugin {:?} does not export {stage_name}-hook (it exports: {})",
+                        e.plugin,
+                        plugin.hooks.names().join(", ")
+                    );
+                }
+                let json = serde_json::to_string(&e.config)
+                    .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
+                let entry = Entry {
+                    id: next_id,
+                    label: Arc::from(e.label()),
+                    plugin,
+                    config: Arc::from(json),
+                    warm: Mutex::new(Vec::new()),
+                };
+                next_id += 1;
+                check_config(&runtime, &entry)
+                    .await
+                    .with_context(|| format!("{key} ({})", entry.label))?;
+                list.push(Arc::new(entry));
+            }
+            if !list.is_empty() {
+                stages.insert(stage_of(stage_name), list);
+            }
+        }
+        Ok(Chains {
+            runtime: Some(runtime),
+            stages,
+            plugins,
+        })
+    }
+
+    /// True if the stage has at least one entry.
+    pub fn has(&self, stage: Stage) -> bool {
+        self.stages.get(&stage).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Number of entries over all stages.
+    pub fn len(&self) -> usize {
+        self.stages.values().map(Vec::len).sum()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn check_config(runtime: &Runtime, entry: &Entry) -> anyhow::Result<()> {
+    let Some(idx) = &entry.plugin.hooks.configure else {
+        return Ok(());
+    };
+    let mut live = runtime
+        .instantiate(&entry.plugin, entry.label.clone(), entry.config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
+    live.store.data_mut().ticks_left = budget(&entry.plugin);
+    live.store.set_epoch_deadline(1);
+    let guest = idx
+        .load(&mut live.store, &live.instance)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    match guest.call_check_config(&mut live.store).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(msg)) => anyhow::bail!("config refused by the plugin: {msg}"),
+        Err(e) => anyhow::bail!("check-config failed: {}", classify(&e)),
+    }
+}
+
+/// Calls the chains for one SMTP session.
+pub struct PluginSession {
+    chains: Arc<Chains>,
+    /// Instances of the current transaction, by entry ID.
+    live: HashMap<usize, (Arc<Entry>, Live)>,
+}
+
+impl PluginSession {
+    /// A runner for a session of the given generation's chains.
+    pub fn new(chains: Arc<Chains>) -> PluginSession {
+        PluginSession {
+            chains,
+            live: HashMap::new(),
+        }
+    }
+
+    /// True if the stage has entries (so the caller can skip building input).
+    pub fn has(&self, stage: Stage) -> bool {
+        self.chains.has(stage)
+    }
+
+    /// Runs a stage's chain. `context` (queue ID or session ID) prefixes
+    /// the plugins' log lines.
+    pub async fn run(&mut self, stage: Stage, input: &Input<'_>, context: &str) -> StageResult {
+        let mut result = StageResult::default();
+        let Some(entries) = self.chains.stages.get(&stage).cloned() else {
+            return result;
+        };
+        let Some(runtime) = self.chains.runtime.clone() else {
+            return result;
+        };
+        for entry in entries {
+            let call = self.call(&runtime, &entry, stage, input, context).await;
+            let outcome = match call {
+                Ok(o) => o,
+                Err(failure) => {
+                    let on_error = entry.plugin.def.on_error;
+                    tracing::warn!(
+                        "{context}: plugin {} failed at {}: {failure}; on_error={}",
+                        entry.label,
+                        stage.name(),
+                        match on_error {
+                            OnError::Tempfail => "tempfail",
+                            OnError::Continue => "continue",
+                        }
+                    );
+                    match on_error {
+                        OnError::Continue => continue,
+                        OnError::Tempfail => {
+                            result.decision = Some(Decision {
+                                entry: entry.label.clone(),
+                                verdict: Verdict::Tempfail(r(
+                                    451,
+                                    4,
+                                    3,
+                                    0,
+                                    "Error: temporary failure in a policy plugin, try again later",
+                                )),
+                            });
+                            break;
+                        }
+                    }
+                }
+            };
+            result.scores.extend(outcome.scores);
+            for a in outcome.actions {
+                if !result.actions.contains(&a) {
+                    result.actions.push(a);
+                }
+            }
+            if outcome.verdict.is_definitive() {
+                result.decision = Some(Decision {
+                    entry: entry.label.clone(),
+                    verdict: outcome.verdict,
+                });
+                break;
+            }
+        }
+        result
+    }
+
+    /// Ends the transaction: its instances are dropped (or returned to the
+    /// warm pool for `reuse_instances` plugins).
+    pub fn end_transaction(&mut self) {
+        for (_, (entry, live)) in self.live.drain() {
+            recycle(&entry, live);
+        }
+    }
+
+    async fn call(
+        &mut self,
+        runtime: &Runtime,
+        entry: &Arc<Entry>,
+        stage: Stage,
+        input: &Input<'_>,
+        context: &str,
+    ) -> Result<Outcome, Failure> {
+        let mut live = match self.live.remove(&entry.id) {
+            Some((_, live)) => live,
+            None => match take_warm(entry) {
+                Some(live) => live,
+                None => runtime
+                    .instantiate(&entry.plugin, entry.label.clone(), entry.config.clone())
+                    .await
+                    .map_err(|e| classify(&e))?,
+            },
+        };
+        live.store.data_mut().context = context.to_string();
+        live.store.data_mut().ticks_left = budget(&entry.plugin);
+        live.store.set_epoch_deadline(1);
+        let res = invoke(&mut live, &entry.plugin, stage, input).await;
+        match res {
+            Ok(o) => {
+                if stage.transactional() {
+                    self.live.insert(entry.id, (entry.clone(), live));
+                } else {
+                    recycle(entry, live);
+                }
+                Ok(Outcome::from_wit(o, &entry.label))
+            }
+            // A trapped instance is poisoned: it is dropped here.
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+impl Drop for PluginSession {
+    fn drop(&mut self) {
+        self.end_transaction();
+    }
+}
+
+fn take_warm(entry: &Entry) -> Option<Live> {
+    if !entry.plugin.def.reuse_instances {
+        return None;
+    }
+    entry.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
+}
+
+fn recycle(entry: &Entry, live: Live) {
+    if entry.plugin.def.reuse_instances {
+        let mut warm = entry.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if warm.len() < WARM_POOL {
+            warm.push(live);
+        }
+    }
+}
+
+async fn invoke(
+    live: &mut Live,
+    plugin: &LoadedPlugin,
+    stage: Stage,
+    input: &Input<'_>,
+) -> wasmtime::Result<wit::Outcome> {
+    let session = to_wit_session(
+        input
+            .session
+            .ok_or_else(|| wasmtime::format_err!("no session"))?,
+    );
+    let envelope = input
+        .envelope
+        .map(to_wit_envelope)
+        .unwrap_or_else(|| wit::Envelope {
+            queue_id: String::new(),
+            mail_from: String::new(),
+            mail_params: Vec::new(),
+            rcpt_to: Vec::new(),
+        });
+    let missing = || wasmtime::format_err!("plugin does not export the {} hook", stage.name());
+    let (store, instance) = (&mut live.store, &live.instance);
+    let h = &plugin.hooks;
+    match stage {
+        Stage::Connect => {
+            let g = h
+                .connect
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut *store, instance)?;
+            g.call_on_connect(&mut *store, &session).await
+        }
+        Stage::Helo => {
+            let g = h
+                .helo
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut *store, instance)?;
+            g.call_on_helo(&mut *store, &session).await
+        }
+        Stage::Mail => {
+            let g = h
+                .mail
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut *store, instance)?;
+            g.call_on_mail(&mut *store, &session, &envelope).await
+        }
+        Stage::Rcpt => {
+            let g = h
+                .rcpt
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut *store, instance)?;
+            let rcpt = input.recipient.unwrap_or("");
+            g.call_on_rcpt(&mut *store, &session, &envelope, rcpt, &[])
+                .await
+        }
+        Stage::Data => {
+            let g = h
+                .data
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut *store, instance)?;
+            let content = input.message.clone().unwrap_or_default();
+            let own = store.data_mut().table.push(MessageData::new(content))?;
+            let borrow = Resource::<MessageData>::new_borrow(own.rep());
+            let res = g
+                .call_on_data(&mut *store, &session, &envelope, borrow)
+                .await;
+            // After a trap the store is dropped anyway; only clean up on success.
+            if res.is_ok() {
+                store.data_mut().table.delete(own)?;
+            }
+            res
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Policy as sandboxed WebAssembly plugins.
+//!
+//! - [`runtime`]: one wasmtime engine (pooling allocator, epoch ticker),
+//!   the compile cache, and loading with WIT checks and hook detection.
+//! - [`state`]: what a plugin instance's store holds and the host imports.
+//! - [`chain`]: the per-stage chains of a generation and the per-session
+//!   runner with Postfix restriction-list semantics.
+//! - [`outcome`]: plugin answers in host terms, sanitised.
+//! - [`scoring`]: policy weighting over a transaction.
+
+mod bindings;
+pub mod chain;
+pub mod outcome;
+pub mod runtime;
+pub mod scoring;
+pub mod state;
+
+pub use chain::{
+    Chains, Decision, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, StageResult,
+};
+pub use outcome::{Score, Verdict};
+pub use runtime::Runtime;

@@ -1,0 +1,230 @@
+//! Plugin answers in host terms, with every reply made safe: a plugin
+//! cannot send a 2xx as a reject, forge reply lines, or inject headers.
+
+use std::sync::Arc;
+
+use super::bindings::postern::filter::types as wit;
+use crate::message::{HeaderAction, sanitize_value, valid_header_name};
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// A plugin's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// No opinion.
+    Continue,
+    /// Permit; ends the stage.
+    Accept,
+    /// 5xx.
+    Reject(Reply),
+    /// 4xx.
+    Tempfail(Reply),
+    /// Accept and drop, with a reason.
+    Discard(String),
+    /// Accept and hold, with a reason.
+    Quarantine(String),
+}
+
+impl Verdict {
+    /// True for every verdict that ends a stage's chain.
+    pub fn is_definitive(&self) -> bool {
+        !matches!(self, Verdict::Continue)
+    }
+
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Continue => "continue",
+            Verdict::Accept => "accept",
+            Verdict::Reject(_) => "reject",
+            Verdict::Tempfail(_) => "tempfail",
+            Verdict::Discard(_) => "discard",
+            Verdict::Quarantine(_) => "quarantine",
+        }
+    }
+}
+
+/// A score contribution with the entry that made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    /// Symbol.
+    pub symbol: String,
+    /// Points.
+    pub points: f64,
+    /// Optional detail.
+    pub detail: Option<String>,
+    /// Chain entry label.
+    pub entry: Arc<str>,
+}
+
+/// A plugin's outcome in host terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Score contributions.
+    pub scores: Vec<Score>,
+    /// Header changes.
+    pub actions: Vec<HeaderAction>,
+}
+
+/// Turns a plugin's reply into one that is valid for the verdict class.
+fn fix_reply(r: &wit::Reply, class: u8) -> Reply {
+    let (lo, default_code) = if class == 5 { (500, 550) } else { (400, 450) };
+    let code = if (lo..lo + 100).contains(&r.code) {
+        r.code
+    } else {
+        default_code
+    };
+    let enhanced = r
+        .enhanced
+        .as_deref()
+        .and_then(Enhanced::parse)
+        .filter(|e| e.0 == class)
+        .unwrap_or(Enhanced(class, 7, 1));
+    let text: String = r
+        .text
+        .chars()
+        .take(400)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let text = if text.trim().is_empty() {
+        if class == 5 {
+            "Rejected by policy".into()
+        } else {
+            "Try again later".into()
+        }
+    } else {
+        text
+    };
+    Reply::new(code, enhanced, text)
+}
+
+fn symbol(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_-.".contains(*c))
+        .take(64)
+        .collect();
+    if s.is_empty() { "UNNAMED".into() } else { s }
+}
+
+impl Outcome {
+    /// Converts and sanitises a plugin's outcome.
+    pub fn from_wit(o: wit::Outcome, entry: &Arc<str>) -> Outcome {
+        let verdict = match &o.verdict {
+            wit::Verdict::Continue => Verdict::Continue,
+            wit::Verdict::Accept => Verdict::Accept,
+            wit::Verdict::Reject(r) => Verdict::Reject(fix_reply(r, 5)),
+            wit::Verdict::Tempfail(r) => Verdict::Tempfail(fix_reply(r, 4)),
+            wit::Verdict::Discard(why) => Verdict::Discard(sanitize_value(why)),
+            wit::Verdict::Quarantine(why) => Verdict::Quarantine(sanitize_value(why)),
+        };
+        let scores = o
+            .scores
+            .iter()
+            .filter(|s| s.points.is_finite())
+            .map(|s| Score {
+                symbol: symbol(&s.symbol),
+                points: s.points.clamp(-1000.0, 1000.0),
+                detail: s.detail.as_deref().map(sanitize_value),
+                entry: entry.clone(),
+            })
+            .collect();
+        let mut actions = Vec::new();
+        for a in o.actions {
+            let (name, action) = match a {
+                wit::Action::AddHeader(h) => (
+                    h.name.clone(),
+                    HeaderAction::Add {
+                        name: h.name,
+                        value: h.value,
+                    },
+                ),
+                wit::Action::ChangeHeader(h) => (
+                    h.name.clone(),
+                    HeaderAction::Change {
+                        name: h.name,
+                        index: h.index,
+                        value: h.value,
+                    },
+                ),
+                wit::Action::RemoveHeader(h) => (
+                    h.name.clone(),
+                    HeaderAction::Remove {
+                        name: h.name,
+                        index: h.index,
+                    },
+                ),
+            };
+            if valid_header_name(&name) {
+                actions.push(action);
+            } else {
+                tracing::warn!("plugin {entry}: ignoring header action with invalid name {name:?}");
+            }
+        }
+        Outcome {
+            verdict,
+            scores,
+            actions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, enhanced: Option<&str>, text: &str) -> wit::Reply {
+        wit::Reply {
+            code,
+            enhanced: enhanced.map(str::to_string),
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn replies_are_forced_into_their_class() {
+        let r = fix_reply(&reply(250, Some("2.0.0"), "ok"), 5);
+        assert_eq!((r.code, r.enhanced), (550, Some(Enhanced(5, 7, 1))));
+        let r = fix_reply(&reply(421, Some("4.7.0"), "later"), 4);
+        assert_eq!((r.code, r.enhanced), (421, Some(Enhanced(4, 7, 0))));
+        let r = fix_reply(&reply(554, Some("4.7.1"), "x\r\n250 ok"), 5);
+        assert_eq!(r.enhanced, Some(Enhanced(5, 7, 1)));
+        assert!(!r.lines[0].contains('\n'));
+    }
+
+    #[test]
+    fn bad_header_names_and_scores_are_dropped() {
+        let entry: Arc<str> = Arc::from("t");
+        let o = Outcome::from_wit(
+            wit::Outcome {
+                verdict: wit::Verdict::Continue,
+                scores: vec![
+                    wit::Score {
+                        symbol: "A B".into(),
+                        points: f64::NAN,
+                        detail: None,
+                    },
+                    wit::Score {
+                        symbol: "OK_SYM".into(),
+                        points: 2.0,
+                        detail: None,
+                    },
+                ],
+                actions: vec![
+                    wit::Action::AddHeader(wit::Header {
+                        name: "Bad:Name".into(),
+                        value: "v".into(),
+                    }),
+                    wit::Action::AddHeader(wit::Header {
+                        name: "X-Good".into(),
+                        value: "v".into(),
+                    }),
+                ],
+            },
+            &entry,
+        );
+        assert_eq!(o.scores.len(), 1);
+        assert_eq!(o.actions.len(), 1);
+    }
+}

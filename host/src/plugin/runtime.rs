@@ -1,0 +1,407 @@
+//! The WebAssembly runtime: one engine (pooling allocator, epoch
+//! interruption), one linker, a compile cache on disk, and loading of
+//! plugin components with their hook detection and validation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+    WasmBacktraceDetails,
+};
+
+use super::bindings::Plugin as PluginWorld;
+use super::bindings::exports::postern::filter::{
+    configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
+};
+use super::state::HostState;
+use crate::config::{PluginDef, Wasm};
+
+/// Epoch tick: the granularity of plugin time limits.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// The WIT package and versions this host speaks.
+const PACKAGE: &str = "postern:filter/";
+const COMPATIBLE: &str = "0.1.";
+const EXPORTS: &[&str] = &[
+    "connect-hook",
+    "helo-hook",
+    "mail-hook",
+    "rcpt-hook",
+    "data-hook",
+    "configure",
+];
+const IMPORTS: &[&str] = &["host", "types"];
+
+/// The hook interfaces a component exports.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// `connect-hook`.
+    pub connect: Option<connect_hook::GuestIndices>,
+    /// `helo-hook`.
+    pub helo: Option<helo_hook::GuestIndices>,
+    /// `mail-hook`.
+    pub mail: Option<mail_hook::GuestIndices>,
+    /// `rcpt-hook`.
+    pub rcpt: Option<rcpt_hook::GuestIndices>,
+    /// `data-hook`.
+    pub data: Option<data_hook::GuestIndices>,
+    /// `configure`.
+    pub configure: Option<configure::GuestIndices>,
+}
+
+impl Hooks {
+    /// Names of the exported hooks, for logs.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.connect.is_some() {
+            v.push("connect");
+        }
+        if self.helo.is_some() {
+            v.push("helo");
+        }
+        if self.mail.is_some() {
+            v.push("mail");
+        }
+        if self.rcpt.is_some() {
+            v.push("rcpt");
+        }
+        if self.data.is_some() {
+            v.push("data");
+        }
+        v
+    }
+
+    /// True if the hook for this stage is exported.
+    pub fn has(&self, stage: &str) -> bool {
+        match stage {
+            "connect" => self.connect.is_some(),
+            "helo" => self.helo.is_some(),
+            "mail" => self.mail.is_some(),
+            "rcpt" => self.rcpt.is_some(),
+            "data" => self.data.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// A component ready to instantiate.
+pub struct LoadedPlugin {
+    /// Its `[[plugin]]` definition.
+    pub def: PluginDef,
+    /// Content hash of the `.wasm` (hex, first 12 digits), for logs.
+    pub digest: String,
+    pub(super) pre: InstancePre<HostState>,
+    /// Exported hooks.
+    pub hooks: Hooks,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.def.name)
+            .field("digest", &self.digest)
+            .field("hooks", &self.hooks.names())
+            .finish()
+    }
+}
+
+/// A live instance and its store.
+pub struct Live {
+    pub(super) store: Store<HostState>,
+    pub(super) instance: Instance,
+}
+
+/// The engine and everything shared by all generations.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: PathBuf,
+    /// Compiled components by content hash: a reload of an unchanged plugin
+    /// costs nothing.
+    compiled: Mutex<HashMap<[u8; 32], Component>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Creates the engine (and its epoch ticker thread) and the linker.
+    pub fn new(cfg: &Wasm) -> anyhow::Result<Arc<Runtime>> {
+        let slots = cfg.max_instances.max(1);
+        let max_memory = usize::try_from(cfg.max_memory.0).unwrap_or(usize::MAX);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(8))
+            .total_stacks(slots)
+            .max_memory_size(max_memory)
+            .max_tables_per_module(8)
+            .table_elements(100_000)
+            .max_component_instance_size(1 << 20)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .memory_reservation(cfg.max_memory.0)
+            .memory_guard_size(64 << 10)
+            .wasm_backtrace_details(WasmBacktraceDetails::Disable)
+            .wasm_backtrace_max_frames(None)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("cannot create the WebAssembly engine")?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .context("cannot start the epoch thread")?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        PluginWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir: cfg.cache_dir.clone(),
+            compiled: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Compiles a component, or loads it from the memory or disk cache.
+    fn component(&self, bytes: &[u8]) -> anyhow::Result<(Component, String)> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let short = hex[..12].to_string();
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
+            return Ok((c.clone(), short));
+        }
+        // The engine's settings decide whether an artifact is usable.
+        let mut h = Sha256::new();
+        h.update(digest);
+        let mut compat = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
+        h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
+        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.cache_dir.join(format!("{key}.cwasm"));
+        let component = match load_cached(&self.engine, &path) {
+            Some(c) => c,
+            None => {
+                let started = std::time::Instant::now();
+                let artifact = self
+                    .engine
+                    .precompile_component(bytes)
+                    .map_err(|e| anyhow::anyhow!("{e:#}"))
+                    .context("not a valid WebAssembly component")?;
+                tracing::info!(
+                    "plugin {short}: compiled in {} ms; caching in {}",
+                    started.elapsed().as_millis(),
+                    self.cache_dir.display()
+                );
+                if let Err(e) = store_cached(&path, &artifact) {
+                    tracing::warn!("cannot cache compiled plugin in {}: {e}", path.display());
+                }
+                deserialize(&self.engine, &artifact)?
+            }
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, component.clone());
+        Ok((component, short))
+    }
+
+    /// Loads and checks a plugin: WIT compatibility by name, imports
+    /// satisfied, exported hooks type-checked by a trial instantiation.
+    pub async fn load(self: &Arc<Self>, def: &PluginDef) -> anyhow::Result<Arc<LoadedPlugin>> {
+        let bytes = std::fs::read(&def.path)
+            .with_context(|| format!("cannot read {}", def.path.display()))?;
+        let rt = self.clone();
+        let (component, digest) =
+            tokio::task::spawn_blocking(move || rt.component(&bytes)).await??;
+        check_wit(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("its imports do not match what the host provides")?;
+        let hooks = Hooks {
+            connect: connect_hook::GuestIndices::new(&pre).ok(),
+            helo: helo_hook::GuestIndices::new(&pre).ok(),
+            mail: mail_hook::GuestIndices::new(&pre).ok(),
+            rcpt: rcpt_hook::GuestIndices::new(&pre).ok(),
+            data: data_hook::GuestIndices::new(&pre).ok(),
+            configure: configure::GuestIndices::new(&pre).ok(),
+        };
+        if hooks.names().is_empty() {
+            anyhow::bail!(
+                "it exports no hook interface of postern:filter@0.1 (connect-hook, helo-hook, mail-hook, rcpt-hook, data-hook)"
+            );
+        }
+        let plugin = LoadedPlugin {
+            def: def.clone(),
+            digest,
+            pre,
+            hooks,
+        };
+        // Names match; now the function types: load() type-checks each hook.
+        let mut live = self
+            .instantiate(&plugin, "load".into(), "{}".into())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("trial instantiation failed")?;
+        let (s, i) = (&mut live.store, &live.instance);
+        let h = &plugin.hooks;
+        let typed = (|| -> wasmtime::Result<()> {
+            if let Some(x) = &h.connect {
+                x.load(&mut *s, i)?;
+            }
+            if let Some(x) = &h.helo {
+                x.load(&mut *s, i)?;
+            }
+            if let Some(x) = &h.mail {
+                x.load(&mut *s, i)?;
+            }
+            if let Some(x) = &h.rcpt {
+                x.load(&mut *s, i)?;
+            }
+            if let Some(x) = &h.data {
+                x.load(&mut *s, i)?;
+            }
+            if let Some(x) = &h.configure {
+                x.load(&mut *s, i)?;
+            }
+            Ok(())
+        })();
+        typed
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("an exported hook has the wrong type (built against another WIT?)")?;
+        Ok(Arc::new(plugin))
+    }
+
+    /// A fresh instance with its own store, limits and epoch budget.
+    pub async fn instantiate(
+        &self,
+        plugin: &LoadedPlugin,
+        entry: Arc<str>,
+        config: Arc<str>,
+    ) -> wasmtime::Result<Live> {
+        let memory = usize::try_from(plugin.def.memory_limit.0).unwrap_or(usize::MAX);
+        let mut store = Store::new(&self.engine, HostState::new(entry, config, memory));
+        store.limiter(|s| &mut s.limits);
+        // Yield to tokio on every tick; interrupt when the budget is spent.
+        store.epoch_deadline_callback(|mut ctx| {
+            let st = ctx.data_mut();
+            if st.ticks_left == 0 {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            st.ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        // Start-up code (a Python interpreter) gets a more generous budget.
+        store.data_mut().ticks_left = budget(plugin).saturating_mul(4).max(200);
+        store.set_epoch_deadline(1);
+        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        Ok(Live { store, instance })
+    }
+}
+
+/// Epoch ticks allowed per call.
+pub fn budget(plugin: &LoadedPlugin) -> u32 {
+    let ticks = plugin.def.time_limit.0.as_millis() / TICK.as_millis();
+    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+}
+
+/// Refuses components built against another major version of the WIT, or
+/// that import or export unknown `postern:filter` interfaces, with a
+/// message naming the interface.
+fn check_wit(engine: &Engine, component: &Component) -> anyhow::Result<()> {
+    let ty = component.component_type();
+    let check = |dir: &str, name: &str, known: &[&str]| -> anyhow::Result<()> {
+        let Some(rest) = name.strip_prefix(PACKAGE) else {
+            return Ok(());
+        };
+        let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        if !version.starts_with(COMPATIBLE) {
+            anyhow::bail!(
+                "it {dir}s `{name}`: built against postern:filter@{version}, this host speaks @{COMPATIBLE}x"
+            );
+        }
+        if !known.contains(&iface) {
+            anyhow::bail!("it {dir}s `{name}`, which this host does not know");
+        }
+        Ok(())
+    };
+    for (name, item) in ty.exports(engine) {
+        if name.starts_with(PACKAGE) && !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            anyhow::bail!("it exports `{name}` as something other than an interface");
+        }
+        check("export", name, EXPORTS)?;
+    }
+    for (name, _) in ty.imports(engine) {
+        check("import", name, IMPORTS)?;
+    }
+    Ok(())
+}
+
+/// Loads a precompiled artifact written by [`store_cached`].
+#[allow(unsafe_code)]
+fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: the file was produced by `Engine::precompile_component` of an
+    // engine with the same compatibility hash (part of the file name), in
+    // a directory only Postern writes, renamed into place only once
+    // complete, and never modified afterwards (content-addressed name).
+    match unsafe { Component::deserialize_file(engine, path) } {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "ignoring unusable plugin cache file {}: {e}",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: `artifact` was just produced by `precompile_component` of
+    // this very engine.
+    unsafe { Component::deserialize(engine, artifact) }.map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+fn store_cached(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, artifact)?;
+    std::fs::rename(&tmp, path)
+}

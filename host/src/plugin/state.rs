@@ -1,0 +1,224 @@
+//! The data of one plugin instance's store: WASI with nothing granted, the
+//! resource table, limits, and the host imports' implementation.
+
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::postern::filter::{host, types};
+use crate::message::parse_headers;
+
+/// Largest body chunk handed out by one `read-body` call.
+const MAX_READ: usize = 1 << 20;
+
+/// The message behind a `message` resource handle.
+#[derive(Debug)]
+pub struct MessageData {
+    content: Arc<Vec<u8>>,
+    headers: Vec<(String, String)>,
+    body_start: usize,
+}
+
+impl MessageData {
+    /// Wraps message content (header section and body).
+    pub fn new(content: Arc<Vec<u8>>) -> MessageData {
+        let (fields, body_start) = parse_headers(&content);
+        MessageData {
+            headers: fields.into_iter().map(|f| (f.name, f.value)).collect(),
+            content,
+            body_start,
+        }
+    }
+}
+
+/// A plugin asked for more memory than its limit.
+#[derive(Debug)]
+pub struct MemoryLimitExceeded {
+    /// Bytes the guest wanted.
+    pub desired: usize,
+    /// The limit.
+    pub limit: usize,
+}
+
+impl std::fmt::Display for MemoryLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit exceeded (wanted {} bytes, limit {})",
+            self.desired, self.limit
+        )
+    }
+}
+
+impl std::error::Error for MemoryLimitExceeded {}
+
+/// Limits that fail with a typed error the host can recognise.
+#[derive(Debug)]
+pub struct Limits {
+    /// Linear memory limit in bytes.
+    pub memory: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            return Err(MemoryLimitExceeded {
+                desired,
+                limit: self.memory,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+/// `T` of `Store<T>`.
+pub struct HostState {
+    wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: Limits,
+    /// Chain entry label, for logs.
+    pub(super) entry: Arc<str>,
+    /// The entry's config as JSON.
+    pub(super) config: Arc<str>,
+    /// Queue ID (or session ID) of the current call, for logs.
+    pub(super) context: String,
+    /// Epoch ticks left for the current call.
+    pub(super) ticks_left: u32,
+}
+
+impl HostState {
+    /// State for a new store.
+    pub fn new(entry: Arc<str>, config: Arc<str>, memory: usize) -> HostState {
+        HostState {
+            // No environment, arguments, preopens or network: the guest's
+            // libc may ask, and gets nothing.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: Limits { memory },
+            entry,
+            config,
+            context: String::new(),
+            ticks_left: 0,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for HostState {
+    async fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
+        let message: String = message
+            .chars()
+            .take(2000)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let (ctx, entry) = (&self.context, &self.entry);
+        match level {
+            host::Level::Trace => tracing::trace!("{ctx}: plugin {entry}: {message}"),
+            host::Level::Debug => tracing::debug!("{ctx}: plugin {entry}: {message}"),
+            host::Level::Info => tracing::info!("{ctx}: plugin {entry}: {message}"),
+            host::Level::Warn => tracing::warn!("{ctx}: plugin {entry}: {message}"),
+            host::Level::Error => tracing::error!("{ctx}: plugin {entry}: {message}"),
+        }
+        Ok(())
+    }
+
+    async fn config(&mut self) -> wasmtime::Result<String> {
+        Ok(self.config.to_string())
+    }
+}
+
+impl types::HostMessage for HostState {
+    async fn headers(&mut self, m: Resource<MessageData>) -> wasmtime::Result<Vec<types::Header>> {
+        let m = self.table.get(&m)?;
+        Ok(m.headers
+            .iter()
+            .map(|(name, value)| types::Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect())
+    }
+
+    async fn header(
+        &mut self,
+        m: Resource<MessageData>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        let m = self.table.get(&m)?;
+        Ok(m.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&m)?.content.len() as u64)
+    }
+
+    async fn body_size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
+        let m = self.table.get(&m)?;
+        Ok((m.content.len() - m.body_start) as u64)
+    }
+
+    async fn read_body(
+        &mut self,
+        m: Resource<MessageData>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Vec<u8>> {
+        let m = self.table.get(&m)?;
+        let body = &m.content[m.body_start..];
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(body.len());
+        let end = start
+            .saturating_add((len as usize).min(MAX_READ))
+            .min(body.len());
+        Ok(body[start..end].to_vec())
+    }
+
+    async fn drop(&mut self, m: Resource<MessageData>) -> wasmtime::Result<()> {
+        self.table.delete(m)?;
+        Ok(())
+    }
+}
+
+impl types::Host for HostState {}

@@ -1,0 +1,108 @@
+//! The admin socket: a unix socket in the spool directory, one command per
+//! line, one answer line per command. `postern reload` and
+//! `postern queue flush` talk to it.
+//!
+//! Commands: `reload`, `flush`, `status`. Answers start with `ok` or
+//! `error:`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::Shared;
+
+/// Where the admin socket of a spool lives.
+pub fn socket_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("admin.sock")
+}
+
+/// Binds the socket (replacing a stale one) and serves it until shutdown.
+pub fn start(path: &Path, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot create admin socket {}: {e}", path.display()))?;
+    // Only root (or the daemon's user) may reload or flush.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        let mut shutdown = shared.shutdown.clone();
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                _ = shutdown.changed() => return,
+            };
+            match conn {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve(stream, shared.clone()));
+                }
+                Err(e) => {
+                    tracing::error!("admin socket: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn serve(stream: UnixStream, shared: Arc<Shared>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = match line.trim() {
+            "reload" => {
+                tracing::info!("reload requested on the admin socket");
+                match shared.reload().await {
+                    Ok(id) => format!("ok generation {id}"),
+                    Err(e) => {
+                        tracing::error!("reload failed, the old generation keeps serving: {e:#}");
+                        format!("error: {e:#}").replace('\n', " ")
+                    }
+                }
+            }
+            "flush" => {
+                shared.queue.flush();
+                tracing::info!("queue flush requested on the admin socket");
+                "ok flushing the queue".to_string()
+            }
+            "status" => {
+                let generation = shared.generation.load();
+                format!(
+                    "ok generation {} sessions {} plugins {} chain-entries {}",
+                    generation.id,
+                    shared.limits.total(),
+                    generation.chains.plugins.len(),
+                    generation.chains.len()
+                )
+            }
+            other => format!("error: unknown command {other:?} (reload, flush, status)"),
+        };
+        if write
+            .write_all(format!("{answer}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Sends one command to a running daemon and returns its answer line.
+pub async fn send(path: &Path, command: &str) -> anyhow::Result<String> {
+    let stream = UnixStream::connect(path).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the daemon at {}: {e} (is postern running?)",
+            path.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    let answer = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the daemon closed the admin connection"))?;
+    Ok(answer)
+}

@@ -1,0 +1,188 @@
+//! `access`: Postfix access(5) tables as a Postern plugin.
+//!
+//! Config (one TOML table per chain entry; every table is optional):
+//!
+//! ```toml
+//! [[chain.rcpt]]
+//! plugin = "access"
+//! config.client = { "192.0.2.0/24" = "REJECT", "trusted.example" = "OK" }
+//! config.helo = { "localhost" = "REJECT Bad HELO" }
+//! config.sender = { "blocked.test" = "REJECT", "friend@blocked.test" = "OK" }
+//! config.recipient = { "spamtrap@example.test" = "DISCARD", "info@example.test" = "PREPEND X-Info: yes" }
+//! ```
+//!
+//! At each hook the tables that have data are consulted in Postfix order —
+//! client, HELO, sender, recipient — and the first definitive action wins.
+//! Actions: `OK`, `DUNNO`, `REJECT [text]`, `DEFER [text]`,
+//! `4NN/5NN [x.y.z] text`, `DISCARD [text]`, `HOLD [text]`,
+//! `PREPEND Name: value`, `WARN text`.
+
+#![allow(missing_docs)] // generated bindings
+
+pub mod rules;
+
+postern_sdk::bindings!(path: "../../wit", world: "postern:filter/restriction");
+
+use std::sync::OnceLock;
+
+use exports::postern::filter::{configure, connect_hook, helo_hook, mail_hook, rcpt_hook};
+use postern_sdk::{Envelope, Outcome, Param, Session, log};
+use rules::{Action, Rules};
+
+struct Access;
+
+/// The parsed tables; the config of an instance never changes.
+fn rules() -> Result<&'static Rules, String> {
+    static RULES: OnceLock<Result<Rules, String>> = OnceLock::new();
+    RULES
+        .get_or_init(|| Rules::from_json(&postern_sdk::host::config()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// One lookup result in Postfix wording.
+struct Hit<'a> {
+    action: &'a Action,
+    /// What was looked up, shown in `<...>`.
+    key: String,
+    /// "Sender address", "Client host", ...
+    what: &'static str,
+}
+
+/// Applies hits in order; the first definitive one decides.
+fn decide(hits: Vec<Hit<'_>>) -> Outcome {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut decided = None;
+    for hit in hits {
+        let text = |t: &Option<String>| {
+            format!(
+                "<{}>: {} rejected: {}",
+                hit.key,
+                hit.what,
+                t.as_deref().unwrap_or("Access denied")
+            )
+        };
+        let outcome = match hit.action {
+            Action::Ok => Outcome::accept(),
+            Action::Dunno => continue,
+            Action::Reject {
+                code,
+                enhanced,
+                text: t,
+            } => Outcome::reject(*code, enhanced.as_deref().unwrap_or("5.7.1"), text(t)),
+            Action::Defer {
+                code,
+                enhanced,
+                text: t,
+            } => Outcome::tempfail(*code, enhanced.as_deref().unwrap_or("4.7.1"), text(t)),
+            Action::Discard(t) => Outcome::discard(
+                t.clone()
+                    .unwrap_or_else(|| format!("<{}> in the access table", hit.key)),
+            ),
+            Action::Hold(t) => Outcome::quarantine(
+                t.clone()
+                    .unwrap_or_else(|| format!("<{}> in the access table", hit.key)),
+            ),
+            Action::Prepend(name, value) => {
+                headers.push((name.clone(), value.clone()));
+                continue;
+            }
+            Action::Warn(t) => {
+                log::warn(&format!("<{}>: {}: {t}", hit.key, hit.what));
+                continue;
+            }
+        };
+        decided = Some(outcome);
+        break;
+    }
+    let mut outcome = decided.unwrap_or_else(Outcome::cont);
+    for (name, value) in headers {
+        outcome = outcome.add_header(&name, value);
+    }
+    outcome
+}
+
+/// Runs the tables that the data available at this stage allows.
+fn check(session: &Session, sender: Option<&str>, recipient: Option<&str>) -> Outcome {
+    let rules = match rules() {
+        Ok(r) => r,
+        Err(e) => {
+            log::error(&e);
+            return Outcome::tempfail(451, "4.3.5", "Server configuration problem");
+        }
+    };
+    let mut hits = Vec::new();
+    if let Some(a) = rules.client(&session.client_ip, session.client_ptr.as_deref()) {
+        let name = session.client_ptr.as_deref().unwrap_or("unknown");
+        hits.push(Hit {
+            action: a,
+            key: format!("{name}[{}]", session.client_ip),
+            what: "Client host",
+        });
+    }
+    if let Some(helo) = &session.helo
+        && let Some(a) = rules.helo(helo)
+    {
+        hits.push(Hit {
+            action: a,
+            key: helo.clone(),
+            what: "Helo command",
+        });
+    }
+    if let Some(s) = sender
+        && let Some(a) = rules.sender(s)
+    {
+        hits.push(Hit {
+            action: a,
+            key: s.to_string(),
+            what: "Sender address",
+        });
+    }
+    if let Some(r) = recipient
+        && let Some(a) = rules.recipient(r)
+    {
+        hits.push(Hit {
+            action: a,
+            key: r.to_string(),
+            what: "Recipient address",
+        });
+    }
+    decide(hits)
+}
+
+impl connect_hook::Guest for Access {
+    fn on_connect(session: Session) -> Outcome {
+        check(&session, None, None)
+    }
+}
+
+impl helo_hook::Guest for Access {
+    fn on_helo(session: Session) -> Outcome {
+        check(&session, None, None)
+    }
+}
+
+impl mail_hook::Guest for Access {
+    fn on_mail(session: Session, envelope: Envelope) -> Outcome {
+        check(&session, Some(&envelope.mail_from), None)
+    }
+}
+
+impl rcpt_hook::Guest for Access {
+    fn on_rcpt(
+        session: Session,
+        envelope: Envelope,
+        recipient: String,
+        _params: Vec<Param>,
+    ) -> Outcome {
+        check(&session, Some(&envelope.mail_from), Some(&recipient))
+    }
+}
+
+impl configure::Guest for Access {
+    fn check_config() -> Result<(), String> {
+        Rules::from_json(&postern_sdk::host::config()).map(|_| ())
+    }
+}
+
+export!(Access);

@@ -1,0 +1,322 @@
+//! Postfix access(5) semantics without any WASM: tables, lookup order and
+//! actions. Pure code, unit-tested natively.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// What a table entry says to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `OK`: permit; ends the stage.
+    Ok,
+    /// `DUNNO`: stop looking in this table, no opinion.
+    Dunno,
+    /// `REJECT [text]` or `5NN [x.y.z] text`.
+    Reject {
+        code: u16,
+        enhanced: Option<String>,
+        text: Option<String>,
+    },
+    /// `DEFER [text]` or `4NN [x.y.z] text`.
+    Defer {
+        code: u16,
+        enhanced: Option<String>,
+        text: Option<String>,
+    },
+    /// `DISCARD [text]`: accept and drop.
+    Discard(Option<String>),
+    /// `HOLD [text]`: accept and quarantine.
+    Hold(Option<String>),
+    /// `PREPEND name: value`: add a header, no opinion otherwise.
+    Prepend(String, String),
+    /// `WARN text`: log, no opinion otherwise.
+    Warn(String),
+}
+
+/// Parses the right-hand side of a table entry.
+pub fn parse_action(s: &str) -> Result<Action, String> {
+    let s = s.trim();
+    let (word, rest) = match s.split_once(char::is_whitespace) {
+        Some((w, r)) => (w, Some(r.trim()).filter(|r| !r.is_empty())),
+        None => (s, None),
+    };
+    let text = rest.map(str::to_string);
+    match word.to_ascii_uppercase().as_str() {
+        "OK" | "PERMIT" => Ok(Action::Ok),
+        "DUNNO" => Ok(Action::Dunno),
+        "REJECT" => Ok(Action::Reject {
+            code: 554,
+            enhanced: None,
+            text,
+        }),
+        "DEFER" => Ok(Action::Defer {
+            code: 450,
+            enhanced: None,
+            text,
+        }),
+        "DISCARD" => Ok(Action::Discard(text)),
+        "HOLD" => Ok(Action::Hold(text)),
+        "WARN" => Ok(Action::Warn(text.unwrap_or_default())),
+        "PREPEND" => {
+            let r = rest.ok_or("PREPEND needs 'Name: value'")?;
+            let (name, value) = r.split_once(':').ok_or("PREPEND needs 'Name: value'")?;
+            let name = name.trim();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                return Err(format!("PREPEND: bad header name {name:?}"));
+            }
+            Ok(Action::Prepend(name.to_string(), value.trim().to_string()))
+        }
+        w if w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()) => {
+            let code: u16 = w.parse().map_err(|_| format!("bad code {w}"))?;
+            let (enhanced, text) = match rest {
+                Some(r) => match r.split_once(char::is_whitespace) {
+                    Some((e, t)) if is_enhanced(e) => {
+                        (Some(e.to_string()), Some(t.trim().to_string()))
+                    }
+                    None if is_enhanced(r) => (Some(r.to_string()), None),
+                    _ => (None, Some(r.to_string())),
+                },
+                None => (None, None),
+            };
+            match code {
+                400..=499 => Ok(Action::Defer {
+                    code,
+                    enhanced,
+                    text,
+                }),
+                500..=599 => Ok(Action::Reject {
+                    code,
+                    enhanced,
+                    text,
+                }),
+                _ => Err(format!("code {code} must be 4xx or 5xx")),
+            }
+        }
+        _ => Err(format!(
+            "unknown action {word:?} (OK, DUNNO, REJECT, DEFER, 4NN/5NN text, DISCARD, HOLD, PREPEND, WARN)"
+        )),
+    }
+}
+
+fn is_enhanced(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The plugin's config, as the host passes it (JSON of the TOML table).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client IP, CIDR network, or host/domain name (of the verified PTR).
+    #[serde(default)]
+    pub client: HashMap<String, String>,
+    /// HELO/EHLO name or parent domain.
+    #[serde(default)]
+    pub helo: HashMap<String, String>,
+    /// Envelope sender: `user@domain`, `domain` (and subdomains), `user@`, `<>`.
+    #[serde(default)]
+    pub sender: HashMap<String, String>,
+    /// Envelope recipient, same key forms as `sender`.
+    #[serde(default)]
+    pub recipient: HashMap<String, String>,
+}
+
+/// An address or name table with Postfix lookup order.
+#[derive(Debug, Default)]
+struct Table(HashMap<String, Action>);
+
+/// Parsed tables.
+#[derive(Debug, Default)]
+pub struct Rules {
+    client_ips: Vec<(IpNet, Action)>,
+    client_names: Table,
+    helo: Table,
+    sender: Table,
+    recipient: Table,
+}
+
+fn table(map: &HashMap<String, String>, what: &str) -> Result<Table, String> {
+    let mut t = HashMap::new();
+    for (k, v) in map {
+        let action = parse_action(v).map_err(|e| format!("{what}.{k:?}: {e}"))?;
+        t.insert(k.to_lowercase(), action);
+    }
+    Ok(Table(t))
+}
+
+impl Table {
+    /// Domain name and its parents: `a.b.c`, `b.c`, `c`.
+    fn lookup_name(&self, name: &str) -> Option<&Action> {
+        let name = name.trim_end_matches('.').to_lowercase();
+        let mut rest = name.as_str();
+        loop {
+            if let Some(a) = self.0.get(rest) {
+                return Some(a);
+            }
+            match rest.split_once('.') {
+                Some((_, parent)) => rest = parent,
+                None => return None,
+            }
+        }
+    }
+
+    /// Postfix order for addresses: `user@domain`, `domain` and parents,
+    /// `user@`. The null sender is looked up as `<>`.
+    fn lookup_address(&self, addr: &str) -> Option<&Action> {
+        if addr.is_empty() {
+            return self.0.get("<>");
+        }
+        let addr = addr.to_lowercase();
+        if let Some(a) = self.0.get(&addr) {
+            return Some(a);
+        }
+        let (local, domain) = addr.rsplit_once('@')?;
+        self.lookup_name(domain)
+            .or_else(|| self.0.get(&format!("{local}@")))
+    }
+}
+
+impl Rules {
+    /// Parses the JSON config.
+    pub fn from_json(json: &str) -> Result<Rules, String> {
+        let cfg: Config = serde_json::from_str(json).map_err(|e| format!("access config: {e}"))?;
+        let mut client_ips = Vec::new();
+        let mut names = HashMap::new();
+        for (k, v) in &cfg.client {
+            let action = parse_action(v).map_err(|e| format!("client.{k:?}: {e}"))?;
+            if let Ok(net) = k.parse::<IpNet>() {
+                client_ips.push((net, action));
+            } else if let Ok(ip) = k.parse::<IpAddr>() {
+                client_ips.push((IpNet::from(ip), action));
+            } else {
+                names.insert(k.to_lowercase(), action);
+            }
+        }
+        // Most specific network first, like a cidr table ordered by hand.
+        client_ips.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        Ok(Rules {
+            client_ips,
+            client_names: Table(names),
+            helo: table(&cfg.helo, "helo")?,
+            sender: table(&cfg.sender, "sender")?,
+            recipient: table(&cfg.recipient, "recipient")?,
+        })
+    }
+
+    /// Looks up the client by address, then by verified name.
+    pub fn client(&self, ip: &str, ptr: Option<&str>) -> Option<&Action> {
+        if let Ok(ip) = ip.parse::<IpAddr>()
+            && let Some((_, a)) = self.client_ips.iter().find(|(n, _)| n.contains(&ip))
+        {
+            return Some(a);
+        }
+        ptr.and_then(|p| self.client_names.lookup_name(p))
+    }
+
+    /// Looks up the HELO name.
+    pub fn helo(&self, helo: &str) -> Option<&Action> {
+        self.helo.lookup_name(helo)
+    }
+
+    /// Looks up the envelope sender.
+    pub fn sender(&self, addr: &str) -> Option<&Action> {
+        self.sender.lookup_address(addr)
+    }
+
+    /// Looks up a recipient.
+    pub fn recipient(&self, addr: &str) -> Option<&Action> {
+        self.recipient.lookup_address(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions() {
+        assert_eq!(parse_action("OK"), Ok(Action::Ok));
+        assert_eq!(
+            parse_action("REJECT no thanks"),
+            Ok(Action::Reject {
+                code: 554,
+                enhanced: None,
+                text: Some("no thanks".into())
+            })
+        );
+        assert_eq!(
+            parse_action("550 5.7.1 go away"),
+            Ok(Action::Reject {
+                code: 550,
+                enhanced: Some("5.7.1".into()),
+                text: Some("go away".into())
+            })
+        );
+        assert_eq!(
+            parse_action("451 try later"),
+            Ok(Action::Defer {
+                code: 451,
+                enhanced: None,
+                text: Some("try later".into())
+            })
+        );
+        assert_eq!(
+            parse_action("PREPEND X-Tag: yes"),
+            Ok(Action::Prepend("X-Tag".into(), "yes".into()))
+        );
+        assert!(parse_action("FROB").is_err());
+        assert!(parse_action("250 fine").is_err());
+        assert!(parse_action("PREPEND nocolon").is_err());
+    }
+
+    #[test]
+    fn lookup_order() {
+        let rules = Rules::from_json(
+            r#"{
+              "client": {"192.0.2.0/24": "REJECT", "192.0.2.7": "OK", "bad.example": "REJECT"},
+              "helo": {"localhost": "REJECT"},
+              "sender": {"blocked.test": "REJECT", "friend@blocked.test": "OK", "postmaster@": "DUNNO", "<>": "DEFER"},
+              "recipient": {"spamtrap@example.test": "DISCARD"}
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(rules.client("192.0.2.7", None), Some(&Action::Ok));
+        assert!(matches!(
+            rules.client("192.0.2.8", None),
+            Some(Action::Reject { .. })
+        ));
+        assert!(matches!(
+            rules.client("10.0.0.1", Some("mx.bad.example")),
+            Some(Action::Reject { .. })
+        ));
+        assert_eq!(rules.client("10.0.0.1", None), None);
+        assert!(rules.helo("LOCALHOST").is_some());
+        assert!(matches!(
+            rules.sender("x@Blocked.Test"),
+            Some(Action::Reject { .. })
+        ));
+        assert!(matches!(
+            rules.sender("x@sub.blocked.test"),
+            Some(Action::Reject { .. })
+        ));
+        assert_eq!(rules.sender("friend@blocked.test"), Some(&Action::Ok));
+        assert_eq!(
+            rules.sender("postmaster@elsewhere.test"),
+            Some(&Action::Dunno)
+        );
+        assert!(matches!(rules.sender(""), Some(Action::Defer { .. })));
+        assert_eq!(rules.sender("a@fine.test"), None);
+        assert_eq!(
+            rules.recipient("spamtrap@example.test"),
+            Some(&Action::Discard(None))
+        );
+        assert!(Rules::from_json(r#"{"sender": {"x": "BOGUS"}}"#).is_err());
+        assert!(Rules::from_json(r#"{"senders": {}}"#).is_err());
+    }
+}

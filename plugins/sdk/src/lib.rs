@@ -1,0 +1,283 @@
+//! # Writing a Postern plugin in Rust
+//!
+//! A Postern plugin is a WebAssembly component that exports one or more
+//! hook interfaces of the `postern:filter` WIT package (`wit/` in the
+//! Postern repository). This crate gives you the shared types, the host
+//! imports, and helpers so that a restriction is a few lines.
+//!
+//! ## 1. A crate
+//!
+//! ```toml
+//! [package]
+//! name = "my-plugin"
+//! edition = "2024"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! postern-sdk = { path = "../sdk" }
+//! ```
+//!
+//! ## 2. Bindings for the hooks you export
+//!
+//! Pick a world from `wit/worlds.wit`: one per hook (`rcpt-plugin`,
+//! `data-plugin`, …), or `restriction` (connect, HELO, MAIL, RCPT) and
+//! `content-filter` (end of data). [`bindings!`] generates the Rust traits
+//! for exactly those hooks and reuses this crate's types:
+//!
+//! ```ignore
+//! postern_sdk::bindings!(path: "../../wit", world: "postern:filter/rcpt-plugin");
+//! ```
+//!
+//! ## 3. Implement the hooks
+//!
+//! ```ignore
+//! use postern_sdk::{Outcome, Session, Envelope, Param, addr};
+//!
+//! struct NoTraps;
+//!
+//! impl exports::postern::filter::rcpt_hook::Guest for NoTraps {
+//!     fn on_rcpt(_s: Session, _e: Envelope, rcpt: String, _p: Vec<Param>) -> Outcome {
+//!         if addr::local_part(&rcpt).starts_with("spamtrap") {
+//!             return Outcome::reject(550, "5.7.1", "Recipient address rejected: spam trap");
+//!         }
+//!         Outcome::cont()
+//!     }
+//! }
+//!
+//! export!(NoTraps);
+//! ```
+//!
+//! ## 4. Build and run
+//!
+//! ```sh
+//! rustup target add wasm32-wasip2
+//! cargo build --release --target wasm32-wasip2
+//! postern plugin test --plugin target/wasm32-wasip2/release/my_plugin.wasm --fixture cases.toml
+//! ```
+//!
+//! Then name the `.wasm` file in a `[[plugin]]` table and put the plugin
+//! into a `[[chain.rcpt]]` (or connect/helo/mail/data) of the host config;
+//! `postern reload` swaps it in without a restart.
+//!
+//! ## Rules of the sandbox
+//!
+//! - No files, sockets, environment or clock: use host imports.
+//! - Each call has a CPU time limit and the instance a memory limit; a
+//!   plugin that loops, traps or grows too much costs one 4xx (or is
+//!   skipped, with `on_error = "continue"`), never the daemon.
+//! - The host may reuse an instance for several calls, or not: keep no
+//!   state you rely on between calls.
+
+#![allow(missing_docs)] // the generated bindings carry the WIT docs
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "postern:filter/sdk",
+    pub_export_macro: false,
+});
+
+pub use postern::filter::host;
+pub use postern::filter::types;
+pub use types::{
+    Action, Envelope, Header, HeaderChange, HeaderRef, Message, Outcome, Param, Reply, Score,
+    Session, TlsInfo, Verdict,
+};
+
+/// Generates the bindings for a plugin world, sharing this crate's types.
+///
+/// `path` is the `wit/` directory relative to your crate's `Cargo.toml`;
+/// `world` is a world of `postern:filter`, or one of your own that
+/// includes them. Brings an `export!` macro and an `exports` module into
+/// scope.
+#[macro_export]
+macro_rules! bindings {
+    (path: $path:literal, world: $world:literal $(,)?) => {
+        $crate::__wit_bindgen::generate!({
+            path: $path,
+            world: $world,
+            with: {
+                "postern:filter/types@0.1.0": ::postern_sdk::types,
+                "postern:filter/host@0.1.0": ::postern_sdk::host,
+            },
+            runtime_path: "postern_sdk::__wit_bindgen::rt",
+        });
+    };
+}
+
+impl Outcome {
+    /// No opinion: the next plugin in the chain decides.
+    pub fn cont() -> Outcome {
+        Outcome::with(Verdict::Continue)
+    }
+
+    /// Definitive permit for this stage (`OK` in Postfix terms).
+    pub fn accept() -> Outcome {
+        Outcome::with(Verdict::Accept)
+    }
+
+    /// Refuse with a 5xx reply, e.g. `reject(554, "5.7.1", "Access denied")`.
+    pub fn reject(code: u16, enhanced: &str, text: impl Into<String>) -> Outcome {
+        Outcome::with(Verdict::Reject(reply(code, enhanced, text)))
+    }
+
+    /// Refuse with a 4xx reply: the client retries later.
+    pub fn tempfail(code: u16, enhanced: &str, text: impl Into<String>) -> Outcome {
+        Outcome::with(Verdict::Tempfail(reply(code, enhanced, text)))
+    }
+
+    /// Accept the message and drop it.
+    pub fn discard(reason: impl Into<String>) -> Outcome {
+        Outcome::with(Verdict::Discard(reason.into()))
+    }
+
+    /// Accept the message and hold it for an operator.
+    pub fn quarantine(reason: impl Into<String>) -> Outcome {
+        Outcome::with(Verdict::Quarantine(reason.into()))
+    }
+
+    /// An outcome with this verdict and nothing else.
+    pub fn with(verdict: Verdict) -> Outcome {
+        Outcome {
+            verdict,
+            scores: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Adds a score contribution.
+    pub fn score(mut self, symbol: &str, points: f64, detail: Option<&str>) -> Outcome {
+        self.scores.push(Score {
+            symbol: symbol.to_string(),
+            points,
+            detail: detail.map(str::to_string),
+        });
+        self
+    }
+
+    /// Asks the host to prepend a header when the message is queued.
+    pub fn add_header(mut self, name: &str, value: impl Into<String>) -> Outcome {
+        self.actions.push(Action::AddHeader(Header {
+            name: name.to_string(),
+            value: value.into(),
+        }));
+        self
+    }
+
+    /// Asks the host to remove every header with this name.
+    pub fn remove_header(mut self, name: &str) -> Outcome {
+        self.actions.push(Action::RemoveHeader(HeaderRef {
+            name: name.to_string(),
+            index: None,
+        }));
+        self
+    }
+
+    /// Asks the host to replace the first header with this name (or add it).
+    pub fn change_header(mut self, name: &str, value: impl Into<String>) -> Outcome {
+        self.actions.push(Action::ChangeHeader(HeaderChange {
+            name: name.to_string(),
+            index: 0,
+            value: value.into(),
+        }));
+        self
+    }
+}
+
+fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> Reply {
+    Reply {
+        code,
+        enhanced: (!enhanced.is_empty()).then(|| enhanced.to_string()),
+        text: text.into(),
+    }
+}
+
+/// Writing to the host log (prefixed with the plugin entry and queue ID).
+pub mod log {
+    use super::host::{Level, log};
+
+    /// Debug detail.
+    pub fn debug(msg: &str) {
+        log(Level::Debug, msg)
+    }
+    /// Normal events.
+    pub fn info(msg: &str) {
+        log(Level::Info, msg)
+    }
+    /// Something an operator should look at.
+    pub fn warn(msg: &str) {
+        log(Level::Warn, msg)
+    }
+    /// Something is broken.
+    pub fn error(msg: &str) {
+        log(Level::Error, msg)
+    }
+}
+
+/// This plugin entry's config table, deserialised.
+///
+/// ```ignore
+/// #[derive(serde::Deserialize)]
+/// struct Config { blocked: Vec<String> }
+/// let cfg: Config = postern_sdk::config()?;
+/// ```
+pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
+    parse_config(&host::config())
+}
+
+/// Parses a config JSON text (what [`config`] does, for unit tests).
+pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
+    serde_json::from_str(json).map_err(|e| format!("bad plugin config: {e}"))
+}
+
+/// Helpers for envelope addresses.
+pub mod addr {
+    /// The domain of `user@domain`, lower-cased ("" for `<>`).
+    pub fn domain(address: &str) -> String {
+        address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+
+    /// The local part of `user@domain` (the whole string without `@`).
+    pub fn local_part(address: &str) -> &str {
+        address.rsplit_once('@').map(|(l, _)| l).unwrap_or(address)
+    }
+
+    /// True if `domain` is `parent` or one of its subdomains.
+    pub fn in_domain(domain: &str, parent: &str) -> bool {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        let p = parent.trim_end_matches('.').to_ascii_lowercase();
+        d == p || d.ends_with(&format!(".{p}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_builders() {
+        let o = Outcome::reject(554, "5.7.1", "no").score("X", 1.5, None);
+        assert!(
+            matches!(o.verdict, Verdict::Reject(ref r) if r.code == 554 && r.enhanced.as_deref() == Some("5.7.1"))
+        );
+        assert_eq!(o.scores.len(), 1);
+        let o = Outcome::cont().add_header("X-A", "b");
+        assert!(matches!(o.verdict, Verdict::Continue));
+        assert_eq!(o.actions.len(), 1);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(addr::domain("a@Ex.Test"), "ex.test");
+        assert_eq!(addr::local_part("a+b@x"), "a+b");
+        assert!(addr::in_domain("mx.blocked.test", "blocked.test"));
+        assert!(!addr::in_domain("notblocked.test", "blocked.test"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Test fixture: misbehaves on command, to prove that a bad plugin costs
+//! one 4xx (or is skipped) and never the daemon.
+//!
+//! Config: `mode` = ok | loop | hog | trap | reject | score | header |
+//! quarantine | discard | refuse-config; `when_rcpt` = only act when a
+//! recipient starts with this prefix.
+
+#![allow(missing_docs)]
+
+postern_sdk::bindings!(path: "../../../wit", world: "postern:filter/plugin");
+
+use exports::postern::filter::{
+    configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
+};
+use postern_sdk::{Envelope, Message, Outcome, Param, Session};
+
+#[derive(serde::Deserialize)]
+struct Config {
+    mode: String,
+    #[serde(default)]
+    when_rcpt: Option<String>,
+}
+
+fn act(rcpts: &[&str]) -> Outcome {
+    let cfg: Config = match postern_sdk::config() {
+        Ok(c) => c,
+        Err(e) => return Outcome::tempfail(451, "4.3.5", e),
+    };
+    if let Some(prefix) = &cfg.when_rcpt
+        && !rcpts.iter().any(|r| r.starts_with(prefix.as_str()))
+    {
+        return Outcome::cont();
+    }
+    match cfg.mode.as_str() {
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "hog" => {
+            let mut keep: Vec<Vec<u8>> = Vec::new();
+            loop {
+                keep.push(vec![0xAB; 1 << 20]);
+                std::hint::black_box(&keep);
+            }
+        }
+        "trap" => panic!("misbehave: trap on purpose"),
+        "reject" => Outcome::reject(550, "5.7.1", "misbehave says no"),
+        "score" => Outcome::cont().score("MISBEHAVE", 3.0, Some("test score")),
+        "header" => Outcome::cont().add_header("X-Misbehave", "yes"),
+        "quarantine" => Outcome::quarantine("misbehave holds it"),
+        "discard" => Outcome::discard("misbehave drops it"),
+        _ => Outcome::cont(),
+    }
+}
+
+struct Misbehave;
+
+impl connect_hook::Guest for Misbehave {
+    fn on_connect(_: Session) -> Outcome {
+        act(&[])
+    }
+}
+
+impl helo_hook::Guest for Misbehave {
+    fn on_helo(_: Session) -> Outcome {
+        act(&[])
+    }
+}
+
+impl mail_hook::Guest for Misbehave {
+    fn on_mail(_: Session, _: Envelope) -> Outcome {
+        act(&[])
+    }
+}
+
+impl rcpt_hook::Guest for Misbehave {
+    fn on_rcpt(_: Session, _: Envelope, rcpt: String, _: Vec<Param>) -> Outcome {
+        act(&[&rcpt])
+    }
+}
+
+impl data_hook::Guest for Misbehave {
+    fn on_data(_: Session, env: Envelope, _: &Message) -> Outcome {
+        let rcpts: Vec<&str> = env.rcpt_to.iter().map(String::as_str).collect();
+        act(&rcpts)
+    }
+}
+
+impl configure::Guest for Misbehave {
+    fn check_config() -> Result<(), String> {
+        let cfg: Config = postern_sdk::config()?;
+        if cfg.mode == "refuse-config" {
+            return Err("mode refuse-config is refused, as asked".into());
+        }
+        Ok(())
+    }
+}
+
+export!(Misbehave);

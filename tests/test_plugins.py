@@ -1,0 +1,363 @@
+"""Policy plugins end to end: the real daemon, real WASM components, real
+clients. Misbehaving plugins, hot swap under load, the Python example."""
+
+import re
+import signal
+import smtplib
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, message, plugin_path, raw_session, swaks
+
+PYTHON_PLUGIN = ROOT / "examples" / "plugins" / "python-subject-score" / "subject_score.wasm"
+
+
+def access_plugin(sender_rules, stage="rcpt", extra_cfg=""):
+    return f"""
+[[plugin]]
+name = "access"
+path = "{plugin_path('access')}"
+
+[[chain.{stage}]]
+plugin = "access"
+config.sender = {sender_rules}
+{extra_cfg}
+"""
+
+
+def misbehave(name, mode, when, on_error="tempfail", stage="rcpt", time_limit="200ms", memory="16M"):
+    return f"""
+[[plugin]]
+name = "{name}"
+path = "{plugin_path('misbehave')}"
+on_error = "{on_error}"
+time_limit = "{time_limit}"
+memory_limit = "{memory}"
+
+[[chain.{stage}]]
+plugin = "{name}"
+config = {{ mode = "{mode}", when_rcpt = "{when}" }}
+"""
+
+
+def send(d, sender, rcpt, subject="t", source="127.0.0.1"):
+    """One transaction; returns (rcpt code, data code or None)."""
+    with d.smtp(source=source) as s:
+        s.ehlo("client.test")
+        assert s.mail(sender)[0] == 250
+        code, _ = s.rcpt(rcpt)
+        if code != 250:
+            return code, None
+        return code, s.data(message(subject=subject))[0]
+
+
+def test_quickstart_chain_rejects_blocked_sender_at_rcpt(daemon_factory):
+    d = daemon_factory(extra=access_plugin('{ "blocked.test" = "REJECT" }'))
+    rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--helo", "client.test",
+                    "--from", "spam@blocked.test", "--to", "alice@example.test")
+    assert rc != 0
+    assert "<** 554 5.7.1 <spam@blocked.test>: Sender address rejected: Access denied" in out
+    rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--helo", "client.test",
+                    "--from", "ok@fine.test", "--to", "alice@example.test")
+    assert rc == 0, out
+    d.wait_mail("alice")
+    assert "plugin=access" in d.log_text()
+
+
+def test_quickstart_config_runs_with_its_plugin(tmp_path):
+    p = subprocess.run([str(BIN), "check", "--config", str(ROOT / "examples" / "quickstart.toml")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "access [connect,helo,mail,rcpt]" in p.stdout
+
+
+@pytest.mark.parametrize("mode,why", [
+    ("loop", "time limit exceeded"),
+    ("hog", "memory limit exceeded"),
+    ("trap", "trapped"),
+])
+def test_misbehaving_plugin_costs_one_4xx_and_the_daemon_carries_on(daemon_factory, mode, why):
+    d = daemon_factory(extra=misbehave("bad", mode, f"{mode}@"))
+    # A parallel session started while the plugin misbehaves is unaffected.
+    results = {}
+
+    def other():
+        results["other"] = send(d, "a@example.org", "bob@example.test", subject="parallel")
+
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        t = threading.Thread(target=other)
+        t.start()
+        code, resp = s.rcpt(f"{mode}@example.test")
+        t.join(10)
+        assert code == 451 and resp.startswith(b"4.3.0"), (code, resp)
+        # Exactly one 4xx: the same session goes on normally.
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.data(message(subject="after the failure"))[0] == 250
+    assert results["other"] == (250, 250)
+    d.wait_mail("alice")
+    d.wait_mail("bob")
+    log = d.log_text()
+    assert re.search(rf"plugin bad failed at rcpt: {why}.*on_error=tempfail", log), log[-2000:]
+    assert d.proc.poll() is None
+
+
+def test_on_error_continue_fails_open(daemon_factory):
+    d = daemon_factory(extra=misbehave("flaky", "trap", "trap@", on_error="continue"))
+    assert send(d, "a@example.org", "trap@example.test") == (250, 250)
+    d.wait_mail("alice")
+    assert "plugin flaky failed at rcpt: trapped" in d.log_text()
+    assert "on_error=continue" in d.log_text()
+
+
+def test_misbehaving_data_plugin(daemon_factory):
+    d = daemon_factory(extra=misbehave("slow", "loop", "loop@", stage="data", time_limit="100ms"))
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        s.rcpt("loop@example.test")
+        code, resp = s.data(message())
+        assert code == 451 and resp.startswith(b"4.3.0")
+        assert s.noop()[0] == 250
+    assert d.queue_files() == [] and d.new_mail("alice") == []
+
+
+@pytest.mark.parametrize("plugin,needle", [
+    ("wrong_version", "built against postern:filter@0.2.0, this host speaks @0.1.x"),
+    ("wrong_signature", "an exported hook has the wrong type"),
+])
+def test_wrong_wit_is_refused_at_load(daemon_factory, plugin, needle):
+    bad = f"""
+[[plugin]]
+name = "old"
+path = "{plugin_path(plugin)}"
+[[chain.rcpt]]
+plugin = "old"
+"""
+    d = daemon_factory(start=False, extra=bad)
+    p = d.cli("check", check=False)
+    assert p.returncode == 1 and needle in p.stderr, p.stderr
+    d.start(wait=False)
+    assert d.proc.wait(timeout=20) != 0
+    assert needle in d.log_text()
+
+
+def test_entry_config_is_validated_by_the_plugin(daemon_factory):
+    d = daemon_factory(start=False, extra=misbehave("picky", "refuse-config", "x@"))
+    p = d.cli("check", check=False)
+    assert p.returncode == 1
+    assert "chain.rcpt[0] (picky): config refused by the plugin: mode refuse-config is refused" in p.stderr
+    d2 = daemon_factory(name="access", start=False,
+                        extra=access_plugin('{ "blocked.test" = "FROBNICATE" }'))
+    p = d2.cli("check", check=False)
+    assert p.returncode == 1 and "unknown action" in p.stderr
+
+
+def test_failed_reload_keeps_the_old_generation(daemon_factory):
+    d = daemon_factory(extra=access_plugin('{ "blocked.test" = "REJECT" }'))
+    d.rewrite(extra=access_plugin('{ "blocked.test" = "NONSENSE" }'))
+    p = d.cli("reload", check=False)
+    assert p.returncode == 1 and "unknown action" in p.stderr
+    assert "reload failed, the old generation keeps serving" in d.log_text()
+    assert send(d, "x@blocked.test", "alice@example.test")[0] == 554
+    # A config that does not even parse fails the same way.
+    d.config.write_text(d.config_text + "\nbogus_key = 1\n")
+    assert d.cli("reload", check=False).returncode == 1
+    assert send(d, "x@blocked.test", "alice@example.test")[0] == 554
+
+
+def test_hot_swap_under_load(daemon_factory):
+    d = daemon_factory(smtp="max_connections_per_ip = 200",
+                       extra=access_plugin('{ "a.test" = "REJECT" }'))
+    stop = threading.Event()
+    failures, sent = [], [0]
+
+    def load():
+        while not stop.is_set():
+            try:
+                r = send(d, "neutral@c.test", "bob@example.test", subject="load")
+                if r != (250, 250):
+                    failures.append(r)
+                sent[0] += 1
+            except (smtplib.SMTPException, OSError) as e:
+                failures.append(repr(e))
+
+    workers = [threading.Thread(target=load) for _ in range(6)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    # A session opened before the reload keeps generation 1 ...
+    old = d.smtp()
+    old.ehlo("client.test")
+    d.rewrite(smtp="max_connections_per_ip = 200", extra=access_plugin('{ "b.test" = "REJECT" }'))
+    p = d.cli("reload")
+    assert "generation 2" in p.stdout
+    old.mail("x@a.test")
+    assert old.rcpt("alice@example.test")[0] == 554
+    old.rset()
+    old.mail("x@b.test")
+    assert old.rcpt("alice@example.test")[0] == 250
+    old.quit()
+    # ... new sessions get generation 2.
+    assert send(d, "x@a.test", "alice@example.test") == (250, 250)
+    assert send(d, "x@b.test", "alice@example.test")[0] == 554
+    # SIGHUP reloads too.
+    d.rewrite(smtp="max_connections_per_ip = 200", extra=access_plugin('{ "c2.test" = "REJECT" }'))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log("generation 3 serves new sessions")
+    assert send(d, "x@c2.test", "alice@example.test")[0] == 554
+    assert send(d, "x@b.test", "alice@example.test") == (250, 250)
+    time.sleep(0.5)
+    stop.set()
+    for w in workers:
+        w.join(20)
+    assert failures == [], failures[:5]
+    assert sent[0] > 20
+    d.wait_mail("bob", count=sent[0], timeout=30)
+
+
+def test_same_component_twice_with_different_configs(daemon_factory):
+    extra = f"""
+[[plugin]]
+name = "access"
+path = "{plugin_path('access')}"
+
+[[chain.rcpt]]
+plugin = "access"
+name = "senders"
+config.sender = {{ "one.test" = "REJECT" }}
+
+[[chain.rcpt]]
+plugin = "access"
+name = "recipients"
+config.recipient = {{ "bob@example.test" = "550 5.7.1 Bob is away" }}
+"""
+    d = daemon_factory(extra=extra)
+    assert send(d, "x@one.test", "alice@example.test")[0] == 554
+    assert send(d, "x@two.test", "bob@example.test")[0] == 550
+    assert send(d, "x@two.test", "alice@example.test") == (250, 250)
+    assert "plugin=recipients" in d.log_text()
+
+
+def test_delay_reject_reports_connect_rejects_at_rcpt(daemon_factory):
+    rules = """
+[[plugin]]
+name = "access"
+path = "{path}"
+[[chain.connect]]
+plugin = "access"
+config.client = {{ "127.0.0.2" = "REJECT" }}
+""".format(path=plugin_path("access"))
+    d = daemon_factory(extra=rules)
+    out = raw_session(d.port, b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<alice@example.test>\r\nQUIT\r\n",
+                      source="127.0.0.2")
+    assert "250 2.1.0" in out and "554 5.7.1" in out and "Client host rejected" in out
+    assert send(d, "a@x.test", "alice@example.test") == (250, 250)
+    d2 = daemon_factory(name="nodelay", smtp="delay_reject = false", extra=rules)
+    out = raw_session(d2.port, b"EHLO c.test\r\n", source="127.0.0.2")
+    assert out.startswith("554 5.7.1") and "220" not in out
+
+
+def test_header_actions_quarantine_and_discard(daemon_factory):
+    extra = misbehave("tagger", "header", "alice@") + misbehave("holder", "quarantine", "bob@")
+    d = daemon_factory(extra=extra)
+    assert send(d, "a@example.org", "alice@example.test", subject="tagged") == (250, 250)
+    [f] = d.wait_mail("alice")
+    assert "X-Misbehave: yes" in f.read_text()
+    assert send(d, "a@example.org", "bob@example.test", subject="held") == (250, 250)
+    time.sleep(0.5)
+    assert d.new_mail("bob") == []
+    out = d.cli("queue", "list").stdout
+    assert "held: misbehave holds it (plugin holder)" in out
+    d2 = daemon_factory(name="discard", extra=misbehave("dropper", "discard", "alice@"))
+    assert send(d2, "a@example.org", "alice@example.test") == (250, 250)
+    time.sleep(0.5)
+    assert d2.new_mail("alice") == [] and d2.queue_files() == []
+    assert "discarded: misbehave drops it (plugin dropper)" in d2.log_text()
+
+
+def python_plugin(reuse=True, scoring=""):
+    if not PYTHON_PLUGIN.exists():
+        pytest.fail(f"{PYTHON_PLUGIN} not built (examples/plugins/python-subject-score/build.sh)")
+    return f"""
+[[plugin]]
+name = "subject-score"
+path = "{PYTHON_PLUGIN}"
+reuse_instances = {str(reuse).lower()}
+memory_limit = "128M"
+time_limit = "2s"
+
+[[chain.data]]
+plugin = "subject-score"
+config.words = {{ viagra = 5.0, lottery = 3.0 }}
+config.reject = ["forbidden-word"]
+{scoring}
+"""
+
+
+def test_python_plugin_through_the_daemon(daemon_factory):
+    d = daemon_factory(extra=python_plugin())
+    with d.smtp() as s:
+        s.sendmail("a@example.org", ["alice@example.test"],
+                   message(subject="You won the lottery", body="cheap viagra\r\n"))
+        s.sendmail("a@example.org", ["bob@example.test"], message(subject="lunch", body="noon?\r\n"))
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        s.rcpt("alice@example.test")
+        code, resp = s.data(message(subject="x", body="a forbidden-word here\r\n"))
+        assert code == 554 and resp.startswith(b"5.7.1")
+    [f] = d.wait_mail("alice")
+    text = f.read_text()
+    assert "X-Spam-Words: lottery, viagra" in text
+    assert "X-Postern-Score: 8.00 (WORD_LOTTERY=3.00, WORD_VIAGRA=5.00)" in text
+    [g] = d.wait_mail("bob")
+    assert "X-Spam-Words" not in g.read_text()
+    assert re.search(r"score 8\.00 \(WORD_LOTTERY=3\.00 WORD_VIAGRA=5\.00\)", d.log_text())
+
+
+def test_scores_judged_against_thresholds(daemon_factory):
+    d = daemon_factory(extra=python_plugin(scoring="[scoring]\nreject = 7.0\ntempfail = 4.0\n"))
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        for subject, body, want in [
+            ("lottery", "hi\r\n", None),          # 3 points: below both
+            ("viagra", "hi\r\n", 451),            # 5 points: tempfail
+            ("lottery", "viagra\r\n", 554),       # 8 points: reject
+        ]:
+            s.mail("a@example.org")
+            s.rcpt("alice@example.test")
+            code, resp = s.data(message(subject=subject, body=body))
+            if want is None:
+                assert code == 250
+            else:
+                assert code == want, (code, resp)
+                assert b"policy score" in resp or b"Policy score" in resp
+    log = d.log_text()
+    assert re.search(r"score 8\.00 \(WORD_LOTTERY=3\.00 WORD_VIAGRA=5\.00\) at data: 554 5\.7\.1", log), log[-2000:]
+
+
+def test_plugin_test_command_runs_fixtures():
+    fixtures = [
+        ROOT / "plugins" / "access" / "tests" / "access.toml",
+        ROOT / "tests" / "fixtures" / "misbehave-loop.toml",
+        ROOT / "tests" / "fixtures" / "misbehave-hog.toml",
+        ROOT / "tests" / "fixtures" / "misbehave-trap.toml",
+        ROOT / "examples" / "plugins" / "python-subject-score" / "tests.toml",
+    ]
+    p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
+                        *map(str, fixtures)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("ok   - ") == 12 + 3 + 3
+    # A fixture whose expectation is wrong fails, with the reason.
+    bad = ROOT / "target" / "bad-fixture.toml"
+    bad.write_text((ROOT / "tests" / "fixtures" / "misbehave-trap.toml").read_text()
+                   .replace('verdict = "failure"', 'verdict = "accept"')
+                   .replace("../../target", str(ROOT / "target")))
+    p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
+                        str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1
+    assert "FAIL - " in p.stdout and "verdict failure (expected accept)" in p.stdout
