@@ -12,6 +12,8 @@ pub mod dns;
 pub mod message;
 pub mod plugin;
 pub mod route;
+pub mod sasl;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod tls;

@@ -87,6 +87,16 @@ pub struct Config {
     /// Thresholds for the scores plugins contribute.
     #[serde(default)]
     pub scoring: Scoring,
+    /// Certificates.
+    #[serde(default)]
+    pub tls: Tls,
+    /// SMTP AUTH credential backends (`[[auth]]`).
+    #[serde(default)]
+    pub auth: Vec<Auth>,
+    /// Envelope senders an authenticated identity may use, besides its own
+    /// address and its +tag forms: identity → addresses or `@domain`.
+    #[serde(default)]
+    pub sender_logins: BTreeMap<String, Vec<String>>,
 }
 
 /// `[wasm]`: the plugin runtime. Changes need a restart.
@@ -305,6 +315,11 @@ pub struct Smtp {
     pub error_delay_after: u32,
     /// The delay applied after `error_delay_after` (`smtpd_error_sleep_time`).
     pub error_delay: Seconds,
+    /// Delay before answering a failed AUTH, multiplied by the client's
+    /// recent failures (up to 5×).
+    pub auth_failure_delay: Seconds,
+    /// Failed AUTH attempts after which the session is closed.
+    pub max_auth_failures: u32,
     /// Concurrent sessions over all listeners (`smtpd process limit`).
     pub max_connections: usize,
     /// Concurrent sessions per client IP (`smtpd_client_connection_count_limit`).
@@ -328,10 +343,27 @@ impl Default for Smtp {
             max_errors: 20,
             error_delay_after: 10,
             error_delay: Seconds(Duration::from_secs(1)),
+            auth_failure_delay: Seconds(Duration::from_secs(1)),
+            max_auth_failures: 3,
             max_connections: 1000,
             max_connections_per_ip: 50,
         }
     }
+}
+
+/// TLS on a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// No STARTTLS offered.
+    None,
+    /// STARTTLS offered, not required (Postfix `smtpd_tls_security_level = may`).
+    #[default]
+    May,
+    /// STARTTLS required before MAIL (`encrypt`).
+    Encrypt,
+    /// TLS from the first byte (RFC 8314 implicit TLS, port 465).
+    Implicit,
 }
 
 /// `[[listener]]`.
@@ -342,6 +374,99 @@ pub struct Listener {
     pub name: Option<String>,
     /// Socket address to bind.
     pub address: SocketAddr,
+    /// TLS: `none`, `may` (default), `encrypt` or `implicit`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// The `[[auth]]` backend offering SMTP AUTH here, if any.
+    pub auth: Option<String>,
+    /// MAIL requires a successful AUTH (submission).
+    #[serde(default)]
+    pub auth_required: bool,
+    /// AUTH is offered and accepted only under TLS (`smtpd_tls_auth_only`).
+    #[serde(default = "yes")]
+    pub auth_only_with_tls: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[tls]`: certificates for every TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Default certificate chain (PEM). Without one, a self-signed
+    /// certificate for `server.hostname` is generated on first start.
+    pub certificate: Option<PathBuf>,
+    /// Private key of the default certificate (PEM).
+    pub key: Option<PathBuf>,
+    /// More certificates, chosen by SNI.
+    pub sni: Vec<SniCertificate>,
+    /// How often certificate files are checked for changes.
+    pub reload_interval: Seconds,
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout: Seconds,
+}
+
+impl Default for Tls {
+    fn default() -> Tls {
+        Tls {
+            certificate: None,
+            key: None,
+            sni: Vec::new(),
+            reload_interval: Seconds(std::time::Duration::from_secs(30)),
+            handshake_timeout: Seconds(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[[tls.sni]]`: a certificate for some server names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// Names (exact, or `*.domain`) this certificate serves.
+    pub names: Vec<String>,
+    /// Certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Credential backends for SMTP AUTH.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthBackendKind {
+    /// Postern's own password file (`postern user ...`).
+    Passwd,
+    /// A running saslauthd (PLAIN/LOGIN).
+    Saslauthd,
+    /// Dovecot's auth service.
+    Dovecot,
+}
+
+/// `[[auth]]`: a named credential backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Name used by listeners.
+    pub name: String,
+    /// `passwd`, `saslauthd` or `dovecot`.
+    pub backend: AuthBackendKind,
+    /// Password file (`passwd`).
+    pub path: Option<PathBuf>,
+    /// saslauthd's mux socket, or Dovecot's auth socket (`unix:/path` or `host:port`).
+    pub socket: Option<String>,
+    /// Service name given to saslauthd/Dovecot.
+    #[serde(default = "smtp_service")]
+    pub service: String,
+    /// saslauthd realm (optional).
+    pub realm: Option<String>,
+    /// Mechanisms to offer (default: all the backend supports).
+    pub mechanisms: Option<Vec<String>>,
+}
+
+fn smtp_service() -> String {
+    "smtp".into()
 }
 
 impl Listener {

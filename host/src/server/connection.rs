@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,12 +24,14 @@ use crate::plugin::{
     StageResult, Verdict, scoring,
 };
 use crate::route::{Destination, RouteError};
+use crate::sasl::{AuthContext, AuthError, Exchange};
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{self, MailParams, ParseOptions};
 use crate::smtp::receiver::{Body, Event, Receiver};
 use crate::smtp::reply::{Reply, r};
 use crate::smtp::session::{Decision, Session, Step};
 use crate::spool::{self, Client, Envelope, Recipient, new_queue_id};
+use crate::tls::{Stream, TlsInfo};
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -40,7 +44,11 @@ enum Flow {
 
 /// One client connection.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
+    /// Negotiated TLS, once active.
+    tls: Option<TlsInfo>,
+    /// Failed AUTH attempts in this session.
+    auth_failures: u32,
     peer: SocketAddr,
     generation: Arc<Generation>,
     listener: usize,
@@ -102,6 +110,17 @@ impl Connection {
         let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
         tracing::info!("connect from {client} on {}", lgen.name);
         let max_line = generation.config.smtp.max_line_length;
+        let mut stream = Stream::Plain(stream);
+        let mut tls = None;
+        if lgen.implicit_tls {
+            match shared.handshake(stream, &client).await {
+                Some(s) => {
+                    tls = s.tls_info();
+                    stream = s;
+                }
+                None => return,
+            }
+        }
         let info = SessionInfo {
             id: new_queue_id(),
             listener: lgen.name.clone(),
@@ -114,6 +133,8 @@ impl Connection {
         let plugins = PluginSession::new(generation.chains.clone());
         let mut conn = Connection {
             stream,
+            tls,
+            auth_failures: 0,
             peer,
             listener,
             shared,
@@ -133,6 +154,13 @@ impl Connection {
             helo_reject: None,
             rcpt_plugin: None,
         };
+        if conn.tls.is_some() {
+            conn.session.tls_started();
+            conn.info.tls = conn
+                .tls
+                .as_ref()
+                .map(|t| (t.version.clone(), t.cipher.clone()));
+        }
         if conn.connect_stage().await {
             conn.run().await;
         }
@@ -381,12 +409,237 @@ impl Connection {
                     let reply = self.vrfy(&arg);
                     self.session.vrfy_done(reply)
                 }
-                Step::StartTls(_) | Step::Auth { .. } => {
-                    self.session
-                        .fail(r(502, 5, 5, 1, "Error: command not implemented"))
+                Step::StartTls(reply) => {
+                    return if self.starttls(reply).await {
+                        Flow::Continue
+                    } else {
+                        Flow::Close
+                    };
                 }
+                Step::Auth { mechanism, initial } => self.auth(mechanism, initial).await,
             };
         }
+    }
+
+    /// STARTTLS (RFC 3207): reply, drop whatever the client pipelined
+    /// after the command (it was sent in plaintext and must not be
+    /// executed under TLS), handshake, and forget the session state.
+    async fn starttls(&mut self, reply: Reply) -> bool {
+        reply.write_to(&mut self.out);
+        if self.flush().await.is_err() {
+            return false;
+        }
+        if !self.inbuf.is_empty() {
+            tracing::warn!(
+                "{}: discarding {} bytes pipelined after STARTTLS (command injection attempt?)",
+                self.client,
+                self.inbuf.len()
+            );
+            self.inbuf.clear();
+        }
+        let plain = std::mem::replace(&mut self.stream, Stream::Upgrading);
+        let Some(upgraded) = self.shared.handshake(plain, &self.client).await else {
+            return false;
+        };
+        self.tls = upgraded.tls_info();
+        self.stream = upgraded;
+        self.session.tls_started();
+        self.info.tls = self
+            .tls
+            .as_ref()
+            .map(|t| (t.version.clone(), t.cipher.clone()));
+        self.info.helo = None;
+        self.info.auth_user = None;
+        self.receiver = Receiver::new(self.generation.config.smtp.max_line_length);
+        self.end_transaction();
+        true
+    }
+
+    /// Reads one line during an AUTH exchange (RFC 4954 allows 12288 octets).
+    async fn read_auth_line(&mut self) -> Option<Vec<u8>> {
+        let timeout = self.generation.config.smtp.command_timeout.0;
+        let mut rx = Receiver::new(12288);
+        loop {
+            match rx.next(&mut self.inbuf, &mut self.body) {
+                Some(Event::Line(line)) => return Some(line),
+                Some(_) => return None,
+                None => {}
+            }
+            self.inbuf.reserve(READ_CHUNK);
+            match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// SMTP AUTH (RFC 4954): runs the SASL exchange with the listener's
+    /// backend. Failures are logged without any credential, delayed more
+    /// for clients that fail often, and end the session after
+    /// `max_auth_failures`.
+    async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Step {
+        let Some(backend) = self
+            .generation
+            .listener(self.listener)
+            .and_then(|l| l.auth.clone())
+        else {
+            return self
+                .session
+                .fail(r(502, 5, 5, 1, "Error: authentication not enabled"));
+        };
+        let ctx = AuthContext {
+            client_ip: self.peer.ip(),
+            local_ip: self.local_ip(),
+            secured: self.tls.is_some(),
+            service: "smtp".into(),
+        };
+        let mut exchange = match backend.start(&mechanism, &ctx).await {
+            Ok(x) => x,
+            Err(AuthError::UnsupportedMechanism(_)) => {
+                return self
+                    .session
+                    .fail(r(504, 5, 5, 4, "Unrecognized authentication type"));
+            }
+            Err(e) => {
+                tracing::error!("{}: AUTH {mechanism}: {e}", self.client);
+                return self
+                    .session
+                    .fail(r(454, 4, 7, 0, "Temporary authentication failure"));
+            }
+        };
+        let mut response: Option<Vec<u8>> = match initial.as_deref() {
+            None => None,
+            Some("=") => Some(Vec::new()),
+            Some(b64) => match BASE64.decode(b64) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    return self
+                        .session
+                        .fail(r(501, 5, 5, 2, "Cannot decode AUTH parameter"));
+                }
+            },
+        };
+        loop {
+            match exchange.step(response.as_deref()).await {
+                Ok(Exchange::Challenge(challenge)) => {
+                    let line = format!("334 {}\r\n", BASE64.encode(&challenge));
+                    self.out.extend_from_slice(line.as_bytes());
+                    if self.flush().await.is_err() {
+                        return Step::Close(r(421, 4, 4, 2, "Error: lost connection"));
+                    }
+                    let Some(answer) = self.read_auth_line().await else {
+                        return Step::Close(r(
+                            421,
+                            4,
+                            4,
+                            2,
+                            "Error: timeout or bad line during AUTH",
+                        ));
+                    };
+                    if answer == b"*" {
+                        return self.session.fail(r(501, 5, 0, 0, "Authentication aborted"));
+                    }
+                    match BASE64.decode(answer.trim_ascii()) {
+                        Ok(v) => response = Some(v),
+                        Err(_) => {
+                            return self.session.fail(r(501, 5, 5, 2, "Cannot decode response"));
+                        }
+                    }
+                }
+                Ok(Exchange::Success(user)) => {
+                    tracing::info!("{}: AUTH {mechanism} ok, sasl_username={user}", self.client);
+                    self.info.auth_user = Some(user.clone());
+                    return Step::Reply(self.session.authenticated(user));
+                }
+                Ok(Exchange::Failure(reason)) => {
+                    self.auth_failures += 1;
+                    let recent = self.shared.auth_failed(self.peer.ip());
+                    tracing::warn!(
+                        "{}: AUTH {mechanism} failed ({reason}); failures: {} this session, {recent} recent from this address",
+                        self.client,
+                        self.auth_failures
+                    );
+                    let smtp = &self.generation.config.smtp;
+                    let delay = smtp.auth_failure_delay.0 * recent.min(5);
+                    let max = smtp.max_auth_failures;
+                    let _ = self.flush().await;
+                    tokio::time::sleep(delay).await;
+                    if self.auth_failures >= max {
+                        return Step::Close(r(
+                            421,
+                            4,
+                            7,
+                            0,
+                            "Error: too many authentication failures",
+                        ));
+                    }
+                    return self.session.fail(r(
+                        535,
+                        5,
+                        7,
+                        8,
+                        "Authentication credentials invalid",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!("{}: AUTH {mechanism}: {e}", self.client);
+                    return self
+                        .session
+                        .fail(r(454, 4, 7, 0, "Temporary authentication failure"));
+                }
+            }
+        }
+    }
+
+    fn local_ip(&self) -> std::net::IpAddr {
+        let local = match &self.stream {
+            Stream::Plain(s) => s.local_addr().ok(),
+            Stream::Tls(s) => s.get_ref().0.local_addr().ok(),
+            Stream::Upgrading => None,
+        };
+        local
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Whether an authenticated identity may use this envelope sender:
+    /// its own address and its +tag forms, plus `sender_logins`.
+    fn owns_sender(&self, identity: &str, sender: &ReversePath) -> bool {
+        let ReversePath::Mailbox(m) = sender else {
+            return true;
+        };
+        let config = &self.generation.config;
+        let addr = format!("{}@{}", m.local, m.domain).to_lowercase();
+        let base = match config.local.recipient_delimiter.chars().next() {
+            Some(d) => match m.local.split_once(d) {
+                Some((b, _)) => format!("{b}@{}", m.domain).to_lowercase(),
+                None => addr.clone(),
+            },
+            None => addr.clone(),
+        };
+        let identity = identity.to_lowercase();
+        let mine = |a: &str| {
+            if identity.contains('@') {
+                a == identity
+            } else {
+                a.split_once('@').is_some_and(|(l, d)| {
+                    l == identity && self.generation.router.is_local_domain(d)
+                })
+            }
+        };
+        if mine(&addr) || mine(&base) {
+            return true;
+        }
+        let domain = format!("@{}", m.domain.to_lowercase());
+        config
+            .sender_logins
+            .iter()
+            .filter(|(id, _)| id.to_lowercase() == identity)
+            .flat_map(|(_, allowed)| allowed)
+            .any(|a| {
+                let a = a.to_lowercase();
+                a == addr || a == base || a == domain
+            })
     }
 
     /// Writes a reply, delaying error replies once a client has made many
@@ -407,6 +660,26 @@ impl Connection {
         self.body = Body::new(self.session.config().max_message_size);
         self.receiver.reset_bdat();
         tracing::debug!("{id}: client={}, from=<{from}>", self.client);
+        if let Some(user) = self.session.auth_user.clone()
+            && !self.owns_sender(&user, &from)
+        {
+            tracing::info!(
+                "{id}: reject: MAIL from {}: <{from}> not owned by user {user}",
+                self.client
+            );
+            return self.session.mail_done(
+                id,
+                from.clone(),
+                params,
+                Decision::Reject(r(
+                    553,
+                    5,
+                    7,
+                    1,
+                    format!("<{from}>: Sender address rejected: not owned by user {user}"),
+                )),
+            );
+        }
         let mut decision = Decision::Accept(None);
         if self.plugins.has(Stage::Mail) {
             let envelope = EnvelopeInfo {
@@ -762,13 +1035,14 @@ impl Connection {
         }
         let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].path.to_string());
         let hostname = &self.generation.config.server.hostname;
+        let tls_comment = self.tls.as_ref().map(TlsInfo::received_comment);
         let mut prepend = received(&TraceInfo {
             helo: self.session.greeting.as_ref().map(|g| g.name.as_str()),
             ptr: self.session.client_ptr.as_deref(),
             ip: self.peer.ip(),
             hostname,
             protocol: self.session.protocol(),
-            tls: None,
+            tls: tls_comment.as_deref(),
             id: &id,
             single_rcpt: single.as_deref(),
         });

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, TlsMode};
 use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
 use crate::smtp::session::SessionConfig;
@@ -15,6 +15,10 @@ pub struct ListenerGen {
     pub name: String,
     /// Protocol settings for sessions on this listener.
     pub session: Arc<SessionConfig>,
+    /// TLS from the first byte.
+    pub implicit_tls: bool,
+    /// The SMTP AUTH backend, if AUTH is offered.
+    pub auth: Option<Arc<crate::sasl::Backend>>,
 }
 
 /// One generation of configuration and tables.
@@ -43,11 +47,21 @@ impl Generation {
         let chains = Arc::new(Chains::build(&config, runtime).await?);
         let router = Arc::new(Router::new(&config));
         let s = &config.smtp;
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| ListenerGen {
+        let mut backends: std::collections::HashMap<String, Arc<crate::sasl::Backend>> =
+            std::collections::HashMap::new();
+        for (i, a) in config.auth.iter().enumerate() {
+            let backend = crate::sasl::build_backend(a)
+                .map_err(|e| anyhow::anyhow!("auth[{i}] {:?}: {e:#}", a.name))?;
+            backends.insert(a.name.clone(), Arc::new(backend));
+        }
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let auth = l.auth.as_ref().and_then(|n| backends.get(n).cloned());
+            let mechanisms = auth.as_ref().map(|b| b.mechanisms()).unwrap_or_default();
+            listeners.push(ListenerGen {
                 name: l.name(),
+                implicit_tls: l.tls == TlsMode::Implicit,
+                auth,
                 session: Arc::new(SessionConfig {
                     hostname: config.server.hostname.clone(),
                     max_message_size: s.max_message_size.0,
@@ -55,10 +69,14 @@ impl Generation {
                     helo_required: s.helo_required,
                     vrfy: s.vrfy,
                     max_errors: s.max_errors,
-                    ..SessionConfig::default()
+                    starttls: matches!(l.tls, TlsMode::May | TlsMode::Encrypt),
+                    tls_required: l.tls == TlsMode::Encrypt,
+                    auth_mechanisms: mechanisms,
+                    auth_requires_tls: l.auth_only_with_tls,
+                    auth_required: l.auth_required,
                 }),
-            })
-            .collect();
+            });
+        }
         Ok(Generation {
             id,
             config,

@@ -26,6 +26,7 @@ use crate::plugin::Runtime;
 use crate::route::Router;
 use crate::smtp::reply::r;
 use crate::spool::{DirSyncer, Spool};
+use crate::tls::{Stream, Tls};
 use connection::Connection;
 use generation::Generation;
 use limits::{ConnLimits, Refused};
@@ -53,9 +54,52 @@ pub struct Shared {
     runtime: std::sync::Mutex<Option<Arc<Runtime>>>,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
+    /// TLS certificates and acceptor, when any listener uses TLS.
+    pub tls: Option<Arc<Tls>>,
+    /// Recent AUTH failures per client address, for throttling.
+    auth_failures:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
 }
 
 impl Shared {
+    /// Runs a TLS handshake (with the configured timeout); logs failures.
+    pub async fn handshake(&self, stream: Stream, client: &str) -> Option<Stream> {
+        let tls = self.tls.as_ref()?;
+        let timeout = self.generation.load().config.tls.handshake_timeout.0;
+        match tokio::time::timeout(timeout, stream.upgrade(tls.acceptor())).await {
+            Ok(Ok(s)) => {
+                if let Some(info) = s.tls_info() {
+                    tracing::info!(
+                        "{client}: TLS established: {}{}",
+                        info.received_comment(),
+                        info.sni.map(|n| format!(", SNI {n}")).unwrap_or_default()
+                    );
+                }
+                Some(s)
+            }
+            Ok(Err(e)) => {
+                tracing::info!("{client}: TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::info!("{client}: TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// Records an AUTH failure; returns the recent failures of that
+    /// address (forgotten after ten quiet minutes).
+    pub fn auth_failed(&self, ip: std::net::IpAddr) -> u32 {
+        let mut map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        map.retain(|_, (_, last)| now.duration_since(*last) < std::time::Duration::from_secs(600));
+        let e = map.entry(ip).or_insert((0, now));
+        e.0 += 1;
+        e.1 = now;
+        e.0
+    }
+
     /// Loads the config again, builds the new generation beside the
     /// running one (plugins compiled and checked), and swaps it in
     /// atomically. On any error the old generation keeps serving.
@@ -76,6 +120,9 @@ impl Shared {
             );
         }
         let runtime = self.runtime_for(&config)?;
+        if let Some(tls) = &self.tls {
+            tls.reload(&config)?;
+        }
         let id = self.next_generation.fetch_add(1, Ordering::SeqCst);
         let next = Generation::build(config, id, runtime.as_ref()).await?;
         let (plugins, entries) = (next.chains.plugins.len(), next.chains.len());
@@ -149,6 +196,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     );
     let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
+    let tls = Tls::from_config(cfg).context("TLS set-up failed")?;
+    if let Some(tls) = &tls {
+        let tls = tls.clone();
+        let every = cfg.tls.reload_interval.0;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                tls.reload_if_changed();
+            }
+        });
+    }
     let grace = cfg.server.shutdown_grace.0;
     let current_spool_dir = cfg.server.spool_dir.clone();
     let listening: Vec<String> = cfg
@@ -168,6 +226,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         next_generation: AtomicU64::new(2),
         runtime: std::sync::Mutex::new(runtime),
         reloading: tokio::sync::Mutex::new(()),
+        tls,
+        auth_failures: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let admin_path = admin::socket_path(&current_spool_dir);
     admin::start(&admin_path, shared.clone())?;

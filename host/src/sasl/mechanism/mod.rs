@@ -1,0 +1,1 @@
+//! SASL mechanisms as sans-IO server-side state machines (in progress).

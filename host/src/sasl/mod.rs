@@ -1,0 +1,115 @@
+//! SASL for SMTP AUTH (RFC 4954): mechanisms as sans-IO state machines
+//! ([`mechanism`]) and the backends that check credentials: Postern's own
+//! password file ([`passwd`]), saslauthd ([`saslauthd`]) and Dovecot's auth
+//! service ([`dovecot`]).
+//!
+//! The SMTP driver only sees [`Backend`] and [`Exchange`]: it starts an
+//! exchange for the mechanism the client named, feeds it the client's
+//! (base64-decoded) responses, sends each challenge in a `334` reply, and
+//! ends with `235` on [`Exchange::Success`] or `535 5.7.8` on
+//! [`Exchange::Failure`]. Passwords never appear in logs or errors.
+
+pub mod dovecot;
+pub mod mechanism;
+pub mod passwd;
+pub mod saslauthd;
+
+use std::net::IpAddr;
+
+/// One step of an authentication exchange, as the SMTP driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// Send this challenge (raw bytes; the driver base64-encodes it) in a
+    /// `334` reply and feed the client's answer to the next step.
+    Challenge(Vec<u8>),
+    /// Authenticated. The identity is the authorization identity when the
+    /// client gave one and is allowed to use it, else the authentication
+    /// identity (`user@domain` for the password file).
+    Success(String),
+    /// Wrong credentials, unknown user or a malformed response; the
+    /// reason is for the log and never contains a password.
+    Failure(String),
+}
+
+/// Errors that are not the client's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The backend is unreachable or broken: `454 4.7.0`.
+    #[error("temporary authentication failure: {0}")]
+    Temporary(String),
+    /// The mechanism is not supported by this backend: `504 5.5.4`.
+    #[error("mechanism {0} is not available")]
+    UnsupportedMechanism(String),
+}
+
+/// What an exchange knows about the client.
+#[derive(Debug, Clone)]
+pub struct AuthContext {
+    /// Client IP address.
+    pub client_ip: IpAddr,
+    /// Our IP address on the connection.
+    pub local_ip: IpAddr,
+    /// TLS is active on the connection.
+    pub secured: bool,
+    /// Service name for backends that want one ("smtp").
+    pub service: String,
+}
+
+/// Builds the backend an `[[auth]]` table describes.
+pub fn build_backend(cfg: &crate::config::Auth) -> anyhow::Result<Backend> {
+    anyhow::bail!("the {:?} backend is not available yet", cfg.backend)
+}
+
+/// A credential backend chosen per listener.
+#[derive(Debug)]
+pub enum Backend {
+    /// Postern's password file.
+    Passwd(passwd::PasswdBackend),
+    /// A running saslauthd (PLAIN and LOGIN only).
+    Saslauthd(saslauthd::SaslauthdBackend),
+    /// Dovecot's auth service (the mechanisms Dovecot offers).
+    Dovecot(dovecot::DovecotBackend),
+}
+
+/// An exchange in progress.
+pub enum Session {
+    /// Local mechanism against the password file.
+    Passwd(passwd::PasswdSession),
+    /// PLAIN/LOGIN whose password saslauthd checks.
+    Saslauthd(saslauthd::SaslauthdSession),
+    /// Proxied to Dovecot.
+    Dovecot(dovecot::DovecotSession),
+}
+
+impl Backend {
+    /// The mechanisms this backend can offer, in the order to advertise
+    /// them (strongest first).
+    pub fn mechanisms(&self) -> Vec<String> {
+        match self {
+            Backend::Passwd(b) => b.mechanisms(),
+            Backend::Saslauthd(b) => b.mechanisms(),
+            Backend::Dovecot(b) => b.mechanisms(),
+        }
+    }
+
+    /// Starts an exchange for `mechanism` (upper case).
+    pub async fn start(&self, mechanism: &str, ctx: &AuthContext) -> Result<Session, AuthError> {
+        match self {
+            Backend::Passwd(b) => b.start(mechanism, ctx).map(Session::Passwd),
+            Backend::Saslauthd(b) => b.start(mechanism, ctx).map(Session::Saslauthd),
+            Backend::Dovecot(b) => b.start(mechanism, ctx).await.map(Session::Dovecot),
+        }
+    }
+}
+
+impl Session {
+    /// Feeds the client's response (`None` before the first response when
+    /// the client sent no initial response; `Some(b"")` for an empty one).
+    pub async fn step(&mut self, response: Option<&[u8]>) -> Result<Exchange, AuthError> {
+        match self {
+            Session::Passwd(s) => s.step(response).await,
+            Session::Saslauthd(s) => s.step(response).await,
+            Session::Dovecot(s) => s.step(response).await,
+        }
+    }
+}
