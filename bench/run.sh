@@ -7,9 +7,11 @@
 # ratios. Both MTAs fsync every message before 250 and every Maildir file
 # before it counts as delivered.
 #
-# Extra variants (set BENCH_VARIANTS, space separated; default "core"):
-#   core      Postern with no plugins
-#   plugins   Postern with the quickstart plugin chain (when plugins exist)
+# Variants (BENCH_VARIANTS, space separated; default "core quickstart six"):
+#   core        Postern with no plugins
+#   quickstart  the quickstart's chain (access on RCPT)
+#   six         six plugin entries on every stage (30 calls per message)
+# Plugins must be built first (plugins/build.sh).
 #
 # Needs root, the peers kit installed, and target/release/postern built.
 set -euo pipefail
@@ -18,7 +20,7 @@ ROOT=$PWD
 PEERS=$ROOT/../shared/peers
 S=${1:-20} M=${2:-2000} L=${3:-4096}
 BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
-VARIANTS=${BENCH_VARIANTS:-core}
+VARIANTS=${BENCH_VARIANTS:-core quickstart six}
 PORT=${BENCH_PORT:-2625}
 LIMIT=300
 
@@ -72,9 +74,11 @@ maildir = "var/mail/{user}/Maildir"
 postmaster = "testuser"
 abuse = "testuser"
 EOF
-  if [ "$variant" = plugins ] && [ -f "$ROOT/bench/plugins.toml" ]; then
-    cat "$ROOT/bench/plugins.toml" >>"$work/postern.toml"
-  fi
+  case $variant in
+    quickstart) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml" ;;
+    six) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml" ;;
+  esac
+  printf '[wasm]\ncache_dir = "%s"\n' "$ROOT/target/bench-plugin-cache" >>"$work/postern.toml"
   (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
   pid=$!
   for _ in $(seq 100); do
@@ -97,15 +101,17 @@ EOF
     sleep 0.05
   done
   t2=$(now)
-  local rss
+  local rss cpu
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  # user+system CPU seconds of the daemon (fields 14 and 15 of stat)
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0)
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   awk -v v="$variant" -v s="$S" -v m="$M" -v l="$L" -v t0="$t0" -v t1="$t1" -v t2="$t2" \
-    -v n="$n" -v rc="$rc" -v load="$load" -v rss="$rss" 'BEGIN {
+    -v n="$n" -v rc="$rc" -v load="$load" -v rss="$rss" -v cpu="$cpu" 'BEGIN {
     acc = (rc == 0) ? m : 0
-    printf "postern-%s s=%d m=%d size=%d accepted_msg_s=%.0f delivered_msg_s=%.0f accept_s=%.2f deliver_s=%.2f delivered=%d/%d smtp_source_rc=%d peak_rss_kb=%d load1_before=%s\n",
-      v, s, m, l, acc / (t1 - t0), n / (t2 - t0), t1 - t0, t2 - t0, n, m, rc, rss, load }'
+    printf "postern-%s s=%d m=%d size=%d accepted_msg_s=%.0f delivered_msg_s=%.0f accept_s=%.2f deliver_s=%.2f delivered=%d/%d smtp_source_rc=%d peak_rss_kb=%d cpu_us_per_msg=%.0f load1_before=%s\n",
+      v, s, m, l, acc / (t1 - t0), n / (t2 - t0), t1 - t0, t2 - t0, n, m, rc, rss, cpu * 1e6 / m, load }'
   if [ "$n" -lt "$M" ]; then
     tail -n 20 "$work/postern.log" >&2
   fi
@@ -138,7 +144,9 @@ for v in $VARIANTS; do
   awk -v v="$v" -v a="${acc[$v]}" -v d="${del[$v]}" -v pa="$pf_acc" -v pd="$pf_del" 'BEGIN {
     printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx\n", v, a / pa, d / pd }'
 done
-if [ -n "${acc[core]:-}" ] && [ -n "${acc[plugins]:-}" ]; then
-  awk -v a="${acc[core]}" -v b="${acc[plugins]}" -v c="${del[core]}" -v d="${del[plugins]}" 'BEGIN {
-    printf "plugin overhead: accepted %.1f%% delivered %.1f%%\n", (a - b) / a * 100, (c - d) / c * 100 }'
-fi
+for v in $VARIANTS; do
+  [ "$v" = core ] && continue
+  [ -n "${acc[core]:-}" ] || break
+  awk -v v="$v" -v a="${acc[core]}" -v b="${acc[$v]}" -v c="${del[core]}" -v d="${del[$v]}" 'BEGIN {
+    printf "plugin overhead of %s vs core: accepted %.1f%% delivered %.1f%%\n", v, (a - b) / a * 100, (c - d) / c * 100 }'
+done

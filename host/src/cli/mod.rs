@@ -1,5 +1,6 @@
 //! The `postern` command line.
 
+mod plugin_bench;
 mod plugin_test;
 mod queue;
 
@@ -72,6 +73,20 @@ enum PluginCommand {
         /// Fixture files.
         #[arg(required = true)]
         fixtures: Vec<PathBuf>,
+    },
+    /// Micro-benchmark: instantiate and call cost, from a fixture's first case.
+    Bench {
+        /// The component (.wasm); default: the fixture's `plugin` key.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// Where compiled plugins are cached.
+        #[arg(long, default_value = "var/cache/plugins")]
+        cache_dir: PathBuf,
+        /// Calls to time.
+        #[arg(long, default_value_t = 10000)]
+        iterations: u32,
+        /// Fixture file (its first case is the call to time).
+        fixture: PathBuf,
     },
 }
 
@@ -179,6 +194,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue {
             command: QueueCommand::Flush(a),
         } => admin(&a.config, "flush"),
+        Command::Plugin {
+            command:
+                PluginCommand::Bench {
+                    plugin,
+                    cache_dir,
+                    iterations,
+                    fixture,
+                },
+        } => {
+            plugin_bench::run(plugin.as_deref(), &fixture, &cache_dir, iterations)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin {
             command:
                 PluginCommand::Test {

@@ -38,22 +38,22 @@ use crate::plugin::{Chains, EnvelopeInfo, Input, PluginSession, SessionInfo, Sta
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Fixture {
-    plugin: Option<PathBuf>,
+pub(super) struct Fixture {
+    pub(super) plugin: Option<PathBuf>,
     #[serde(default)]
-    config: toml::Table,
+    pub(super) config: toml::Table,
     #[serde(default)]
     time_limit: Option<Seconds>,
     #[serde(default)]
     memory_limit: Option<Bytes>,
     #[serde(rename = "case")]
-    cases: Vec<Case>,
+    pub(super) cases: Vec<Case>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Case {
-    name: String,
+pub(super) struct Case {
+    pub(super) name: String,
     stage: String,
     #[serde(default = "default_ip")]
     client_ip: String,
@@ -120,6 +120,44 @@ pub fn run(plugin: Option<&Path>, fixtures: &[PathBuf], cache_dir: &Path) -> any
     })
 }
 
+/// Reads a fixture and sets up the runtime and plugin definition.
+pub(super) fn load(
+    plugin: Option<&Path>,
+    path: &Path,
+    cache_dir: &Path,
+    reuse_instances: bool,
+) -> anyhow::Result<(Fixture, PluginDef, Arc<crate::plugin::Runtime>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let fixture: Fixture =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let wasm = match (plugin, &fixture.plugin) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => base.join(p),
+        (None, None) => anyhow::bail!(
+            "{}: no plugin given (--plugin or `plugin = ...`)",
+            path.display()
+        ),
+    };
+    let runtime = crate::plugin::Runtime::new(&Wasm {
+        cache_dir: cache_dir.to_path_buf(),
+        max_instances: 64,
+        ..Wasm::default()
+    })?;
+    let def = PluginDef {
+        name: "under-test".into(),
+        path: wasm,
+        on_error: OnError::Tempfail,
+        reuse_instances,
+        memory_limit: fixture.memory_limit.unwrap_or(Bytes(64 << 20)),
+        time_limit: fixture
+            .time_limit
+            .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
+    };
+    Ok((fixture, def, runtime))
+}
+
 async fn run_fixture(
     plugin: Option<&Path>,
     path: &Path,
@@ -168,13 +206,36 @@ async fn run_fixture(
     Ok(failed)
 }
 
-async fn run_case(
+/// A case turned into what the chain runner takes.
+pub(super) struct Prepared {
+    pub(super) stage: Stage,
+    pub(super) chains: Arc<Chains>,
+    pub(super) session: SessionInfo,
+    pub(super) envelope: EnvelopeInfo,
+    pub(super) recipient: Option<String>,
+    pub(super) message: Option<Arc<Vec<u8>>>,
+}
+
+impl Prepared {
+    /// The runner's input for this case.
+    pub(super) fn input(&self) -> Input<'_> {
+        Input {
+            session: Some(&self.session),
+            envelope: (!matches!(self.stage, Stage::Connect | Stage::Helo))
+                .then_some(&self.envelope),
+            recipient: self.recipient.as_deref(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+pub(super) async fn prepare(
     runtime: &Arc<crate::plugin::Runtime>,
     def: &PluginDef,
     config: &toml::Table,
     case: &Case,
     base: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Prepared> {
     let st = stage(&case.stage)?;
     let entry = ChainEntry {
         plugin: def.name.clone(),
@@ -218,14 +279,26 @@ async fn run_case(
         (None, Some(t)) => Some(t.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes()),
         (None, None) => None,
     };
-    let mut runner = PluginSession::new(Arc::new(chains));
-    let input = Input {
-        session: Some(&session),
-        envelope: (!matches!(st, Stage::Connect | Stage::Helo)).then_some(&envelope),
-        recipient: recipient.as_deref(),
+    Ok(Prepared {
+        stage: st,
+        chains: Arc::new(chains),
+        session,
+        envelope,
+        recipient,
         message: message.map(Arc::new),
-    };
-    let result = runner.run(st, &input, "TEST").await;
+    })
+}
+
+async fn run_case(
+    runtime: &Arc<crate::plugin::Runtime>,
+    def: &PluginDef,
+    config: &toml::Table,
+    case: &Case,
+    base: &Path,
+) -> anyhow::Result<()> {
+    let prepared = prepare(runtime, def, config, case, base).await?;
+    let mut runner = PluginSession::new(prepared.chains.clone());
+    let result = runner.run(prepared.stage, &prepared.input(), "TEST").await;
     let (verdict, reply_code, enhanced, text) = match result.decision.map(|d| d.verdict) {
         None => ("continue", None, None, String::new()),
         Some(Verdict::Continue) => ("continue", None, None, String::new()),

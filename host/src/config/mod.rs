@@ -558,6 +558,10 @@ pub struct Queue {
     /// After this long in the queue a message is given up (held for the
     /// operator until bounces exist).
     pub max_lifetime: Seconds,
+    /// Deliver mail for local mailboxes into Maildir before answering 250
+    /// (the message is durable in the mailbox instead of the spool); any
+    /// recipient that cannot be delivered at once is queued as usual.
+    pub direct_delivery: bool,
 }
 
 impl Default for Queue {
@@ -568,6 +572,7 @@ impl Default for Queue {
             retry_initial: Seconds(Duration::from_secs(300)),
             retry_max: Seconds(Duration::from_secs(4000)),
             max_lifetime: Seconds(Duration::from_secs(5 * 86400)),
+            direct_delivery: true,
         }
     }
 }

@@ -33,12 +33,13 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Maildi
     }
 }
 
-/// Creates `cur/ new/ tmp/` under `dir` if `new/` is missing.
+/// Creates `tmp/ cur/ new/` under `dir` if `new/` is missing. `new/` comes
+/// last: concurrent deliveries treat its existence as "Maildir complete".
 fn ensure_maildir(dir: &Path) -> Result<(), MaildirError> {
     if dir.join("new").is_dir() {
         return Ok(());
     }
-    for sub in ["cur", "new", "tmp"] {
+    for sub in ["tmp", "cur", "new"] {
         let p = dir.join(sub);
         fs::create_dir_all(&p).map_err(err("create", &p))?;
     }

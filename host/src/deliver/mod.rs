@@ -5,7 +5,7 @@
 pub mod maildir;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::route::{Destination, Router};
-use crate::spool::{DirSyncer, Spool, now_secs};
+use crate::spool::{DirSyncer, Envelope, Spool, now_secs};
 
 /// Delivery settings taken from `[queue]` and `[server]`.
 #[derive(Debug, Clone)]
@@ -194,6 +194,93 @@ fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
     cfg.retry_initial.saturating_mul(factor).min(cfg.retry_max)
 }
 
+/// Seconds since a message arrived.
+fn delay_since(arrival: f64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(arrival);
+    (now - arrival).max(0.0)
+}
+
+/// Delivers every recipient of `env` that is not yet in `done` (blocking),
+/// logs one line per recipient, adds the delivered ones to `done`, and
+/// returns the last temporary error if any recipient must be retried.
+pub fn deliver_pending(
+    router: &Router,
+    env: &Envelope,
+    content: &[u8],
+    done: &mut BTreeSet<usize>,
+    hostname: &str,
+    syncer: &DirSyncer,
+) -> Option<String> {
+    let id = &env.id;
+    let delimiter = router.delimiter();
+    let return_path = format!("Return-Path: <{}>\r\n", env.sender);
+    let mut deferred: Option<String> = None;
+    for (i, rcpt) in env.recipients.iter().enumerate() {
+        if done.contains(&i) {
+            continue;
+        }
+        let to = rcpt.destination.address(delimiter);
+        match &rcpt.destination {
+            Destination::Local { user, tag, .. } => {
+                if !router.has_user(user) {
+                    tracing::warn!(
+                        "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred (user {user} no longer exists)",
+                        rcpt.original,
+                        delay_since(env.arrival)
+                    );
+                    deferred = Some(format!("user {user} no longer exists"));
+                    continue;
+                }
+                let delivered_to = format!("Delivered-To: {to}\r\n");
+                let parts: [&[u8]; 4] = [
+                    return_path.as_bytes(),
+                    delivered_to.as_bytes(),
+                    env.prepend.as_bytes(),
+                    content,
+                ];
+                match maildir::deliver(
+                    &router.maildir(user),
+                    tag.as_deref(),
+                    &parts,
+                    hostname,
+                    syncer,
+                ) {
+                    Ok(path) => {
+                        done.insert(i);
+                        tracing::info!(
+                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=sent (delivered to maildir {})",
+                            rcpt.original,
+                            delay_since(env.arrival),
+                            path.display()
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred ({e})",
+                            rcpt.original,
+                            delay_since(env.arrival)
+                        );
+                        deferred = Some(e.to_string());
+                    }
+                }
+            }
+            Destination::Remote { .. } => {
+                let why = "remote delivery is not available in this version";
+                tracing::warn!(
+                    "{id}: to=<{to}>, orig_to=<{}>, relay=none, delay={:.2}, status=deferred ({why})",
+                    rcpt.original,
+                    delay_since(env.arrival)
+                );
+                deferred = Some(why.into());
+            }
+        }
+    }
+    deferred
+}
+
 /// One delivery attempt of one message (blocking).
 fn attempt(ctx: &Ctx, id: &str) -> Outcome {
     let loaded = match ctx.spool.read(id) {
@@ -206,77 +293,16 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
     };
     let env = &loaded.envelope;
     let router = ctx.router.load();
-    let delimiter = router.delimiter();
     let started = now_secs();
-    let delay = |_: ()| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(env.arrival);
-        (now - env.arrival).max(0.0)
-    };
-    let return_path = format!("Return-Path: <{}>\r\n", env.sender);
-    let mut deferred: Option<String> = None;
-    for (i, rcpt) in env.recipients.iter().enumerate() {
-        if state.done.contains(&i) {
-            continue;
-        }
-        let to = rcpt.destination.address(delimiter);
-        match &rcpt.destination {
-            Destination::Local { user, tag, .. } => {
-                if !router.has_user(user) {
-                    tracing::warn!(
-                        "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred (user {user} no longer exists)",
-                        rcpt.original,
-                        delay(())
-                    );
-                    deferred = Some(format!("user {user} no longer exists"));
-                    continue;
-                }
-                let delivered_to = format!("Delivered-To: {to}\r\n");
-                let parts: [&[u8]; 4] = [
-                    return_path.as_bytes(),
-                    delivered_to.as_bytes(),
-                    env.prepend.as_bytes(),
-                    loaded.content(),
-                ];
-                match maildir::deliver(
-                    &router.maildir(user),
-                    tag.as_deref(),
-                    &parts,
-                    &ctx.cfg.hostname,
-                    &ctx.syncer,
-                ) {
-                    Ok(path) => {
-                        state.done.insert(i);
-                        tracing::info!(
-                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=sent (delivered to maildir {})",
-                            rcpt.original,
-                            delay(()),
-                            path.display()
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred ({e})",
-                            rcpt.original,
-                            delay(())
-                        );
-                        deferred = Some(e.to_string());
-                    }
-                }
-            }
-            Destination::Remote { .. } => {
-                let why = "remote delivery is not available in this version";
-                tracing::warn!(
-                    "{id}: to=<{to}>, orig_to=<{}>, relay=none, delay={:.2}, status=deferred ({why})",
-                    rcpt.original,
-                    delay(())
-                );
-                deferred = Some(why.into());
-            }
-        }
-    }
+    let delay = |_: ()| delay_since(env.arrival);
+    let deferred = deliver_pending(
+        &router,
+        env,
+        loaded.content(),
+        &mut state.done,
+        &ctx.cfg.hostname,
+        &ctx.syncer,
+    );
     let Some(last_error) = deferred else {
         return match ctx.spool.remove(id) {
             Ok(()) => {

@@ -62,11 +62,6 @@ impl Stage {
             Stage::Data => "END-OF-MESSAGE",
         }
     }
-
-    /// Whether instances of this stage belong to the transaction.
-    fn transactional(self) -> bool {
-        matches!(self, Stage::Mail | Stage::Rcpt | Stage::Data)
-    }
 }
 
 /// One entry of a chain: a plugin with its own config.
@@ -462,7 +457,8 @@ impl PluginSession {
     }
 
     /// Ends the transaction: its instances are dropped (or returned to the
-    /// warm pool for `reuse_instances` plugins).
+    /// warm pool for `reuse_instances` plugins). Instances created at
+    /// connect or HELO serve the session's first transaction.
     pub fn end_transaction(&mut self) {
         for (_, (entry, live)) in self.live.drain() {
             recycle(&entry, live);
@@ -493,11 +489,9 @@ impl PluginSession {
         let res = invoke(&mut live, &entry.plugin, stage, input).await;
         match res {
             Ok(o) => {
-                if stage.transactional() {
-                    self.live.insert(entry.id, (entry.clone(), live));
-                } else {
-                    recycle(entry, live);
-                }
+                // The instance lives until the end of the transaction: from
+                // connect (or MAIL FROM) to the end of that message.
+                self.live.insert(entry.id, (entry.clone(), live));
                 Ok(Outcome::from_wit(o, &entry.label))
             }
             // A trapped instance is poisoned: it is dropped here.

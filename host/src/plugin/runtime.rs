@@ -153,9 +153,18 @@ impl Runtime {
             .max_component_instance_size(1 << 20)
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
-            .max_tables_per_component(64);
+            .max_tables_per_component(64)
+            // Reset small guests with memset instead of madvise: no page
+            // faults and TLB shootdowns per transaction.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10)
+            .decommit_batch_size(16);
         let mut config = Config::new();
         config
+            // Plugins are called one at a time per store; the component
+            // model's concurrency machinery only costs time here.
+            .concurrency_support(false)
             .epoch_interruption(true)
             .memory_reservation(cfg.max_memory.0)
             .memory_guard_size(64 << 10)

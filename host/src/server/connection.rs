@@ -74,6 +74,8 @@ pub struct Connection {
     helo_reject: Option<Reply>,
     /// The plugin that refused the current RCPT, for its log line.
     rcpt_plugin: Option<std::sync::Arc<str>>,
+    /// A MAIL FROM was accepted and its transaction not yet ended.
+    in_transaction: bool,
 }
 
 /// What a message will be, besides delivered.
@@ -153,6 +155,7 @@ impl Connection {
             connect_reject: None,
             helo_reject: None,
             rcpt_plugin: None,
+            in_transaction: false,
         };
         if conn.tls.is_some() {
             conn.session.tls_started();
@@ -655,7 +658,12 @@ impl Connection {
     }
 
     async fn mail(&mut self, from: ReversePath, params: MailParams) -> Step {
-        self.end_transaction();
+        // A transaction abandoned by RSET or a failed DATA ends here; the
+        // instances made at connect/HELO serve the first transaction.
+        if self.in_transaction {
+            self.end_transaction();
+        }
+        self.in_transaction = true;
         let id = new_queue_id();
         self.body = Body::new(self.session.config().max_message_size);
         self.receiver.reset_bdat();
@@ -873,6 +881,7 @@ impl Connection {
     fn end_transaction(&mut self) {
         self.plugins.end_transaction();
         self.tx_policy = Policy::default();
+        self.in_transaction = false;
     }
 
     /// Relay control and routing for one recipient. Relay control comes
@@ -1100,6 +1109,15 @@ impl Connection {
         let size = content.len();
         let nrcpt = env.recipients.len();
         let from = env.sender.clone();
+        let direct = disposition.is_none()
+            && self.generation.config.queue.direct_delivery
+            && env
+                .recipients
+                .iter()
+                .all(|r| matches!(r.destination, Destination::Local { .. }));
+        if direct {
+            return self.deliver_now(content, env).await;
+        }
         let (result, status) = match &disposition {
             Some(Disposition::Quarantine(why)) => (
                 self.shared
@@ -1123,6 +1141,77 @@ impl Connection {
                 if disposition.is_none() {
                     self.shared.queue.queued(id.clone());
                 }
+                Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")))
+            }
+            Err(e) => {
+                tracing::error!("{id}: cannot queue message from {}: {e}", self.client);
+                Err(r(
+                    451,
+                    4,
+                    3,
+                    0,
+                    "Error: queue file write error, try again later",
+                ))
+            }
+        }
+    }
+
+    /// Direct delivery: every recipient is a local mailbox, so the message
+    /// goes into the Maildirs (fsynced) before the 250; any recipient that
+    /// cannot be delivered now is queued with the others marked done.
+    async fn deliver_now(&mut self, content: Vec<u8>, env: Envelope) -> Result<Reply, Reply> {
+        let id = env.id.clone();
+        tracing::info!(
+            "{id}: client={}, from=<{}>, size={}, nrcpt={}, proto={} (delivering)",
+            self.client,
+            env.sender,
+            content.len(),
+            env.recipients.len(),
+            self.session.protocol()
+        );
+        let router = self.generation.router.clone();
+        let syncer = self.shared.syncer.clone();
+        let hostname = self.generation.config.server.hostname.clone();
+        let delivered = tokio::task::spawn_blocking(move || {
+            let mut done = std::collections::BTreeSet::new();
+            let deferred = crate::deliver::deliver_pending(
+                &router, &env, &content, &mut done, &hostname, &syncer,
+            );
+            (env, content, done, deferred)
+        })
+        .await;
+        let (env, content, done, deferred) = match delivered {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("{id}: delivery task failed: {e}");
+                return Err(r(
+                    451,
+                    4,
+                    3,
+                    0,
+                    "Error: local delivery failed, try again later",
+                ));
+            }
+        };
+        let Some(last_error) = deferred else {
+            return Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")));
+        };
+        let state = spool::DeliveryState {
+            attempts: 1,
+            next_attempt: spool::now_secs(),
+            last_error: Some(last_error),
+            done,
+            hold_reason: None,
+        };
+        match self
+            .shared
+            .spool
+            .commit_with_state(content, env, state)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!("{id}: queued for retry");
+                self.shared.queue.queued(id.clone());
                 Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")))
             }
             Err(e) => {

@@ -35,6 +35,8 @@ use limits::{ConnLimits, Refused};
 pub struct Shared {
     /// The spool.
     pub spool: Arc<Spool>,
+    /// Group commit for directory fsyncs (spool and Maildirs).
+    pub syncer: DirSyncer,
     /// Hands queued messages to delivery.
     pub queue: deliver::Queue,
     /// The resolver.
@@ -184,7 +186,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (queue, delivery) = deliver::start(
         spool.clone(),
         router.clone(),
-        syncer,
+        syncer.clone(),
         DeliveryConfig {
             hostname: cfg.server.hostname.clone(),
             concurrency: cfg.queue.delivery_concurrency,
@@ -216,6 +218,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .collect();
     let shared = Arc::new(Shared {
         spool,
+        syncer,
         queue,
         dns,
         limits: Arc::new(ConnLimits::default()),

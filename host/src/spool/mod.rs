@@ -190,17 +190,33 @@ impl Spool {
         env: Envelope,
         reason: String,
     ) -> Result<(), SpoolError> {
-        self.commit_to(content, env, Some(reason)).await
+        let state = DeliveryState {
+            hold_reason: Some(reason),
+            ..DeliveryState::default()
+        };
+        self.commit_to(content, env, Some(state)).await
+    }
+
+    /// Like [`Spool::commit`], with delivery progress already made (some
+    /// recipients were delivered before the message was queued).
+    pub async fn commit_with_state(
+        &self,
+        content: Vec<u8>,
+        env: Envelope,
+        state: DeliveryState,
+    ) -> Result<(), SpoolError> {
+        self.commit_to(content, env, Some(state)).await
     }
 
     async fn commit_to(
         &self,
         content: Vec<u8>,
         env: Envelope,
-        hold: Option<String>,
+        state: Option<DeliveryState>,
     ) -> Result<(), SpoolError> {
         let incoming = self.incoming.join(&env.id);
-        let dir = if hold.is_some() {
+        let held = state.as_ref().is_some_and(|s| s.hold_reason.is_some());
+        let dir = if held {
             self.hold.clone()
         } else {
             self.queue.clone()
@@ -219,11 +235,7 @@ impl Spool {
             f.write_all(&tail).map_err(io_err("write", &incoming))?;
             f.sync_data().map_err(io_err("fsync", &incoming))?;
             drop(f);
-            if let Some(reason) = hold {
-                let state = DeliveryState {
-                    hold_reason: Some(reason),
-                    ..DeliveryState::default()
-                };
+            if let Some(state) = state {
                 let json = serde_json::to_vec(&state).unwrap_or_default();
                 let mut sf = File::create(&state_path).map_err(io_err("create", &state_path))?;
                 sf.write_all(&json).map_err(io_err("write", &state_path))?;

@@ -5,10 +5,15 @@
 //! ```toml
 //! [[chain.rcpt]]
 //! plugin = "access"
+//! config.authenticated = "OK"   # permit_sasl_authenticated: checked first
 //! config.client = { "192.0.2.0/24" = "REJECT", "trusted.example" = "OK" }
 //! config.helo = { "localhost" = "REJECT Bad HELO" }
 //! config.sender = { "blocked.test" = "REJECT", "friend@blocked.test" = "OK" }
 //! config.recipient = { "spamtrap@example.test" = "DISCARD", "info@example.test" = "PREPEND X-Info: yes" }
+//!
+//! [[chain.data]]                 # Postfix header_checks, in order
+//! plugin = "access"
+//! config.header_checks = [["^Subject:.*viagra", "REJECT spam"], ["^X-Mailer: bulk", "HOLD"]]
 //! ```
 //!
 //! At each hook the tables that have data are consulted in Postfix order —
@@ -21,12 +26,14 @@
 
 pub mod rules;
 
-postern_sdk::bindings!(path: "../../wit", world: "postern:filter/restriction");
+postern_sdk::bindings!(path: "../../wit", world: "postern:filter/plugin");
 
 use std::sync::OnceLock;
 
-use exports::postern::filter::{configure, connect_hook, helo_hook, mail_hook, rcpt_hook};
-use postern_sdk::{Envelope, Outcome, Param, Session, log};
+use exports::postern::filter::{
+    configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
+};
+use postern_sdk::{Envelope, Message, Outcome, Param, Session, log};
 use rules::{Action, Rules};
 
 struct Access;
@@ -112,6 +119,15 @@ fn check(session: &Session, sender: Option<&str>, recipient: Option<&str>) -> Ou
         }
     };
     let mut hits = Vec::new();
+    if let Some(user) = &session.auth_user
+        && let Some(a) = rules.authenticated()
+    {
+        hits.push(Hit {
+            action: a,
+            key: user.clone(),
+            what: "Authenticated user",
+        });
+    }
     if let Some(a) = rules.client(&session.client_ip, session.client_ptr.as_deref()) {
         let name = session.client_ptr.as_deref().unwrap_or("unknown");
         hits.push(Hit {
@@ -176,6 +192,34 @@ impl rcpt_hook::Guest for Access {
         _params: Vec<Param>,
     ) -> Outcome {
         check(&session, Some(&envelope.mail_from), Some(&recipient))
+    }
+}
+
+impl data_hook::Guest for Access {
+    fn on_data(_session: Session, _envelope: Envelope, message: &Message) -> Outcome {
+        let rules = match rules() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error(&e);
+                return Outcome::tempfail(451, "4.3.5", "Server configuration problem");
+            }
+        };
+        if !rules.has_header_checks() {
+            return Outcome::cont();
+        }
+        let hits: Vec<Hit<'_>> = message
+            .headers()
+            .into_iter()
+            .filter_map(|h| {
+                let line = format!("{}: {}", h.name, h.value);
+                rules.header(&line).map(|action| Hit {
+                    action,
+                    key: h.name.clone(),
+                    what: "Message header",
+                })
+            })
+            .collect();
+        decide(hits)
     }
 }
 

@@ -125,6 +125,14 @@ pub struct Config {
     /// Envelope recipient, same key forms as `sender`.
     #[serde(default)]
     pub recipient: HashMap<String, String>,
+    /// Action for SASL-authenticated sessions, checked before every table
+    /// (`"OK"` is Postfix `permit_sasl_authenticated`).
+    #[serde(default)]
+    pub authenticated: Option<String>,
+    /// Postfix `header_checks`: ordered `[regex, action]` pairs matched
+    /// (case-insensitively) against each `Name: value` header line.
+    #[serde(default)]
+    pub header_checks: Vec<(String, String)>,
 }
 
 /// An address or name table with Postfix lookup order.
@@ -139,6 +147,8 @@ pub struct Rules {
     helo: Table,
     sender: Table,
     recipient: Table,
+    header_checks: Vec<(regex::Regex, Action)>,
+    authenticated: Option<Action>,
 }
 
 fn table(map: &HashMap<String, String>, what: &str) -> Result<Table, String> {
@@ -200,7 +210,24 @@ impl Rules {
         }
         // Most specific network first, like a cidr table ordered by hand.
         client_ips.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        let mut header_checks = Vec::new();
+        for (i, (pattern, action)) in cfg.header_checks.iter().enumerate() {
+            let re = regex::RegexBuilder::new(pattern)
+                .case_insensitive(true)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("header_checks[{i}]: bad regex: {e}"))?;
+            let action = parse_action(action).map_err(|e| format!("header_checks[{i}]: {e}"))?;
+            header_checks.push((re, action));
+        }
+        let authenticated = cfg
+            .authenticated
+            .as_deref()
+            .map(|a| parse_action(a).map_err(|e| format!("authenticated: {e}")))
+            .transpose()?;
         Ok(Rules {
+            authenticated,
+            header_checks,
             client_ips,
             client_names: Table(names),
             helo: table(&cfg.helo, "helo")?,
@@ -232,6 +259,24 @@ impl Rules {
     /// Looks up a recipient.
     pub fn recipient(&self, addr: &str) -> Option<&Action> {
         self.recipient.lookup_address(addr)
+    }
+
+    /// The action for authenticated sessions, if configured.
+    pub fn authenticated(&self) -> Option<&Action> {
+        self.authenticated.as_ref()
+    }
+
+    /// True if there are header checks (the data hook has work to do).
+    pub fn has_header_checks(&self) -> bool {
+        !self.header_checks.is_empty()
+    }
+
+    /// The first header check matching a `Name: value` line, with the line.
+    pub fn header(&self, line: &str) -> Option<&Action> {
+        self.header_checks
+            .iter()
+            .find(|(re, _)| re.is_match(line))
+            .map(|(_, a)| a)
     }
 }
 
@@ -317,6 +362,17 @@ mod tests {
             Some(&Action::Discard(None))
         );
         assert!(Rules::from_json(r#"{"sender": {"x": "BOGUS"}}"#).is_err());
+        let rules = Rules::from_json(r#"{"header_checks": [["^subject:.*viagra", "REJECT spam"], ["^X-Mailer: bulk", "HOLD"]]}"#).unwrap();
+        assert!(matches!(
+            rules.header("Subject: Cheap VIAGRA"),
+            Some(Action::Reject { .. })
+        ));
+        assert!(matches!(
+            rules.header("x-mailer: Bulk 1.0"),
+            Some(Action::Hold(None))
+        ));
+        assert_eq!(rules.header("Subject: lunch"), None);
+        assert!(Rules::from_json(r#"{"header_checks": [["(", "REJECT"]]}"#).is_err());
         assert!(Rules::from_json(r#"{"senders": {}}"#).is_err());
     }
 }

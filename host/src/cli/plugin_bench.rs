@@ -1,0 +1,83 @@
+//! `postern plugin bench`: the runtime's per-call micro-benchmark. Takes
+//! the first case of a fixture and reports what one transaction costs with
+//! a fresh instance (the default) and what a call on a warm instance costs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::plugin::PluginSession;
+
+fn per(d: Duration, n: u32) -> f64 {
+    d.as_secs_f64() * 1e6 / f64::from(n.max(1))
+}
+
+/// Runs the benchmark and prints figures.
+pub fn run(
+    plugin: Option<&Path>,
+    fixture: &PathBuf,
+    cache_dir: &Path,
+    iterations: u32,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let started = Instant::now();
+        let (fx, def, runtime) = super::plugin_test::load(plugin, fixture, cache_dir, false)?;
+        let case = fx
+            .cases
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{}: no [[case]]", fixture.display()))?;
+        let base = fixture.parent().unwrap_or(Path::new("."));
+        let prepared = super::plugin_test::prepare(&runtime, &def, &fx.config, case, base).await?;
+        let load_time = started.elapsed();
+        let input = prepared.input();
+
+        // Warm up (and make sure the case runs at all).
+        let mut warm = PluginSession::new(prepared.chains.clone());
+        for _ in 0..100 {
+            warm.run(prepared.stage, &input, "BENCH").await;
+        }
+
+        let t = Instant::now();
+        for _ in 0..iterations {
+            let mut s = PluginSession::new(prepared.chains.clone());
+            s.run(prepared.stage, &input, "BENCH").await;
+            s.end_transaction();
+        }
+        let fresh = t.elapsed();
+
+        let t = Instant::now();
+        for _ in 0..iterations {
+            warm.run(prepared.stage, &input, "BENCH").await;
+        }
+        let call = t.elapsed();
+
+        println!(
+            "plugin {} ({}), stage {}, case {:?}, {iterations} iterations",
+            def.path.display(),
+            prepared
+                .chains
+                .plugins
+                .first()
+                .map(|p| p.digest.as_str())
+                .unwrap_or("?"),
+            prepared.stage.name(),
+            case.name
+        );
+        println!(
+            "load (compile or cache) + link + checks: {:.1} ms",
+            load_time.as_secs_f64() * 1e3
+        );
+        println!(
+            "fresh instance per transaction (instantiate + call + drop): {:.1} us",
+            per(fresh, iterations)
+        );
+        println!("call on a warm instance: {:.1} us", per(call, iterations));
+        println!(
+            "instantiate (difference): {:.1} us",
+            per(fresh.saturating_sub(call), iterations)
+        );
+        Ok(())
+    })
+}
