@@ -10,7 +10,9 @@
 # Variants (BENCH_VARIANTS, space separated; default "core quickstart six"):
 #   core        Postern with no plugins
 #   quickstart  the quickstart's chain (access on RCPT)
-#   six         six plugin entries on every stage (30 calls per message)
+#   six         six plugin entries on every stage (30 calls per message),
+#               a fresh instance per transaction (the default)
+#   six-warm    the same with reuse_instances = true (warm instances)
 # Plugins must be built first (plugins/build.sh).
 #
 # Needs root, the peers kit installed, and target/release/postern built.
@@ -20,7 +22,7 @@ ROOT=$PWD
 PEERS=$ROOT/../shared/peers
 S=${1:-20} M=${2:-2000} L=${3:-4096}
 BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
-VARIANTS=${BENCH_VARIANTS:-core quickstart six}
+VARIANTS=${BENCH_VARIANTS:-core quickstart six six-warm}
 PORT=${BENCH_PORT:-2625}
 LIMIT=300
 
@@ -77,6 +79,10 @@ EOF
   case $variant in
     quickstart) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml" ;;
     six) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml" ;;
+    six-warm)
+      sed -e "s|@ROOT@|$ROOT|g" -e 's|^name = "access"$|name = "access"\nreuse_instances = true|' \
+        "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml"
+      ;;
   esac
   printf '[wasm]\ncache_dir = "%s"\n' "$ROOT/target/bench-plugin-cache" >>"$work/postern.toml"
   (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &

@@ -14,6 +14,12 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test dependencies"
 "$PEERS/install.sh"
+# saslauthd for the saslauthd backend test (not part of the peers kit).
+if ! command -v saslauthd >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends sasl2-bin >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -q --no-install-recommends sasl2-bin >/dev/null; }
+fi
 rustup target add wasm32-wasip2 >/dev/null
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
 command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py==0.25.1

@@ -18,7 +18,15 @@ def headers_of(path):
     return head, body
 
 
-def test_delivery_into_maildir_with_trace_headers(daemon):
+@pytest.mark.parametrize("direct", [True, False])
+def test_delivery_into_maildir_with_trace_headers(daemon_factory, direct):
+    """Both paths: direct delivery before the 250 (default), and spool
+    first, then the delivery manager."""
+    daemon = daemon_factory(start=False)
+    if not direct:
+        daemon.config.write_text(daemon.config_text.replace(
+            'retry_max = "1s"', 'retry_max = "1s"\ndirect_delivery = false'))
+    daemon.start()
     with daemon.smtp() as s:
         s.ehlo("client.test")
         code, resp = s.docmd("MAIL FROM:<sender@example.org>")
@@ -39,7 +47,13 @@ def test_delivery_into_maildir_with_trace_headers(daemon):
     assert "Subject: hello alice" in head
     assert body == "Hello.\r\n"
     # The queue is empty again and the log tells the story under the queue ID.
-    daemon.wait_log(f"{qid}: removed")
+    if direct:
+        daemon.wait_log(f"{qid}: to=<alice@example.test>")
+        assert f"{qid}: client=localhost[127.0.0.1], from=<sender@example.org>" in daemon.log_text()
+        assert "(delivering)" in daemon.log_text()
+    else:
+        daemon.wait_log(f"{qid}: removed")
+        assert "(queued)" in daemon.log_text()
     log = daemon.log_text()
     assert f"{qid}: client=" in log and f"{qid}: to=<alice@example.test>" in log
     assert "status=sent" in log

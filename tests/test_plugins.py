@@ -71,7 +71,7 @@ def test_quickstart_config_runs_with_its_plugin(tmp_path):
     p = subprocess.run([str(BIN), "check", "--config", str(ROOT / "examples" / "quickstart.toml")],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    assert "access [connect,helo,mail,rcpt]" in p.stdout
+    assert "access [connect,helo,mail,rcpt,data]" in p.stdout
 
 
 @pytest.mark.parametrize("mode,why", [

@@ -3,6 +3,7 @@
 mod plugin_bench;
 mod plugin_test;
 mod queue;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,16 @@ enum Command {
     Check(ConfigArg),
     /// Tell the running daemon to reload its config and plugins.
     Reload(ConfigArg),
+    /// Manage Postern's password file (SMTP AUTH users); changes apply at once.
+    User {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The password file (default: the `path` of the first passwd `[[auth]]`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: user::UserCommand,
+    },
     /// Plugin development tools.
     Plugin {
         #[command(subcommand)]
@@ -116,17 +127,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
         config.local.users.len(),
         config.aliases.len()
     );
-    if config.plugins.is_empty() {
-        return Ok(summary);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let generation = rt.block_on(async {
-        let runtime = crate::plugin::Runtime::new(&config.wasm)?;
-        crate::server::generation::Generation::build(config, 0, Some(&runtime)).await
+        let runtime = if config.plugins.is_empty() {
+            None
+        } else {
+            Some(crate::plugin::Runtime::new(&config.wasm)?)
+        };
+        crate::server::generation::Generation::build(config, 0, runtime.as_ref()).await
     })?;
+    if generation.chains.plugins.is_empty() {
+        return Ok(summary);
+    }
     let plugins: Vec<String> = generation
         .chains
         .plugins
@@ -191,6 +206,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Reload(a) => admin(&a.config, "reload"),
+        Command::User {
+            config,
+            file,
+            command,
+        } => {
+            let path = match file {
+                Some(f) => f,
+                None => {
+                    let c = Config::load(&config.config)?;
+                    c.auth
+                        .iter()
+                        .find(|a| matches!(a.backend, crate::config::AuthBackendKind::Passwd))
+                        .and_then(|a| a.path.clone())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "{}: no [[auth]] with backend = \"passwd\"; give --file",
+                                config.config.display()
+                            )
+                        })?
+                }
+            };
+            user::run(command, &path)
+        }
         Command::Queue {
             command: QueueCommand::Flush(a),
         } => admin(&a.config, "flush"),

@@ -2,7 +2,7 @@
 //! the first case of a fixture and reports what one transaction costs with
 //! a fresh instance (the default) and what a call on a warm instance costs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::plugin::PluginSession;
@@ -14,7 +14,7 @@ fn per(d: Duration, n: u32) -> f64 {
 /// Runs the benchmark and prints figures.
 pub fn run(
     plugin: Option<&Path>,
-    fixture: &PathBuf,
+    fixture: &Path,
     cache_dir: &Path,
     iterations: u32,
 ) -> anyhow::Result<()> {

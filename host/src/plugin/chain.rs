@@ -64,15 +64,23 @@ impl Stage {
     }
 }
 
-/// One entry of a chain: a plugin with its own config.
-pub struct Entry {
+/// A plugin with one config: what an instance is made of. Entries of
+/// several stages with the same plugin and config share one instance per
+/// transaction (and one warm pool).
+pub struct Slot {
     id: usize,
-    /// Label for logs.
-    pub label: Arc<str>,
     /// The plugin.
     pub plugin: Arc<LoadedPlugin>,
     config: Arc<str>,
     warm: Mutex<Vec<Live>>,
+}
+
+/// One entry of a chain: a plugin with its own config.
+pub struct Entry {
+    /// Label for logs.
+    pub label: Arc<str>,
+    /// The plugin and config.
+    pub slot: Arc<Slot>,
 }
 
 /// Every chain of a generation.
@@ -290,7 +298,7 @@ impl Chains {
             plugins.push(p);
         }
         let mut stages = HashMap::new();
-        let mut next_id = 0;
+        let mut slots: HashMap<(String, String), Arc<Slot>> = HashMap::new();
         let stage_of = |name: &str| match name {
             "connect" => Stage::Connect,
             "helo" => Stage::Helo,
@@ -315,18 +323,24 @@ impl Chains {
                 }
                 let json = serde_json::to_string(&e.config)
                     .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
-                let entry = Entry {
-                    id: next_id,
-                    label: Arc::from(e.label()),
-                    plugin,
-                    config: Arc::from(json),
-                    warm: Mutex::new(Vec::new()),
+                let label: Arc<str> = Arc::from(e.label());
+                let slot = match slots.get(&(e.plugin.clone(), json.clone())) {
+                    Some(slot) => slot.clone(),
+                    None => {
+                        let slot = Arc::new(Slot {
+                            id: slots.len(),
+                            plugin,
+                            config: Arc::from(json.as_str()),
+                            warm: Mutex::new(Vec::new()),
+                        });
+                        check_config(&runtime, &slot, &label)
+                            .await
+                            .with_context(|| format!("{key} ({label})"))?;
+                        slots.insert((e.plugin.clone(), json), slot.clone());
+                        slot
+                    }
                 };
-                next_id += 1;
-                check_config(&runtime, &entry)
-                    .await
-                    .with_context(|| format!("{key} ({})", entry.label))?;
-                list.push(Arc::new(entry));
+                list.push(Arc::new(Entry { label, slot }));
             }
             if !list.is_empty() {
                 stages.insert(stage_of(stage_name), list);
@@ -355,15 +369,15 @@ impl Chains {
     }
 }
 
-async fn check_config(runtime: &Runtime, entry: &Entry) -> anyhow::Result<()> {
-    let Some(idx) = &entry.plugin.hooks.configure else {
+async fn check_config(runtime: &Runtime, slot: &Slot, label: &Arc<str>) -> anyhow::Result<()> {
+    let Some(idx) = &slot.plugin.hooks.configure else {
         return Ok(());
     };
     let mut live = runtime
-        .instantiate(&entry.plugin, entry.label.clone(), entry.config.clone())
+        .instantiate(&slot.plugin, label.clone(), slot.config.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
-    live.store.data_mut().ticks_left = budget(&entry.plugin);
+    live.store.data_mut().ticks_left = budget(&slot.plugin);
     live.store.set_epoch_deadline(1);
     let guest = idx
         .load(&mut live.store, &live.instance)
@@ -378,8 +392,8 @@ async fn check_config(runtime: &Runtime, entry: &Entry) -> anyhow::Result<()> {
 /// Calls the chains for one SMTP session.
 pub struct PluginSession {
     chains: Arc<Chains>,
-    /// Instances of the current transaction, by entry ID.
-    live: HashMap<usize, (Arc<Entry>, Live)>,
+    /// Instances of the current transaction, by slot ID.
+    live: HashMap<usize, (Arc<Slot>, Live)>,
 }
 
 impl PluginSession {
@@ -411,7 +425,7 @@ impl PluginSession {
             let outcome = match call {
                 Ok(o) => o,
                 Err(failure) => {
-                    let on_error = entry.plugin.def.on_error;
+                    let on_error = entry.slot.plugin.def.on_error;
                     tracing::warn!(
                         "{context}: plugin {} failed at {}: {failure}; on_error={}",
                         entry.label,
@@ -460,8 +474,8 @@ impl PluginSession {
     /// warm pool for `reuse_instances` plugins). Instances created at
     /// connect or HELO serve the session's first transaction.
     pub fn end_transaction(&mut self) {
-        for (_, (entry, live)) in self.live.drain() {
-            recycle(&entry, live);
+        for (_, (slot, live)) in self.live.drain() {
+            recycle(&slot, live);
         }
     }
 
@@ -473,25 +487,28 @@ impl PluginSession {
         input: &Input<'_>,
         context: &str,
     ) -> Result<Outcome, Failure> {
-        let mut live = match self.live.remove(&entry.id) {
+        let slot = &entry.slot;
+        let mut live = match self.live.remove(&slot.id) {
             Some((_, live)) => live,
-            None => match take_warm(entry) {
+            None => match take_warm(slot) {
                 Some(live) => live,
                 None => runtime
-                    .instantiate(&entry.plugin, entry.label.clone(), entry.config.clone())
+                    .instantiate(&slot.plugin, entry.label.clone(), slot.config.clone())
                     .await
                     .map_err(|e| classify(&e))?,
             },
         };
-        live.store.data_mut().context = context.to_string();
-        live.store.data_mut().ticks_left = budget(&entry.plugin);
+        let data = live.store.data_mut();
+        data.context = context.to_string();
+        data.entry = entry.label.clone();
+        data.ticks_left = budget(&slot.plugin);
         live.store.set_epoch_deadline(1);
-        let res = invoke(&mut live, &entry.plugin, stage, input).await;
+        let res = invoke(&mut live, &slot.plugin, stage, input).await;
         match res {
             Ok(o) => {
                 // The instance lives until the end of the transaction: from
                 // connect (or MAIL FROM) to the end of that message.
-                self.live.insert(entry.id, (entry.clone(), live));
+                self.live.insert(slot.id, (slot.clone(), live));
                 Ok(Outcome::from_wit(o, &entry.label))
             }
             // A trapped instance is poisoned: it is dropped here.
@@ -506,16 +523,16 @@ impl Drop for PluginSession {
     }
 }
 
-fn take_warm(entry: &Entry) -> Option<Live> {
-    if !entry.plugin.def.reuse_instances {
+fn take_warm(slot: &Slot) -> Option<Live> {
+    if !slot.plugin.def.reuse_instances {
         return None;
     }
-    entry.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    slot.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
 }
 
-fn recycle(entry: &Entry, live: Live) {
-    if entry.plugin.def.reuse_instances {
-        let mut warm = entry.warm.lock().unwrap_or_else(|p| p.into_inner());
+fn recycle(slot: &Slot, live: Live) {
+    if slot.plugin.def.reuse_instances {
+        let mut warm = slot.warm.lock().unwrap_or_else(|p| p.into_inner());
         if warm.len() < WARM_POOL {
             warm.push(live);
         }

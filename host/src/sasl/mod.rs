@@ -55,9 +55,52 @@ pub struct AuthContext {
     pub service: String,
 }
 
-/// Builds the backend an `[[auth]]` table describes.
+/// A backend's settings make no sense (unknown mechanism, bad address).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Builds the backend an `[[auth]]` table describes. The password file
+/// must exist and parse; a Dovecot that cannot be reached is only a
+/// warning (its mechanisms are learned on the first exchange), so that
+/// Postern starts while Dovecot restarts. Blocks for up to 3 s on the
+/// Dovecot handshake and for one argon2 hash (the password file's dummy).
 pub fn build_backend(cfg: &crate::config::Auth) -> anyhow::Result<Backend> {
-    anyhow::bail!("the {:?} backend is not available yet", cfg.backend)
+    use crate::config::AuthBackendKind;
+    use anyhow::Context as _;
+    Ok(match cfg.backend {
+        AuthBackendKind::Passwd => {
+            let path = cfg
+                .path
+                .as_ref()
+                .context("`path` (the password file) is required for the passwd backend")?;
+            Backend::Passwd(passwd::PasswdBackend::open(
+                path.clone(),
+                cfg.mechanisms.clone(),
+            )?)
+        }
+        AuthBackendKind::Saslauthd => Backend::Saslauthd(saslauthd::SaslauthdBackend::new(
+            cfg.socket.as_deref().unwrap_or(saslauthd::DEFAULT_SOCKET),
+            &cfg.service,
+            cfg.realm.clone(),
+            cfg.mechanisms.clone(),
+        )?),
+        AuthBackendKind::Dovecot => {
+            let socket = cfg.socket.as_deref().context(
+                "`socket` (unix:/path or host:port) is required for the dovecot backend",
+            )?;
+            let backend =
+                dovecot::DovecotBackend::new(socket, &cfg.service, cfg.mechanisms.clone())?;
+            if let Err(e) = backend.probe() {
+                tracing::warn!(
+                    "auth {:?}: {e}; offering {:?} until it answers",
+                    cfg.name,
+                    backend.mechanisms()
+                );
+            }
+            Backend::Dovecot(backend)
+        }
+    })
 }
 
 /// A credential backend chosen per listener.
@@ -82,6 +125,15 @@ pub enum Session {
 }
 
 impl Backend {
+    /// Sets the host name that CRAM-MD5 challenges of the password file
+    /// carry (`server.hostname`); other backends ignore it.
+    pub fn with_hostname(self, hostname: &str) -> Backend {
+        match self {
+            Backend::Passwd(b) => Backend::Passwd(b.with_hostname(hostname)),
+            other => other,
+        }
+    }
+
     /// The mechanisms this backend can offer, in the order to advertise
     /// them (strongest first).
     pub fn mechanisms(&self) -> Vec<String> {
@@ -111,5 +163,56 @@ impl Session {
             Session::Saslauthd(s) => s.step(response).await,
             Session::Dovecot(s) => s.step(response).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(toml_text: &str) -> crate::config::Auth {
+        toml::from_str(toml_text).expect("auth table")
+    }
+
+    #[test]
+    fn backends_from_config() {
+        let dir = mechanism::client::TempDir::new("sasl-build");
+        let path = dir.path().join("passwd");
+        let record = passwd::file::Record::new("a@x.test", b"pw", false).expect("record");
+        passwd::file::edit(&path, passwd::file::Edit::Add(record)).expect("add");
+
+        let b = build_backend(&auth(&format!(
+            "name = 'local'\nbackend = 'passwd'\npath = '{}'\nmechanisms = ['PLAIN', 'SCRAM-SHA-256']",
+            path.display()
+        )))
+        .expect("passwd")
+        .with_hostname("mx.test");
+        assert_eq!(b.mechanisms(), ["PLAIN", "SCRAM-SHA-256"]);
+        assert!(build_backend(&auth("name = 'x'\nbackend = 'passwd'")).is_err());
+        assert!(
+            build_backend(&auth(&format!(
+                "name = 'x'\nbackend = 'passwd'\npath = '{}'",
+                dir.path().join("missing").display()
+            )))
+            .is_err()
+        );
+
+        let b = build_backend(&auth("name = 's'\nbackend = 'saslauthd'")).expect("saslauthd");
+        assert_eq!(b.mechanisms(), ["PLAIN", "LOGIN"]);
+        assert!(
+            build_backend(&auth(
+                "name = 's'\nbackend = 'saslauthd'\nmechanisms = ['CRAM-MD5']"
+            ))
+            .is_err()
+        );
+
+        // Unreachable Dovecot: builds, with a guess.
+        let b = build_backend(&auth(&format!(
+            "name = 'd'\nbackend = 'dovecot'\nsocket = 'unix:{}'",
+            dir.path().join("no-socket").display()
+        )))
+        .expect("dovecot");
+        assert_eq!(b.mechanisms(), ["PLAIN", "LOGIN"]);
+        assert!(build_backend(&auth("name = 'd'\nbackend = 'dovecot'")).is_err());
     }
 }

@@ -51,6 +51,7 @@ impl Generation {
             std::collections::HashMap::new();
         for (i, a) in config.auth.iter().enumerate() {
             let backend = crate::sasl::build_backend(a)
+                .map(|b| b.with_hostname(&config.server.hostname))
                 .map_err(|e| anyhow::anyhow!("auth[{i}] {:?}: {e:#}", a.name))?;
             backends.insert(a.name.clone(), Arc::new(backend));
         }

@@ -65,8 +65,11 @@ impl ResolvesServerCert for Resolver {
 pub struct Tls {
     resolver: Arc<Resolver>,
     acceptor: TlsAcceptor,
-    sources: std::sync::Mutex<(Vec<CertSource>, Vec<(PathBuf, Option<SystemTime>)>)>,
+    sources: std::sync::Mutex<(Vec<CertSource>, Vec<FileStamp>)>,
 }
+
+/// A file and its modification time when last loaded.
+type FileStamp = (PathBuf, Option<SystemTime>);
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,7 +125,7 @@ fn load_set(sources: &[CertSource]) -> anyhow::Result<CertSet> {
     Ok(CertSet { default, by_name })
 }
 
-fn mtimes(sources: &[CertSource]) -> Vec<(PathBuf, Option<SystemTime>)> {
+fn mtimes(sources: &[CertSource]) -> Vec<FileStamp> {
     sources
         .iter()
         .flat_map(|s| [s.cert.clone(), s.key.clone()])
