@@ -15,6 +15,9 @@
 #   six-warm    the same with reuse_instances = true (warm instances)
 # Plugins must be built first (plugins/build.sh).
 #
+# Each measurement runs BENCH_REPEAT times (default 3); the summary uses
+# the median, because a 2-core VM is noisy.
+#
 # Needs root, the peers kit installed, and target/release/postern built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +26,7 @@ PEERS=$ROOT/../shared/peers
 S=${1:-20} M=${2:-2000} L=${3:-4096}
 BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
 VARIANTS=${BENCH_VARIANTS:-core quickstart six six-warm}
+REPEAT=${BENCH_REPEAT:-3}
 PORT=${BENCH_PORT:-2625}
 LIMIT=300
 
@@ -133,19 +137,38 @@ echo "bench: $S sessions, $M messages of $L bytes; $(nproc) cpus; disk: $(disk_p
 "$PEERS/postfix-baseline/setup.sh" >/dev/null
 trap '"$PEERS/postfix-baseline/teardown.sh" >/dev/null 2>&1 || true' EXIT
 
-pf=$("$PEERS/postfix-baseline/bench.sh" "$S" "$M" "$L" | tail -n 1)
-echo "$pf"
-pf_acc=$(field "$pf" accepted_msg_s)
-pf_del=$(field "$pf" delivered_msg_s)
+median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-declare -A acc del
+declare -A acc del cpu
+pf_a=() pf_d=()
+for r in $(seq "$REPEAT"); do
+  pf=$("$PEERS/postfix-baseline/bench.sh" "$S" "$M" "$L" | tail -n 1)
+  echo "$pf"
+  pf_a+=("$(field "$pf" accepted_msg_s)")
+  pf_d+=("$(field "$pf" delivered_msg_s)")
+done
+pf_acc=$(printf '%s\n' "${pf_a[@]}" | median)
+pf_del=$(printf '%s\n' "${pf_d[@]}" | median)
+
 for v in $VARIANTS; do
-  line=$(run_postern "$v")
-  echo "$line"
-  acc[$v]=$(field "$line" accepted_msg_s)
-  del[$v]=$(field "$line" delivered_msg_s)
+  va=() vd=() vc=()
+  for r in $(seq "$REPEAT"); do
+    line=$(run_postern "$v")
+    echo "$line"
+    va+=("$(field "$line" accepted_msg_s)")
+    vd+=("$(field "$line" delivered_msg_s)")
+    vc+=("$(field "$line" cpu_us_per_msg)")
+  done
+  acc[$v]=$(printf '%s\n' "${va[@]}" | median)
+  del[$v]=$(printf '%s\n' "${vd[@]}" | median)
+  cpu[$v]=$(printf '%s\n' "${vc[@]}" | median)
 done
 
+echo "== medians of $REPEAT runs"
+echo "postfix-baseline accepted_msg_s=$pf_acc delivered_msg_s=$pf_del"
+for v in $VARIANTS; do
+  echo "postern-$v accepted_msg_s=${acc[$v]} delivered_msg_s=${del[$v]} cpu_us_per_msg=${cpu[$v]}"
+done
 for v in $VARIANTS; do
   awk -v v="$v" -v a="${acc[$v]}" -v d="${del[$v]}" -v pa="$pf_acc" -v pd="$pf_del" 'BEGIN {
     printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx\n", v, a / pa, d / pd }'
@@ -153,6 +176,8 @@ done
 for v in $VARIANTS; do
   [ "$v" = core ] && continue
   [ -n "${acc[core]:-}" ] || break
-  awk -v v="$v" -v a="${acc[core]}" -v b="${acc[$v]}" -v c="${del[core]}" -v d="${del[$v]}" 'BEGIN {
-    printf "plugin overhead of %s vs core: accepted %.1f%% delivered %.1f%%\n", v, (a - b) / a * 100, (c - d) / c * 100 }'
+  awk -v v="$v" -v a="${acc[core]}" -v b="${acc[$v]}" -v c="${del[core]}" -v d="${del[$v]}" \
+    -v x="${cpu[core]}" -v y="${cpu[$v]}" 'BEGIN {
+    printf "plugin overhead of %s vs core: accepted %.1f%% delivered %.1f%% cpu per message +%.0f%%\n",
+      v, (a - b) / a * 100, (c - d) / c * 100, (y - x) / x * 100 }'
 done

@@ -156,15 +156,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
     ))
 }
 
-fn init_logging() {
+/// Logs go to stderr through a writer thread, so that sessions never wait
+/// for a log write. The guard flushes what is left when dropped at exit.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(false)
         .init();
+    guard
 }
 
 /// Entry point of the binary.
@@ -182,7 +188,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => {
-            init_logging();
+            let _log_guard = init_logging();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("postern")

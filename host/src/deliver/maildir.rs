@@ -107,9 +107,9 @@ pub fn deliver(
         .mode(0o600)
         .open(&tmp)
         .map_err(err("create", &tmp))?;
-    for p in parts {
-        f.write_all(p).map_err(err("write", &tmp))?;
-    }
+    // One write for small messages (headers and content together).
+    let whole: Vec<u8> = parts.concat();
+    f.write_all(&whole).map_err(err("write", &tmp))?;
     f.sync_data().map_err(err("fsync", &tmp))?;
     drop(f);
     let new_dir = folder.join("new");

@@ -158,6 +158,8 @@ impl Runtime {
             // saved for the access plugin, so it is off unless configured;
             // batching decommits saves TLB shootdowns.
             .linear_memory_keep_resident(usize::try_from(cfg.keep_resident.0).unwrap_or(0))
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10)
             .decommit_batch_size(16);
         let mut config = Config::new();
         config
