@@ -163,34 +163,9 @@ async fn run_fixture(
     path: &Path,
     cache_dir: &Path,
 ) -> anyhow::Result<usize> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let fixture: Fixture =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let (fixture, def, runtime) = load(plugin, path, cache_dir, false)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let wasm = match (plugin, &fixture.plugin) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, Some(p)) => base.join(p),
-        (None, None) => anyhow::bail!(
-            "{}: no plugin given (--plugin or `plugin = ...`)",
-            path.display()
-        ),
-    };
-    let runtime = crate::plugin::Runtime::new(&Wasm {
-        cache_dir: cache_dir.to_path_buf(),
-        max_instances: 16,
-        ..Wasm::default()
-    })?;
-    let def = PluginDef {
-        name: "under-test".into(),
-        path: wasm.clone(),
-        on_error: OnError::Tempfail,
-        reuse_instances: false,
-        memory_limit: fixture.memory_limit.unwrap_or(Bytes(64 << 20)),
-        time_limit: fixture
-            .time_limit
-            .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
-    };
+    let wasm = def.path.clone();
     println!("# {} with {}", path.display(), wasm.display());
     let mut failed = 0;
     for case in &fixture.cases {

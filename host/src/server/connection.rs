@@ -1143,17 +1143,20 @@ impl Connection {
                 }
                 Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")))
             }
-            Err(e) => {
-                tracing::error!("{id}: cannot queue message from {}: {e}", self.client);
-                Err(r(
-                    451,
-                    4,
-                    3,
-                    0,
-                    "Error: queue file write error, try again later",
-                ))
-            }
+            Err(e) => Err(self.queue_failed(&id, &e)),
         }
+    }
+
+    /// Logs a spool failure; the client gets a 4xx and retries.
+    fn queue_failed(&self, id: &str, e: &spool::SpoolError) -> Reply {
+        tracing::error!("{id}: cannot queue message from {}: {e}", self.client);
+        r(
+            451,
+            4,
+            3,
+            0,
+            "Error: queue file write error, try again later",
+        )
     }
 
     /// Direct delivery: every recipient is a local mailbox, so the message
@@ -1214,16 +1217,7 @@ impl Connection {
                 self.shared.queue.queued(id.clone());
                 Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")))
             }
-            Err(e) => {
-                tracing::error!("{id}: cannot queue message from {}: {e}", self.client);
-                Err(r(
-                    451,
-                    4,
-                    3,
-                    0,
-                    "Error: queue file write error, try again later",
-                ))
-            }
+            Err(e) => Err(self.queue_failed(&id, &e)),
         }
     }
 }
