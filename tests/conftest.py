@@ -9,6 +9,7 @@ Environment:
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import smtplib
@@ -153,6 +154,17 @@ class Daemon:
                 return
             time.sleep(0.05)
         raise AssertionError(f"{needle!r} not in log:\n{self.log_text()[-3000:]}")
+
+    def wait_log_re(self, pattern, timeout=10.0):
+        """Waits for a log line matching `pattern` (logs are written by a
+        writer thread, a moment after the event); returns the match."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            m = re.search(pattern, self.log_text())
+            if m:
+                return m
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in log:\n{self.log_text()[-3000:]}")
 
     def maildir(self, user, folder=""):
         return self.dir / "var" / "mail" / user / "Maildir" / folder

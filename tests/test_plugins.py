@@ -64,7 +64,7 @@ def test_quickstart_chain_rejects_blocked_sender_at_rcpt(daemon_factory):
                     "--from", "ok@fine.test", "--to", "alice@example.test")
     assert rc == 0, out
     d.wait_mail("alice")
-    assert "plugin=access" in d.log_text()
+    d.wait_log("plugin=access")
 
 
 def test_quickstart_config_runs_with_its_plugin(tmp_path):
@@ -101,8 +101,7 @@ def test_misbehaving_plugin_costs_one_4xx_and_the_daemon_carries_on(daemon_facto
     assert results["other"] == (250, 250)
     d.wait_mail("alice")
     d.wait_mail("bob")
-    log = d.log_text()
-    assert re.search(rf"plugin bad failed at rcpt: {why}.*on_error=tempfail", log), log[-2000:]
+    d.wait_log_re(rf"plugin bad failed at rcpt: {why}.*on_error=tempfail")
     assert d.proc.poll() is None
 
 
@@ -110,8 +109,8 @@ def test_on_error_continue_fails_open(daemon_factory):
     d = daemon_factory(extra=misbehave("flaky", "trap", "trap@", on_error="continue"))
     assert send(d, "a@example.org", "trap@example.test") == (250, 250)
     d.wait_mail("alice")
-    assert "plugin flaky failed at rcpt: trapped" in d.log_text()
-    assert "on_error=continue" in d.log_text()
+    d.wait_log("plugin flaky failed at rcpt: trapped")
+    d.wait_log("on_error=continue")
 
 
 def test_misbehaving_data_plugin(daemon_factory):
@@ -143,7 +142,7 @@ plugin = "old"
     assert p.returncode == 1 and needle in p.stderr, p.stderr
     d.start(wait=False)
     assert d.proc.wait(timeout=20) != 0
-    assert needle in d.log_text()
+    d.wait_log(needle)
 
 
 def test_entry_config_is_validated_by_the_plugin(daemon_factory):
@@ -162,7 +161,7 @@ def test_failed_reload_keeps_the_old_generation(daemon_factory):
     d.rewrite(extra=access_plugin('{ "blocked.test" = "NONSENSE" }'))
     p = d.cli("reload", check=False)
     assert p.returncode == 1 and "unknown action" in p.stderr
-    assert "reload failed, the old generation keeps serving" in d.log_text()
+    d.wait_log("reload failed, the old generation keeps serving")
     assert send(d, "x@blocked.test", "alice@example.test")[0] == 554
     # A config that does not even parse fails the same way.
     d.config.write_text(d.config_text + "\nbogus_key = 1\n")
@@ -240,7 +239,7 @@ config.recipient = {{ "bob@example.test" = "550 5.7.1 Bob is away" }}
     assert send(d, "x@one.test", "alice@example.test")[0] == 554
     assert send(d, "x@two.test", "bob@example.test")[0] == 550
     assert send(d, "x@two.test", "alice@example.test") == (250, 250)
-    assert "plugin=recipients" in d.log_text()
+    d.wait_log("plugin=recipients")
 
 
 def test_delay_reject_reports_connect_rejects_at_rcpt(daemon_factory):
@@ -277,7 +276,7 @@ def test_header_actions_quarantine_and_discard(daemon_factory):
     assert send(d2, "a@example.org", "alice@example.test") == (250, 250)
     time.sleep(0.5)
     assert d2.new_mail("alice") == [] and d2.queue_files() == []
-    assert "discarded: misbehave drops it (plugin dropper)" in d2.log_text()
+    d2.wait_log("discarded: misbehave drops it (plugin dropper)")
 
 
 def python_plugin(reuse=True, scoring=""):
@@ -316,7 +315,7 @@ def test_python_plugin_through_the_daemon(daemon_factory):
     assert "X-Postern-Score: 8.00 (WORD_LOTTERY=3.00, WORD_VIAGRA=5.00)" in text
     [g] = d.wait_mail("bob")
     assert "X-Spam-Words" not in g.read_text()
-    assert re.search(r"score 8\.00 \(WORD_LOTTERY=3\.00 WORD_VIAGRA=5\.00\)", d.log_text())
+    d.wait_log_re(r"score 8\.00 \(WORD_LOTTERY=3\.00 WORD_VIAGRA=5\.00\)")
 
 
 def test_scores_judged_against_thresholds(daemon_factory):
@@ -336,8 +335,7 @@ def test_scores_judged_against_thresholds(daemon_factory):
             else:
                 assert code == want, (code, resp)
                 assert b"policy score" in resp or b"Policy score" in resp
-    log = d.log_text()
-    assert re.search(r"score 8\.00 \(WORD_LOTTERY=3\.00 WORD_VIAGRA=5\.00\) at data: 554 5\.7\.1", log), log[-2000:]
+    d.wait_log_re(r"score 8\.00 \(WORD_LOTTERY=3\.00 WORD_VIAGRA=5\.00\) at data: 554 5\.7\.1")
 
 
 def test_plugin_test_command_runs_fixtures():

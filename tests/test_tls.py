@@ -77,7 +77,7 @@ def test_starttls_with_swaks_and_received_header(daemon_factory):
     head = f.read_text().split("\r\n\r\n")[0]
     assert re.search(r"\(using TLSv1\.3 with cipher TLS_\w+ \((128|256)/(128|256) bits\)\)", head), head
     assert "with ESMTPS id" in head
-    assert "TLS established: TLSv1.3" in d.log_text()
+    d.wait_log("TLS established: TLSv1.3")
 
 
 def test_implicit_tls_listener(daemon_factory):
@@ -136,7 +136,7 @@ def test_plaintext_pipelined_after_starttls_is_discarded(daemon_factory):
     assert tf.readline().startswith(b"250 2.1.0")
     tls.sendall(b"QUIT\r\n")
     tls.close()
-    assert "discarding 32 bytes pipelined after STARTTLS" in d.log_text()
+    d.wait_log("discarding 32 bytes pipelined after STARTTLS")
 
 
 def test_encrypt_requires_starttls_before_mail(daemon_factory):
@@ -198,7 +198,7 @@ def test_certificate_reloaded_when_files_change(daemon_factory, tmp_path):
 
 def test_self_signed_certificate_generated_when_none_configured(daemon):
     assert "CN = mx.example.test" in peer_subject(daemon.port)
-    assert "generated a self-signed one for mx.example.test" in daemon.log_text()
+    daemon.wait_log("generated a self-signed one for mx.example.test")
     assert (daemon.dir / "var" / "spool" / "tls" / "selfsigned.crt").exists()
 
 

@@ -1,8 +1,9 @@
 //! The resolver: built from `[dns]` (explicit nameservers, never the system
 //! resolver when they are given) and the connect-time PTR check.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
@@ -11,12 +12,20 @@ use hickory_resolver::proto::xfer::Protocol;
 
 use crate::config::Dns as DnsConfig;
 
+/// How long a client's verified PTR is remembered.
+const PTR_TTL: Duration = Duration::from_secs(60);
+/// Clients remembered at most.
+const PTR_CACHE: usize = 4096;
+
 /// The daemon's DNS client.
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
     timeout: Duration,
     reverse_lookup: bool,
+    /// FCrDNS results by client address: a busy client reconnects many
+    /// times a second, and two lookups per connection add up.
+    ptr_cache: std::sync::Arc<std::sync::Mutex<HashMap<IpAddr, (Option<String>, Instant)>>>,
 }
 
 impl std::fmt::Debug for Dns {
@@ -51,6 +60,7 @@ impl Dns {
             resolver,
             timeout: cfg.timeout.0,
             reverse_lookup: cfg.reverse_lookup,
+            ptr_cache: Default::default(),
         })
     }
 
@@ -65,6 +75,27 @@ impl Dns {
         if !self.reverse_lookup {
             return None;
         }
+        {
+            let cache = self.ptr_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((name, at)) = cache.get(&ip)
+                && at.elapsed() < PTR_TTL
+            {
+                return name.clone();
+            }
+        }
+        let name = self.lookup_ptr(ip).await;
+        let mut cache = self.ptr_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= PTR_CACHE {
+            cache.retain(|_, (_, at)| at.elapsed() < PTR_TTL);
+            if cache.len() >= PTR_CACHE {
+                cache.clear();
+            }
+        }
+        cache.insert(ip, (name.clone(), Instant::now()));
+        name
+    }
+
+    async fn lookup_ptr(&self, ip: IpAddr) -> Option<String> {
         let budget = self.timeout * 2;
         let work = async {
             let names = self.resolver.reverse_lookup(ip).await.ok()?;

@@ -420,8 +420,12 @@ impl PluginSession {
         let Some(runtime) = self.chains.runtime.clone() else {
             return result;
         };
+        let Some(args) = Args::new(input) else {
+            return result;
+        };
+        let context: Arc<str> = Arc::from(context);
         for entry in entries {
-            let call = self.call(&runtime, &entry, stage, input, context).await;
+            let call = self.call(&runtime, &entry, stage, &args, &context).await;
             let outcome = match call {
                 Ok(o) => o,
                 Err(failure) => {
@@ -484,8 +488,8 @@ impl PluginSession {
         runtime: &Runtime,
         entry: &Arc<Entry>,
         stage: Stage,
-        input: &Input<'_>,
-        context: &str,
+        args: &Args<'_>,
+        context: &Arc<str>,
     ) -> Result<Outcome, Failure> {
         let slot = &entry.slot;
         let mut live = match self.live.remove(&slot.id) {
@@ -499,11 +503,11 @@ impl PluginSession {
             },
         };
         let data = live.store.data_mut();
-        data.context = context.to_string();
+        data.context = context.clone();
         data.entry = entry.label.clone();
         data.ticks_left = budget(&slot.plugin);
         live.store.set_epoch_deadline(1);
-        let res = invoke(&mut live, &slot.plugin, stage, input).await;
+        let res = invoke(&mut live, &slot.plugin, stage, args).await;
         match res {
             Ok(o) => {
                 // The instance lives until the end of the transaction: from
@@ -539,26 +543,38 @@ fn recycle(slot: &Slot, live: Live) {
     }
 }
 
+/// The WIT records of one stage call, built once for every entry.
+struct Args<'a> {
+    session: wit::Session,
+    envelope: wit::Envelope,
+    input: &'a Input<'a>,
+}
+
+impl<'a> Args<'a> {
+    fn new(input: &'a Input<'a>) -> Option<Args<'a>> {
+        Some(Args {
+            session: to_wit_session(input.session?),
+            envelope: input
+                .envelope
+                .map(to_wit_envelope)
+                .unwrap_or_else(|| wit::Envelope {
+                    queue_id: String::new(),
+                    mail_from: String::new(),
+                    mail_params: Vec::new(),
+                    rcpt_to: Vec::new(),
+                }),
+            input,
+        })
+    }
+}
+
 async fn invoke(
     live: &mut Live,
     plugin: &LoadedPlugin,
     stage: Stage,
-    input: &Input<'_>,
+    args: &Args<'_>,
 ) -> wasmtime::Result<wit::Outcome> {
-    let session = to_wit_session(
-        input
-            .session
-            .ok_or_else(|| wasmtime::format_err!("no session"))?,
-    );
-    let envelope = input
-        .envelope
-        .map(to_wit_envelope)
-        .unwrap_or_else(|| wit::Envelope {
-            queue_id: String::new(),
-            mail_from: String::new(),
-            mail_params: Vec::new(),
-            rcpt_to: Vec::new(),
-        });
+    let (session, envelope, input) = (&args.session, &args.envelope, args.input);
     let missing = || wasmtime::format_err!("plugin does not export the {} hook", stage.name());
     let (store, instance) = (&mut live.store, &live.instance);
     let h = &plugin.hooks;
@@ -569,7 +585,7 @@ async fn invoke(
                 .as_ref()
                 .ok_or_else(missing)?
                 .load(&mut *store, instance)?;
-            g.call_on_connect(&mut *store, &session).await
+            g.call_on_connect(&mut *store, session).await
         }
         Stage::Helo => {
             let g = h
@@ -577,7 +593,7 @@ async fn invoke(
                 .as_ref()
                 .ok_or_else(missing)?
                 .load(&mut *store, instance)?;
-            g.call_on_helo(&mut *store, &session).await
+            g.call_on_helo(&mut *store, session).await
         }
         Stage::Mail => {
             let g = h
@@ -585,7 +601,7 @@ async fn invoke(
                 .as_ref()
                 .ok_or_else(missing)?
                 .load(&mut *store, instance)?;
-            g.call_on_mail(&mut *store, &session, &envelope).await
+            g.call_on_mail(&mut *store, session, envelope).await
         }
         Stage::Rcpt => {
             let g = h
@@ -594,7 +610,7 @@ async fn invoke(
                 .ok_or_else(missing)?
                 .load(&mut *store, instance)?;
             let rcpt = input.recipient.unwrap_or("");
-            g.call_on_rcpt(&mut *store, &session, &envelope, rcpt, &[])
+            g.call_on_rcpt(&mut *store, session, envelope, rcpt, &[])
                 .await
         }
         Stage::Data => {

@@ -110,7 +110,7 @@ pub struct HostState {
     /// The entry's config as JSON.
     pub(super) config: Arc<str>,
     /// Queue ID (or session ID) of the current call, for logs.
-    pub(super) context: String,
+    pub(super) context: Arc<str>,
     /// Epoch ticks left for the current call.
     pub(super) ticks_left: u32,
 }
@@ -126,7 +126,7 @@ impl HostState {
             limits: Limits { memory },
             entry,
             config,
-            context: String::new(),
+            context: Arc::from(""),
             ticks_left: 0,
         }
     }
