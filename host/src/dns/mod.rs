@@ -25,8 +25,11 @@ pub struct Dns {
     reverse_lookup: bool,
     /// FCrDNS results by client address: a busy client reconnects many
     /// times a second, and two lookups per connection add up.
-    ptr_cache: std::sync::Arc<std::sync::Mutex<HashMap<IpAddr, (Option<String>, Instant)>>>,
+    ptr_cache: std::sync::Arc<std::sync::Mutex<PtrCache>>,
 }
+
+/// Verified PTR (or none) by client address, with when it was looked up.
+type PtrCache = HashMap<IpAddr, (Option<String>, Instant)>;
 
 impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

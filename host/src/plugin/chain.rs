@@ -622,9 +622,7 @@ async fn invoke(
             let content = input.message.clone().unwrap_or_default();
             let own = store.data_mut().table.push(MessageData::new(content))?;
             let borrow = Resource::<MessageData>::new_borrow(own.rep());
-            let res = g
-                .call_on_data(&mut *store, &session, &envelope, borrow)
-                .await;
+            let res = g.call_on_data(&mut *store, session, envelope, borrow).await;
             // After a trap the store is dropped anyway; only clean up on success.
             if res.is_ok() {
                 store.data_mut().table.delete(own)?;
