@@ -208,8 +208,12 @@ def test_kill9_right_after_250_then_restart_delivers(daemon_factory):
     d.wait_log(f"{qid}: removed")
 
 
-def test_kill9_immediately_after_250_many_messages_nothing_lost_or_doubled(daemon_factory):
-    d = daemon_factory()
+@pytest.mark.parametrize("sync,direct", [("file", True), ("filesystem", True), ("filesystem", False)])
+def test_kill9_immediately_after_250_many_messages_nothing_lost_or_doubled(daemon_factory, sync, direct):
+    d = daemon_factory(start=False)
+    d.config.write_text(d.config_text.replace(
+        'retry_max = "1s"', f'retry_max = "1s"\nsync = "{sync}"\ndirect_delivery = {str(direct).lower()}'))
+    d.start()
     subjects = [f"burst-{i}" for i in range(20)]
     with d.smtp() as s:
         for subj in subjects:

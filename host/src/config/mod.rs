@@ -563,6 +563,11 @@ pub struct Queue {
     /// After this long in the queue a message is given up (held for the
     /// operator until bounces exist).
     pub max_lifetime: Seconds,
+    /// How new spool and Maildir files are made durable: `file` (fdatasync
+    /// per file, batched directory fsyncs, like Postfix) or `filesystem`
+    /// (one syncfs per batch; for a spool and mailboxes on their own file
+    /// system).
+    pub sync: crate::spool::SyncMode,
     /// Deliver mail for local mailboxes into Maildir before answering 250
     /// (the message is durable in the mailbox instead of the spool); any
     /// recipient that cannot be delivered at once is queued as usual.
@@ -578,6 +583,7 @@ impl Default for Queue {
             retry_max: Seconds(Duration::from_secs(4000)),
             max_lifetime: Seconds(Duration::from_secs(5 * 86400)),
             direct_delivery: true,
+            sync: crate::spool::SyncMode::File,
         }
     }
 }

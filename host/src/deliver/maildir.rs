@@ -110,7 +110,9 @@ pub fn deliver(
     // One write for small messages (headers and content together).
     let whole: Vec<u8> = parts.concat();
     f.write_all(&whole).map_err(err("write", &tmp))?;
-    f.sync_data().map_err(err("fsync", &tmp))?;
+    syncer
+        .sync_file_blocking(&f, &tmp)
+        .map_err(err("fsync", &tmp))?;
     drop(f);
     let new_dir = folder.join("new");
     let dest = new_dir.join(format!("{name},S={size}"));

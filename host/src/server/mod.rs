@@ -160,7 +160,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
     let cfg = &current.config;
 
-    let syncer = DirSyncer::start().context("cannot start the directory sync thread")?;
+    let syncer = DirSyncer::start_with(cfg.queue.sync).context("cannot start the sync thread")?;
     let spool = Arc::new(
         Spool::open(&cfg.server.spool_dir, syncer.clone())
             .with_context(|| format!("cannot open spool {}", cfg.server.spool_dir.display()))?,

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use dirsync::DirSyncer;
+pub use dirsync::{DirSyncer, SyncMode};
 pub use format::{Client, Envelope, Recipient};
 pub use queue_id::{is_queue_id, new_queue_id};
 
@@ -223,6 +223,7 @@ impl Spool {
         };
         let target = dir.join(&env.id);
         let state_path = dir.join(format!("{}.state", env.id));
+        let syncer = self.syncer().map_err(io_err("fsync", &dir))?.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
             let tail = format::encode_tail(&content, &env);
             let mut f = OpenOptions::new()
@@ -233,7 +234,9 @@ impl Spool {
                 .map_err(io_err("create", &incoming))?;
             f.write_all(&content).map_err(io_err("write", &incoming))?;
             f.write_all(&tail).map_err(io_err("write", &incoming))?;
-            f.sync_data().map_err(io_err("fsync", &incoming))?;
+            syncer
+                .sync_file_blocking(&f, &incoming)
+                .map_err(io_err("fsync", &incoming))?;
             drop(f);
             if let Some(state) = state {
                 let json = serde_json::to_vec(&state).unwrap_or_default();
