@@ -11,6 +11,8 @@
 #   core        Postern with no plugins
 #   syncfs      no plugins, queue.sync = "filesystem" (one syncfs per batch
 #               instead of an fdatasync per file; same durability)
+#   syncfs-spool  the same, spooling before 250 and delivering after it
+#               (queue.direct_delivery = false), as Postfix does
 #   quickstart  the quickstart's chain (access on RCPT)
 #   six         six plugin entries on every stage (30 calls per message),
 #               a fresh instance per transaction (the default)
@@ -84,6 +86,7 @@ abuse = "testuser"
 EOF
   case $variant in
     syncfs) printf '[queue]\nsync = "filesystem"\n' >>"$work/postern.toml" ;;
+    syncfs-spool) printf '[queue]\nsync = "filesystem"\ndirect_delivery = false\n' >>"$work/postern.toml" ;;
     quickstart) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml" ;;
     six) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml" ;;
     six-warm)
