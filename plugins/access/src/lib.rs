@@ -225,7 +225,7 @@ impl data_hook::Guest for Access {
 
 impl configure::Guest for Access {
     fn check_config() -> Result<(), String> {
-        Rules::from_json(&postern_sdk::host::config()).map(|_| ())
+        Rules::from_json(&postern_sdk::host::config())?.validate()
     }
 }
 

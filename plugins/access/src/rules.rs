@@ -147,7 +147,11 @@ pub struct Rules {
     helo: Table,
     sender: Table,
     recipient: Table,
-    header_checks: Vec<(regex::Regex, Action)>,
+    /// Patterns and actions; compiled on first use, because only the data
+    /// hook needs them and a fresh instance per transaction would otherwise
+    /// compile every regex at connect.
+    header_patterns: Vec<(String, Action)>,
+    header_checks: std::sync::OnceLock<Result<Vec<(regex::Regex, Action)>, String>>,
     authenticated: Option<Action>,
 }
 
@@ -210,15 +214,10 @@ impl Rules {
         }
         // Most specific network first, like a cidr table ordered by hand.
         client_ips.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        let mut header_checks = Vec::new();
+        let mut header_patterns = Vec::new();
         for (i, (pattern, action)) in cfg.header_checks.iter().enumerate() {
-            let re = regex::RegexBuilder::new(pattern)
-                .case_insensitive(true)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| format!("header_checks[{i}]: bad regex: {e}"))?;
             let action = parse_action(action).map_err(|e| format!("header_checks[{i}]: {e}"))?;
-            header_checks.push((re, action));
+            header_patterns.push((pattern.clone(), action));
         }
         let authenticated = cfg
             .authenticated
@@ -227,7 +226,8 @@ impl Rules {
             .transpose()?;
         Ok(Rules {
             authenticated,
-            header_checks,
+            header_patterns,
+            header_checks: std::sync::OnceLock::new(),
             client_ips,
             client_names: Table(names),
             helo: table(&cfg.helo, "helo")?,
@@ -268,12 +268,35 @@ impl Rules {
 
     /// True if there are header checks (the data hook has work to do).
     pub fn has_header_checks(&self) -> bool {
-        !self.header_checks.is_empty()
+        !self.header_patterns.is_empty()
     }
 
-    /// The first header check matching a `Name: value` line, with the line.
+    fn compiled(&self) -> &Result<Vec<(regex::Regex, Action)>, String> {
+        self.header_checks.get_or_init(|| {
+            let mut out = Vec::new();
+            for (i, (pattern, action)) in self.header_patterns.iter().enumerate() {
+                let re = regex::RegexBuilder::new(pattern)
+                    .case_insensitive(true)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| format!("header_checks[{i}]: bad regex: {e}"))?;
+                out.push((re, action.clone()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Compiles everything that is compiled lazily, to report errors at
+    /// config check time.
+    pub fn validate(&self) -> Result<(), String> {
+        self.compiled().as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// The first header check matching a `Name: value` line.
     pub fn header(&self, line: &str) -> Option<&Action> {
-        self.header_checks
+        self.compiled()
+            .as_ref()
+            .ok()?
             .iter()
             .find(|(re, _)| re.is_match(line))
             .map(|(_, a)| a)
@@ -372,7 +395,8 @@ mod tests {
             Some(Action::Hold(None))
         ));
         assert_eq!(rules.header("Subject: lunch"), None);
-        assert!(Rules::from_json(r#"{"header_checks": [["(", "REJECT"]]}"#).is_err());
+        let bad = Rules::from_json(r#"{"header_checks": [["(", "REJECT"]]}"#).unwrap();
+        assert!(bad.validate().is_err());
         assert!(Rules::from_json(r#"{"senders": {}}"#).is_err());
     }
 }
