@@ -294,7 +294,6 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
     let env = &loaded.envelope;
     let router = ctx.router.load();
     let started = now_secs();
-    let delay = |_: ()| delay_since(env.arrival);
     let deferred = deliver_pending(
         &router,
         env,
@@ -316,7 +315,7 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
     state.last_error = Some(last_error.clone());
     let wait = backoff(&ctx.cfg, state.attempts);
     state.next_attempt = started + wait.as_secs();
-    let age = Duration::from_secs_f64(delay(()));
+    let age = Duration::from_secs_f64(delay_since(env.arrival));
     if age >= ctx.cfg.max_lifetime {
         state.hold_reason = Some(format!(
             "undeliverable for {}: {last_error}",

@@ -83,6 +83,15 @@ pub enum HeaderAction {
 }
 
 impl HeaderAction {
+    /// The field name the action is about.
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderAction::Add { name, .. }
+            | HeaderAction::Change { name, .. }
+            | HeaderAction::Remove { name, .. } => name,
+        }
+    }
+
     /// A short description for logs.
     pub fn describe(&self) -> String {
         match self {

@@ -132,34 +132,28 @@ impl Outcome {
             .collect();
         let mut actions = Vec::new();
         for a in o.actions {
-            let (name, action) = match a {
-                wit::Action::AddHeader(h) => (
-                    h.name.clone(),
-                    HeaderAction::Add {
-                        name: h.name,
-                        value: h.value,
-                    },
-                ),
-                wit::Action::ChangeHeader(h) => (
-                    h.name.clone(),
-                    HeaderAction::Change {
-                        name: h.name,
-                        index: h.index,
-                        value: h.value,
-                    },
-                ),
-                wit::Action::RemoveHeader(h) => (
-                    h.name.clone(),
-                    HeaderAction::Remove {
-                        name: h.name,
-                        index: h.index,
-                    },
-                ),
+            let action = match a {
+                wit::Action::AddHeader(h) => HeaderAction::Add {
+                    name: h.name,
+                    value: h.value,
+                },
+                wit::Action::ChangeHeader(h) => HeaderAction::Change {
+                    name: h.name,
+                    index: h.index,
+                    value: h.value,
+                },
+                wit::Action::RemoveHeader(h) => HeaderAction::Remove {
+                    name: h.name,
+                    index: h.index,
+                },
             };
-            if valid_header_name(&name) {
+            if valid_header_name(action.name()) {
                 actions.push(action);
             } else {
-                tracing::warn!("plugin {entry}: ignoring header action with invalid name {name:?}");
+                tracing::warn!(
+                    "plugin {entry}: ignoring header action with invalid name {:?}",
+                    action.name()
+                );
             }
         }
         Outcome {

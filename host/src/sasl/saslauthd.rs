@@ -253,14 +253,7 @@ mod tests {
     use crate::sasl::mechanism::client;
     use tokio::net::UnixListener;
 
-    fn ctx() -> AuthContext {
-        AuthContext {
-            client_ip: "127.0.0.1".parse().expect("ip"),
-            local_ip: "127.0.0.1".parse().expect("ip"),
-            secured: true,
-            service: "smtp".into(),
-        }
-    }
+    use client::ctx;
 
     fn socket_path(name: &str) -> (client::TempDir, PathBuf) {
         let dir = client::TempDir::new(&format!("saslauthd-{name}"));

@@ -239,10 +239,7 @@ impl Spool {
                 .map_err(io_err("fsync", &incoming))?;
             drop(f);
             if let Some(state) = state {
-                let json = serde_json::to_vec(&state).unwrap_or_default();
-                let mut sf = File::create(&state_path).map_err(io_err("create", &state_path))?;
-                sf.write_all(&json).map_err(io_err("write", &state_path))?;
-                sf.sync_data().map_err(io_err("fsync", &state_path))?;
+                write_state(&state_path, &state)?;
             }
             fs::rename(&incoming, &target).map_err(io_err("rename", &target))?;
             Ok(())
@@ -288,10 +285,7 @@ impl Spool {
     pub fn save_state(&self, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
         let path = self.state_path(id);
         let tmp = self.queue.join(format!("{id}.state.tmp"));
-        let json = serde_json::to_vec(state).unwrap_or_default();
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&json).map_err(io_err("write", &tmp))?;
-        f.sync_data().map_err(io_err("fsync", &tmp))?;
+        write_state(&tmp, state)?;
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
         self.syncer()
             .map_err(io_err("fsync", &self.queue))?
@@ -314,9 +308,7 @@ impl Spool {
 
     /// Moves a message to `hold/` with a reason (blocking).
     pub fn hold(&self, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
-        let json = serde_json::to_vec(state).unwrap_or_default();
-        let hold_state = self.hold.join(format!("{id}.state"));
-        fs::write(&hold_state, json).map_err(io_err("write", &hold_state))?;
+        write_state(&self.hold.join(format!("{id}.state")), state)?;
         let from = self.queue.join(id);
         let to = self.hold.join(id);
         fs::rename(&from, &to).map_err(io_err("rename", &to))?;
@@ -410,6 +402,14 @@ impl Spool {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+}
+
+/// Writes a state file and fdatasyncs it (its directory is the caller's).
+fn write_state(path: &Path, state: &DeliveryState) -> Result<(), SpoolError> {
+    let json = serde_json::to_vec(state).unwrap_or_default();
+    let mut f = File::create(path).map_err(io_err("create", path))?;
+    f.write_all(&json).map_err(io_err("write", path))?;
+    f.sync_data().map_err(io_err("fsync", path))
 }
 
 fn read_state(path: &Path) -> Result<Option<DeliveryState>, SpoolError> {

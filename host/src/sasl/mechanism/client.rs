@@ -8,6 +8,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+/// The context the backends' tests authenticate in.
+pub fn ctx() -> crate::sasl::AuthContext {
+    crate::sasl::AuthContext {
+        client_ip: "127.0.0.1".parse().expect("ip"),
+        local_ip: "127.0.0.1".parse().expect("ip"),
+        secured: true,
+        service: "smtp".into(),
+    }
+}
+
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("hmac");
     m.update(data);

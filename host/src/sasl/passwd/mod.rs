@@ -404,14 +404,7 @@ mod tests {
     use super::*;
     use crate::sasl::mechanism::client;
 
-    fn ctx() -> AuthContext {
-        AuthContext {
-            client_ip: "127.0.0.1".parse().expect("ip"),
-            local_ip: "127.0.0.1".parse().expect("ip"),
-            secured: true,
-            service: "smtp".into(),
-        }
-    }
+    use client::ctx;
 
     fn setup(name: &str) -> (client::TempDir, PathBuf, PasswdBackend) {
         let dir = client::TempDir::new(&format!("passwd-backend-{name}"));
