@@ -19,6 +19,10 @@
 #   six-warm    the same with reuse_instances = true (warm instances)
 # Plugins must be built first (plugins/build.sh).
 #
+# BENCH_POSTFIX=0 skips the Postfix baseline (for profiling runs).
+# BENCH_PERF=DIR records a perf profile (perf record -g) of the daemon
+# while smtp-source runs, one file per run in DIR.
+#
 # Each measurement runs BENCH_REPEAT times (default 3); the summary uses
 # the median, because a 2-core VM is noisy.
 #
@@ -105,10 +109,17 @@ EOF
   sync
   sleep 1
   load=$(cut -d' ' -f1 /proc/loadavg)
+  local perf=
+  if [ -n "${BENCH_PERF:-}" ]; then
+    mkdir -p "$BENCH_PERF"
+    perf record -q -g -p "$pid" -o "$BENCH_PERF/$variant.$(basename "$work").data" 2>/dev/null &
+    perf=$!
+  fi
   t0=$(now)
   timeout $LIMIT smtp-source -s "$S" -m "$M" -l "$L" -f sender@example.test \
     -t testuser@testdomain.test -M client.test "127.0.0.1:$PORT" || rc=$?
   t1=$(now)
+  [ -z "$perf" ] || { kill -INT "$perf"; wait "$perf" || true; }
   n=0
   local end=$((SECONDS + LIMIT))
   while [ $SECONDS -lt $end ]; do
@@ -149,17 +160,19 @@ median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 declare -A acc del cpu
 pf_a=() pf_d=()
-for r in $(seq "$REPEAT"); do
-  pf=$("$PEERS/postfix-baseline/bench.sh" "$S" "$M" "$L" | tail -n 1)
-  echo "$pf"
-  pf_a+=("$(field "$pf" accepted_msg_s)")
-  pf_d+=("$(field "$pf" delivered_msg_s)")
-done
-pf_acc=$(printf '%s\n' "${pf_a[@]}" | median)
-pf_del=$(printf '%s\n' "${pf_d[@]}" | median)
-# Let the file system settle after the baseline's deletions.
-sync
-sleep "${BENCH_SETTLE:-30}"
+if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
+  for r in $(seq "$REPEAT"); do
+    pf=$("$PEERS/postfix-baseline/bench.sh" "$S" "$M" "$L" | tail -n 1)
+    echo "$pf"
+    pf_a+=("$(field "$pf" accepted_msg_s)")
+    pf_d+=("$(field "$pf" delivered_msg_s)")
+  done
+  pf_acc=$(printf '%s\n' "${pf_a[@]}" | median)
+  pf_del=$(printf '%s\n' "${pf_d[@]}" | median)
+  # Let the file system settle after the baseline's deletions.
+  sync
+  sleep "${BENCH_SETTLE:-30}"
+fi
 
 for v in $VARIANTS; do
   va=() vd=() vc=()
@@ -176,11 +189,12 @@ for v in $VARIANTS; do
 done
 
 echo "== medians of $REPEAT runs"
-echo "postfix-baseline accepted_msg_s=$pf_acc delivered_msg_s=$pf_del"
+[ -z "${pf_acc:-}" ] || echo "postfix-baseline accepted_msg_s=$pf_acc delivered_msg_s=$pf_del"
 for v in $VARIANTS; do
   echo "postern-$v accepted_msg_s=${acc[$v]} delivered_msg_s=${del[$v]} cpu_us_per_msg=${cpu[$v]}"
 done
 for v in $VARIANTS; do
+  [ -n "${pf_acc:-}" ] || break
   awk -v v="$v" -v a="${acc[$v]}" -v d="${del[$v]}" -v pa="$pf_acc" -v pd="$pf_del" 'BEGIN {
     printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx\n", v, a / pa, d / pd }'
 done

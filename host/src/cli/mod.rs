@@ -96,6 +96,9 @@ enum PluginCommand {
         /// Calls to time.
         #[arg(long, default_value_t = 10000)]
         iterations: u32,
+        /// Time only calls on a warm instance (for profiling the call path).
+        #[arg(long)]
+        warm_only: bool,
         /// Fixture file (its first case is the call to time).
         fixture: PathBuf,
     },
@@ -244,10 +247,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     plugin,
                     cache_dir,
                     iterations,
+                    warm_only,
                     fixture,
                 },
         } => {
-            plugin_bench::run(plugin.as_deref(), &fixture, &cache_dir, iterations)?;
+            let fresh = if warm_only { 0 } else { iterations };
+            plugin_bench::run(plugin.as_deref(), &fixture, &cache_dir, fresh, iterations)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin {

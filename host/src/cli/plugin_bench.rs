@@ -16,6 +16,7 @@ pub fn run(
     plugin: Option<&Path>,
     fixture: &Path,
     cache_dir: &Path,
+    fresh_iterations: u32,
     iterations: u32,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -40,7 +41,7 @@ pub fn run(
         }
 
         let t = Instant::now();
-        for _ in 0..iterations {
+        for _ in 0..fresh_iterations {
             let mut s = PluginSession::new(prepared.chains.clone());
             s.run(prepared.stage, &input, "BENCH").await;
             s.end_transaction();
@@ -69,15 +70,20 @@ pub fn run(
             "load (compile or cache) + link + checks: {:.1} ms",
             load_time.as_secs_f64() * 1e3
         );
-        println!(
-            "fresh instance per transaction (instantiate + call + drop): {:.1} us",
-            per(fresh, iterations)
-        );
-        println!("call on a warm instance: {:.1} us", per(call, iterations));
-        println!(
-            "instantiate (difference): {:.1} us",
-            per(fresh.saturating_sub(call), iterations)
-        );
+        let call_us = per(call, iterations);
+        if fresh_iterations > 0 {
+            let fresh_us = per(fresh, fresh_iterations);
+            println!(
+                "fresh instance per transaction (instantiate + call + drop): {fresh_us:.1} us"
+            );
+            println!("call on a warm instance: {call_us:.1} us");
+            println!(
+                "instantiate (difference): {:.1} us",
+                (fresh_us - call_us).max(0.0)
+            );
+        } else {
+            println!("call on a warm instance: {call_us:.1} us");
+        }
         Ok(())
     })
 }
