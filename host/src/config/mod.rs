@@ -148,9 +148,9 @@ pub struct PluginDef {
     /// What a failure costs.
     #[serde(default)]
     pub on_error: OnError,
-    /// Keep warm instances across transactions (for Python/JS guests whose
-    /// instantiation costs milliseconds). Default: a fresh instance per
-    /// transaction.
+    /// Keep a pool of warm instances that serve any call of any session
+    /// (for Python/JS guests whose instantiation costs milliseconds, or
+    /// for long chains). Default: a fresh instance per transaction.
     #[serde(default)]
     pub reuse_instances: bool,
     /// Linear memory limit per instance.

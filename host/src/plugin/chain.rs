@@ -474,9 +474,9 @@ impl PluginSession {
         result
     }
 
-    /// Ends the transaction: its instances are dropped (or returned to the
-    /// warm pool for `reuse_instances` plugins). Instances created at
-    /// connect or HELO serve the session's first transaction.
+    /// Ends the transaction: its fresh instances are dropped (warm ones went
+    /// back to their pool after each call). Instances created at connect or
+    /// HELO serve the session's first transaction.
     pub fn end_transaction(&mut self) {
         for (_, (slot, live)) in self.live.drain() {
             recycle(&slot, live);
@@ -510,9 +510,18 @@ impl PluginSession {
         let res = invoke(&mut live, &slot.plugin, stage, args).await;
         match res {
             Ok(o) => {
-                // The instance lives until the end of the transaction: from
-                // connect (or MAIL FROM) to the end of that message.
-                self.live.insert(slot.id, (slot.clone(), live));
+                if slot.plugin.def.reuse_instances {
+                    // Warm instances go back to the pool after every call:
+                    // a few hot instances per plugin serve all sessions,
+                    // instead of one per open transaction going cold in
+                    // the CPU caches.
+                    recycle(slot, live);
+                } else {
+                    // A fresh instance lives until the end of the
+                    // transaction: from connect (or MAIL FROM) to the end
+                    // of that message.
+                    self.live.insert(slot.id, (slot.clone(), live));
+                }
                 Ok(Outcome::from_wit(o, &entry.label))
             }
             // A trapped instance is poisoned: it is dropped here.
@@ -568,6 +577,23 @@ impl<'a> Args<'a> {
     }
 }
 
+/// Looks a hook up once per instance (type-checking it) and returns the
+/// instance's cached function.
+macro_rules! hook {
+    ($live:expr, $hooks:expr, $field:ident, $missing:expr) => {{
+        match &mut $live.funcs.$field {
+            Some(g) => &*g,
+            slot @ None => &*slot.insert(
+                $hooks
+                    .$field
+                    .as_ref()
+                    .ok_or_else($missing)?
+                    .load(&mut $live.store, &$live.instance)?,
+            ),
+        }
+    }};
+}
+
 async fn invoke(
     live: &mut Live,
     plugin: &LoadedPlugin,
@@ -576,49 +602,29 @@ async fn invoke(
 ) -> wasmtime::Result<wit::Outcome> {
     let (session, envelope, input) = (&args.session, &args.envelope, args.input);
     let missing = || wasmtime::format_err!("plugin does not export the {} hook", stage.name());
-    let (store, instance) = (&mut live.store, &live.instance);
     let h = &plugin.hooks;
     match stage {
         Stage::Connect => {
-            let g = h
-                .connect
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut *store, instance)?;
-            g.call_on_connect(&mut *store, session).await
+            let g = hook!(live, h, connect, missing);
+            g.call_on_connect(&mut live.store, session).await
         }
         Stage::Helo => {
-            let g = h
-                .helo
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut *store, instance)?;
-            g.call_on_helo(&mut *store, session).await
+            let g = hook!(live, h, helo, missing);
+            g.call_on_helo(&mut live.store, session).await
         }
         Stage::Mail => {
-            let g = h
-                .mail
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut *store, instance)?;
-            g.call_on_mail(&mut *store, session, envelope).await
+            let g = hook!(live, h, mail, missing);
+            g.call_on_mail(&mut live.store, session, envelope).await
         }
         Stage::Rcpt => {
-            let g = h
-                .rcpt
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut *store, instance)?;
+            let g = hook!(live, h, rcpt, missing);
             let rcpt = input.recipient.unwrap_or("");
-            g.call_on_rcpt(&mut *store, session, envelope, rcpt, &[])
+            g.call_on_rcpt(&mut live.store, session, envelope, rcpt, &[])
                 .await
         }
         Stage::Data => {
-            let g = h
-                .data
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut *store, instance)?;
+            let g = hook!(live, h, data, missing);
+            let store = &mut live.store;
             let content = input.message.clone().unwrap_or_default();
             let own = store.data_mut().table.push(MessageData::new(content))?;
             let borrow = Resource::<MessageData>::new_borrow(own.rep());

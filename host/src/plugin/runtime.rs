@@ -116,6 +116,19 @@ impl std::fmt::Debug for LoadedPlugin {
 pub struct Live {
     pub(super) store: Store<HostState>,
     pub(super) instance: Instance,
+    /// Hook functions looked up and type-checked on first use: a warm
+    /// instance pays for the lookup once, not on every call.
+    pub(super) funcs: Funcs,
+}
+
+/// The typed hook functions of one instance, filled in as they are used.
+#[derive(Default)]
+pub struct Funcs {
+    pub(super) connect: Option<connect_hook::Guest>,
+    pub(super) helo: Option<helo_hook::Guest>,
+    pub(super) mail: Option<mail_hook::Guest>,
+    pub(super) rcpt: Option<rcpt_hook::Guest>,
+    pub(super) data: Option<data_hook::Guest>,
 }
 
 /// The engine and everything shared by all generations.
@@ -336,7 +349,11 @@ impl Runtime {
         store.data_mut().ticks_left = budget(plugin).saturating_mul(4).max(200);
         store.set_epoch_deadline(1);
         let instance = plugin.pre.instantiate_async(&mut store).await?;
-        Ok(Live { store, instance })
+        Ok(Live {
+            store,
+            instance,
+            funcs: Funcs::default(),
+        })
     }
 }
 
