@@ -164,11 +164,24 @@ fn table(map: &HashMap<String, String>, what: &str) -> Result<Table, String> {
     Ok(Table(t))
 }
 
+/// The key in lower case, copied only when it has upper-case letters
+/// (lookups run on every call; most names arrive in lower case).
+fn lowercase(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_uppercase) {
+        std::borrow::Cow::Owned(s.to_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 impl Table {
     /// Domain name and its parents: `a.b.c`, `b.c`, `c`.
     fn lookup_name(&self, name: &str) -> Option<&Action> {
-        let name = name.trim_end_matches('.').to_lowercase();
-        let mut rest = name.as_str();
+        if self.0.is_empty() {
+            return None;
+        }
+        let name = lowercase(name.trim_end_matches('.'));
+        let mut rest: &str = &name;
         loop {
             if let Some(a) = self.0.get(rest) {
                 return Some(a);
@@ -183,11 +196,14 @@ impl Table {
     /// Postfix order for addresses: `user@domain`, `domain` and parents,
     /// `user@`. The null sender is looked up as `<>`.
     fn lookup_address(&self, addr: &str) -> Option<&Action> {
+        if self.0.is_empty() {
+            return None;
+        }
         if addr.is_empty() {
             return self.0.get("<>");
         }
-        let addr = addr.to_lowercase();
-        if let Some(a) = self.0.get(&addr) {
+        let addr = lowercase(addr);
+        if let Some(a) = self.0.get(addr.as_ref()) {
             return Some(a);
         }
         let (local, domain) = addr.rsplit_once('@')?;
@@ -238,7 +254,8 @@ impl Rules {
 
     /// Looks up the client by address, then by verified name.
     pub fn client(&self, ip: &str, ptr: Option<&str>) -> Option<&Action> {
-        if let Ok(ip) = ip.parse::<IpAddr>()
+        if !self.client_ips.is_empty()
+            && let Ok(ip) = ip.parse::<IpAddr>()
             && let Some((_, a)) = self.client_ips.iter().find(|(n, _)| n.contains(&ip))
         {
             return Some(a);
