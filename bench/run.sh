@@ -19,6 +19,7 @@
 #   six-warm    the same with reuse_instances = true (warm instances)
 # Plugins must be built first (plugins/build.sh).
 #
+# BENCH_WASM='key = value' adds settings to the [wasm] table.
 # BENCH_POSTFIX=0 skips the Postfix baseline (for profiling runs).
 # BENCH_PERF=DIR records a perf profile (perf record -g) of the daemon
 # while smtp-source runs, one file per run in DIR.
@@ -98,7 +99,7 @@ EOF
         "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml"
       ;;
   esac
-  printf '[wasm]\ncache_dir = "%s"\n' "$ROOT/target/bench-plugin-cache" >>"$work/postern.toml"
+  printf '[wasm]\ncache_dir = "%s"\n%s\n' "$ROOT/target/bench-plugin-cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
   (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
   pid=$!
   for _ in $(seq 100); do
@@ -174,18 +175,22 @@ if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
   sleep "${BENCH_SETTLE:-30}"
 fi
 
-for v in $VARIANTS; do
-  va=() vd=() vc=()
-  for r in $(seq "$REPEAT"); do
+# Variants interleave (core, six, ..., core, six, ...) so that the disk's
+# slow and fast phases hit every variant alike.
+declare -A va vd vc
+for r in $(seq "$REPEAT"); do
+  for v in $VARIANTS; do
     line=$(run_postern "$v")
     echo "$line"
-    va+=("$(field "$line" accepted_msg_s)")
-    vd+=("$(field "$line" delivered_msg_s)")
-    vc+=("$(field "$line" cpu_us_per_msg)")
+    va[$v]+="$(field "$line" accepted_msg_s) "
+    vd[$v]+="$(field "$line" delivered_msg_s) "
+    vc[$v]+="$(field "$line" cpu_us_per_msg) "
   done
-  acc[$v]=$(printf '%s\n' "${va[@]}" | median)
-  del[$v]=$(printf '%s\n' "${vd[@]}" | median)
-  cpu[$v]=$(printf '%s\n' "${vc[@]}" | median)
+done
+for v in $VARIANTS; do
+  acc[$v]=$(printf '%s\n' ${va[$v]} | median)
+  del[$v]=$(printf '%s\n' ${vd[$v]} | median)
+  cpu[$v]=$(printf '%s\n' ${vc[$v]} | median)
 done
 
 echo "== medians of $REPEAT runs"

@@ -11,7 +11,8 @@
 //! config.sender = { "blocked.test" = "REJECT", "friend@blocked.test" = "OK" }
 //! config.recipient = { "spamtrap@example.test" = "DISCARD", "info@example.test" = "PREPEND X-Info: yes" }
 //!
-//! [[chain.data]]                 # Postfix header_checks, in order
+//! [[chain.data]]                 # Postfix header_checks, in order (regex-lite
+//!                                # syntax, case-insensitive for ASCII)
 //! plugin = "access"
 //! config.header_checks = [["^Subject:.*viagra", "REJECT spam"], ["^X-Mailer: bulk", "HOLD"]]
 //! ```

@@ -151,7 +151,7 @@ pub struct Rules {
     /// hook needs them and a fresh instance per transaction would otherwise
     /// compile every regex at connect.
     header_patterns: Vec<(String, Action)>,
-    header_checks: std::sync::OnceLock<Result<Vec<(regex::Regex, Action)>, String>>,
+    header_checks: std::sync::OnceLock<Result<Vec<(regex_lite::Regex, Action)>, String>>,
     authenticated: Option<Action>,
 }
 
@@ -288,11 +288,16 @@ impl Rules {
         !self.header_patterns.is_empty()
     }
 
-    fn compiled(&self) -> &Result<Vec<(regex::Regex, Action)>, String> {
+    /// Patterns are regex-lite: case-insensitive for ASCII, classes like
+    /// `\w` ASCII-only, much as Postfix's POSIX regexp tables. The full
+    /// `regex` crate with Unicode case folding made every compile (once
+    /// per fresh instance, at the data hook) cost ~450 µs; regex-lite
+    /// costs ~15 µs and halves the component.
+    fn compiled(&self) -> &Result<Vec<(regex_lite::Regex, Action)>, String> {
         self.header_checks.get_or_init(|| {
             let mut out = Vec::new();
             for (i, (pattern, action)) in self.header_patterns.iter().enumerate() {
-                let re = regex::RegexBuilder::new(pattern)
+                let re = regex_lite::RegexBuilder::new(pattern)
                     .case_insensitive(true)
                     .size_limit(1 << 20)
                     .build()
