@@ -126,7 +126,7 @@ def test_misbehaving_data_plugin(daemon_factory):
 
 
 @pytest.mark.parametrize("plugin,needle", [
-    ("wrong_version", "built against postern:filter@0.2.0, this host speaks @0.1.x"),
+    ("wrong_version", "built against postern:filter@0.9.0, this host speaks @0.2.x"),
     ("wrong_signature", "an exported hook has the wrong type"),
 ])
 def test_wrong_wit_is_refused_at_load(daemon_factory, plugin, needle):

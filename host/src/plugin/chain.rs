@@ -64,14 +64,14 @@ impl Stage {
     }
 }
 
-/// A plugin with one config: what an instance is made of. Entries of
-/// several stages with the same plugin and config share one instance per
-/// transaction (and one warm pool).
+/// A plugin: what an instance is made of. Every entry of every stage that
+/// uses the plugin, whatever its config, shares one instance per
+/// transaction (and one warm pool): the host tells the instance the
+/// config of each call (`host.config`, `host.config-id`).
 pub struct Slot {
     id: usize,
     /// The plugin.
     pub plugin: Arc<LoadedPlugin>,
-    config: Arc<str>,
     warm: Mutex<Vec<Live>>,
 }
 
@@ -79,8 +79,12 @@ pub struct Slot {
 pub struct Entry {
     /// Label for logs.
     pub label: Arc<str>,
-    /// The plugin and config.
+    /// The plugin.
     pub slot: Arc<Slot>,
+    /// The entry's config as JSON.
+    config: Arc<str>,
+    /// Equal for entries of the plugin with equal configs.
+    config_id: u32,
 }
 
 /// Every chain of a generation.
@@ -298,7 +302,9 @@ impl Chains {
             plugins.push(p);
         }
         let mut stages = HashMap::new();
-        let mut slots: HashMap<(String, String), Arc<Slot>> = HashMap::new();
+        let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
+        // Config IDs per plugin; each distinct config is checked once.
+        let mut configs: HashMap<(String, Arc<str>), u32> = HashMap::new();
         let stage_of = |name: &str| match name {
             "connect" => Stage::Connect,
             "helo" => Stage::Helo,
@@ -323,24 +329,36 @@ impl Chains {
                 }
                 let json = serde_json::to_string(&e.config)
                     .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
+                let config: Arc<str> = Arc::from(json.as_str());
                 let label: Arc<str> = Arc::from(e.label());
-                let slot = match slots.get(&(e.plugin.clone(), json.clone())) {
-                    Some(slot) => slot.clone(),
-                    None => {
-                        let slot = Arc::new(Slot {
-                            id: slots.len(),
-                            plugin,
-                            config: Arc::from(json.as_str()),
+                let next_slot = slots.len();
+                let slot = slots
+                    .entry(e.plugin.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Slot {
+                            id: next_slot,
+                            plugin: plugin.clone(),
                             warm: Mutex::new(Vec::new()),
-                        });
-                        check_config(&runtime, &slot, &label)
+                        })
+                    })
+                    .clone();
+                let config_id = match configs.get(&(e.plugin.clone(), config.clone())) {
+                    Some(id) => *id,
+                    None => {
+                        let id = u32::try_from(configs.len()).unwrap_or(u32::MAX);
+                        check_config(&runtime, &plugin, &label, &config, id)
                             .await
                             .with_context(|| format!("{key} ({label})"))?;
-                        slots.insert((e.plugin.clone(), json), slot.clone());
-                        slot
+                        configs.insert((e.plugin.clone(), config.clone()), id);
+                        id
                     }
                 };
-                list.push(Arc::new(Entry { label, slot }));
+                list.push(Arc::new(Entry {
+                    label,
+                    slot,
+                    config,
+                    config_id,
+                }));
             }
             if !list.is_empty() {
                 stages.insert(stage_of(stage_name), list);
@@ -369,15 +387,22 @@ impl Chains {
     }
 }
 
-async fn check_config(runtime: &Runtime, slot: &Slot, label: &Arc<str>) -> anyhow::Result<()> {
-    let Some(idx) = &slot.plugin.hooks.configure else {
+async fn check_config(
+    runtime: &Runtime,
+    plugin: &LoadedPlugin,
+    label: &Arc<str>,
+    config: &Arc<str>,
+    config_id: u32,
+) -> anyhow::Result<()> {
+    let Some(idx) = &plugin.hooks.configure else {
         return Ok(());
     };
     let mut live = runtime
-        .instantiate(&slot.plugin, label.clone(), slot.config.clone())
+        .instantiate(plugin, label.clone(), config.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
-    live.store.data_mut().ticks_left = budget(&slot.plugin);
+    live.store.data_mut().config_id = config_id;
+    live.store.data_mut().ticks_left = budget(plugin);
     live.store.set_epoch_deadline(1);
     let guest = idx
         .load(&mut live.store, &live.instance)
@@ -497,7 +522,7 @@ impl PluginSession {
             None => match take_warm(slot) {
                 Some(live) => live,
                 None => runtime
-                    .instantiate(&slot.plugin, entry.label.clone(), slot.config.clone())
+                    .instantiate(&slot.plugin, entry.label.clone(), entry.config.clone())
                     .await
                     .map_err(|e| classify(&e))?,
             },
@@ -505,6 +530,8 @@ impl PluginSession {
         let data = live.store.data_mut();
         data.context = context.clone();
         data.entry = entry.label.clone();
+        data.config = entry.config.clone();
+        data.config_id = entry.config_id;
         data.ticks_left = budget(&slot.plugin);
         live.store.set_epoch_deadline(1);
         let res = invoke(&mut live, &slot.plugin, stage, args).await;

@@ -28,7 +28,7 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// The WIT package and versions this host speaks.
 const PACKAGE: &str = "postern:filter/";
-const COMPATIBLE: &str = "0.1.";
+const COMPATIBLE: &str = "0.2.";
 const EXPORTS: &[&str] = &[
     "connect-hook",
     "helo-hook",
@@ -289,7 +289,7 @@ impl Runtime {
         };
         if hooks.names().is_empty() {
             anyhow::bail!(
-                "it exports no hook interface of postern:filter@0.1 (connect-hook, helo-hook, mail-hook, rcpt-hook, data-hook)"
+                "it exports no hook interface of postern:filter@0.2 (connect-hook, helo-hook, mail-hook, rcpt-hook, data-hook)"
             );
         }
         let plugin = LoadedPlugin {

@@ -107,8 +107,10 @@ pub struct HostState {
     pub(super) limits: Limits,
     /// Chain entry label, for logs.
     pub(super) entry: Arc<str>,
-    /// The entry's config as JSON.
+    /// The config of the entry being called, as JSON.
     pub(super) config: Arc<str>,
+    /// Its ID (equal IDs, equal configs) within the generation.
+    pub(super) config_id: u32,
     /// Queue ID (or session ID) of the current call, for logs.
     pub(super) context: Arc<str>,
     /// Epoch ticks left for the current call.
@@ -126,6 +128,7 @@ impl HostState {
             limits: Limits { memory },
             entry,
             config,
+            config_id: 0,
             context: Arc::from(""),
             ticks_left: 0,
         }
@@ -161,6 +164,10 @@ impl host::Host for HostState {
 
     async fn config(&mut self) -> wasmtime::Result<String> {
         Ok(self.config.to_string())
+    }
+
+    async fn config_id(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.config_id)
     }
 }
 

@@ -29,8 +29,6 @@ pub mod rules;
 
 postern_sdk::bindings!(path: "../../wit", world: "postern:filter/plugin");
 
-use std::sync::OnceLock;
-
 use exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
@@ -39,11 +37,10 @@ use rules::{Action, Rules};
 
 struct Access;
 
-/// The parsed tables; the config of an instance never changes.
+/// The parsed tables of the current call's entry (one instance serves
+/// every entry, each with its own config; each is parsed once).
 fn rules() -> Result<&'static Rules, String> {
-    static RULES: OnceLock<Result<Rules, String>> = OnceLock::new();
-    RULES
-        .get_or_init(|| Rules::from_json(&postern_sdk::host::config()))
+    postern_sdk::config_cached(Rules::from_json)
         .as_ref()
         .map_err(Clone::clone)
 }

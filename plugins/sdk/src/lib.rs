@@ -69,6 +69,9 @@
 //!   skipped, with `on_error = "continue"`), never the daemon.
 //! - The host may reuse an instance for several calls, or not: keep no
 //!   state you rely on between calls.
+//! - One instance serves every chain entry of your plugin, and entries
+//!   have their own configs: read the config per call ([`config`]), or
+//!   parse it once per config with [`config_cached`].
 
 #![allow(missing_docs)] // the generated bindings carry the WIT docs
 
@@ -101,8 +104,8 @@ macro_rules! bindings {
             path: $path,
             world: $world,
             with: {
-                "postern:filter/types@0.1.0": ::postern_sdk::types,
-                "postern:filter/host@0.1.0": ::postern_sdk::host,
+                "postern:filter/types@0.2.0": ::postern_sdk::types,
+                "postern:filter/host@0.2.0": ::postern_sdk::host,
             },
             runtime_path: "postern_sdk::__wit_bindgen::rt",
         });
@@ -227,6 +230,37 @@ pub mod log {
 /// ```
 pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
     parse_config(&host::config())
+}
+
+/// The current call's config, built by `build` from the config JSON once
+/// per instance and config, then served from a cache keyed on
+/// `host::config_id()`. One instance serves every chain entry of the
+/// plugin, each with its own config; this is how to parse each only once.
+///
+/// ```ignore
+/// fn rules() -> &'static Result<Rules, String> {
+///     postern_sdk::config_cached(|json| Rules::from_json(json))
+/// }
+/// ```
+pub fn config_cached<T: 'static>(build: impl FnOnce(&str) -> T) -> &'static T {
+    use std::any::{Any, TypeId};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        // Leaked on purpose: one value per config of the generation, alive
+        // as long as the instance.
+        static CACHE: RefCell<HashMap<(u32, TypeId), &'static dyn Any>> =
+            RefCell::new(HashMap::new());
+    }
+    let key = (host::config_id(), TypeId::of::<T>());
+    if let Some(v) = CACHE.with(|c| c.borrow().get(&key).copied())
+        && let Some(t) = v.downcast_ref::<T>()
+    {
+        return t;
+    }
+    let value: &'static T = Box::leak(Box::new(build(&host::config())));
+    CACHE.with(|c| c.borrow_mut().insert(key, value));
+    value
 }
 
 /// Parses a config JSON text (what [`config`] does, for unit tests).
