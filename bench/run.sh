@@ -7,7 +7,8 @@
 # ratios. Both MTAs fsync every message before 250 and every Maildir file
 # before it counts as delivered.
 #
-# Variants (BENCH_VARIANTS, space separated; default "core quickstart six"):
+# Variants (BENCH_VARIANTS, space separated; default "core syncfs
+# quickstart six six-warm"):
 #   core        Postern with no plugins
 #   syncfs      no plugins, queue.sync = "filesystem" (one syncfs per batch
 #               instead of an fdatasync per file; same durability)
@@ -19,13 +20,17 @@
 #   six-warm    the same with reuse_instances = true (warm instances)
 # Plugins must be built first (plugins/build.sh).
 #
+# BENCH_CLEAN=0 keeps every Postern run's files until the end instead of
+# deleting the previous run's before each run (as the baseline's bench.sh
+# empties its Maildir before each run).
 # BENCH_WASM='key = value' adds settings to the [wasm] table.
 # BENCH_POSTFIX=0 skips the Postfix baseline (for profiling runs).
 # BENCH_PERF=DIR records a perf profile (perf record -g) of the daemon
 # while smtp-source runs, one file per run in DIR.
 #
-# Each measurement runs BENCH_REPEAT times (default 3); the summary uses
-# the median, because a 2-core VM is noisy.
+# BENCH_REPEAT rounds (default 3) each run the baseline and every variant
+# once, interleaved; the summary uses the medians, because a 2-core VM is
+# noisy and its disk has slow and fast phases.
 #
 # Needs root, the peers kit installed, and target/release/postern built.
 set -euo pipefail
@@ -62,7 +67,16 @@ EOF
 # Runs one Postern variant; prints its result line.
 run_postern() { # VARIANT
   local variant=$1 work pid t0 t1 t2 n rc=0 load
+  # Like the baseline's bench.sh, which empties its Maildir before each
+  # run, the previous run's files go first (BENCH_CLEAN=0 keeps them until
+  # the end). On ext4 without a journal, inodes freed in the last 60-120 s
+  # are skipped, one by one, when new ones are allocated (recently_deleted),
+  # which costs the MTA that creates files fastest the most.
+  if [ "${BENCH_CLEAN:-1}" = 1 ] && [ -f "$WORKROOT/prev" ]; then
+    rm -rf "$(cat "$WORKROOT/prev")"
+  fi
   work=$(mktemp -d "$WORKROOT/run.XXXXXX")
+  echo "$work" >"$WORKROOT/prev"
   cat >"$work/postern.toml" <<EOF
 [server]
 hostname = "mx.test"
@@ -143,8 +157,6 @@ EOF
   if [ "$n" -lt "$M" ]; then
     tail -n 20 "$work/postern.log" >&2
   fi
-  # Kept until the end: deleting thousands of files right before the next
-  # run makes ext4's inode allocation slower for a while (recently_deleted).
 }
 
 field() { # LINE KEY
@@ -159,26 +171,18 @@ trap '"$PEERS/postfix-baseline/teardown.sh" >/dev/null 2>&1 || true; rm -rf "$WO
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-declare -A acc del cpu
+declare -A acc del cpu va vd vc
 pf_a=() pf_d=()
-if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
-  for r in $(seq "$REPEAT"); do
+# Rounds interleave everything (postfix, core, six, ..., postfix, core,
+# ...), so that the disk's slow and fast phases hit every MTA and variant
+# alike; each summary is the median over the rounds.
+for r in $(seq "$REPEAT"); do
+  if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
     pf=$("$PEERS/postfix-baseline/bench.sh" "$S" "$M" "$L" | tail -n 1)
     echo "$pf"
     pf_a+=("$(field "$pf" accepted_msg_s)")
     pf_d+=("$(field "$pf" delivered_msg_s)")
-  done
-  pf_acc=$(printf '%s\n' "${pf_a[@]}" | median)
-  pf_del=$(printf '%s\n' "${pf_d[@]}" | median)
-  # Let the file system settle after the baseline's deletions.
-  sync
-  sleep "${BENCH_SETTLE:-30}"
-fi
-
-# Variants interleave (core, six, ..., core, six, ...) so that the disk's
-# slow and fast phases hit every variant alike.
-declare -A va vd vc
-for r in $(seq "$REPEAT"); do
+  fi
   for v in $VARIANTS; do
     line=$(run_postern "$v")
     echo "$line"
@@ -187,6 +191,10 @@ for r in $(seq "$REPEAT"); do
     vc[$v]+="$(field "$line" cpu_us_per_msg) "
   done
 done
+if [ ${#pf_a[@]} -gt 0 ]; then
+  pf_acc=$(printf '%s\n' "${pf_a[@]}" | median)
+  pf_del=$(printf '%s\n' "${pf_d[@]}" | median)
+fi
 for v in $VARIANTS; do
   acc[$v]=$(printf '%s\n' ${va[$v]} | median)
   del[$v]=$(printf '%s\n' ${vd[$v]} | median)
