@@ -23,6 +23,9 @@
 # BENCH_CLEAN=0 keeps every Postern run's files until the end instead of
 # deleting the previous run's before each run (as the baseline's bench.sh
 # empties its Maildir before each run).
+# BENCH_DIR=/dev/shm BENCH_POSTFIX=0 puts Postern's spool and Maildirs on
+# tmpfs, where fsync costs nothing: the CPU-bound view of plugin overhead,
+# without the disk's noise (not a comparison with Postfix).
 # BENCH_WASM='key = value' adds settings to the [wasm] table.
 # BENCH_POSTFIX=0 skips the Postfix baseline (for profiling runs).
 # BENCH_PERF=DIR records a perf profile (perf record -g) of the daemon
@@ -143,17 +146,19 @@ EOF
     sleep 0.05
   done
   t2=$(now)
-  local rss cpu
+  local rss cpu csw
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  # context switches of all the daemon's threads (wake-ups cost VM exits)
+  csw=$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}')
   # user+system CPU seconds of the daemon (fields 14 and 15 of stat)
   cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0)
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   awk -v v="$variant" -v s="$S" -v m="$M" -v l="$L" -v t0="$t0" -v t1="$t1" -v t2="$t2" \
-    -v n="$n" -v rc="$rc" -v load="$load" -v rss="$rss" -v cpu="$cpu" 'BEGIN {
+    -v n="$n" -v rc="$rc" -v load="$load" -v rss="$rss" -v cpu="$cpu" -v csw="$csw" 'BEGIN {
     acc = (rc == 0) ? m : 0
-    printf "postern-%s s=%d m=%d size=%d accepted_msg_s=%.0f delivered_msg_s=%.0f accept_s=%.2f deliver_s=%.2f delivered=%d/%d smtp_source_rc=%d peak_rss_kb=%d cpu_us_per_msg=%.0f load1_before=%s\n",
-      v, s, m, l, acc / (t1 - t0), n / (t2 - t0), t1 - t0, t2 - t0, n, m, rc, rss, cpu * 1e6 / m, load }'
+    printf "postern-%s s=%d m=%d size=%d accepted_msg_s=%.0f delivered_msg_s=%.0f accept_s=%.2f deliver_s=%.2f delivered=%d/%d smtp_source_rc=%d peak_rss_kb=%d cpu_us_per_msg=%.0f ctxsw_per_msg=%.1f load1_before=%s\n",
+      v, s, m, l, acc / (t1 - t0), n / (t2 - t0), t1 - t0, t2 - t0, n, m, rc, rss, cpu * 1e6 / m, csw / m, load }'
   if [ "$n" -lt "$M" ]; then
     tail -n 20 "$work/postern.log" >&2
   fi
@@ -166,7 +171,7 @@ field() { # LINE KEY
 echo "bench: $S sessions, $M messages of $L bytes; $(nproc) cpus; disk: $(disk_probe) single-thread fsync/s"
 "$PEERS/start.sh" dns >/dev/null
 "$PEERS/postfix-baseline/setup.sh" >/dev/null
-WORKROOT=$(mktemp -d /tmp/postern-bench.XXXXXX)
+WORKROOT=$(mktemp -d "${BENCH_DIR:-/tmp}/postern-bench.XXXXXX")
 trap '"$PEERS/postfix-baseline/teardown.sh" >/dev/null 2>&1 || true; rm -rf "$WORKROOT"' EXIT
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
