@@ -69,7 +69,7 @@ class DataHook(exports.DataHook):
         actions = []
         if found:
             actions.append(types.Action_AddHeader(types.Header(name="X-Spam-Words", value=", ".join(found))))
-            host.log(host.Level.DEBUG, f"found {found} from {session.client_ip}")
+            host.log(host.Level.DEBUG, f"found {found} from {session.client_ip()}")
         return types.Outcome(verdict=types.Verdict_Continue(), scores=scores, actions=actions)
 
 

@@ -5,7 +5,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "postern:filter/plugin",
-    imports: { default: async | trappable },
+    // Every host import answers from memory; none needs to await. (The
+    // dns/kv/scan capabilities will be async and get their own rules.)
+    imports: { default: trappable },
     exports: { default: async },
-    with: { "postern:filter/types.message": crate::plugin::state::MessageData },
+    with: {
+        "postern:filter/types.message": crate::plugin::state::MessageData,
+        "postern:filter/types.session": crate::plugin::state::SessionData,
+        "postern:filter/types.envelope": crate::plugin::state::EnvelopeData,
+    },
 });

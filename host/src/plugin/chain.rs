@@ -17,7 +17,7 @@ use wasmtime::{PoolConcurrencyLimitError, Trap};
 use super::bindings::postern::filter::types as wit;
 use super::outcome::{Outcome, Score, Verdict};
 use super::runtime::{Live, LoadedPlugin, Runtime, budget};
-use super::state::{MemoryLimitExceeded, MessageData};
+use super::state::{EnvelopeData, MemoryLimitExceeded, MessageData, SessionData};
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
 use crate::smtp::reply::r;
@@ -153,39 +153,6 @@ pub struct Input<'a> {
     pub recipient: Option<&'a str>,
     /// The message content (data).
     pub message: Option<Arc<Vec<u8>>>,
-}
-
-fn to_wit_session(s: &SessionInfo) -> wit::Session {
-    wit::Session {
-        id: s.id.clone(),
-        listener: s.listener.clone(),
-        client_ip: s.client_ip.clone(),
-        client_port: s.client_port,
-        client_ptr: s.client_ptr.clone(),
-        trusted: s.trusted,
-        helo: s.helo.clone(),
-        tls: s.tls.as_ref().map(|(version, cipher)| wit::TlsInfo {
-            version: version.clone(),
-            cipher: cipher.clone(),
-        }),
-        auth_user: s.auth_user.clone(),
-    }
-}
-
-fn to_wit_envelope(e: &EnvelopeInfo) -> wit::Envelope {
-    wit::Envelope {
-        queue_id: e.queue_id.clone(),
-        mail_from: e.mail_from.clone(),
-        mail_params: e
-            .mail_params
-            .iter()
-            .map(|(name, value)| wit::Param {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
-        rcpt_to: e.rcpt_to.clone(),
-    }
 }
 
 /// The first definitive verdict of a stage and who gave it.
@@ -579,26 +546,18 @@ fn recycle(slot: &Slot, live: Live) {
     }
 }
 
-/// The WIT records of one stage call, built once for every entry.
+/// What the hooks of one stage are lent, built once for every entry.
 struct Args<'a> {
-    session: wit::Session,
-    envelope: wit::Envelope,
+    session: Arc<SessionInfo>,
+    envelope: Arc<EnvelopeInfo>,
     input: &'a Input<'a>,
 }
 
 impl<'a> Args<'a> {
     fn new(input: &'a Input<'a>) -> Option<Args<'a>> {
         Some(Args {
-            session: to_wit_session(input.session?),
-            envelope: input
-                .envelope
-                .map(to_wit_envelope)
-                .unwrap_or_else(|| wit::Envelope {
-                    queue_id: String::new(),
-                    mail_from: String::new(),
-                    mail_params: Vec::new(),
-                    rcpt_to: Vec::new(),
-                }),
+            session: Arc::new(input.session?.clone()),
+            envelope: Arc::new(input.envelope.cloned().unwrap_or_default()),
             input,
         })
     }
@@ -627,40 +586,54 @@ async fn invoke(
     stage: Stage,
     args: &Args<'_>,
 ) -> wasmtime::Result<wit::Outcome> {
-    let (session, envelope, input) = (&args.session, &args.envelope, args.input);
     let missing = || wasmtime::format_err!("plugin does not export the {} hook", stage.name());
     let h = &plugin.hooks;
-    match stage {
+    // The session and envelope are lent for the call: host resources the
+    // guest reads through getters, so it copies only the fields it needs.
+    let table = &mut live.store.data_mut().table;
+    let session = table.push(SessionData(args.session.clone()))?;
+    let envelope = table.push(EnvelopeData(args.envelope.clone()))?;
+    let s = Resource::<SessionData>::new_borrow(session.rep());
+    let e = Resource::<EnvelopeData>::new_borrow(envelope.rep());
+    let res = match stage {
         Stage::Connect => {
             let g = hook!(live, h, connect, missing);
-            g.call_on_connect(&mut live.store, session).await
+            g.call_on_connect(&mut live.store, s).await
         }
         Stage::Helo => {
             let g = hook!(live, h, helo, missing);
-            g.call_on_helo(&mut live.store, session).await
+            g.call_on_helo(&mut live.store, s).await
         }
         Stage::Mail => {
             let g = hook!(live, h, mail, missing);
-            g.call_on_mail(&mut live.store, session, envelope).await
+            g.call_on_mail(&mut live.store, s, e).await
         }
         Stage::Rcpt => {
             let g = hook!(live, h, rcpt, missing);
-            let rcpt = input.recipient.unwrap_or("");
-            g.call_on_rcpt(&mut live.store, session, envelope, rcpt, &[])
-                .await
+            let rcpt = args.input.recipient.unwrap_or("");
+            g.call_on_rcpt(&mut live.store, s, e, rcpt, &[]).await
         }
         Stage::Data => {
             let g = hook!(live, h, data, missing);
-            let store = &mut live.store;
-            let content = input.message.clone().unwrap_or_default();
-            let own = store.data_mut().table.push(MessageData::new(content))?;
-            let borrow = Resource::<MessageData>::new_borrow(own.rep());
-            let res = g.call_on_data(&mut *store, session, envelope, borrow).await;
-            // After a trap the store is dropped anyway; only clean up on success.
+            let content = args.input.message.clone().unwrap_or_default();
+            let own = live
+                .store
+                .data_mut()
+                .table
+                .push(MessageData::new(content))?;
+            let m = Resource::<MessageData>::new_borrow(own.rep());
+            let res = g.call_on_data(&mut live.store, s, e, m).await;
             if res.is_ok() {
-                store.data_mut().table.delete(own)?;
+                live.store.data_mut().table.delete(own)?;
             }
             res
         }
+    };
+    // After a trap the store is dropped anyway; only clean up on success.
+    if res.is_ok() {
+        let table = &mut live.store.data_mut().table;
+        table.delete(session)?;
+        table.delete(envelope)?;
     }
+    res
 }

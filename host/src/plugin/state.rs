@@ -8,6 +8,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::postern::filter::{host, types};
+use super::chain::{EnvelopeInfo, SessionInfo};
 use crate::message::parse_headers;
 
 /// Largest body chunk handed out by one `read-body` call.
@@ -32,6 +33,14 @@ impl MessageData {
         }
     }
 }
+
+/// The session behind a `session` resource handle (lent to one call).
+#[derive(Debug)]
+pub struct SessionData(pub Arc<SessionInfo>);
+
+/// The envelope behind an `envelope` resource handle (lent to one call).
+#[derive(Debug)]
+pub struct EnvelopeData(pub Arc<EnvelopeInfo>);
 
 /// A plugin asked for more memory than its limit.
 #[derive(Debug)]
@@ -145,7 +154,7 @@ impl WasiView for HostState {
 }
 
 impl host::Host for HostState {
-    async fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
+    fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
         let message: String = message
             .chars()
             .take(2000)
@@ -162,17 +171,17 @@ impl host::Host for HostState {
         Ok(())
     }
 
-    async fn config(&mut self) -> wasmtime::Result<String> {
+    fn config(&mut self) -> wasmtime::Result<String> {
         Ok(self.config.to_string())
     }
 
-    async fn config_id(&mut self) -> wasmtime::Result<u32> {
+    fn config_id(&mut self) -> wasmtime::Result<u32> {
         Ok(self.config_id)
     }
 }
 
 impl types::HostMessage for HostState {
-    async fn headers(&mut self, m: Resource<MessageData>) -> wasmtime::Result<Vec<types::Header>> {
+    fn headers(&mut self, m: Resource<MessageData>) -> wasmtime::Result<Vec<types::Header>> {
         let m = self.table.get(&m)?;
         Ok(m.headers
             .iter()
@@ -183,11 +192,7 @@ impl types::HostMessage for HostState {
             .collect())
     }
 
-    async fn header(
-        &mut self,
-        m: Resource<MessageData>,
-        name: String,
-    ) -> wasmtime::Result<Vec<String>> {
+    fn header(&mut self, m: Resource<MessageData>, name: String) -> wasmtime::Result<Vec<String>> {
         let m = self.table.get(&m)?;
         Ok(m.headers
             .iter()
@@ -196,16 +201,16 @@ impl types::HostMessage for HostState {
             .collect())
     }
 
-    async fn size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
+    fn size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
         Ok(self.table.get(&m)?.content.len() as u64)
     }
 
-    async fn body_size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
+    fn body_size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
         let m = self.table.get(&m)?;
         Ok((m.content.len() - m.body_start) as u64)
     }
 
-    async fn read_body(
+    fn read_body(
         &mut self,
         m: Resource<MessageData>,
         offset: u64,
@@ -222,8 +227,97 @@ impl types::HostMessage for HostState {
         Ok(body[start..end].to_vec())
     }
 
-    async fn drop(&mut self, m: Resource<MessageData>) -> wasmtime::Result<()> {
+    fn drop(&mut self, m: Resource<MessageData>) -> wasmtime::Result<()> {
         self.table.delete(m)?;
+        Ok(())
+    }
+}
+
+impl types::HostSession for HostState {
+    fn id(&mut self, s: Resource<SessionData>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&s)?.0.id.clone())
+    }
+
+    fn listener(&mut self, s: Resource<SessionData>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&s)?.0.listener.clone())
+    }
+
+    fn client_ip(&mut self, s: Resource<SessionData>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&s)?.0.client_ip.clone())
+    }
+
+    fn client_port(&mut self, s: Resource<SessionData>) -> wasmtime::Result<u16> {
+        Ok(self.table.get(&s)?.0.client_port)
+    }
+
+    fn client_ptr(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&s)?.0.client_ptr.clone())
+    }
+
+    fn trusted(&mut self, s: Resource<SessionData>) -> wasmtime::Result<bool> {
+        Ok(self.table.get(&s)?.0.trusted)
+    }
+
+    fn helo(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&s)?.0.helo.clone())
+    }
+
+    fn tls(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<types::TlsInfo>> {
+        Ok(self
+            .table
+            .get(&s)?
+            .0
+            .tls
+            .as_ref()
+            .map(|(version, cipher)| types::TlsInfo {
+                version: version.clone(),
+                cipher: cipher.clone(),
+            }))
+    }
+
+    fn auth_user(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&s)?.0.auth_user.clone())
+    }
+
+    fn drop(&mut self, s: Resource<SessionData>) -> wasmtime::Result<()> {
+        self.table.delete(s)?;
+        Ok(())
+    }
+}
+
+impl types::HostEnvelope for HostState {
+    fn queue_id(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&e)?.0.queue_id.clone())
+    }
+
+    fn mail_from(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&e)?.0.mail_from.clone())
+    }
+
+    fn mail_params(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<Vec<types::Param>> {
+        Ok(self
+            .table
+            .get(&e)?
+            .0
+            .mail_params
+            .iter()
+            .map(|(name, value)| types::Param {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect())
+    }
+
+    fn rcpt_count(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<u32> {
+        Ok(u32::try_from(self.table.get(&e)?.0.rcpt_to.len()).unwrap_or(u32::MAX))
+    }
+
+    fn rcpt_to(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.table.get(&e)?.0.rcpt_to.clone())
+    }
+
+    fn drop(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<()> {
+        self.table.delete(e)?;
         Ok(())
     }
 }

@@ -107,8 +107,9 @@ fn decide(hits: Vec<Hit<'_>>) -> Outcome {
     outcome
 }
 
-/// Runs the tables that the data available at this stage allows.
-fn check(session: &Session, sender: Option<&str>, recipient: Option<&str>) -> Outcome {
+/// Runs the tables that the data available at this stage allows. Only
+/// the fields a configured table needs are fetched from the host.
+fn check(session: &Session, envelope: Option<&Envelope>, recipient: Option<&str>) -> Outcome {
     let rules = match rules() {
         Ok(r) => r,
         Err(e) => {
@@ -117,42 +118,51 @@ fn check(session: &Session, sender: Option<&str>, recipient: Option<&str>) -> Ou
         }
     };
     let mut hits = Vec::new();
-    if let Some(user) = &session.auth_user
-        && let Some(a) = rules.authenticated()
+    if let Some(a) = rules.authenticated()
+        && let Some(user) = session.auth_user()
     {
         hits.push(Hit {
             action: a,
-            key: user.clone(),
+            key: user,
             what: "Authenticated user",
         });
     }
-    if let Some(a) = rules.client(&session.client_ip, session.client_ptr.as_deref()) {
-        let name = session.client_ptr.as_deref().unwrap_or("unknown");
-        hits.push(Hit {
-            action: a,
-            key: format!("{name}[{}]", session.client_ip),
-            what: "Client host",
-        });
+    if rules.has_client() {
+        let ip = session.client_ip();
+        let ptr = session.client_ptr();
+        if let Some(a) = rules.client(&ip, ptr.as_deref()) {
+            let name = ptr.as_deref().unwrap_or("unknown");
+            hits.push(Hit {
+                action: a,
+                key: format!("{name}[{ip}]"),
+                what: "Client host",
+            });
+        }
     }
-    if let Some(helo) = &session.helo
-        && let Some(a) = rules.helo(helo)
+    if rules.has_helo()
+        && let Some(helo) = session.helo()
+        && let Some(a) = rules.helo(&helo)
     {
         hits.push(Hit {
             action: a,
-            key: helo.clone(),
+            key: helo,
             what: "Helo command",
         });
     }
-    if let Some(s) = sender
-        && let Some(a) = rules.sender(s)
+    if rules.has_sender()
+        && let Some(env) = envelope
     {
-        hits.push(Hit {
-            action: a,
-            key: s.to_string(),
-            what: "Sender address",
-        });
+        let sender = env.mail_from();
+        if let Some(a) = rules.sender(&sender) {
+            hits.push(Hit {
+                action: a,
+                key: sender,
+                what: "Sender address",
+            });
+        }
     }
-    if let Some(r) = recipient
+    if rules.has_recipient()
+        && let Some(r) = recipient
         && let Some(a) = rules.recipient(r)
     {
         hits.push(Hit {
@@ -165,36 +175,36 @@ fn check(session: &Session, sender: Option<&str>, recipient: Option<&str>) -> Ou
 }
 
 impl connect_hook::Guest for Access {
-    fn on_connect(session: Session) -> Outcome {
-        check(&session, None, None)
+    fn on_connect(session: &Session) -> Outcome {
+        check(session, None, None)
     }
 }
 
 impl helo_hook::Guest for Access {
-    fn on_helo(session: Session) -> Outcome {
-        check(&session, None, None)
+    fn on_helo(session: &Session) -> Outcome {
+        check(session, None, None)
     }
 }
 
 impl mail_hook::Guest for Access {
-    fn on_mail(session: Session, envelope: Envelope) -> Outcome {
-        check(&session, Some(&envelope.mail_from), None)
+    fn on_mail(session: &Session, envelope: &Envelope) -> Outcome {
+        check(session, Some(envelope), None)
     }
 }
 
 impl rcpt_hook::Guest for Access {
     fn on_rcpt(
-        session: Session,
-        envelope: Envelope,
+        session: &Session,
+        envelope: &Envelope,
         recipient: String,
         _params: Vec<Param>,
     ) -> Outcome {
-        check(&session, Some(&envelope.mail_from), Some(&recipient))
+        check(session, Some(envelope), Some(&recipient))
     }
 }
 
 impl data_hook::Guest for Access {
-    fn on_data(_session: Session, _envelope: Envelope, message: &Message) -> Outcome {
+    fn on_data(_session: &Session, _envelope: &Envelope, message: &Message) -> Outcome {
         let rules = match rules() {
             Ok(r) => r,
             Err(e) => {

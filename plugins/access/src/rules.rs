@@ -263,6 +263,27 @@ impl Rules {
         ptr.and_then(|p| self.client_names.lookup_name(p))
     }
 
+    /// True if any client table has entries (the client address and
+    /// name are needed).
+    pub fn has_client(&self) -> bool {
+        !self.client_ips.is_empty() || !self.client_names.0.is_empty()
+    }
+
+    /// True if the HELO table has entries.
+    pub fn has_helo(&self) -> bool {
+        !self.helo.0.is_empty()
+    }
+
+    /// True if the sender table has entries.
+    pub fn has_sender(&self) -> bool {
+        !self.sender.0.is_empty()
+    }
+
+    /// True if the recipient table has entries.
+    pub fn has_recipient(&self) -> bool {
+        !self.recipient.0.is_empty()
+    }
+
     /// Looks up the HELO name.
     pub fn helo(&self, helo: &str) -> Option<&Action> {
         self.helo.lookup_name(helo)

@@ -38,7 +38,7 @@
 //! struct NoTraps;
 //!
 //! impl exports::postern::filter::rcpt_hook::Guest for NoTraps {
-//!     fn on_rcpt(_s: Session, _e: Envelope, rcpt: String, _p: Vec<Param>) -> Outcome {
+//!     fn on_rcpt(_s: &Session, _e: &Envelope, rcpt: String, _p: Vec<Param>) -> Outcome {
 //!         if addr::local_part(&rcpt).starts_with("spamtrap") {
 //!             return Outcome::reject(550, "5.7.1", "Recipient address rejected: spam trap");
 //!         }

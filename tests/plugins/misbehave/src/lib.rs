@@ -58,32 +58,33 @@ fn act(rcpts: &[&str]) -> Outcome {
 struct Misbehave;
 
 impl connect_hook::Guest for Misbehave {
-    fn on_connect(_: Session) -> Outcome {
+    fn on_connect(_: &Session) -> Outcome {
         act(&[])
     }
 }
 
 impl helo_hook::Guest for Misbehave {
-    fn on_helo(_: Session) -> Outcome {
+    fn on_helo(_: &Session) -> Outcome {
         act(&[])
     }
 }
 
 impl mail_hook::Guest for Misbehave {
-    fn on_mail(_: Session, _: Envelope) -> Outcome {
+    fn on_mail(_: &Session, _: &Envelope) -> Outcome {
         act(&[])
     }
 }
 
 impl rcpt_hook::Guest for Misbehave {
-    fn on_rcpt(_: Session, _: Envelope, rcpt: String, _: Vec<Param>) -> Outcome {
+    fn on_rcpt(_: &Session, _: &Envelope, rcpt: String, _: Vec<Param>) -> Outcome {
         act(&[&rcpt])
     }
 }
 
 impl data_hook::Guest for Misbehave {
-    fn on_data(_: Session, env: Envelope, _: &Message) -> Outcome {
-        let rcpts: Vec<&str> = env.rcpt_to.iter().map(String::as_str).collect();
+    fn on_data(_: &Session, env: &Envelope, _: &Message) -> Outcome {
+        let all = env.rcpt_to();
+        let rcpts: Vec<&str> = all.iter().map(String::as_str).collect();
         act(&rcpts)
     }
 }
