@@ -11,4 +11,7 @@ pub mod receiver;
 pub mod reply;
 pub mod session;
 
+#[cfg(test)]
+mod proptests;
+
 pub use reply::{Enhanced, Reply};

@@ -18,6 +18,9 @@ pub mod login;
 pub mod plain;
 pub mod scram;
 
+#[cfg(test)]
+mod proptests;
+
 use std::fmt;
 
 use base64::Engine as _;
