@@ -186,7 +186,7 @@ pub(super) struct Prepared {
     pub(super) stage: Stage,
     pub(super) chains: Arc<Chains>,
     pub(super) session: SessionInfo,
-    pub(super) envelope: EnvelopeInfo,
+    pub(super) envelope: Arc<EnvelopeInfo>,
     pub(super) recipient: Option<String>,
     pub(super) message: Option<Arc<Vec<u8>>>,
 }
@@ -197,7 +197,7 @@ impl Prepared {
         Input {
             session: Some(&self.session),
             envelope: (!matches!(self.stage, Stage::Connect | Stage::Helo))
-                .then_some(&self.envelope),
+                .then(|| self.envelope.clone()),
             recipient: self.recipient.as_deref(),
             message: self.message.clone(),
         }
@@ -258,7 +258,7 @@ pub(super) async fn prepare(
         stage: st,
         chains: Arc::new(chains),
         session,
-        envelope,
+        envelope: Arc::new(envelope),
         recipient,
         message: message.map(Arc::new),
     })

@@ -147,8 +147,8 @@ pub struct EnvelopeInfo {
 pub struct Input<'a> {
     /// The session.
     pub session: Option<&'a SessionInfo>,
-    /// The envelope (mail, rcpt, data).
-    pub envelope: Option<&'a EnvelopeInfo>,
+    /// The envelope (mail, rcpt, data), shared with the plugins' calls.
+    pub envelope: Option<Arc<EnvelopeInfo>>,
     /// The recipient being checked (rcpt).
     pub recipient: Option<&'a str>,
     /// The message content (data).
@@ -557,7 +557,7 @@ impl<'a> Args<'a> {
     fn new(input: &'a Input<'a>) -> Option<Args<'a>> {
         Some(Args {
             session: Arc::new(input.session?.clone()),
-            envelope: Arc::new(input.envelope.cloned().unwrap_or_default()),
+            envelope: input.envelope.clone().unwrap_or_default(),
             input,
         })
     }

@@ -697,7 +697,7 @@ impl Connection {
                 rcpt_to: Vec::new(),
             };
             let result = self
-                .run_chain(Stage::Mail, &id, Some(&envelope), None, None)
+                .run_chain(Stage::Mail, &id, Some(Arc::new(envelope)), None, None)
                 .await;
             if let Some(reply) = self.absorb(Stage::Mail, &id, result, false) {
                 decision = if self.generation.config.smtp.delay_reject {
@@ -777,7 +777,7 @@ impl Connection {
         &mut self,
         stage: Stage,
         context: &str,
-        envelope: Option<&EnvelopeInfo>,
+        envelope: Option<Arc<EnvelopeInfo>>,
         recipient: Option<&str>,
         message: Option<std::sync::Arc<Vec<u8>>>,
     ) -> StageResult {
@@ -905,7 +905,13 @@ impl Connection {
             };
             let rcpt = to.to_string();
             let result = self
-                .run_chain(Stage::Rcpt, &id, Some(&envelope), Some(&rcpt), None)
+                .run_chain(
+                    Stage::Rcpt,
+                    &id,
+                    Some(Arc::new(envelope)),
+                    Some(&rcpt),
+                    None,
+                )
                 .await;
             if let Some(reply) = self.absorb(Stage::Rcpt, &id, result, false) {
                 return Decision::Reject(reply);
@@ -998,7 +1004,7 @@ impl Connection {
                 .run_chain(
                     Stage::Data,
                     &id,
-                    Some(&envelope),
+                    Some(Arc::new(envelope)),
                     None,
                     Some(shared.clone()),
                 )
