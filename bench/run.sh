@@ -15,6 +15,7 @@
 #   syncfs-spool  the same, spooling before 250 and delivering after it
 #               (queue.direct_delivery = false), as Postfix does
 #   quickstart  the quickstart's chain (access on RCPT)
+#   quickstart-warm  the same with reuse_instances = true
 #   six         six plugin entries on every stage (30 calls per message),
 #               a fresh instance per transaction (the default)
 #   six-warm    the same with reuse_instances = true (warm instances)
@@ -44,6 +45,7 @@ S=${1:-20} M=${2:-2000} L=${3:-4096}
 BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
 VARIANTS=${BENCH_VARIANTS:-core syncfs quickstart six six-warm}
 REPEAT=${BENCH_REPEAT:-3}
+[ "$REPEAT" -ge 1 ] || { echo "bench: BENCH_REPEAT must be at least 1" >&2; exit 1; }
 PORT=${BENCH_PORT:-2625}
 LIMIT=300
 
@@ -110,15 +112,25 @@ EOF
     syncfs) printf '[queue]\nsync = "filesystem"\n' >>"$work/postern.toml" ;;
     syncfs-spool) printf '[queue]\nsync = "filesystem"\ndirect_delivery = false\n' >>"$work/postern.toml" ;;
     quickstart) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml" ;;
+    quickstart-warm)
+      sed -e "s|@ROOT@|$ROOT|g" -e 's|^name = "access"$|name = "access"\nreuse_instances = true|' \
+        "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml"
+      ;;
     six) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml" ;;
     six-warm)
       sed -e "s|@ROOT@|$ROOT|g" -e 's|^name = "access"$|name = "access"\nreuse_instances = true|' \
         "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml"
       ;;
+    core) ;;
+    *)
+      echo "bench: unknown variant $variant" >&2
+      return 1
+      ;;
   esac
   printf '[wasm]\ncache_dir = "%s"\n%s\n' "$ROOT/target/bench-plugin-cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
   (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
   pid=$!
+  echo "$pid" >"$WORKROOT/daemon.pid"
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
     sleep 0.1
@@ -169,10 +181,17 @@ field() { # LINE KEY
 }
 
 echo "bench: $S sessions, $M messages of $L bytes; $(nproc) cpus; disk: $(disk_probe) single-thread fsync/s"
+WORKROOT=$(mktemp -d "${BENCH_DIR:-/tmp}/postern-bench.XXXXXX")
+cleanup() {
+  if [ -f "$WORKROOT/daemon.pid" ]; then
+    kill -TERM "$(cat "$WORKROOT/daemon.pid")" 2>/dev/null || true
+  fi
+  "$PEERS/postfix-baseline/teardown.sh" >/dev/null 2>&1 || true
+  rm -rf "$WORKROOT"
+}
+trap cleanup EXIT
 "$PEERS/start.sh" dns >/dev/null
 "$PEERS/postfix-baseline/setup.sh" >/dev/null
-WORKROOT=$(mktemp -d "${BENCH_DIR:-/tmp}/postern-bench.XXXXXX")
-trap '"$PEERS/postfix-baseline/teardown.sh" >/dev/null 2>&1 || true; rm -rf "$WORKROOT"' EXIT
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
@@ -188,8 +207,14 @@ for r in $(seq "$REPEAT"); do
     pf_a+=("$(field "$pf" accepted_msg_s)")
     pf_d+=("$(field "$pf" delivered_msg_s)")
   fi
-  for v in $VARIANTS; do
-    line=$(run_postern "$v")
+  # The order rotates each round, so that no variant always runs right
+  # after the same neighbour's clean-up.
+  read -r -a order <<<"$VARIANTS"
+  shift_by=$(((r - 1) % ${#order[@]}))
+  order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+  for v in "${order[@]}"; do
+    line=$(run_postern "$v") || { echo "bench: variant $v failed" >&2; exit 1; }
+    [ -n "$line" ] || { echo "bench: variant $v printed no result" >&2; exit 1; }
     echo "$line"
     va[$v]+="$(field "$line" accepted_msg_s) "
     vd[$v]+="$(field "$line" delivered_msg_s) "
@@ -214,13 +239,13 @@ done
 for v in $VARIANTS; do
   [ -n "${pf_acc:-}" ] || break
   awk -v v="$v" -v a="${acc[$v]}" -v d="${del[$v]}" -v pa="$pf_acc" -v pd="$pf_del" 'BEGIN {
-    printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx\n", v, a / pa, d / pd }'
+    if (pa > 0 && pd > 0) printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx\n", v, a / pa, d / pd }'
 done
 for v in $VARIANTS; do
   case $v in core | syncfs) continue ;; esac
   [ -n "${acc[core]:-}" ] || break
   awk -v v="$v" -v a="${acc[core]}" -v b="${acc[$v]}" -v c="${del[core]}" -v d="${del[$v]}" \
     -v x="${cpu[core]}" -v y="${cpu[$v]}" 'BEGIN {
-    printf "plugin overhead of %s vs core: accepted %.1f%% delivered %.1f%% cpu per message +%.0f%%\n",
+    if (a > 0 && c > 0 && x > 0) printf "plugin overhead of %s vs core: accepted %.1f%% delivered %.1f%% cpu per message +%.0f%%\n",
       v, (a - b) / a * 100, (c - d) / c * 100, (y - x) / x * 100 }'
 done

@@ -22,7 +22,7 @@ use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
 use crate::smtp::reply::r;
 
-/// Warm instances kept per entry when `reuse_instances` is on.
+/// Warm instances kept per plugin when `reuse_instances` is on.
 const WARM_POOL: usize = 16;
 
 /// The SMTP stages that have chains.
@@ -365,10 +365,9 @@ async fn check_config(
         return Ok(());
     };
     let mut live = runtime
-        .instantiate(plugin, label.clone(), config.clone())
+        .instantiate(plugin, label.clone(), config.clone(), config_id)
         .await
         .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
-    live.store.data_mut().config_id = config_id;
     live.store.data_mut().ticks_left = budget(plugin);
     live.store.set_epoch_deadline(1);
     let guest = idx
@@ -489,7 +488,12 @@ impl PluginSession {
             None => match take_warm(slot) {
                 Some(live) => live,
                 None => runtime
-                    .instantiate(&slot.plugin, entry.label.clone(), entry.config.clone())
+                    .instantiate(
+                        &slot.plugin,
+                        entry.label.clone(),
+                        entry.config.clone(),
+                        entry.config_id,
+                    )
                     .await
                     .map_err(|e| classify(&e))?,
             },

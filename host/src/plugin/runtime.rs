@@ -172,8 +172,8 @@ impl Runtime {
             .async_stack_keep_resident(64 << 10)
             .decommit_batch_size(16)
             .pagemap_scan(wasmtime::Enabled::Auto);
-        tracing::debug!(
-            "wasm: PAGEMAP_SCAN {}, linear memory kept resident: {} bytes",
+        tracing::info!(
+            "wasm: PAGEMAP_SCAN {}, linear memory kept resident per instance slot: {} bytes",
             if PoolingAllocationConfig::is_pagemap_scan_available() {
                 "available"
             } else {
@@ -300,7 +300,9 @@ impl Runtime {
         };
         // Names match; now the function types: load() type-checks each hook.
         let mut live = self
-            .instantiate(&plugin, "load".into(), "{}".into())
+            // An ID no entry has, so a guest caching by ID keeps nothing
+            // of this trial config.
+            .instantiate(&plugin, "load".into(), "{}".into(), u32::MAX)
             .await
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("trial instantiation failed")?;
@@ -334,14 +336,20 @@ impl Runtime {
     }
 
     /// A fresh instance with its own store, limits and epoch budget.
+    /// `config` and `config_id` are what the instance sees while it
+    /// starts (a guest may read its config during initialisation); each
+    /// call sets its own entry's.
     pub async fn instantiate(
         &self,
         plugin: &LoadedPlugin,
         entry: Arc<str>,
         config: Arc<str>,
+        config_id: u32,
     ) -> wasmtime::Result<Live> {
         let memory = usize::try_from(plugin.def.memory_limit.0).unwrap_or(usize::MAX);
-        let mut store = Store::new(&self.engine, HostState::new(entry, config, memory));
+        let mut state = HostState::new(entry, config, memory);
+        state.config_id = config_id;
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Yield to tokio on every tick; interrupt when the budget is spent.
         store.epoch_deadline_callback(|mut ctx| {

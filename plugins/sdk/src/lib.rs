@@ -234,8 +234,12 @@ pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
 
 /// The current call's config, built by `build` from the config JSON once
 /// per instance and config, then served from a cache keyed on
-/// `host::config_id()`. One instance serves every chain entry of the
-/// plugin, each with its own config; this is how to parse each only once.
+/// `host::config_id()` and the type `T`. One instance serves every chain
+/// entry of the plugin, each with its own config; this is how to parse
+/// each only once. The key does not include `build`: two different
+/// builders of the same type share entries, so give each its own type
+/// (a newtype is enough). Every config's value stays for the instance's
+/// life, within the plugin's `memory_limit`.
 ///
 /// ```ignore
 /// fn rules() -> &'static Result<Rules, String> {
