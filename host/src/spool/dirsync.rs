@@ -5,24 +5,27 @@
 //!
 //! - `File` (default, what Postfix does): each writer fdatasyncs its own
 //!   file (in parallel: the disk handles concurrent fsyncs far better than
-//!   sequential ones), then asks this syncer for the directory; one thread
-//!   collects every request that arrived while the previous fsync ran and
-//!   serves them all with one fsync per directory.
+//!   sequential ones), then asks this syncer for the directory; every
+//!   request that arrived while the previous fsync ran is served by one
+//!   fsync per directory.
 //! - `Filesystem`: writers do not fsync at all; every request (file data or
 //!   directory) joins a batch that one `syncfs(2)` makes durable. One
 //!   flush of the whole file system covers dozens of messages, at the price
 //!   of also flushing unrelated dirty data on that file system: for a
 //!   spool and mailboxes on their own file system.
 
+//!
+//! There is no sync thread: the first writer to ask becomes the leader and
+//! runs the batch itself; requests that arrive meanwhile queue up, and when
+//! the leader is done the first of them leads the next batch. Measured on
+//! this project's 2-vCPU VM, a dedicated thread cost two wake-ups (context
+//! switches, each a VM exit) per batch and per waiter.
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-
-use tokio::sync::oneshot;
-
-type Waiter = oneshot::Sender<io::Result<()>>;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// What a request wants synced.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,8 +35,6 @@ enum Target {
     /// syncfs the file system holding this path.
     Filesystem(PathBuf),
 }
-
-type Request = (Target, Waiter);
 
 /// How new files are made durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -46,27 +47,67 @@ pub enum SyncMode {
     Filesystem,
 }
 
-/// Handle to the sync thread; cheap to clone.
+/// Where one waiting request stands.
+#[derive(Debug)]
+enum SlotState {
+    /// Queued; another thread is syncing.
+    Waiting,
+    /// The previous leader finished: this request's thread syncs the next
+    /// batch.
+    Lead,
+    /// Served.
+    Done(io::Result<()>),
+}
+
+/// One waiting request.
+#[derive(Debug)]
+struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+impl Slot {
+    fn set(&self, state: SlotState) {
+        *lock(&self.state) = state;
+        self.cv.notify_one();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<(Target, Arc<Slot>)>,
+    /// A thread is syncing a batch right now.
+    busy: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Group commit without a thread of its own; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DirSyncer {
-    tx: mpsc::Sender<Request>,
+    queue: Arc<Mutex<Queue>>,
     mode: SyncMode,
 }
 
 impl DirSyncer {
-    /// Starts the syncer thread (per-file mode). It exits when the last
-    /// handle is dropped.
+    /// A syncer in per-file mode.
     pub fn start() -> io::Result<DirSyncer> {
         DirSyncer::start_with(SyncMode::File)
     }
 
-    /// Starts the syncer thread in the given mode.
+    /// A syncer in the given mode.
     pub fn start_with(mode: SyncMode) -> io::Result<DirSyncer> {
-        let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("dirsync".into())
-            .spawn(move || run(rx))?;
-        Ok(DirSyncer { tx, mode })
+        Ok(DirSyncer {
+            queue: Arc::new(Mutex::new(Queue::default())),
+            mode,
+        })
+    }
+
+    /// The sync mode.
+    pub fn mode(&self) -> SyncMode {
+        self.mode
     }
 
     fn target(&self, dir: &Path) -> Target {
@@ -76,24 +117,62 @@ impl DirSyncer {
         }
     }
 
-    /// Returns once `dir` has been synced after this call was made.
+    /// Returns once `dir` has been synced after this call was made (on a
+    /// blocking thread).
     pub async fn sync(&self, dir: &Path) -> io::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((self.target(dir), tx))
-            .map_err(|_| io::Error::other("directory syncer has stopped"))?;
-        rx.await
-            .map_err(|_| io::Error::other("directory syncer dropped the request"))?
+        let (me, dir) = (self.clone(), dir.to_path_buf());
+        tokio::task::spawn_blocking(move || me.sync_blocking(&dir))
+            .await
+            .map_err(|e| io::Error::other(format!("sync task failed: {e}")))?
     }
 
-    /// Blocking variant for code already on a blocking thread.
+    /// Blocking variant for code already on a blocking thread: returns once
+    /// a sync of `dir` that started after this call has completed.
     pub fn sync_blocking(&self, dir: &Path) -> io::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((self.target(dir), tx))
-            .map_err(|_| io::Error::other("directory syncer has stopped"))?;
-        rx.blocking_recv()
-            .map_err(|_| io::Error::other("directory syncer dropped the request"))?
+        let slot = Arc::new(Slot {
+            state: Mutex::new(SlotState::Waiting),
+            cv: Condvar::new(),
+        });
+        let mut lead = {
+            let mut q = lock(&self.queue);
+            q.pending.push((self.target(dir), slot.clone()));
+            !std::mem::replace(&mut q.busy, true)
+        };
+        loop {
+            if lead {
+                self.lead_one_batch();
+            }
+            let mut state = lock(&slot.state);
+            lead = loop {
+                match std::mem::replace(&mut *state, SlotState::Waiting) {
+                    SlotState::Done(res) => return res,
+                    SlotState::Lead => break true,
+                    SlotState::Waiting => {
+                        state = slot.cv.wait(state).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+            };
+        }
+    }
+
+    /// Syncs everything queued now, then hands the lead to the first
+    /// request that arrived meanwhile (or ends the busy period).
+    fn lead_one_batch(&self) {
+        /// Passes the lead on even if the batch panics, so that the queue
+        /// never stays busy with nobody leading.
+        struct Handoff<'a>(&'a Mutex<Queue>);
+        impl Drop for Handoff<'_> {
+            fn drop(&mut self) {
+                let mut q = lock(self.0);
+                match q.pending.first() {
+                    Some((_, next)) => next.set(SlotState::Lead),
+                    None => q.busy = false,
+                }
+            }
+        }
+        let _handoff = Handoff(&self.queue);
+        let batch = std::mem::take(&mut lock(&self.queue).pending);
+        run_batch(batch);
     }
 
     /// Makes a just-written file's data durable (blocking): its own
@@ -117,59 +196,65 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn run(rx: mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch: HashMap<Target, Vec<Waiter>> = HashMap::new();
-        let mut filesystems: HashMap<u64, Target> = HashMap::new();
-        let mut add = |target: Target, tx: Waiter, batch: &mut HashMap<Target, Vec<Waiter>>| {
-            // One syncfs per file system, whichever path asked for it.
-            let key = match &target {
-                Target::Filesystem(p) => {
-                    use std::os::unix::fs::MetadataExt;
-                    match std::fs::metadata(p) {
-                        Ok(m) => filesystems.entry(m.dev()).or_insert(target.clone()).clone(),
-                        Err(_) => target,
-                    }
+/// One sync per directory (or per file system), several in parallel, and
+/// every request told its result.
+fn run_batch(batch: Vec<(Target, Arc<Slot>)>) {
+    let mut groups: HashMap<Target, Vec<Arc<Slot>>> = HashMap::new();
+    let mut filesystems: HashMap<u64, Target> = HashMap::new();
+    for (target, slot) in batch {
+        // One syncfs per file system, whichever path asked for it.
+        let key = match &target {
+            Target::Filesystem(p) => {
+                use std::os::unix::fs::MetadataExt;
+                match std::fs::metadata(p) {
+                    Ok(m) => filesystems.entry(m.dev()).or_insert(target.clone()).clone(),
+                    Err(_) => target,
                 }
-                Target::Dir(_) => target,
-            };
-            batch.entry(key).or_default().push(tx);
-        };
-        add(first.0, first.1, &mut batch);
-        while let Ok((target, tx)) = rx.try_recv() {
-            add(target, tx, &mut batch);
-        }
-        let results: Vec<(Vec<Waiter>, io::Result<()>)> = if batch.len() == 1 {
-            batch
-                .into_iter()
-                .map(|(target, waiters)| (waiters, sync_target(&target)))
-                .collect()
-        } else {
-            // Several directories (several mailboxes): fsync them in parallel.
-            std::thread::scope(|s| {
-                let handles: Vec<_> = batch
-                    .into_iter()
-                    .map(|(target, waiters)| (waiters, s.spawn(move || sync_target(&target))))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|(w, h)| {
-                        let res = h
-                            .join()
-                            .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")));
-                        (w, res)
-                    })
-                    .collect()
-            })
-        };
-        for (waiters, res) in results {
-            for w in waiters {
-                let r = match &res {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                };
-                let _ = w.send(r);
             }
+            Target::Dir(_) => target,
+        };
+        groups.entry(key).or_default().push(slot);
+    }
+    let results: Vec<(Vec<Arc<Slot>>, io::Result<()>)> = if groups.len() == 1 {
+        groups
+            .into_iter()
+            .map(|(target, slots)| (slots, sync_target(&target)))
+            .collect()
+    } else {
+        // Several directories (several mailboxes): fsync them in parallel
+        // (inline if no thread can be started).
+        std::thread::scope(|s| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|(target, slots)| {
+                    let job = std::thread::Builder::new().spawn_scoped(s, {
+                        let target = target.clone();
+                        move || sync_target(&target)
+                    });
+                    (slots, target, job)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(w, target, job)| {
+                    let res = match job {
+                        Ok(h) => h
+                            .join()
+                            .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked"))),
+                        Err(_) => sync_target(&target),
+                    };
+                    (w, res)
+                })
+                .collect()
+        })
+    };
+    for (slots, res) in results {
+        for slot in slots {
+            let r = match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            slot.set(SlotState::Done(r));
         }
     }
 }
@@ -195,5 +280,35 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(fs.sync(&missing).await.is_err());
+    }
+
+    #[test]
+    fn concurrent_requests_are_all_served_with_their_own_result() {
+        for mode in [SyncMode::File, SyncMode::Filesystem] {
+            let syncer = DirSyncer::start_with(mode).unwrap();
+            let base = std::env::temp_dir().join(format!("postern-dirsync-{}", std::process::id()));
+            let dirs = [base.join("a"), base.join("b")];
+            for d in &dirs {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            let missing = base.join("missing");
+            std::thread::scope(|s| {
+                for t in 0..16 {
+                    let (syncer, dirs, missing) = (&syncer, &dirs, &missing);
+                    s.spawn(move || {
+                        for i in 0..50 {
+                            if (t + i) % 7 == 0 && mode == SyncMode::File {
+                                assert!(syncer.sync_blocking(missing).is_err());
+                            } else {
+                                syncer.sync_blocking(&dirs[(t + i) % 2]).unwrap();
+                            }
+                        }
+                    });
+                }
+            });
+            // Nobody is left leading: a new request is served at once.
+            syncer.sync_blocking(&dirs[0]).unwrap();
+            std::fs::remove_dir_all(&base).unwrap();
+        }
     }
 }

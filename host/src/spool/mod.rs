@@ -224,7 +224,9 @@ impl Spool {
         let target = dir.join(&env.id);
         let state_path = dir.join(format!("{}.state", env.id));
         let syncer = self.syncer().map_err(io_err("fsync", &dir))?.clone();
+        let dir2 = dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
+            let dir = dir2;
             let tail = format::encode_tail(&content, &env);
             let mut f = OpenOptions::new()
                 .write(true)
@@ -242,19 +244,15 @@ impl Spool {
                 write_state(&state_path, &state)?;
             }
             fs::rename(&incoming, &target).map_err(io_err("rename", &target))?;
-            Ok(())
+            // Group commit of the directory, on this same blocking thread.
+            syncer.sync_blocking(&dir).map_err(io_err("fsync", &dir))
         })
         .await
         .map_err(|e| SpoolError::Io {
             op: "commit",
             path: dir.clone(),
             source: io::Error::other(e),
-        })??;
-        self.syncer()
-            .map_err(io_err("fsync", &dir))?
-            .sync(&dir)
-            .await
-            .map_err(io_err("fsync", &dir))
+        })?
     }
 
     /// Reads a queued message (blocking).
