@@ -171,6 +171,35 @@ def test_oversize_message_refused(daemon_factory):
     assert d.new_mail("alice") == []
 
 
+def test_memory_for_messages_in_transit_is_bounded(daemon_factory):
+    # Two sessions each send a 150 KB message; together they exceed the
+    # 250 KB that all sessions may hold in memory: the second is told to
+    # try again later (452 4.3.1), the first goes through, and so does the
+    # retry once memory is free again.
+    d = daemon_factory(smtp="max_message_size = 200000\nmax_buffered = 250000")
+    body = ("y" * 98 + "\r\n") * 1500
+    with d.smtp() as a, d.smtp() as b:
+        for s in (a, b):
+            s.ehlo("client.test")
+            assert s.mail("sender@example.org")[0] == 250
+            assert s.rcpt("alice@example.test")[0] == 250
+            assert s.docmd("DATA")[0] == 354
+        # A's content arrives first and stays in memory (no end yet).
+        a.send(message(subject="first", body=body))
+        time.sleep(0.5)
+        b.send(message(subject="second", body=body) + b".\r\n")
+        code, resp = b.getreply()
+        assert code == 452 and resp.startswith(b"4.3.1"), (code, resp)
+        a.send(b".\r\n")
+        assert a.getreply()[0] == 250
+        # The session goes on and the retry is accepted.
+        assert b.mail("sender@example.org")[0] == 250
+        assert b.rcpt("alice@example.test")[0] == 250
+        assert b.data(message(subject="second", body=body))[0] == 250
+    d.wait_log("insufficient system storage")
+    assert len(d.wait_mail("alice", count=2)) == 2
+
+
 def test_too_many_recipients(daemon_factory):
     d = daemon_factory(smtp="max_recipients = 2")
     with d.smtp() as s:

@@ -312,6 +312,10 @@ pub struct Smtp {
     pub max_recipients: usize,
     /// Largest message (`message_size_limit`).
     pub max_message_size: Bytes,
+    /// Message content held in memory by all sessions together while it
+    /// arrives; beyond it a message gets `452 4.3.1` and the client
+    /// retries. At least `max_message_size`.
+    pub max_buffered: Bytes,
     /// Time allowed to finish a command line once it has started.
     pub command_timeout: Seconds,
     /// Time to wait for the next command (`smtpd_timeout`).
@@ -346,6 +350,7 @@ impl Default for Smtp {
             max_line_length: 2048,
             max_recipients: 1000,
             max_message_size: Bytes(10_240_000),
+            max_buffered: Bytes(512 << 20),
             command_timeout: Seconds(Duration::from_secs(60)),
             idle_timeout: Seconds(Duration::from_secs(300)),
             data_timeout: Seconds(Duration::from_secs(180)),
@@ -663,6 +668,15 @@ impl Config {
             bad(
                 "smtp.max_message_size",
                 "must be at least 1024 bytes".into(),
+            );
+        }
+        if s.max_buffered.0 < s.max_message_size.0 {
+            bad(
+                "smtp.max_buffered",
+                format!(
+                    "must be at least smtp.max_message_size ({} bytes)",
+                    s.max_message_size.0
+                ),
             );
         }
         if s.max_errors < 1 {

@@ -316,8 +316,27 @@ impl Connection {
                 tracing::info!("{}: reject: line too long from {}", self.qid(), self.client);
                 self.session.line_too_long()
             }
-            Event::DataEnd => self.session.data_end(&self.body),
-            Event::ChunkEnd => self.session.chunk_end(&self.body),
+            Event::DataEnd | Event::ChunkEnd => {
+                // The queue ID is gone once the session resets on refusal.
+                let qid = self.qid().to_string();
+                let step = if event == Event::DataEnd {
+                    self.session.data_end(&self.body)
+                } else {
+                    self.session.chunk_end(&self.body)
+                };
+                if let Step::Reply(reply) | Step::Close(reply) = &step
+                    && reply.code >= 400
+                {
+                    tracing::info!(
+                        "{qid}: reject: END-OF-MESSAGE from {}: {} (size={}, buffered by all sessions={})",
+                        self.client,
+                        reply.summary(),
+                        self.body.received,
+                        self.shared.buffered.used()
+                    );
+                }
+                step
+            }
             Event::BareNewline => {
                 tracing::warn!(
                     "{}: reject: bare <CR> or <LF> in message data from {} (possible SMTP smuggling); disconnecting",
@@ -385,7 +404,7 @@ impl Connection {
                     self.session.rcpt_done(to, decision)
                 }
                 Step::StartData(reply) => {
-                    self.body = Body::new(self.session.config().max_message_size);
+                    self.body = self.new_body();
                     self.receiver.start_data();
                     reply.write_to(&mut self.out);
                     return Flow::Continue;
@@ -665,7 +684,7 @@ impl Connection {
         }
         self.in_transaction = true;
         let id = new_queue_id();
-        self.body = Body::new(self.session.config().max_message_size);
+        self.body = self.new_body();
         self.receiver.reset_bdat();
         tracing::debug!("{id}: client={}, from=<{from}>", self.client);
         if let Some(user) = self.session.auth_user.clone()
@@ -877,6 +896,16 @@ impl Connection {
         Some(reply)
     }
 
+    /// An empty body for the next message, counted against the memory all
+    /// sessions share for content in transit.
+    fn new_body(&self) -> Body {
+        Body::with_budget(
+            self.session.config().max_message_size,
+            self.shared.buffered.clone(),
+            self.generation.config.smtp.max_buffered.0,
+        )
+    }
+
     /// Forgets the transaction's policy state and plugin instances.
     fn end_transaction(&mut self) {
         self.plugins.end_transaction();
@@ -991,7 +1020,9 @@ impl Connection {
             return Err(r(503, 5, 5, 1, "Error: no transaction"));
         };
         let id = tx.id.clone();
-        let mut content = std::mem::take(&mut self.body.bytes);
+        // The content's share of the in-memory budget is given back when
+        // this returns: the message is on disk (or refused) by then.
+        let (mut content, _charge) = self.body.take();
         if self.plugins.has(Stage::Data) {
             let envelope = EnvelopeInfo {
                 queue_id: id.clone(),

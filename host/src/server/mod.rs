@@ -43,6 +43,8 @@ pub struct Shared {
     pub dns: Dns,
     /// Session counters.
     pub limits: Arc<ConnLimits>,
+    /// Message content in memory over all sessions.
+    pub buffered: Arc<crate::smtp::receiver::Buffered>,
     /// The current generation; sessions take a snapshot at connect.
     pub generation: ArcSwap<Generation>,
     /// Becomes true when the daemon is stopping.
@@ -222,6 +224,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         queue,
         dns,
         limits: Arc::new(ConnLimits::default()),
+        buffered: Arc::default(),
         generation: ArcSwap::from_pointee(current),
         shutdown: shutdown_rx,
         router,

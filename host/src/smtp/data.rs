@@ -50,6 +50,10 @@ impl<R> Session<R> {
             self.reset();
             return self.fail(r(552, 5, 3, 4, "Error: message file too big"));
         }
+        if body.over_budget {
+            self.reset();
+            return self.fail(insufficient_storage());
+        }
         Step::Commit
     }
 
@@ -88,6 +92,10 @@ impl<R> Session<R> {
             self.reset();
             return self.fail(r(552, 5, 3, 4, "Error: message file too big"));
         }
+        if body.over_budget {
+            self.reset();
+            return self.fail(insufficient_storage());
+        }
         if !last {
             return Step::Reply(r(250, 2, 0, 0, format!("{size} octets received")));
         }
@@ -109,6 +117,17 @@ impl<R> Session<R> {
             Err(reply) => self.fail(reply),
         }
     }
+}
+
+/// The reply when the memory for messages in transit is used up.
+fn insufficient_storage() -> Reply {
+    r(
+        452,
+        4,
+        3,
+        1,
+        "Error: insufficient system storage, try again later",
+    )
 }
 
 #[cfg(test)]

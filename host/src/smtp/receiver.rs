@@ -4,7 +4,53 @@
 //! The caller appends whatever it reads from the socket to a [`BytesMut`] and
 //! calls [`Receiver::next`] until it returns `None`, which means "read more".
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Buf, BytesMut};
+
+/// Message content held in memory by all sessions together, against a
+/// limit, so that many large messages arriving at once cannot exhaust
+/// memory.
+#[derive(Debug, Default)]
+pub struct Buffered {
+    used: AtomicU64,
+}
+
+impl Buffered {
+    /// Bytes held right now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn charge(&self, n: u64, limit: u64) -> bool {
+        let prev = self.used.fetch_add(n, Ordering::AcqRel);
+        if prev.saturating_add(n) > limit {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// A share of [`Buffered`], given back when dropped.
+#[derive(Debug, Default)]
+pub struct Charge {
+    budget: Option<Arc<Buffered>>,
+    bytes: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.bytes);
+        }
+    }
+}
 
 /// Message content collected by the DATA and BDAT receivers.
 #[derive(Debug, Default)]
@@ -17,6 +63,13 @@ pub struct Body {
     pub received: u64,
     /// A bare CR or LF was seen (only recorded for BDAT).
     pub bare_newline: bool,
+    /// The shared in-memory budget ran out: content was dropped, the
+    /// message must be refused with a 4xx.
+    pub over_budget: bool,
+    /// What this body holds of the shared budget (given back on drop).
+    charge: Charge,
+    /// The shared budget's limit.
+    budget_limit: u64,
 }
 
 impl Body {
@@ -28,16 +81,52 @@ impl Body {
         }
     }
 
+    /// A body that also counts against `budget`, which all sessions share
+    /// and which may hold at most `total` bytes.
+    pub fn with_budget(limit: u64, budget: Arc<Buffered>, total: u64) -> Body {
+        Body {
+            limit,
+            charge: Charge {
+                budget: Some(budget),
+                bytes: 0,
+            },
+            budget_limit: total,
+            ..Body::default()
+        }
+    }
+
     /// True if more than `limit` bytes arrived.
     pub fn overflowed(&self) -> bool {
         self.received > self.limit
     }
 
+    /// Takes the content; its share of the budget stays charged until the
+    /// returned [`Charge`] is dropped (when the message is on disk).
+    pub fn take(&mut self) -> (Vec<u8>, Charge) {
+        let charge = Charge {
+            budget: self.charge.budget.clone(),
+            bytes: std::mem::take(&mut self.charge.bytes),
+        };
+        (std::mem::take(&mut self.bytes), charge)
+    }
+
     fn push(&mut self, data: &[u8]) {
         self.received += data.len() as u64;
-        if self.received <= self.limit {
-            self.bytes.extend_from_slice(data);
+        if self.received > self.limit || self.over_budget {
+            return;
         }
+        if let Some(budget) = &self.charge.budget {
+            let n = data.len() as u64;
+            if !budget.charge(n, self.budget_limit) {
+                // Keep counting (for the size limit) but hold nothing more.
+                self.over_budget = true;
+                budget.release(std::mem::take(&mut self.charge.bytes));
+                self.bytes = Vec::new();
+                return;
+            }
+            self.charge.bytes += n;
+        }
+        self.bytes.extend_from_slice(data);
     }
 }
 
@@ -273,6 +362,34 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_share_a_memory_budget() {
+        let budget = Arc::new(Buffered::default());
+        let mut a = Body::with_budget(1000, budget.clone(), 100);
+        let mut b = Body::with_budget(1000, budget.clone(), 100);
+        a.push(&[b'a'; 60]);
+        assert_eq!(budget.used(), 60);
+        b.push(&[b'b'; 30]);
+        b.push(&[b'b'; 30]);
+        // b is over: it drops what it held and keeps only counting.
+        assert!(b.over_budget && !a.over_budget);
+        assert!(b.bytes.is_empty() && b.received == 60);
+        assert_eq!(budget.used(), 60);
+        // Taking a's content keeps the charge until the message is done.
+        let (content, charge) = a.take();
+        assert_eq!(content.len(), 60);
+        drop(a);
+        assert_eq!(budget.used(), 60);
+        drop(charge);
+        assert_eq!(budget.used(), 0);
+        let mut c = Body::with_budget(1000, budget.clone(), 100);
+        c.push(&[b'c'; 100]);
+        assert!(!c.over_budget);
+        drop(c);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
 
     fn run_data(input: &[u8]) -> (Option<Event>, Vec<u8>, BytesMut) {
         let mut rx = Receiver::new(512);
