@@ -1,5 +1,7 @@
 """The MTA core end to end: real binary, real sockets, smtplib and swaks."""
 
+import os
+import pwd
 import re
 import signal
 import smtplib
@@ -9,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import BIN, ROOT, message, raw_session, swaks
+from conftest import BASE_CONFIG, BIN, ROOT, message, raw_session, swaks
 
 
 def headers_of(path):
@@ -198,6 +200,30 @@ def test_memory_for_messages_in_transit_is_bounded(daemon_factory):
         assert b.data(message(subject="second", body=body))[0] == 250
     d.wait_log("insufficient system storage")
     assert len(d.wait_mail("alice", count=2)) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+def test_runs_as_the_configured_user_after_binding(daemon_factory):
+    nobody = pwd.getpwnam("nobody")
+    d = daemon_factory(config=BASE_CONFIG.replace(
+        'shutdown_grace = "10s"', 'shutdown_grace = "10s"\nuser = "nobody"'))
+    d.wait_log("running as user nobody")
+    status = open(f"/proc/{d.proc.pid}/status").read()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    gids = next(line for line in status.splitlines() if line.startswith("Gid:")).split()[1:]
+    assert uids == [str(nobody.pw_uid)] * 4, status
+    assert gids == [str(nobody.pw_gid)] * 4, status
+    # Mail still flows, and what Postern writes belongs to that user.
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("sender@example.org")
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.data(message(subject="unprivileged"))[0] == 250
+    files = d.wait_mail("alice")
+    assert files[0].stat().st_uid == nobody.pw_uid
+    assert (d.dir / "var" / "spool").stat().st_uid == nobody.pw_uid
+    # Stopping cleans up as that user too.
+    assert d.stop() == 0
 
 
 def test_too_many_recipients(daemon_factory):

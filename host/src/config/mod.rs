@@ -263,6 +263,11 @@ pub struct Server {
     /// How long SIGTERM waits for sessions and deliveries to finish.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Seconds,
+    /// Account to run as once the listeners are bound (Postfix
+    /// `mail_owner`); the spool and the Maildir base are given to it.
+    /// Only honoured when started as root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 fn default_spool() -> PathBuf {
@@ -655,6 +660,11 @@ impl Config {
             }
         }
         let s = &self.smtp;
+        if let Some(user) = &self.server.user
+            && let Err(e) = crate::server::privileges::lookup(user)
+        {
+            bad("server.user", format!("{e:#}"));
+        }
         if s.max_line_length < 512 {
             bad(
                 "smtp.max_line_length",

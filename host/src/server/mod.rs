@@ -5,6 +5,7 @@ pub mod admin;
 pub mod connection;
 pub mod generation;
 pub mod limits;
+pub mod privileges;
 pub mod trace;
 
 use std::path::{Path, PathBuf};
@@ -151,6 +152,48 @@ impl Shared {
     }
 }
 
+/// `[server] user`: gives the spool, the Maildir base and the plugin
+/// cache to that account and drops root.
+fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
+    let Some(name) = &cfg.server.user else {
+        return Ok(());
+    };
+    let account = privileges::lookup(name).context("server.user")?;
+    if !privileges::is_root() {
+        if privileges::euid() == account.uid {
+            return Ok(());
+        }
+        anyhow::bail!("server.user = {name:?}: changing user needs starting as root");
+    }
+    privileges::chown(&cfg.server.spool_dir, &account, true)?;
+    // The Maildir template's fixed part ("var/mail/" of
+    // "var/mail/{user}/Maildir"), where new mailboxes are made: created for
+    // the account when missing; an existing one is the operator's to own.
+    let template = &cfg.local.maildir;
+    let fixed = &template[..template.find('{').unwrap_or(template.len())];
+    let base = if fixed.ends_with('/') {
+        Some(Path::new(fixed))
+    } else {
+        Path::new(fixed).parent()
+    };
+    if let Some(base) = base.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        std::fs::create_dir_all(base)
+            .with_context(|| format!("cannot create {}", base.display()))?;
+        privileges::chown(base, &account, false)?;
+    }
+    if cfg.wasm.cache_dir.is_dir() {
+        privileges::chown(&cfg.wasm.cache_dir, &account, true)?;
+    }
+    privileges::drop_to(&account)?;
+    tracing::info!(
+        "running as user {} (uid {}, gid {})",
+        account.name,
+        account.uid,
+        account.gid
+    );
+    Ok(())
+}
+
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
@@ -182,6 +225,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("listener[{i}]: cannot listen on {}", l.address))?;
         sockets.push((i, sock));
     }
+    // TLS keys are read while still root (like Postfix); then root goes,
+    // before any client is served or any mail delivered.
+    let tls = Tls::from_config(cfg).context("TLS set-up failed")?;
+    drop_privileges(cfg)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let router = Arc::new(ArcSwap::from(current.router.clone()));
@@ -200,7 +247,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     );
     let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
-    let tls = Tls::from_config(cfg).context("TLS set-up failed")?;
     if let Some(tls) = &tls {
         let tls = tls.clone();
         let every = cfg.tls.reload_interval.0;
