@@ -125,6 +125,37 @@ def test_misbehaving_data_plugin(daemon_factory):
     assert d.queue_files() == [] and d.new_mail("alice") == []
 
 
+def test_data_hook_sees_every_recipient_of_its_own_transaction(daemon_factory):
+    # A plugin at RCPT makes the host keep the envelope up to date recipient
+    # by recipient; at end of data the envelope must list all of them, and
+    # the next transaction of the session only its own.
+    extra = f"""
+[[plugin]]
+name = "probe"
+path = "{plugin_path('misbehave')}"
+
+[[chain.rcpt]]
+plugin = "probe"
+config = {{ mode = "ok" }}
+
+[[chain.data]]
+plugin = "probe"
+config = {{ mode = "reject", when_rcpt = "trap@" }}
+"""
+    d = daemon_factory(extra=extra)
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        for r in ("alice@example.test", "bob@example.test", "trap@example.test"):
+            assert s.rcpt(r)[0] == 250
+        code, resp = s.data(message())
+        assert code == 550 and b"misbehave says no" in resp
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.data(message())[0] == 250
+    d.wait_mail("alice")
+
+
 @pytest.mark.parametrize("plugin,needle", [
     ("wrong_version", "built against postern:filter@0.9.0, this host speaks @0.2.x"),
     ("wrong_signature", "an exported hook has the wrong type"),

@@ -75,6 +75,9 @@ pub struct Connection {
     /// The plugin that refused the current RCPT, for its log line.
     rcpt_plugin: Option<std::sync::Arc<str>>,
     /// A MAIL FROM was accepted and its transaction not yet ended.
+    /// The transaction's envelope as plugins see it, extended recipient
+    /// by recipient instead of rebuilt at every RCPT.
+    plugin_envelope: Option<Arc<EnvelopeInfo>>,
     in_transaction: bool,
 }
 
@@ -156,6 +159,7 @@ impl Connection {
             helo_reject: None,
             rcpt_plugin: None,
             in_transaction: false,
+            plugin_envelope: None,
         };
         if conn.tls.is_some() {
             conn.session.tls_started();
@@ -906,9 +910,36 @@ impl Connection {
         )
     }
 
+    /// The current transaction's envelope for plugins: brought up to date
+    /// by appending the recipients accepted since the last stage (no copy
+    /// while no plugin call holds it), rebuilt only for a new transaction.
+    fn plugin_envelope(&mut self) -> Option<Arc<EnvelopeInfo>> {
+        let tx = self.session.transaction()?;
+        let env = match self.plugin_envelope.take() {
+            Some(mut env) if env.queue_id == tx.id && env.rcpt_to.len() <= tx.rcpts.len() => {
+                let have = env.rcpt_to.len();
+                if have < tx.rcpts.len() {
+                    Arc::make_mut(&mut env)
+                        .rcpt_to
+                        .extend(tx.rcpts[have..].iter().map(|r| r.path.to_string()));
+                }
+                env
+            }
+            _ => Arc::new(EnvelopeInfo {
+                queue_id: tx.id.clone(),
+                mail_from: tx.from.to_string(),
+                mail_params: mail_params(&tx.params),
+                rcpt_to: tx.rcpts.iter().map(|r| r.path.to_string()).collect(),
+            }),
+        };
+        self.plugin_envelope = Some(env.clone());
+        Some(env)
+    }
+
     /// Forgets the transaction's policy state and plugin instances.
     fn end_transaction(&mut self) {
         self.plugins.end_transaction();
+        self.plugin_envelope = None;
         self.tx_policy = Policy::default();
         self.in_transaction = false;
     }
@@ -926,21 +957,10 @@ impl Connection {
         };
         let id = tx.id.clone();
         if self.plugins.has(Stage::Rcpt) {
-            let envelope = EnvelopeInfo {
-                queue_id: id.clone(),
-                mail_from: tx.from.to_string(),
-                mail_params: mail_params(&tx.params),
-                rcpt_to: tx.rcpts.iter().map(|r| r.path.to_string()).collect(),
-            };
+            let envelope = self.plugin_envelope();
             let rcpt = to.to_string();
             let result = self
-                .run_chain(
-                    Stage::Rcpt,
-                    &id,
-                    Some(Arc::new(envelope)),
-                    Some(&rcpt),
-                    None,
-                )
+                .run_chain(Stage::Rcpt, &id, envelope, Some(&rcpt), None)
                 .await;
             if let Some(reply) = self.absorb(Stage::Rcpt, &id, result, false) {
                 return Decision::Reject(reply);
@@ -1024,21 +1044,10 @@ impl Connection {
         // this returns: the message is on disk (or refused) by then.
         let (mut content, _charge) = self.body.take();
         if self.plugins.has(Stage::Data) {
-            let envelope = EnvelopeInfo {
-                queue_id: id.clone(),
-                mail_from: tx.from.to_string(),
-                mail_params: mail_params(&tx.params),
-                rcpt_to: tx.rcpts.iter().map(|r| r.path.to_string()).collect(),
-            };
+            let envelope = self.plugin_envelope();
             let shared = std::sync::Arc::new(content);
             let result = self
-                .run_chain(
-                    Stage::Data,
-                    &id,
-                    Some(Arc::new(envelope)),
-                    None,
-                    Some(shared.clone()),
-                )
+                .run_chain(Stage::Data, &id, envelope, None, Some(shared.clone()))
                 .await;
             // Plugins only borrowed the content; take it back without a copy.
             content = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
