@@ -114,6 +114,17 @@ def test_scram_sha_256(sub):
     assert p.returncode != 0 and "535" in p.stdout + p.stderr
 
 
+def test_scram_keys_come_from_the_saslprepped_password(sub):
+    # Set with a soft hyphen (U+00AD), which SASLprep maps to nothing: a
+    # SCRAM client that normalises (as RFC 5802 asks) hashes "password".
+    add_user(sub, "carol@example.test", "pass\u00adword", cram=False)
+    p = subprocess.run(["python3", str(SCRAM_CLIENT), "127.0.0.1", str(sub.sub_port), "carol@example.test",
+                        "password", "SCRAM-SHA-256", "--cafile", str(CA)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    sub.wait_log("AUTH SCRAM-SHA-256 ok, sasl_username=carol@example.test")
+
+
 def test_wrong_password_is_535_and_logged_without_the_password(sub):
     rc, out = swaks_auth(sub.sub_port, "PLAIN", "alice@example.test", "not-her-password")
     assert rc != 0

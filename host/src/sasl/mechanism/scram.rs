@@ -11,8 +11,10 @@
 //! challenge that the client acknowledges with an empty response before
 //! the server says `235`; the state machine models that last round trip.
 //!
-//! Names and passwords are used as they come: no SASLprep, so a non-ASCII
-//! password only works if client and `postern user` encode it alike.
+//! Passwords are SASLprep'd where the keys are derived (`postern user`,
+//! see `passwd::file::scram_password`), as clients do before hashing.
+//! Names are used as they come (they are mail addresses); -PLUS channel
+//! binding is not offered.
 
 use std::fmt;
 

@@ -121,6 +121,17 @@ pub struct Record {
     pub cram_md5: Option<CramSecret>,
 }
 
+/// The password as SCRAM clients hash it: SASLprep'd (RFC 5802 §2.2,
+/// RFC 4013), so that e.g. a soft hyphen or a compatibility character
+/// typed by the user gives the same keys. A password that is not UTF-8 or
+/// that SASLprep refuses is used as is, as clients such as libpq do.
+pub fn scram_password(password: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match std::str::from_utf8(password).map(stringprep::saslprep) {
+        Ok(Ok(std::borrow::Cow::Owned(p))) => std::borrow::Cow::Owned(p.into_bytes()),
+        _ => std::borrow::Cow::Borrowed(password),
+    }
+}
+
 impl Record {
     /// Derives a record from a password: argon2id hash, SCRAM-SHA-256
     /// keys, and the CRAM-MD5 secret when `cram_md5` is set. Slow by
@@ -133,7 +144,11 @@ impl Record {
         Ok(Record {
             user,
             argon2: Some(hash_password(password)?),
-            scram_sha256: Some(ScramKeys::derive(password, &random(SALT_LEN)?, ITERATIONS)),
+            scram_sha256: Some(ScramKeys::derive(
+                &scram_password(password),
+                &random(SALT_LEN)?,
+                ITERATIONS,
+            )),
             cram_md5: cram_md5.then(|| CramSecret(password.to_vec())),
         })
     }
@@ -490,6 +505,20 @@ fn write_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scram_passwords_are_saslprepped_like_rfc_4013() {
+        let p = |s: &str| scram_password(s.as_bytes()).into_owned();
+        assert_eq!(p("I\u{AD}X"), b"IX"); // soft hyphen maps to nothing
+        assert_eq!(p("user"), b"user");
+        assert_eq!(p("USER"), b"USER"); // case is kept
+        assert_eq!(p("\u{AA}"), b"a"); // NFKC
+        assert_eq!(p("\u{2168}"), b"IX");
+        assert_eq!(p("a\u{A0}b"), b"a b"); // non-ASCII space maps to space
+        // Refused by SASLprep (a control character): used as is.
+        assert_eq!(p("a\u{7}b"), b"a\x07b");
+        assert_eq!(scram_password(b"\xff\xfe").into_owned(), b"\xff\xfe");
+    }
     use crate::sasl::mechanism::client;
 
     fn tempdir(name: &str) -> client::TempDir {
