@@ -129,12 +129,13 @@ pub fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::SyncMode;
 
     #[test]
     fn delivers_into_inbox_and_tag_folder() {
         let dir = std::env::temp_dir().join(format!("postern-maildir-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let syncer = DirSyncer::start().unwrap();
+        let syncer = DirSyncer::new(SyncMode::File);
         let p = deliver(
             &dir,
             None,

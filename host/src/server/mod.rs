@@ -159,7 +159,7 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
         return Ok(());
     };
     let account = privileges::lookup(name).context("server.user")?;
-    if !privileges::is_root() {
+    if privileges::euid() != 0 {
         if privileges::euid() == account.uid {
             return Ok(());
         }
@@ -205,7 +205,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
     let cfg = &current.config;
 
-    let syncer = DirSyncer::start_with(cfg.queue.sync).context("cannot start the sync thread")?;
+    let syncer = DirSyncer::new(cfg.queue.sync);
     let spool = Arc::new(
         Spool::open(&cfg.server.spool_dir, syncer.clone())
             .with_context(|| format!("cannot open spool {}", cfg.server.spool_dir.display()))?,

@@ -89,13 +89,6 @@ pub fn drop_to(account: &Account) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// True if the process runs as root.
-#[allow(unsafe_code)]
-pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The current effective user ID.
 #[allow(unsafe_code)]
 pub fn euid() -> u32 {

@@ -92,17 +92,12 @@ pub struct DirSyncer {
 }
 
 impl DirSyncer {
-    /// A syncer in per-file mode.
-    pub fn start() -> io::Result<DirSyncer> {
-        DirSyncer::start_with(SyncMode::File)
-    }
-
     /// A syncer in the given mode.
-    pub fn start_with(mode: SyncMode) -> io::Result<DirSyncer> {
-        Ok(DirSyncer {
+    pub fn new(mode: SyncMode) -> DirSyncer {
+        DirSyncer {
             queue: Arc::new(Mutex::new(Queue::default())),
             mode,
-        })
+        }
     }
 
     /// The sync mode.
@@ -117,17 +112,8 @@ impl DirSyncer {
         }
     }
 
-    /// Returns once `dir` has been synced after this call was made (on a
-    /// blocking thread).
-    pub async fn sync(&self, dir: &Path) -> io::Result<()> {
-        let (me, dir) = (self.clone(), dir.to_path_buf());
-        tokio::task::spawn_blocking(move || me.sync_blocking(&dir))
-            .await
-            .map_err(|e| io::Error::other(format!("sync task failed: {e}")))?
-    }
-
-    /// Blocking variant for code already on a blocking thread: returns once
-    /// a sync of `dir` that started after this call has completed.
+    /// Returns once a sync of `dir` that started after this call has
+    /// completed. Blocking: call it from a blocking thread.
     pub fn sync_blocking(&self, dir: &Path) -> io::Result<()> {
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState::Waiting),
@@ -263,29 +249,24 @@ fn run_batch(batch: Vec<(Target, Arc<Slot>)>) {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn syncs_and_reports_errors() {
-        let syncer = DirSyncer::start().unwrap();
+    #[test]
+    fn syncs_and_reports_errors() {
+        let syncer = DirSyncer::new(SyncMode::File);
         let dir = std::env::temp_dir();
-        syncer.sync(&dir).await.unwrap();
+        syncer.sync_blocking(&dir).unwrap();
         let missing = dir.join("postern-no-such-dir-for-test");
-        assert!(syncer.sync(&missing).await.is_err());
-        let fs = DirSyncer::start_with(SyncMode::Filesystem).unwrap();
-        fs.sync(&dir).await.unwrap();
+        assert!(syncer.sync_blocking(&missing).is_err());
+        let fs = DirSyncer::new(SyncMode::Filesystem);
+        fs.sync_blocking(&dir).unwrap();
         let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        let fs2 = fs.clone();
-        let path = dir.join("x");
-        tokio::task::spawn_blocking(move || fs2.sync_file_blocking(&file, &path))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(fs.sync(&missing).await.is_err());
+        fs.sync_file_blocking(&file, &dir.join("x")).unwrap();
+        assert!(fs.sync_blocking(&missing).is_err());
     }
 
     #[test]
     fn concurrent_requests_are_all_served_with_their_own_result() {
         for mode in [SyncMode::File, SyncMode::Filesystem] {
-            let syncer = DirSyncer::start_with(mode).unwrap();
+            let syncer = DirSyncer::new(mode);
             let base = std::env::temp_dir().join(format!("postern-dirsync-{}", std::process::id()));
             let dirs = [base.join("a"), base.join("b")];
             for d in &dirs {

@@ -444,7 +444,7 @@ mod tests {
     fn temp_spool(name: &str) -> (PathBuf, Spool) {
         let dir = std::env::temp_dir().join(format!("postern-spool-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let spool = Spool::open(&dir, DirSyncer::start().unwrap()).unwrap();
+        let spool = Spool::open(&dir, DirSyncer::new(SyncMode::File)).unwrap();
         (dir, spool)
     }
 
@@ -480,7 +480,7 @@ mod tests {
     fn second_daemon_is_refused() {
         let (dir, _spool) = temp_spool("lock");
         assert!(matches!(
-            Spool::open(&dir, DirSyncer::start().unwrap()),
+            Spool::open(&dir, DirSyncer::new(SyncMode::File)),
             Err(SpoolError::Locked(_))
         ));
         let _ = fs::remove_dir_all(&dir);
