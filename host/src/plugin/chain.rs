@@ -17,7 +17,7 @@ use wasmtime::{PoolConcurrencyLimitError, Trap};
 use super::bindings::postern::filter::types as wit;
 use super::outcome::{Outcome, Score, Verdict};
 use super::runtime::{Live, LoadedPlugin, Runtime, budget};
-use super::state::{EnvelopeData, MemoryLimitExceeded, MessageData, SessionData};
+use super::state::{EnvelopeData, MemoryLimitExceeded, MessageData, ParsedMessage, SessionData};
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
 use crate::smtp::reply::r;
@@ -554,6 +554,7 @@ fn recycle(slot: &Slot, live: Live) {
 struct Args<'a> {
     session: Arc<SessionInfo>,
     envelope: Arc<EnvelopeInfo>,
+    message: Option<Arc<ParsedMessage>>,
     input: &'a Input<'a>,
 }
 
@@ -562,6 +563,10 @@ impl<'a> Args<'a> {
         Some(Args {
             session: Arc::new(input.session?.clone()),
             envelope: input.envelope.clone().unwrap_or_default(),
+            message: input
+                .message
+                .clone()
+                .map(|content| Arc::new(ParsedMessage::new(content))),
             input,
         })
     }
@@ -592,13 +597,14 @@ async fn invoke(
 ) -> wasmtime::Result<wit::Outcome> {
     let missing = || wasmtime::format_err!("plugin does not export the {} hook", stage.name());
     let h = &plugin.hooks;
-    // The session and envelope are lent for the call: host resources the
-    // guest reads through getters, so it copies only the fields it needs.
+    // Session, envelope (and message) are lent for the call: host resources
+    // the guest reads through getters, so it copies only what it needs.
     let table = &mut live.store.data_mut().table;
     let session = table.push(SessionData(args.session.clone()))?;
     let envelope = table.push(EnvelopeData(args.envelope.clone()))?;
     let s = Resource::<SessionData>::new_borrow(session.rep());
     let e = Resource::<EnvelopeData>::new_borrow(envelope.rep());
+    let mut message = None;
     let res = match stage {
         Stage::Connect => {
             let g = hook!(live, h, connect, missing);
@@ -619,18 +625,14 @@ async fn invoke(
         }
         Stage::Data => {
             let g = hook!(live, h, data, missing);
-            let content = args.input.message.clone().unwrap_or_default();
-            let own = live
-                .store
-                .data_mut()
-                .table
-                .push(MessageData::new(content))?;
+            let parsed = args
+                .message
+                .clone()
+                .unwrap_or_else(|| Arc::new(ParsedMessage::new(Arc::default())));
+            let own = live.store.data_mut().table.push(MessageData(parsed))?;
             let m = Resource::<MessageData>::new_borrow(own.rep());
-            let res = g.call_on_data(&mut live.store, s, e, m).await;
-            if res.is_ok() {
-                live.store.data_mut().table.delete(own)?;
-            }
-            res
+            message = Some(own);
+            g.call_on_data(&mut live.store, s, e, m).await
         }
     };
     // After a trap the store is dropped anyway; only clean up on success.
@@ -638,6 +640,9 @@ async fn invoke(
         let table = &mut live.store.data_mut().table;
         table.delete(session)?;
         table.delete(envelope)?;
+        if let Some(message) = message {
+            table.delete(message)?;
+        }
     }
     res
 }

@@ -14,25 +14,30 @@ use crate::message::parse_headers;
 /// Largest body chunk handed out by one `read-body` call.
 const MAX_READ: usize = 1 << 20;
 
-/// The message behind a `message` resource handle.
+/// Message content with its header section parsed: once per stage,
+/// whatever the number of plugins that read it.
 #[derive(Debug)]
-pub struct MessageData {
+pub struct ParsedMessage {
     content: Arc<Vec<u8>>,
     headers: Vec<(String, String)>,
     body_start: usize,
 }
 
-impl MessageData {
-    /// Wraps message content (header section and body).
-    pub fn new(content: Arc<Vec<u8>>) -> MessageData {
+impl ParsedMessage {
+    /// Parses message content (header section and body).
+    pub fn new(content: Arc<Vec<u8>>) -> ParsedMessage {
         let (fields, body_start) = parse_headers(&content);
-        MessageData {
+        ParsedMessage {
             headers: fields.into_iter().map(|f| (f.name, f.value)).collect(),
             content,
             body_start,
         }
     }
 }
+
+/// The message behind a `message` resource handle (lent to one call).
+#[derive(Debug)]
+pub struct MessageData(pub Arc<ParsedMessage>);
 
 /// The session behind a `session` resource handle (lent to one call).
 #[derive(Debug)]
@@ -182,7 +187,7 @@ impl host::Host for HostState {
 
 impl types::HostMessage for HostState {
     fn headers(&mut self, m: Resource<MessageData>) -> wasmtime::Result<Vec<types::Header>> {
-        let m = self.table.get(&m)?;
+        let m = &self.table.get(&m)?.0;
         Ok(m.headers
             .iter()
             .map(|(name, value)| types::Header {
@@ -193,7 +198,7 @@ impl types::HostMessage for HostState {
     }
 
     fn header(&mut self, m: Resource<MessageData>, name: String) -> wasmtime::Result<Vec<String>> {
-        let m = self.table.get(&m)?;
+        let m = &self.table.get(&m)?.0;
         Ok(m.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
@@ -202,11 +207,11 @@ impl types::HostMessage for HostState {
     }
 
     fn size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&m)?.content.len() as u64)
+        Ok(self.table.get(&m)?.0.content.len() as u64)
     }
 
     fn body_size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
-        let m = self.table.get(&m)?;
+        let m = &self.table.get(&m)?.0;
         Ok((m.content.len() - m.body_start) as u64)
     }
 
@@ -216,7 +221,7 @@ impl types::HostMessage for HostState {
         offset: u64,
         len: u32,
     ) -> wasmtime::Result<Vec<u8>> {
-        let m = self.table.get(&m)?;
+        let m = &self.table.get(&m)?.0;
         let body = &m.content[m.body_start..];
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
