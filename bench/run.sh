@@ -111,21 +111,20 @@ EOF
   case $variant in
     syncfs) printf '[queue]\nsync = "filesystem"\n' >>"$work/postern.toml" ;;
     syncfs-spool) printf '[queue]\nsync = "filesystem"\ndirect_delivery = false\n' >>"$work/postern.toml" ;;
-    quickstart) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml" ;;
-    quickstart-warm)
-      sed -e "s|@ROOT@|$ROOT|g" -e 's|^name = "access"$|name = "access"\nreuse_instances = true|' \
-        "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml"
+    quickstart | quickstart-warm)
+      sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml"
       ;;
-    six) sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml" ;;
-    six-warm)
-      sed -e "s|@ROOT@|$ROOT|g" -e 's|^name = "access"$|name = "access"\nreuse_instances = true|' \
-        "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml"
+    six | six-warm)
+      sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml"
       ;;
     core) ;;
     *)
       echo "bench: unknown variant $variant" >&2
       return 1
       ;;
+  esac
+  case $variant in
+    *-warm) sed -i 's|^name = "access"$|name = "access"\nreuse_instances = true|' "$work/postern.toml" ;;
   esac
   printf '[wasm]\ncache_dir = "%s"\n%s\n' "$ROOT/target/bench-plugin-cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
   (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
