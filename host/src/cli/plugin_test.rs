@@ -95,14 +95,8 @@ struct Expect {
 }
 
 fn stage(name: &str) -> anyhow::Result<Stage> {
-    Ok(match name {
-        "connect" => Stage::Connect,
-        "helo" => Stage::Helo,
-        "mail" => Stage::Mail,
-        "rcpt" => Stage::Rcpt,
-        "data" => Stage::Data,
-        other => anyhow::bail!("unknown stage {other:?} (connect, helo, mail, rcpt, data)"),
-    })
+    Stage::from_name(name)
+        .with_context(|| format!("unknown stage {name:?} (connect, helo, mail, rcpt, data)"))
 }
 
 /// Runs every fixture; returns the number of failed cases.

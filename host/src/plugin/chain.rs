@@ -41,6 +41,20 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in SMTP order.
+    pub const ALL: [Stage; 5] = [
+        Stage::Connect,
+        Stage::Helo,
+        Stage::Mail,
+        Stage::Rcpt,
+        Stage::Data,
+    ];
+
+    /// The stage with this config name.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// The stage's name in config and logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -272,14 +286,9 @@ impl Chains {
         let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
         // Config IDs per plugin; each distinct config is checked once.
         let mut configs: HashMap<(String, Arc<str>), u32> = HashMap::new();
-        let stage_of = |name: &str| match name {
-            "connect" => Stage::Connect,
-            "helo" => Stage::Helo,
-            "mail" => Stage::Mail,
-            "rcpt" => Stage::Rcpt,
-            _ => Stage::Data,
-        };
         for (stage_name, entries) in chain.stages() {
+            let stage = Stage::from_name(stage_name)
+                .with_context(|| format!("chain.{stage_name}: not a stage"))?;
             let mut list = Vec::new();
             for (i, e) in entries.iter().enumerate() {
                 let key = format!("chain.{stage_name}[{i}]");
@@ -328,7 +337,7 @@ impl Chains {
                 }));
             }
             if !list.is_empty() {
-                stages.insert(stage_of(stage_name), list);
+                stages.insert(stage, list);
             }
         }
         Ok(Chains {
