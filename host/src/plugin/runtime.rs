@@ -154,6 +154,9 @@ impl Runtime {
     pub fn new(cfg: &Wasm) -> anyhow::Result<Arc<Runtime>> {
         let slots = cfg.max_instances.max(1);
         let max_memory = usize::try_from(cfg.max_memory.0).unwrap_or(usize::MAX);
+        // Probes /proc/self/pagemap: once.
+        let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
+        let resident = keep_resident(cfg, pagemap);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
             .total_core_instances(slots.saturating_mul(8))
@@ -167,19 +170,19 @@ impl Runtime {
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
             .max_tables_per_component(64)
-            .linear_memory_keep_resident(keep_resident(cfg))
+            .linear_memory_keep_resident(resident)
             .table_keep_resident(64 << 10)
             .async_stack_keep_resident(64 << 10)
             .decommit_batch_size(16)
             .pagemap_scan(wasmtime::Enabled::Auto);
         tracing::info!(
             "wasm: PAGEMAP_SCAN {}, linear memory kept resident per instance slot: {} bytes",
-            if PoolingAllocationConfig::is_pagemap_scan_available() {
+            if pagemap {
                 "available"
             } else {
                 "not available"
             },
-            keep_resident(cfg)
+            resident
         );
         let mut config = Config::new();
         config
@@ -381,10 +384,10 @@ impl Runtime {
 /// place with PAGEMAP_SCAN cut the CPU per message by ~20%. Without
 /// PAGEMAP_SCAN wasmtime would memset the whole region on every reuse, so
 /// the default is then 0.
-fn keep_resident(cfg: &Wasm) -> usize {
+fn keep_resident(cfg: &Wasm, pagemap: bool) -> usize {
     match cfg.keep_resident {
         Some(b) => usize::try_from(b.0).unwrap_or(0),
-        None if PoolingAllocationConfig::is_pagemap_scan_available() => 2 << 20,
+        None if pagemap => 2 << 20,
         None => 0,
     }
 }
