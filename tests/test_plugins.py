@@ -113,6 +113,35 @@ def test_on_error_continue_fails_open(daemon_factory):
     d.wait_log("on_error=continue")
 
 
+@pytest.mark.parametrize("reuse", ["false", "true"])
+def test_entry_after_a_trap_of_its_component_gets_a_new_instance(daemon_factory, reuse):
+    # Two entries of one component in one stage share an instance; when the
+    # first traps, the second must run on a new one, not the poisoned one.
+    extra = f"""
+[[plugin]]
+name = "mb"
+path = "{plugin_path('misbehave')}"
+on_error = "continue"
+reuse_instances = {reuse}
+
+[[chain.rcpt]]
+plugin = "mb"
+name = "mb-trap"
+config = {{ mode = "trap", when_rcpt = "trap@" }}
+
+[[chain.rcpt]]
+plugin = "mb"
+name = "mb-reject"
+config = {{ mode = "reject", when_rcpt = "trap@" }}
+"""
+    d = daemon_factory(extra=extra)
+    for _ in range(2):
+        assert send(d, "a@example.org", "trap@example.test")[0] == 550
+    d.wait_log("plugin mb-trap failed at rcpt: trapped")
+    assert send(d, "a@example.org", "alice@example.test") == (250, 250)
+    d.wait_mail("alice")
+
+
 def test_misbehaving_data_plugin(daemon_factory):
     d = daemon_factory(extra=misbehave("slow", "loop", "loop@", stage="data", time_limit="100ms"))
     with d.smtp() as s:

@@ -17,7 +17,9 @@ use wasmtime::{PoolConcurrencyLimitError, Trap};
 use super::bindings::postern::filter::types as wit;
 use super::outcome::{Outcome, Score, Verdict};
 use super::runtime::{Live, LoadedPlugin, Runtime, budget};
-use super::state::{EnvelopeData, MemoryLimitExceeded, MessageData, ParsedMessage, SessionData};
+use super::state::{
+    EntryConf, EnvelopeData, MemoryLimitExceeded, MessageData, ParsedMessage, SessionData,
+};
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
 use crate::smtp::reply::r;
@@ -86,6 +88,9 @@ pub struct Slot {
     id: usize,
     /// The plugin.
     pub plugin: Arc<LoadedPlugin>,
+    /// Every chain entry of the plugin (label, config), in the order of
+    /// `Entry::index`; each instance gets this table once.
+    confs: Arc<[EntryConf]>,
     warm: Mutex<Vec<Live>>,
 }
 
@@ -95,10 +100,8 @@ pub struct Entry {
     pub label: Arc<str>,
     /// The plugin.
     pub slot: Arc<Slot>,
-    /// The entry's config as JSON.
-    config: Arc<str>,
-    /// Equal for entries of the plugin with equal configs.
-    config_id: u32,
+    /// This entry's place in `slot.confs`.
+    index: usize,
 }
 
 /// Every chain of a generation.
@@ -282,20 +285,20 @@ impl Chains {
             loaded.insert(def.name.clone(), p.clone());
             plugins.push(p);
         }
-        let mut stages = HashMap::new();
-        let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
-        // Config IDs per plugin; each distinct config is checked once.
+        // First every entry's config (each distinct config is checked
+        // once), then one slot per plugin with the table of its entries,
+        // then the chains.
         let mut configs: HashMap<(String, Arc<str>), u32> = HashMap::new();
+        let mut confs: HashMap<String, Vec<EntryConf>> = HashMap::new();
+        let mut placed: Vec<(Stage, String, usize)> = Vec::new();
         for (stage_name, entries) in chain.stages() {
             let stage = Stage::from_name(stage_name)
                 .with_context(|| format!("chain.{stage_name}: not a stage"))?;
-            let mut list = Vec::new();
             for (i, e) in entries.iter().enumerate() {
                 let key = format!("chain.{stage_name}[{i}]");
                 let plugin = loaded
                     .get(&e.plugin)
-                    .with_context(|| format!("{key}: no [[plugin]] named {:?}", e.plugin))?
-                    .clone();
+                    .with_context(|| format!("{key}: no [[plugin]] named {:?}", e.plugin))?;
                 if !plugin.hooks.has(stage_name) {
                     anyhow::bail!(
                         "{key}: plugin {:?} does not export {stage_name}-hook (it exports: {})",
@@ -307,38 +310,48 @@ impl Chains {
                     .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
                 let config: Arc<str> = Arc::from(json.as_str());
                 let label: Arc<str> = Arc::from(e.label());
-                let next_slot = slots.len();
-                let slot = slots
-                    .entry(e.plugin.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Slot {
-                            id: next_slot,
-                            plugin: plugin.clone(),
-                            warm: Mutex::new(Vec::new()),
-                        })
-                    })
-                    .clone();
                 let config_id = match configs.get(&(e.plugin.clone(), config.clone())) {
                     Some(id) => *id,
                     None => {
                         let id = u32::try_from(configs.len()).unwrap_or(u32::MAX);
-                        check_config(&runtime, &plugin, &label, &config, id)
+                        check_config(&runtime, plugin, &label, &config, id)
                             .await
                             .with_context(|| format!("{key} ({label})"))?;
                         configs.insert((e.plugin.clone(), config.clone()), id);
                         id
                     }
                 };
-                list.push(Arc::new(Entry {
+                let list = confs.entry(e.plugin.clone()).or_default();
+                list.push(EntryConf {
                     label,
-                    slot,
                     config,
                     config_id,
-                }));
+                });
+                placed.push((stage, e.plugin.clone(), list.len() - 1));
             }
-            if !list.is_empty() {
-                stages.insert(stage, list);
-            }
+        }
+        let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
+        for (name, list) in confs {
+            let id = slots.len();
+            let plugin = loaded[&name].clone();
+            slots.insert(
+                name,
+                Arc::new(Slot {
+                    id,
+                    plugin,
+                    confs: Arc::from(list),
+                    warm: Mutex::new(Vec::new()),
+                }),
+            );
+        }
+        let mut stages: HashMap<Stage, Vec<Arc<Entry>>> = HashMap::new();
+        for (stage, name, index) in placed {
+            let slot = slots[&name].clone();
+            stages.entry(stage).or_default().push(Arc::new(Entry {
+                label: slot.confs[index].label.clone(),
+                slot,
+                index,
+            }));
         }
         Ok(Chains {
             runtime: Some(runtime),
@@ -373,8 +386,13 @@ async fn check_config(
     let Some(idx) = &plugin.hooks.configure else {
         return Ok(());
     };
+    let conf = EntryConf {
+        label: label.clone(),
+        config: config.clone(),
+        config_id,
+    };
     let mut live = runtime
-        .instantiate(plugin, label.clone(), config.clone(), config_id)
+        .instantiate(plugin, Arc::from([conf]), 0)
         .await
         .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
     live.store.data_mut().ticks_left = budget(plugin);
@@ -414,18 +432,26 @@ impl PluginSession {
     /// the plugins' log lines.
     pub async fn run(&mut self, stage: Stage, input: &Input<'_>, context: &str) -> StageResult {
         let mut result = StageResult::default();
-        let Some(entries) = self.chains.stages.get(&stage).cloned() else {
+        // One reference for the whole stage: the entries are iterated in
+        // place, their shared `Arc`s are not touched per call.
+        let chains = self.chains.clone();
+        let Some(entries) = chains.stages.get(&stage) else {
             return result;
         };
-        let Some(runtime) = self.chains.runtime.clone() else {
+        let Some(runtime) = chains.runtime.as_ref() else {
             return result;
         };
         let Some(args) = Args::new(input) else {
             return result;
         };
         let context: Arc<str> = Arc::from(context);
+        // The instances this stage uses, each with the session, envelope
+        // (and message) lent to it once for all its entries' calls.
+        let mut held: Vec<Held> = Vec::new();
         for entry in entries {
-            let call = self.call(&runtime, &entry, stage, &args, &context).await;
+            let call = self
+                .call(runtime, entry, stage, &args, &context, &mut held)
+                .await;
             let outcome = match call {
                 Ok(o) => o,
                 Err(failure) => {
@@ -471,68 +497,106 @@ impl PluginSession {
                 break;
             }
         }
+        for h in held {
+            self.release(h);
+        }
         result
     }
 
     /// Ends the transaction: its fresh instances are dropped (warm ones went
-    /// back to their pool after each call). Instances created at connect or
-    /// HELO serve the session's first transaction.
+    /// back to their pool after each stage). Instances created at connect
+    /// or HELO serve the session's first transaction.
     pub fn end_transaction(&mut self) {
         for (_, (slot, live)) in self.live.drain() {
             recycle(&slot, live);
         }
     }
 
-    async fn call(
+    /// The instance for `slot` in this stage: one already held, the
+    /// transaction's, a warm one, or a new one.
+    async fn acquire(
         &mut self,
         runtime: &Runtime,
-        entry: &Arc<Entry>,
+        entry: &Entry,
         stage: Stage,
         args: &Args<'_>,
-        context: &Arc<str>,
-    ) -> Result<Outcome, Failure> {
+        held: &mut Vec<Held>,
+    ) -> Result<usize, Failure> {
         let slot = &entry.slot;
+        if let Some(i) = held.iter().position(|h| h.slot.id == slot.id) {
+            return Ok(i);
+        }
         let mut live = match self.live.remove(&slot.id) {
             Some((_, live)) => live,
             None => match take_warm(slot) {
                 Some(live) => live,
                 None => runtime
-                    .instantiate(
-                        &slot.plugin,
-                        entry.label.clone(),
-                        entry.config.clone(),
-                        entry.config_id,
-                    )
+                    .instantiate(&slot.plugin, slot.confs.clone(), entry.index)
                     .await
                     .map_err(|e| classify(&e))?,
             },
         };
-        let data = live.store.data_mut();
-        data.context = context.clone();
-        data.entry = entry.label.clone();
-        data.config = entry.config.clone();
-        data.config_id = entry.config_id;
-        data.ticks_left = budget(&slot.plugin);
-        live.store.set_epoch_deadline(1);
-        let res = invoke(&mut live, &slot.plugin, stage, args).await;
-        match res {
-            Ok(o) => {
-                if slot.plugin.def.reuse_instances {
-                    // Warm instances go back to the pool after every call:
-                    // a few hot instances per plugin serve all sessions,
-                    // instead of one per open transaction going cold in
-                    // the CPU caches.
-                    recycle(slot, live);
-                } else {
-                    // A fresh instance lives until the end of the
-                    // transaction: from connect (or MAIL FROM) to the end
-                    // of that message.
-                    self.live.insert(slot.id, (slot.clone(), live));
-                }
-                Ok(Outcome::from_wit(o, &entry.label))
+        let lent = Lent::push(&mut live, args, stage).map_err(|e| classify(&e))?;
+        held.push(Held {
+            slot: slot.clone(),
+            live,
+            lent,
+        });
+        Ok(held.len() - 1)
+    }
+
+    /// Gives a stage's instance back: the lent resources are deleted; a
+    /// warm instance returns to its pool, a fresh one stays with the
+    /// transaction.
+    fn release(&mut self, mut h: Held) {
+        if h.lent.delete(&mut h.live).is_err() {
+            // The table is inconsistent; this instance is not reused.
+            return;
+        }
+        h.live.store.data_mut().context = None;
+        if h.slot.plugin.def.reuse_instances {
+            // Warm instances go back to the pool after every stage: a few
+            // hot instances per plugin serve all sessions, instead of one
+            // per open transaction going cold in the CPU caches.
+            recycle(&h.slot, h.live);
+        } else {
+            // A fresh instance lives until the end of the transaction:
+            // from connect (or MAIL FROM) to the end of that message.
+            let id = h.slot.id;
+            self.live.insert(id, (h.slot, h.live));
+        }
+    }
+
+    async fn call(
+        &mut self,
+        runtime: &Runtime,
+        entry: &Entry,
+        stage: Stage,
+        args: &Args<'_>,
+        context: &Arc<str>,
+        held: &mut Vec<Held>,
+    ) -> Result<Outcome, Failure> {
+        let i = self.acquire(runtime, entry, stage, args, held).await?;
+        let h = &mut held[i];
+        let plugin = &entry.slot.plugin;
+        let data = h.live.store.data_mut();
+        if data
+            .context
+            .as_ref()
+            .is_none_or(|c| !Arc::ptr_eq(c, context))
+        {
+            data.context = Some(context.clone());
+        }
+        data.set_current(entry.index);
+        data.ticks_left = budget(plugin);
+        h.live.store.set_epoch_deadline(1);
+        match invoke(&mut h.live, &h.lent, plugin, stage, args).await {
+            Ok(o) => Ok(Outcome::from_wit(o, &entry.label)),
+            Err(e) => {
+                // A trapped instance is poisoned: it is dropped here.
+                held.swap_remove(i);
+                Err(classify(&e))
             }
-            // A trapped instance is poisoned: it is dropped here.
-            Err(e) => Err(classify(&e)),
         }
     }
 }
@@ -556,6 +620,54 @@ fn recycle(slot: &Slot, live: Live) {
         if warm.len() < WARM_POOL {
             warm.push(live);
         }
+    }
+}
+
+/// An instance in use by one stage.
+struct Held {
+    slot: Arc<Slot>,
+    live: Live,
+    lent: Lent,
+}
+
+/// The session, envelope and message lent to one instance for a stage:
+/// host resources the guest reads through getters, so it copies only what
+/// it needs.
+struct Lent {
+    session: Resource<SessionData>,
+    envelope: Resource<EnvelopeData>,
+    message: Option<Resource<MessageData>>,
+}
+
+impl Lent {
+    fn push(live: &mut Live, args: &Args<'_>, stage: Stage) -> wasmtime::Result<Lent> {
+        let table = &mut live.store.data_mut().table;
+        let session = table.push(SessionData(args.session.clone()))?;
+        let envelope = table.push(EnvelopeData(args.envelope.clone()))?;
+        let message = if stage == Stage::Data {
+            let parsed = args
+                .message
+                .clone()
+                .unwrap_or_else(|| Arc::new(ParsedMessage::new(Arc::default())));
+            Some(table.push(MessageData(parsed))?)
+        } else {
+            None
+        };
+        Ok(Lent {
+            session,
+            envelope,
+            message,
+        })
+    }
+
+    fn delete(self, live: &mut Live) -> wasmtime::Result<()> {
+        let table = &mut live.store.data_mut().table;
+        table.delete(self.session)?;
+        table.delete(self.envelope)?;
+        if let Some(m) = self.message {
+            table.delete(m)?;
+        }
+        Ok(())
     }
 }
 
@@ -600,21 +712,16 @@ macro_rules! hook {
 
 async fn invoke(
     live: &mut Live,
+    lent: &Lent,
     plugin: &LoadedPlugin,
     stage: Stage,
     args: &Args<'_>,
 ) -> wasmtime::Result<wit::Outcome> {
     let missing = || wasmtime::format_err!("plugin does not export the {} hook", stage.name());
     let h = &plugin.hooks;
-    // Session, envelope (and message) are lent for the call: host resources
-    // the guest reads through getters, so it copies only what it needs.
-    let table = &mut live.store.data_mut().table;
-    let session = table.push(SessionData(args.session.clone()))?;
-    let envelope = table.push(EnvelopeData(args.envelope.clone()))?;
-    let s = Resource::<SessionData>::new_borrow(session.rep());
-    let e = Resource::<EnvelopeData>::new_borrow(envelope.rep());
-    let mut message = None;
-    let res = match stage {
+    let s = Resource::<SessionData>::new_borrow(lent.session.rep());
+    let e = Resource::<EnvelopeData>::new_borrow(lent.envelope.rep());
+    match stage {
         Stage::Connect => {
             let g = hook!(live, h, connect, missing);
             g.call_on_connect(&mut live.store, s).await
@@ -634,24 +741,12 @@ async fn invoke(
         }
         Stage::Data => {
             let g = hook!(live, h, data, missing);
-            let parsed = args
+            let own = lent
                 .message
-                .clone()
-                .unwrap_or_else(|| Arc::new(ParsedMessage::new(Arc::default())));
-            let own = live.store.data_mut().table.push(MessageData(parsed))?;
+                .as_ref()
+                .ok_or_else(|| wasmtime::format_err!("no message lent at the data stage"))?;
             let m = Resource::<MessageData>::new_borrow(own.rep());
-            message = Some(own);
             g.call_on_data(&mut live.store, s, e, m).await
         }
-    };
-    // After a trap the store is dropped anyway; only clean up on success.
-    if res.is_ok() {
-        let table = &mut live.store.data_mut().table;
-        table.delete(session)?;
-        table.delete(envelope)?;
-        if let Some(message) = message {
-            table.delete(message)?;
-        }
     }
-    res
 }

@@ -20,7 +20,7 @@ use super::bindings::Plugin as PluginWorld;
 use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
-use super::state::HostState;
+use super::state::{EntryConf, HostState};
 use crate::config::{PluginDef, Wasm};
 
 /// Epoch tick: the granularity of plugin time limits.
@@ -305,7 +305,15 @@ impl Runtime {
         let mut live = self
             // An ID no entry has, so a guest caching by ID keeps nothing
             // of this trial config.
-            .instantiate(&plugin, "load".into(), "{}".into(), u32::MAX)
+            .instantiate(
+                &plugin,
+                Arc::from([EntryConf {
+                    label: "load".into(),
+                    config: "{}".into(),
+                    config_id: u32::MAX,
+                }]),
+                0,
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("trial instantiation failed")?;
@@ -338,20 +346,18 @@ impl Runtime {
         Ok(Arc::new(plugin))
     }
 
-    /// A fresh instance with its own store, limits and epoch budget.
-    /// `config` and `config_id` are what the instance sees while it
-    /// starts (a guest may read its config during initialisation); each
-    /// call sets its own entry's.
+    /// A fresh instance with its own store, limits and epoch budget,
+    /// serving the chain entries `confs`; `confs[current]` is what the
+    /// instance sees while it starts (a guest may read its config during
+    /// initialisation), and each call names its own entry.
     pub async fn instantiate(
         &self,
         plugin: &LoadedPlugin,
-        entry: Arc<str>,
-        config: Arc<str>,
-        config_id: u32,
+        confs: Arc<[EntryConf]>,
+        current: usize,
     ) -> wasmtime::Result<Live> {
         let memory = usize::try_from(plugin.def.memory_limit.0).unwrap_or(usize::MAX);
-        let mut state = HostState::new(entry, config, memory);
-        state.config_id = config_id;
+        let state = HostState::new(confs, current, memory);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Yield to tokio on every tick; interrupt when the budget is spent.

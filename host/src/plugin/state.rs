@@ -114,38 +114,58 @@ impl ResourceLimiter for Limits {
     }
 }
 
+/// What an instance needs to know of one chain entry that uses it.
+#[derive(Debug, Clone)]
+pub struct EntryConf {
+    /// Chain entry label, for logs.
+    pub label: Arc<str>,
+    /// The entry's config, as JSON.
+    pub config: Arc<str>,
+    /// Its ID (equal IDs, equal configs) within the generation.
+    pub config_id: u32,
+}
+
 /// `T` of `Store<T>`.
 pub struct HostState {
     wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limits: Limits,
-    /// Chain entry label, for logs.
-    pub(super) entry: Arc<str>,
-    /// The config of the entry being called, as JSON.
-    pub(super) config: Arc<str>,
-    /// Its ID (equal IDs, equal configs) within the generation.
-    pub(super) config_id: u32,
-    /// Queue ID (or session ID) of the current call, for logs.
-    pub(super) context: Arc<str>,
+    /// Every entry this instance serves, set once when it is created: a
+    /// call then only says which one is current. (Cloning an entry's
+    /// shared `Arc`s on every call made both cores fight over their
+    /// reference counts.)
+    confs: Arc<[EntryConf]>,
+    /// Index of the current call's entry in `confs`.
+    current: usize,
+    /// Queue ID (or session ID) of the current stage, for logs.
+    pub(super) context: Option<Arc<str>>,
     /// Epoch ticks left for the current call.
     pub(super) ticks_left: u32,
 }
 
 impl HostState {
-    /// State for a new store.
-    pub fn new(entry: Arc<str>, config: Arc<str>, memory: usize) -> HostState {
+    /// State for a new store serving `confs`, with `confs[current]` current.
+    pub fn new(confs: Arc<[EntryConf]>, current: usize, memory: usize) -> HostState {
         HostState {
             // No environment, arguments, preopens or network: the guest's
             // libc may ask, and gets nothing.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: Limits { memory },
-            entry,
-            config,
-            config_id: 0,
-            context: Arc::from(""),
+            confs,
+            current,
+            context: None,
             ticks_left: 0,
         }
+    }
+
+    /// Makes `confs[index]` the entry of the next calls.
+    pub(super) fn set_current(&mut self, index: usize) {
+        self.current = index;
+    }
+
+    fn conf(&self) -> Option<&EntryConf> {
+        self.confs.get(self.current)
     }
 }
 
@@ -165,7 +185,8 @@ impl host::Host for HostState {
             .take(2000)
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        let (ctx, entry) = (&self.context, &self.entry);
+        let ctx = self.context.as_deref().unwrap_or("-");
+        let entry = self.conf().map_or("?", |c| &*c.label);
         match level {
             host::Level::Trace => tracing::trace!("{ctx}: plugin {entry}: {message}"),
             host::Level::Debug => tracing::debug!("{ctx}: plugin {entry}: {message}"),
@@ -177,11 +198,13 @@ impl host::Host for HostState {
     }
 
     fn config(&mut self) -> wasmtime::Result<String> {
-        Ok(self.config.to_string())
+        Ok(self
+            .conf()
+            .map_or_else(|| "{}".to_string(), |c| c.config.to_string()))
     }
 
     fn config_id(&mut self) -> wasmtime::Result<u32> {
-        Ok(self.config_id)
+        Ok(self.conf().map_or(u32::MAX, |c| c.config_id))
     }
 }
 
