@@ -24,6 +24,15 @@
 # BENCH_CLEAN=0 keeps every Postern run's files until the end instead of
 # deleting the previous run's before each run (as the baseline's bench.sh
 # empties its Maildir before each run).
+# BENCH_SETTLE (default 1): the harness's deletions (the baseline's Maildir,
+# Postern's previous run) happen first, then `sync` and drop_caches, then
+# the run. This VM's ext4 has no journal: for 30-180 s after a deletion,
+# every new inode in that block group is found only after skipping each
+# recently freed one (recently_deleted(), one buffer-cache lookup each),
+# unless its inode-table block has left the cache. Without settling, an
+# MTA's figure depends on how many files the harness deleted just before
+# its run (single runs varied by +-30%); with it both MTAs start clean,
+# and pay only for the deletions they make themselves while they run.
 # BENCH_DIR=/dev/shm BENCH_POSTFIX=0 puts Postern's spool and Maildirs on
 # tmpfs, where fsync costs nothing: the CPU-bound view of plugin overhead,
 # without the disk's noise (not a comparison with Postfix).
@@ -69,6 +78,26 @@ print(f"{n / dt:.0f}")
 EOF
 }
 
+# Before every run (baseline and Postern) the harness's own clean-up is
+# flushed and the kernel's caches dropped (BENCH_SETTLE=0 skips this).
+settle() {
+  [ "${BENCH_SETTLE:-1}" = 1 ] || return 0
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+}
+
+# The baseline's Maildir is emptied here, before settle, rather than by
+# its bench.sh right before its run (which then finds nothing to delete).
+empty_baseline_maildir() {
+  [ "${BENCH_SETTLE:-1}" = 1 ] || return 0
+  local md
+  md=$(getent passwd testuser | cut -d: -f6)/Maildir
+  for sub in new cur tmp; do
+    [ -d "$md/$sub" ] && find "$md/$sub" -mindepth 1 -maxdepth 1 -type f -delete
+  done
+  return 0
+}
+
 # Runs one Postern variant; prints its result line.
 run_postern() { # VARIANT
   local variant=$1 work pid t0 t1 t2 n rc=0 load
@@ -80,6 +109,7 @@ run_postern() { # VARIANT
   if [ "${BENCH_CLEAN:-1}" = 1 ] && [ -f "$WORKROOT/prev" ]; then
     rm -rf "$(cat "$WORKROOT/prev")"
   fi
+  settle
   work=$(mktemp -d "$WORKROOT/run.XXXXXX")
   echo "$work" >"$WORKROOT/prev"
   cat >"$work/postern.toml" <<EOF
@@ -201,6 +231,8 @@ pf_a=() pf_d=()
 # alike; each summary is the median over the rounds.
 for r in $(seq "$REPEAT"); do
   if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
+    empty_baseline_maildir
+    settle
     pf=$("$PEERS/postfix-baseline/bench.sh" "$S" "$M" "$L" | tail -n 1)
     echo "$pf"
     pf_a+=("$(field "$pf" accepted_msg_s)")
