@@ -179,7 +179,7 @@ async fn run_fixture(
 pub(super) struct Prepared {
     pub(super) stage: Stage,
     pub(super) chains: Arc<Chains>,
-    pub(super) session: SessionInfo,
+    pub(super) session: Arc<SessionInfo>,
     pub(super) envelope: Arc<EnvelopeInfo>,
     pub(super) recipient: Option<String>,
     pub(super) message: Option<Arc<Vec<u8>>>,
@@ -189,7 +189,7 @@ impl Prepared {
     /// The runner's input for this case.
     pub(super) fn input(&self) -> Input<'_> {
         Input {
-            session: Some(&self.session),
+            session: Some(self.session.clone()),
             envelope: (!matches!(self.stage, Stage::Connect | Stage::Helo))
                 .then(|| self.envelope.clone()),
             recipient: self.recipient.as_deref(),
@@ -251,7 +251,7 @@ pub(super) async fn prepare(
     Ok(Prepared {
         stage: st,
         chains: Arc::new(chains),
-        session,
+        session: Arc::new(session),
         envelope: Arc::new(envelope),
         recipient,
         message: message.map(Arc::new),

@@ -163,7 +163,7 @@ pub struct EnvelopeInfo {
 #[derive(Debug, Default)]
 pub struct Input<'a> {
     /// The session.
-    pub session: Option<&'a SessionInfo>,
+    pub session: Option<Arc<SessionInfo>>,
     /// The envelope (mail, rcpt, data), shared with the plugins' calls.
     pub envelope: Option<Arc<EnvelopeInfo>>,
     /// The recipient being checked (rcpt).
@@ -682,7 +682,7 @@ struct Args<'a> {
 impl<'a> Args<'a> {
     fn new(input: &'a Input<'a>) -> Option<Args<'a>> {
         Some(Args {
-            session: Arc::new(input.session?.clone()),
+            session: input.session.clone()?,
             envelope: input.envelope.clone().unwrap_or_default(),
             message: input
                 .message

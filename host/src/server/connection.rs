@@ -65,7 +65,9 @@ pub struct Connection {
     /// Calls this generation's plugin chains.
     plugins: PluginSession,
     /// What plugins see of the session.
-    info: SessionInfo,
+    /// What plugins see of the session; shared with a stage's calls, so
+    /// a stage costs no copy of it.
+    info: Arc<SessionInfo>,
     /// Policy state of the session (connect, HELO) and of the transaction.
     session_policy: Policy,
     tx_policy: Policy,
@@ -126,7 +128,7 @@ impl Connection {
                 None => return,
             }
         }
-        let info = SessionInfo {
+        let info = Arc::new(SessionInfo {
             id: new_queue_id(),
             listener: lgen.name.clone(),
             client_ip: peer.ip().to_string(),
@@ -134,7 +136,7 @@ impl Connection {
             client_ptr: ptr.clone(),
             trusted: generation.router.is_trusted(peer.ip()),
             ..SessionInfo::default()
-        };
+        });
         let plugins = PluginSession::new(generation.chains.clone());
         let mut conn = Connection {
             stream,
@@ -163,7 +165,7 @@ impl Connection {
         };
         if conn.tls.is_some() {
             conn.session.tls_started();
-            conn.info.tls = conn
+            Arc::make_mut(&mut conn.info).tls = conn
                 .tls
                 .as_ref()
                 .map(|t| (t.version.clone(), t.cipher.clone()));
@@ -470,12 +472,13 @@ impl Connection {
         self.tls = upgraded.tls_info();
         self.stream = upgraded;
         self.session.tls_started();
-        self.info.tls = self
+        let info = Arc::make_mut(&mut self.info);
+        info.tls = self
             .tls
             .as_ref()
             .map(|t| (t.version.clone(), t.cipher.clone()));
-        self.info.helo = None;
-        self.info.auth_user = None;
+        info.helo = None;
+        info.auth_user = None;
         self.receiver = Receiver::new(self.generation.config.smtp.max_line_length);
         self.end_transaction();
         true
@@ -574,7 +577,7 @@ impl Connection {
                 }
                 Ok(Exchange::Success(user)) => {
                     tracing::info!("{}: AUTH {mechanism} ok, sasl_username={user}", self.client);
-                    self.info.auth_user = Some(user.clone());
+                    Arc::make_mut(&mut self.info).auth_user = Some(user.clone());
                     return Step::Reply(self.session.authenticated(user));
                 }
                 Ok(Exchange::Failure(reason)) => {
@@ -772,7 +775,7 @@ impl Connection {
 
     /// Runs the HELO chain for a new greeting.
     async fn helo_stage(&mut self, name: &str) -> Decision<()> {
-        self.info.helo = Some(name.to_string());
+        Arc::make_mut(&mut self.info).helo = Some(name.to_string());
         self.helo_reject = None;
         if self.plugins.has(Stage::Helo) {
             let context = self.info.id.clone();
@@ -804,9 +807,11 @@ impl Connection {
         recipient: Option<&str>,
         message: Option<std::sync::Arc<Vec<u8>>>,
     ) -> StageResult {
-        self.info.auth_user = self.session.auth_user.clone();
+        if self.info.auth_user != self.session.auth_user {
+            Arc::make_mut(&mut self.info).auth_user = self.session.auth_user.clone();
+        }
         let input = Input {
-            session: Some(&self.info),
+            session: Some(self.info.clone()),
             envelope,
             recipient,
             message,
