@@ -1,5 +1,6 @@
 //! The `postern` command line.
 
+mod logsink;
 mod plugin_bench;
 mod plugin_test;
 mod queue;
@@ -8,6 +9,7 @@ mod user;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -160,20 +162,20 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// Logs go to stderr through a writer thread, so that sessions never wait
-/// for a log write. The guard flushes what is left when dropped at exit.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// for a log write ([`logsink`]). The guard writes what is left when
+/// dropped at exit.
+fn init_logging() -> anyhow::Result<logsink::Guard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    let (writer, guard) =
+        logsink::start(std::io::stderr()).context("cannot start the log writer thread")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_target(false)
         .with_ansi(false)
         .init();
-    guard
+    Ok(guard)
 }
 
 /// Entry point of the binary.
@@ -191,7 +193,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => {
-            let _log_guard = init_logging();
+            let _log_guard = init_logging()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("postern")
