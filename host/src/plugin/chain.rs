@@ -96,12 +96,17 @@ pub struct Slot {
 
 /// One entry of a chain: a plugin with its own config.
 pub struct Entry {
-    /// Label for logs.
-    pub label: Arc<str>,
     /// The plugin.
     pub slot: Arc<Slot>,
     /// This entry's place in `slot.confs`.
     index: usize,
+}
+
+impl Entry {
+    /// Label for logs.
+    pub fn label(&self) -> &Arc<str> {
+        &self.slot.confs[self.index].label
+    }
 }
 
 /// Every chain of a generation.
@@ -309,24 +314,21 @@ impl Chains {
                 let json = serde_json::to_string(&e.config)
                     .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
                 let config: Arc<str> = Arc::from(json.as_str());
-                let label: Arc<str> = Arc::from(e.label());
-                let config_id = match configs.get(&(e.plugin.clone(), config.clone())) {
-                    Some(id) => *id,
-                    None => {
-                        let id = u32::try_from(configs.len()).unwrap_or(u32::MAX);
-                        check_config(&runtime, plugin, &label, &config, id)
-                            .await
-                            .with_context(|| format!("{key} ({label})"))?;
-                        configs.insert((e.plugin.clone(), config.clone()), id);
-                        id
-                    }
-                };
-                let list = confs.entry(e.plugin.clone()).or_default();
-                list.push(EntryConf {
-                    label,
+                let known = configs.get(&(e.plugin.clone(), config.clone())).copied();
+                let conf = EntryConf {
+                    label: Arc::from(e.label()),
                     config,
-                    config_id,
-                });
+                    config_id: known
+                        .unwrap_or_else(|| u32::try_from(configs.len()).unwrap_or(u32::MAX)),
+                };
+                if known.is_none() {
+                    check_config(&runtime, plugin, &conf)
+                        .await
+                        .with_context(|| format!("{key} ({})", conf.label))?;
+                    configs.insert((e.plugin.clone(), conf.config.clone()), conf.config_id);
+                }
+                let list = confs.entry(e.plugin.clone()).or_default();
+                list.push(conf);
                 placed.push((stage, e.plugin.clone(), list.len() - 1));
             }
         }
@@ -347,11 +349,10 @@ impl Chains {
         let mut stages: HashMap<Stage, Vec<Arc<Entry>>> = HashMap::new();
         for (stage, name, index) in placed {
             let slot = slots[&name].clone();
-            stages.entry(stage).or_default().push(Arc::new(Entry {
-                label: slot.confs[index].label.clone(),
-                slot,
-                index,
-            }));
+            stages
+                .entry(stage)
+                .or_default()
+                .push(Arc::new(Entry { slot, index }));
         }
         Ok(Chains {
             runtime: Some(runtime),
@@ -379,20 +380,13 @@ impl Chains {
 async fn check_config(
     runtime: &Runtime,
     plugin: &LoadedPlugin,
-    label: &Arc<str>,
-    config: &Arc<str>,
-    config_id: u32,
+    conf: &EntryConf,
 ) -> anyhow::Result<()> {
     let Some(idx) = &plugin.hooks.configure else {
         return Ok(());
     };
-    let conf = EntryConf {
-        label: label.clone(),
-        config: config.clone(),
-        config_id,
-    };
     let mut live = runtime
-        .instantiate(plugin, Arc::from([conf]), 0)
+        .instantiate(plugin, Arc::from([conf.clone()]), 0)
         .await
         .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
     live.store.data_mut().ticks_left = budget(plugin);
@@ -441,24 +435,21 @@ impl PluginSession {
         let Some(runtime) = chains.runtime.as_ref() else {
             return result;
         };
-        let Some(args) = Args::new(input) else {
+        let Some(args) = Args::new(input, stage, context) else {
             return result;
         };
-        let context: Arc<str> = Arc::from(context);
         // The instances this stage uses, each with the session, envelope
         // (and message) lent to it once for all its entries' calls.
         let mut held: Vec<Held> = Vec::new();
         for entry in entries {
-            let call = self
-                .call(runtime, entry, stage, &args, &context, &mut held)
-                .await;
+            let call = self.call(runtime, entry, &args, &mut held).await;
             let outcome = match call {
                 Ok(o) => o,
                 Err(failure) => {
                     let on_error = entry.slot.plugin.def.on_error;
                     tracing::warn!(
                         "{context}: plugin {} failed at {}: {failure}; on_error={}",
-                        entry.label,
+                        entry.label(),
                         stage.name(),
                         match on_error {
                             OnError::Tempfail => "tempfail",
@@ -469,7 +460,7 @@ impl PluginSession {
                         OnError::Continue => continue,
                         OnError::Tempfail => {
                             result.decision = Some(Decision {
-                                entry: entry.label.clone(),
+                                entry: entry.label().clone(),
                                 verdict: Verdict::Tempfail(r(
                                     451,
                                     4,
@@ -491,7 +482,7 @@ impl PluginSession {
             }
             if outcome.verdict.is_definitive() {
                 result.decision = Some(Decision {
-                    entry: entry.label.clone(),
+                    entry: entry.label().clone(),
                     verdict: outcome.verdict,
                 });
                 break;
@@ -518,7 +509,6 @@ impl PluginSession {
         &mut self,
         runtime: &Runtime,
         entry: &Entry,
-        stage: Stage,
         args: &Args<'_>,
         held: &mut Vec<Held>,
     ) -> Result<usize, Failure> {
@@ -536,7 +526,8 @@ impl PluginSession {
                     .map_err(|e| classify(&e))?,
             },
         };
-        let lent = Lent::push(&mut live, args, stage).map_err(|e| classify(&e))?;
+        let lent = Lent::push(&mut live, args).map_err(|e| classify(&e))?;
+        live.store.data_mut().context = Some(args.context.clone());
         held.push(Held {
             slot: slot.clone(),
             live,
@@ -571,27 +562,18 @@ impl PluginSession {
         &mut self,
         runtime: &Runtime,
         entry: &Entry,
-        stage: Stage,
         args: &Args<'_>,
-        context: &Arc<str>,
         held: &mut Vec<Held>,
     ) -> Result<Outcome, Failure> {
-        let i = self.acquire(runtime, entry, stage, args, held).await?;
+        let i = self.acquire(runtime, entry, args, held).await?;
         let h = &mut held[i];
         let plugin = &entry.slot.plugin;
         let data = h.live.store.data_mut();
-        if data
-            .context
-            .as_ref()
-            .is_none_or(|c| !Arc::ptr_eq(c, context))
-        {
-            data.context = Some(context.clone());
-        }
         data.set_current(entry.index);
         data.ticks_left = budget(plugin);
         h.live.store.set_epoch_deadline(1);
-        match invoke(&mut h.live, &h.lent, plugin, stage, args).await {
-            Ok(o) => Ok(Outcome::from_wit(o, &entry.label)),
+        match invoke(&mut h.live, &h.lent, plugin, args).await {
+            Ok(o) => Ok(Outcome::from_wit(o, entry.label())),
             Err(e) => {
                 // A trapped instance is poisoned: it is dropped here.
                 held.swap_remove(i);
@@ -640,11 +622,11 @@ struct Lent {
 }
 
 impl Lent {
-    fn push(live: &mut Live, args: &Args<'_>, stage: Stage) -> wasmtime::Result<Lent> {
+    fn push(live: &mut Live, args: &Args<'_>) -> wasmtime::Result<Lent> {
         let table = &mut live.store.data_mut().table;
         let session = table.push(SessionData(args.session.clone()))?;
         let envelope = table.push(EnvelopeData(args.envelope.clone()))?;
-        let message = if stage == Stage::Data {
+        let message = if args.stage == Stage::Data {
             let parsed = args
                 .message
                 .clone()
@@ -673,6 +655,9 @@ impl Lent {
 
 /// What the hooks of one stage are lent, built once for every entry.
 struct Args<'a> {
+    stage: Stage,
+    /// Queue ID or session ID, for the plugins' log lines.
+    context: Arc<str>,
     session: Arc<SessionInfo>,
     envelope: Arc<EnvelopeInfo>,
     message: Option<Arc<ParsedMessage>>,
@@ -680,8 +665,10 @@ struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    fn new(input: &'a Input<'a>) -> Option<Args<'a>> {
+    fn new(input: &'a Input<'a>, stage: Stage, context: &str) -> Option<Args<'a>> {
         Some(Args {
+            stage,
+            context: Arc::from(context),
             session: input.session.clone()?,
             envelope: input.envelope.clone().unwrap_or_default(),
             message: input
@@ -714,9 +701,9 @@ async fn invoke(
     live: &mut Live,
     lent: &Lent,
     plugin: &LoadedPlugin,
-    stage: Stage,
     args: &Args<'_>,
 ) -> wasmtime::Result<wit::Outcome> {
+    let stage = args.stage;
     let missing = || wasmtime::format_err!("plugin does not export the {} hook", stage.name());
     let h = &plugin.hooks;
     let s = Resource::<SessionData>::new_borrow(lent.session.rep());
