@@ -64,7 +64,6 @@ pub struct Connection {
     last_verb: &'static str,
     /// Calls this generation's plugin chains.
     plugins: PluginSession,
-    /// What plugins see of the session.
     /// What plugins see of the session; shared with a stage's calls, so
     /// a stage costs no copy of it.
     info: Arc<SessionInfo>,
@@ -76,10 +75,10 @@ pub struct Connection {
     helo_reject: Option<Reply>,
     /// The plugin that refused the current RCPT, for its log line.
     rcpt_plugin: Option<std::sync::Arc<str>>,
-    /// A MAIL FROM was accepted and its transaction not yet ended.
     /// The transaction's envelope as plugins see it, extended recipient
     /// by recipient instead of rebuilt at every RCPT.
     plugin_envelope: Option<Arc<EnvelopeInfo>>,
+    /// A MAIL FROM was accepted and its transaction not yet ended.
     in_transaction: bool,
 }
 

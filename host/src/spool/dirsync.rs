@@ -13,7 +13,6 @@
 //!   flush of the whole file system covers dozens of messages, at the price
 //!   of also flushing unrelated dirty data on that file system: for a
 //!   spool and mailboxes on their own file system.
-
 //!
 //! There is no sync thread: the first writer to ask becomes the leader and
 //! runs the batch itself; requests that arrive meanwhile queue up, and when

@@ -505,6 +505,7 @@ fn write_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sasl::mechanism::client;
 
     #[test]
     fn scram_passwords_are_saslprepped_like_rfc_4013() {
@@ -519,7 +520,6 @@ mod tests {
         assert_eq!(p("a\u{7}b"), b"a\x07b");
         assert_eq!(scram_password(b"\xff\xfe").into_owned(), b"\xff\xfe");
     }
-    use crate::sasl::mechanism::client;
 
     fn tempdir(name: &str) -> client::TempDir {
         client::TempDir::new(&format!("passwd-{name}"))
