@@ -9,7 +9,11 @@
 #
 # Variants (BENCH_VARIANTS, space separated; default "core syncfs
 # quickstart six six-warm"):
-#   core        Postern with no plugins
+#   core        Postern with no plugins (journaled local delivery: the
+#               message is durable in the journal before 250; Maildir
+#               copies are synced in bulk before the journal lets go)
+#   direct      no plugins, queue.journal = false: each Maildir copy is
+#               fsynced before 250
 #   syncfs      no plugins, queue.sync = "filesystem" (one syncfs per batch
 #               instead of an fdatasync per file; same durability)
 #   syncfs-spool  the same, spooling before 250 and delivering after it
@@ -150,6 +154,7 @@ postmaster = "testuser"
 abuse = "testuser"
 EOF
   case $variant in
+    direct) printf '[queue]\njournal = false\n' >>"$work/postern.toml" ;;
     syncfs) printf '[queue]\nsync = "filesystem"\n' >>"$work/postern.toml" ;;
     syncfs-spool) printf '[queue]\nsync = "filesystem"\ndirect_delivery = false\n' >>"$work/postern.toml" ;;
     quickstart | quickstart-warm)
@@ -198,6 +203,14 @@ EOF
     sleep 0.05
   done
   t2=$(now)
+  # Synced: every Maildir copy fsynced, the journal holds no record (a
+  # journal segment is sealed after 50 ms without appends, then its
+  # mailboxes are synced and it is removed).
+  local journal=$work/var/spool/journal
+  while [ $SECONDS -lt $end ] && [ -n "$(find "$journal" -type f -size +0 2>/dev/null | head -1)" ]; do
+    sleep 0.01
+  done
+  t3=$(now)
   local rss cpu csw
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
   # context switches of all the daemon's threads (wake-ups cost VM exits)
@@ -206,11 +219,11 @@ EOF
   cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0)
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  awk -v v="$variant" -v s="$S" -v m="$M" -v l="$L" -v t0="$t0" -v t1="$t1" -v t2="$t2" \
+  awk -v v="$variant" -v s="$S" -v m="$M" -v l="$L" -v t0="$t0" -v t1="$t1" -v t2="$t2" -v t3="$t3" \
     -v n="$n" -v rc="$rc" -v load="$load" -v rss="$rss" -v cpu="$cpu" -v csw="$csw" 'BEGIN {
     acc = (rc == 0) ? m : 0
-    printf "postern-%s s=%d m=%d size=%d accepted_msg_s=%.0f delivered_msg_s=%.0f accept_s=%.2f deliver_s=%.2f delivered=%d/%d smtp_source_rc=%d peak_rss_kb=%d cpu_us_per_msg=%.0f ctxsw_per_msg=%.1f load1_before=%s\n",
-      v, s, m, l, acc / (t1 - t0), n / (t2 - t0), t1 - t0, t2 - t0, n, m, rc, rss, cpu * 1e6 / m, csw / m, load }'
+    printf "postern-%s s=%d m=%d size=%d accepted_msg_s=%.0f delivered_msg_s=%.0f synced_msg_s=%.0f accept_s=%.2f deliver_s=%.2f synced_s=%.2f delivered=%d/%d smtp_source_rc=%d peak_rss_kb=%d cpu_us_per_msg=%.0f ctxsw_per_msg=%.1f load1_before=%s\n",
+      v, s, m, l, acc / (t1 - t0), n / (t2 - t0), n / (t3 - t0), t1 - t0, t2 - t0, t3 - t0, n, m, rc, rss, cpu * 1e6 / m, csw / m, load }'
   if [ "$n" -lt "$M" ]; then
     tail -n 20 "$work/postern.log" >&2
   fi
@@ -244,7 +257,7 @@ trap cleanup EXIT
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-declare -A acc del cpu va vd vc
+declare -A acc del syn cpu va vd vs vc
 pf_a=() pf_d=()
 # Rounds interleave everything (postfix, core, six, ..., postfix, core,
 # ...), so that the disk's slow and fast phases hit every MTA and variant
@@ -268,6 +281,7 @@ for r in $(seq "$REPEAT"); do
     echo "$line"
     va[$v]+="$(field "$line" accepted_msg_s) "
     vd[$v]+="$(field "$line" delivered_msg_s) "
+    vs[$v]+="$(field "$line" synced_msg_s) "
     vc[$v]+="$(field "$line" cpu_us_per_msg) "
   done
 done
@@ -278,21 +292,22 @@ fi
 for v in $VARIANTS; do
   acc[$v]=$(printf '%s\n' ${va[$v]} | median)
   del[$v]=$(printf '%s\n' ${vd[$v]} | median)
+  syn[$v]=$(printf '%s\n' ${vs[$v]} | median)
   cpu[$v]=$(printf '%s\n' ${vc[$v]} | median)
 done
 
 echo "== medians of $REPEAT runs"
 [ -z "${pf_acc:-}" ] || echo "postfix-baseline accepted_msg_s=$pf_acc delivered_msg_s=$pf_del"
 for v in $VARIANTS; do
-  echo "postern-$v accepted_msg_s=${acc[$v]} delivered_msg_s=${del[$v]} cpu_us_per_msg=${cpu[$v]}"
+  echo "postern-$v accepted_msg_s=${acc[$v]} delivered_msg_s=${del[$v]} synced_msg_s=${syn[$v]} cpu_us_per_msg=${cpu[$v]}"
 done
 for v in $VARIANTS; do
   [ -n "${pf_acc:-}" ] || break
-  awk -v v="$v" -v a="${acc[$v]}" -v d="${del[$v]}" -v pa="$pf_acc" -v pd="$pf_del" 'BEGIN {
-    if (pa > 0 && pd > 0) printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx\n", v, a / pa, d / pd }'
+  awk -v v="$v" -v a="${acc[$v]}" -v d="${del[$v]}" -v s="${syn[$v]}" -v pa="$pf_acc" -v pd="$pf_del" 'BEGIN {
+    if (pa > 0 && pd > 0) printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx synced %.1fx\n", v, a / pa, d / pd, s / pd }'
 done
 for v in $VARIANTS; do
-  case $v in core | syncfs) continue ;; esac
+  case $v in core | direct | syncfs | syncfs-spool) continue ;; esac
   [ -n "${acc[core]:-}" ] || break
   awk -v v="$v" -v a="${acc[core]}" -v b="${acc[$v]}" -v c="${del[core]}" -v d="${del[$v]}" \
     -v x="${cpu[core]}" -v y="${cpu[$v]}" 'BEGIN {

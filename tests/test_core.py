@@ -1,6 +1,7 @@
 """The MTA core end to end: real binary, real sockets, smtplib and swaks."""
 
 import os
+import pathlib
 import pwd
 import re
 import signal
@@ -20,14 +21,16 @@ def headers_of(path):
     return head, body
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_delivery_into_maildir_with_trace_headers(daemon_factory, direct):
-    """Both paths: direct delivery before the 250 (default), and spool
-    first, then the delivery manager."""
+@pytest.mark.parametrize("mode", ["journal", "direct", "spool"])
+def test_delivery_into_maildir_with_trace_headers(daemon_factory, mode):
+    """Every path: journal before the 250 and Maildir right after (the
+    default), Maildir (fsynced) before the 250, and spool first, then the
+    delivery manager."""
     daemon = daemon_factory(start=False)
-    if not direct:
-        daemon.config.write_text(daemon.config_text.replace(
-            'retry_max = "1s"', 'retry_max = "1s"\ndirect_delivery = false'))
+    setting = {"journal": "", "direct": "journal = false",
+               "spool": "direct_delivery = false"}[mode]
+    daemon.config.write_text(daemon.config_text.replace(
+        'retry_max = "1s"', f'retry_max = "1s"\n{setting}'))
     daemon.start()
     with daemon.smtp() as s:
         s.ehlo("client.test")
@@ -49,15 +52,16 @@ def test_delivery_into_maildir_with_trace_headers(daemon_factory, direct):
     assert "Subject: hello alice" in head
     assert body == "Hello.\r\n"
     # The queue is empty again and the log tells the story under the queue ID.
-    if direct:
-        daemon.wait_log(f"{qid}: to=<alice@example.test>")
-        daemon.wait_log(f"{qid}: client=localhost[127.0.0.1], from=<sender@example.org>")
-        daemon.wait_log("(delivering)")
-    else:
+    if mode == "spool":
         daemon.wait_log(f"{qid}: removed")
-        daemon.wait_log("(queued)")
+    else:
+        daemon.wait_log(f"{qid}: to=<alice@example.test>")
+    status = {"journal": "journaled", "direct": "delivering", "spool": "queued"}[mode]
+    daemon.wait_log(f"{qid}: client=localhost[127.0.0.1], from=<sender@example.org>, "
+                    f"size={len(message(subject='hello alice'))}, nrcpt=1, proto=ESMTP ({status})")
     log = daemon.log_text()
-    assert f"{qid}: client=" in log and f"{qid}: to=<alice@example.test>" in log
+    # One line per event, in the order they happened.
+    assert log.index(f"{qid}: client=") < log.index(f"{qid}: to=<alice@example.test>")
     assert "status=sent" in log
     assert daemon.queue_files() == []
 
@@ -213,6 +217,10 @@ def test_runs_as_the_configured_user_after_binding(daemon_factory):
     gids = next(line for line in status.splitlines() if line.startswith("Gid:")).split()[1:]
     assert uids == [str(nobody.pw_uid)] * 4, status
     assert gids == [str(nobody.pw_gid)] * 4, status
+    # Every thread, including those started before the drop (journal).
+    for task in pathlib.Path(f"/proc/{d.proc.pid}/task").iterdir():
+        t = (task / "status").read_text()
+        assert f"Uid:\t{nobody.pw_uid}\t" in t, t
     # Mail still flows, and what Postern writes belongs to that user.
     with d.smtp() as s:
         s.ehlo("client.test")
@@ -222,6 +230,11 @@ def test_runs_as_the_configured_user_after_binding(daemon_factory):
     files = d.wait_mail("alice")
     assert files[0].stat().st_uid == nobody.pw_uid
     assert (d.dir / "var" / "spool").stat().st_uid == nobody.pw_uid
+    # The journal moves on to a new segment when idle: made by that user.
+    d.wait_log("status=sent")
+    time.sleep(0.3)
+    segments = list((d.dir / "var" / "spool" / "journal").iterdir())
+    assert segments and all(p.stat().st_uid == nobody.pw_uid for p in segments)
     # Stopping cleans up as that user too.
     assert d.stop() == 0
 
@@ -240,8 +253,18 @@ def test_too_many_recipients(daemon_factory):
     d.wait_mail("bob")
 
 
-def test_kill9_right_after_250_then_restart_delivers(daemon_factory):
-    d = daemon_factory()
+def journal_bytes(d):
+    j = d.dir / "var" / "spool" / "journal"
+    return b"".join(p.read_bytes() for p in j.iterdir()) if j.is_dir() else b""
+
+
+@pytest.mark.parametrize("mode", ["journal", "spool"])
+def test_kill9_right_after_250_then_restart_delivers(daemon_factory, mode):
+    d = daemon_factory(start=False)
+    if mode == "spool":
+        d.config.write_text(d.config_text.replace(
+            'retry_max = "1s"', 'retry_max = "1s"\ndirect_delivery = false'))
+    d.start()
     # Block alice's mailbox so the message is certainly still queued at the kill.
     mail_root = d.dir / "var" / "mail" / "alice"
     mail_root.parent.mkdir(parents=True, exist_ok=True)
@@ -254,32 +277,52 @@ def test_kill9_right_after_250_then_restart_delivers(daemon_factory):
         assert code == 250
         d.kill9()
     qid = re.search(rb"queued as ([0-9A-F]{16})", resp).group(1).decode()
-    assert d.queue_files() == [qid]
+    if mode == "spool":
+        assert d.queue_files() == [qid]
+    else:
+        # In the journal, or (if its delivery thread was quicker than the
+        # kill) moved to the spool for retry.
+        assert qid.encode() in journal_bytes(d) or d.queue_files() == [qid]
     mail_root.unlink()
     d.start()
     [f] = d.wait_mail("alice")
     assert "Subject: durable" in headers_of(f)[0]
-    d.wait_log("recovered 1 queued messages")
-    d.wait_log(f"{qid}: removed")
+    time.sleep(0.5)
+    assert len(d.new_mail("alice")) == 1, "delivered once, not twice"
+    if d.queue_files() or mode == "spool":
+        d.wait_log(f"{qid}: removed")
 
 
-@pytest.mark.parametrize("sync,direct", [("file", True), ("filesystem", True), ("filesystem", False)])
-def test_kill9_immediately_after_250_many_messages_nothing_lost_or_doubled(daemon_factory, sync, direct):
+@pytest.mark.parametrize("sync,direct,journal", [
+    ("file", True, True), ("file", True, False), ("filesystem", True, False),
+    ("filesystem", False, False)])
+def test_kill9_immediately_after_250_many_messages_nothing_lost_or_doubled(
+        daemon_factory, sync, direct, journal):
     d = daemon_factory(start=False)
     d.config.write_text(d.config_text.replace(
-        'retry_max = "1s"', f'retry_max = "1s"\nsync = "{sync}"\ndirect_delivery = {str(direct).lower()}'))
+        'retry_max = "1s"', f'retry_max = "1s"\nsync = "{sync}"\n'
+        f'direct_delivery = {str(direct).lower()}\njournal = {str(journal).lower()}'))
     d.start()
     subjects = [f"burst-{i}" for i in range(20)]
     with d.smtp() as s:
         for subj in subjects:
             assert s.sendmail("sender@example.org", ["bob@example.test"], message(subject=subj)) == {}
         d.kill9()
+    if journal:
+        # The segment is sealed only after 50 ms without appends: the
+        # kill left it, with copies already in the mailbox not yet synced.
+        assert journal_bytes(d).count(b"burst-") == len(subjects)
     d.start()
     files = d.wait_mail("bob", count=len(subjects))
+    if journal:
+        d.wait_log(f"journal: delivering {len(subjects)} messages left by an earlier run")
     time.sleep(0.5)
     files = d.new_mail("bob")
     got = sorted(re.search(r"Subject: (burst-\d+)", f.read_text()).group(1) for f in files)
     assert got == sorted(subjects)
+    if journal:
+        # Recovered, synced and forgotten.
+        assert journal_bytes(d).count(b"burst-") == 0
 
 
 def test_kill9_during_data_leaves_nothing_half_delivered(daemon_factory):

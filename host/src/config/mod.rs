@@ -586,6 +586,12 @@ pub struct Queue {
     /// (the message is durable in the mailbox instead of the spool); any
     /// recipient that cannot be delivered at once is queued as usual.
     pub direct_delivery: bool,
+    /// With direct delivery, make the message durable in the journal (one
+    /// fdatasync shared by every session's messages of the moment) and
+    /// answer 250 before the Maildir copies are written; they are synced in
+    /// bulk before the journal lets go of the message. Off: each copy is
+    /// fsynced into its Maildir before the 250.
+    pub journal: bool,
 }
 
 impl Default for Queue {
@@ -597,6 +603,7 @@ impl Default for Queue {
             retry_max: Seconds(Duration::from_secs(4000)),
             max_lifetime: Seconds(Duration::from_secs(5 * 86400)),
             direct_delivery: true,
+            journal: true,
             sync: crate::spool::SyncMode::File,
         }
     }

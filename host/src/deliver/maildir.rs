@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::spool::DirSyncer;
+use crate::spool::journal::{Touched, device_of};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -62,67 +63,137 @@ fn folder_for_tag(maildir: &Path, tag: &str) -> Option<PathBuf> {
     })
 }
 
-/// A unique Maildir file name (`time.MusecPpidQn.host`).
-fn unique_name(hostname: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let host: String = hostname
+/// The host part of a Maildir file name (`/` and `:` escaped).
+fn name_host(hostname: &str) -> String {
+    hostname
         .chars()
         .map(|c| match c {
             '/' => "\\057".to_string(),
             ':' => "\\072".to_string(),
             c => c.to_string(),
         })
-        .collect();
+        .collect()
+}
+
+/// A unique Maildir file name (`time.MusecPpidQn.host`).
+pub fn unique_name(hostname: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     format!(
         "{}.M{}P{}Q{}.{}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
-        host
+        name_host(hostname)
     )
 }
 
-/// Delivers `parts` (concatenated) into the Maildir; returns the new file.
-/// Blocking: call from a blocking thread.
+/// The Maildir file name of a journaled delivery (`arrival.JqueueID_n.host`):
+/// derived from the message, so that delivering it again after a crash
+/// finds the copy that got there first. Unique because queue IDs are.
+pub fn journal_name(arrival: u64, key: &str, hostname: &str) -> String {
+    format!("{arrival}.J{key}.{}", name_host(hostname))
+}
+
+/// How a delivery is made durable.
+#[derive(Debug, Clone, Copy)]
+pub enum Durability<'a> {
+    /// fsync the file and `new/` before returning.
+    Synced(&'a DirSyncer),
+    /// The message is durable in the journal: no fsync here; the file
+    /// system is recorded for the journal's bulk sync. `recovering`: this
+    /// is a delivery repeated after a crash, and a copy already in `new/`
+    /// or `cur/` under the same name counts (repaired if not intact).
+    Journaled {
+        /// File systems to sync before the journal forgets the message.
+        touched: &'a Touched,
+        /// Look for a copy from before the crash first.
+        recovering: bool,
+    },
+}
+
+/// A copy of `whole` named `name` from before a crash: an intact one in
+/// `new/` or any in `cur/` (the user has seen it) counts as delivered.
+fn earlier_copy(folder: &Path, name: &str, whole: &[u8]) -> Option<PathBuf> {
+    let new = folder.join("new").join(name);
+    if let Ok(bytes) = fs::read(&new) {
+        if bytes == whole {
+            return Some(new);
+        }
+        tracing::warn!("{}: damaged by a crash, writing it again", new.display());
+        return None;
+    }
+    let prefix = format!("{name}:");
+    fs::read_dir(folder.join("cur"))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            (n == name || n.starts_with(&prefix)).then(|| e.path())
+        })
+}
+
+/// Delivers `parts` (concatenated) into the Maildir under the file name
+/// `name` (plus `,S=size`); returns the new file. Blocking: call from a
+/// blocking thread.
 pub fn deliver(
     maildir: &Path,
     tag: Option<&str>,
     parts: &[&[u8]],
-    hostname: &str,
-    syncer: &DirSyncer,
+    name: &str,
+    how: Durability<'_>,
 ) -> Result<PathBuf, MaildirError> {
     ensure_maildir(maildir)?;
     let folder = tag
         .and_then(|t| folder_for_tag(maildir, t))
         .unwrap_or_else(|| maildir.to_path_buf());
-    let name = unique_name(hostname);
-    let tmp = folder.join("tmp").join(&name);
     let size: usize = parts.iter().map(|p| p.len()).sum();
+    let final_name = format!("{name},S={size}");
+    // One write for small messages (headers and content together).
+    let whole: Vec<u8> = parts.concat();
+    if let Durability::Journaled {
+        recovering: true, ..
+    } = how
+        && let Some(path) = earlier_copy(&folder, &final_name, &whole)
+    {
+        return Ok(path);
+    }
+    let tmp = folder.join("tmp").join(name);
     let mut f = OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
+        // A unique name must be new; a journaled one may be left in tmp/
+        // by a crash.
+        .create_new(matches!(how, Durability::Synced(_)))
         .mode(0o600)
         .open(&tmp)
         .map_err(err("create", &tmp))?;
-    // One write for small messages (headers and content together).
-    let whole: Vec<u8> = parts.concat();
     f.write_all(&whole).map_err(err("write", &tmp))?;
-    syncer
-        .sync_file_blocking(&f, &tmp)
-        .map_err(err("fsync", &tmp))?;
-    drop(f);
     let new_dir = folder.join("new");
-    let dest = new_dir.join(format!("{name},S={size}"));
+    match how {
+        Durability::Synced(syncer) => syncer
+            .sync_file_blocking(&f, &tmp)
+            .map_err(err("fsync", &tmp))?,
+        Durability::Journaled { touched, .. } => {
+            let dev = device_of(&f).map_err(err("stat", &tmp))?;
+            touched.add(dev, &new_dir);
+        }
+    }
+    drop(f);
+    let dest = new_dir.join(final_name);
     if let Err(e) = fs::rename(&tmp, &dest) {
         let _ = fs::remove_file(&tmp);
         return Err(err("rename", &dest)(e));
     }
-    syncer
-        .sync_blocking(&new_dir)
-        .map_err(err("fsync", &new_dir))?;
+    if let Durability::Synced(syncer) = how {
+        syncer
+            .sync_blocking(&new_dir)
+            .map_err(err("fsync", &new_dir))?;
+    }
     Ok(dest)
 }
 
@@ -136,30 +207,59 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("postern-maildir-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let syncer = DirSyncer::new(SyncMode::File);
-        let p = deliver(
-            &dir,
-            None,
-            &[b"A: b\r\n", b"\r\nhi\r\n"],
-            "mx.test",
-            &syncer,
-        )
-        .unwrap();
+        let synced = Durability::Synced(&syncer);
+        let name = || unique_name("mx.test");
+        let p = deliver(&dir, None, &[b"A: b\r\n", b"\r\nhi\r\n"], &name(), synced).unwrap();
         assert!(p.starts_with(dir.join("new")));
         assert_eq!(fs::read(&p).unwrap(), b"A: b\r\n\r\nhi\r\n");
         assert!(p.to_string_lossy().ends_with(",S=12"));
         // No folder yet: INBOX.
-        let p = deliver(&dir, Some("News"), &[b"x"], "mx.test", &syncer).unwrap();
+        let p = deliver(&dir, Some("News"), &[b"x"], &name(), synced).unwrap();
         assert!(p.starts_with(dir.join("new")));
         for sub in ["cur", "new", "tmp"] {
             fs::create_dir_all(dir.join(".news").join(sub)).unwrap();
         }
-        let p = deliver(&dir, Some("News"), &[b"x"], "mx.test", &syncer).unwrap();
+        let p = deliver(&dir, Some("News"), &[b"x"], &name(), synced).unwrap();
         assert!(p.starts_with(dir.join(".news").join("new")));
         assert!(
-            deliver(&dir, Some("../x"), &[b"x"], "mx.test", &syncer)
+            deliver(&dir, Some("../x"), &[b"x"], &name(), synced)
                 .unwrap()
                 .starts_with(dir.join("new"))
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn journaled_redelivery_finds_or_repairs_the_earlier_copy() {
+        let dir = std::env::temp_dir().join(format!("postern-maildir-j-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let touched = Touched::default();
+        let first = Durability::Journaled {
+            touched: &touched,
+            recovering: false,
+        };
+        let again = Durability::Journaled {
+            touched: &touched,
+            recovering: true,
+        };
+        let name = journal_name(1700000000, "00000000000000AB_0", "mx.test");
+        let p = deliver(&dir, None, &[b"hi\r\n"], &name, first).unwrap();
+        assert_eq!(p, dir.join("new").join(format!("{name},S=4")));
+        // Delivered again after a crash: the same file, not a second one.
+        assert_eq!(deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(), p);
+        assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 1);
+        // A copy cut short by the crash is written again.
+        fs::write(&p, b"h").unwrap();
+        deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
+        // Already seen by the user (moved to cur/ with flags): it counts.
+        let seen = dir.join("cur").join(format!("{name},S=4:2,S"));
+        fs::rename(&p, &seen).unwrap();
+        assert_eq!(
+            deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(),
+            seen
+        );
+        assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 0);
         let _ = fs::remove_dir_all(&dir);
     }
 }

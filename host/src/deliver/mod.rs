@@ -2,6 +2,7 @@
 //! delivery agent, and reschedules temporary failures with exponential
 //! backoff. A message leaves the spool only when every recipient is done.
 
+pub mod journaled;
 pub mod maildir;
 
 use std::cmp::Reverse;
@@ -15,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::route::{Destination, Router};
 use crate::spool::{DirSyncer, Envelope, Spool, now_secs};
+pub use maildir::Durability;
 
 /// Delivery settings taken from `[queue]` and `[server]`.
 #[derive(Debug, Clone)]
@@ -212,7 +214,7 @@ pub fn deliver_pending(
     content: &[u8],
     done: &mut BTreeSet<usize>,
     hostname: &str,
-    syncer: &DirSyncer,
+    how: Durability<'_>,
 ) -> Option<String> {
     let id = &env.id;
     let delimiter = router.delimiter();
@@ -241,13 +243,13 @@ pub fn deliver_pending(
                     env.prepend.as_bytes(),
                     content,
                 ];
-                match maildir::deliver(
-                    &router.maildir(user),
-                    tag.as_deref(),
-                    &parts,
-                    hostname,
-                    syncer,
-                ) {
+                let name = match how {
+                    Durability::Synced(_) => maildir::unique_name(hostname),
+                    Durability::Journaled { .. } => {
+                        maildir::journal_name(env.arrival as u64, &format!("{id}_{i}"), hostname)
+                    }
+                };
+                match maildir::deliver(&router.maildir(user), tag.as_deref(), &parts, &name, how) {
                     Ok(path) => {
                         done.insert(i);
                         tracing::info!(
@@ -300,7 +302,7 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
         loaded.content(),
         &mut state.done,
         &ctx.cfg.hostname,
-        &ctx.syncer,
+        Durability::Synced(&ctx.syncer),
     );
     let Some(last_error) = deferred else {
         return match ctx.spool.remove(id) {

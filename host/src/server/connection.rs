@@ -1170,6 +1170,14 @@ impl Connection {
                 .iter()
                 .all(|r| matches!(r.destination, Destination::Local { .. }));
         if direct {
+            if let Some(journaled) = self
+                .shared
+                .journaled
+                .clone()
+                .filter(|_| self.generation.config.queue.journal)
+            {
+                return self.deliver_journaled(&journaled, content, env).await;
+            }
             return self.deliver_now(content, env).await;
         }
         let (result, status) = match &disposition {
@@ -1213,26 +1221,68 @@ impl Connection {
         )
     }
 
+    /// The log line of a message's arrival (Postfix's `qmgr: from=` line).
+    fn arrival(&self, env: &Envelope, size: usize, status: &str) -> String {
+        format!(
+            "{}: client={}, from=<{}>, size={size}, nrcpt={}, proto={} ({status})",
+            env.id,
+            self.client,
+            env.sender,
+            env.recipients.len(),
+            self.session.protocol()
+        )
+    }
+
+    /// Journaled direct delivery: every recipient is a local mailbox; the
+    /// message is durable in the journal before the 250 and goes into the
+    /// Maildirs right after ([`crate::deliver::journaled`]).
+    async fn deliver_journaled(
+        &mut self,
+        journaled: &crate::deliver::journaled::Journaled,
+        content: Vec<u8>,
+        env: Envelope,
+    ) -> Result<Reply, Reply> {
+        let id = env.id.clone();
+        let line = self.arrival(&env, content.len(), "journaled");
+        let router = self.generation.router.clone();
+        let hostname = self.generation.config.server.hostname.clone();
+        let durable = || tracing::info!("{line}");
+        match journaled
+            .accept(content, env, router, hostname, durable)
+            .await
+        {
+            Ok(()) => Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}"))),
+            Err(e) => {
+                tracing::error!("{id}: cannot journal message from {}: {e}", self.client);
+                Err(r(
+                    451,
+                    4,
+                    3,
+                    0,
+                    "Error: queue file write error, try again later",
+                ))
+            }
+        }
+    }
+
     /// Direct delivery: every recipient is a local mailbox, so the message
     /// goes into the Maildirs (fsynced) before the 250; any recipient that
     /// cannot be delivered now is queued with the others marked done.
     async fn deliver_now(&mut self, content: Vec<u8>, env: Envelope) -> Result<Reply, Reply> {
         let id = env.id.clone();
-        tracing::info!(
-            "{id}: client={}, from=<{}>, size={}, nrcpt={}, proto={} (delivering)",
-            self.client,
-            env.sender,
-            content.len(),
-            env.recipients.len(),
-            self.session.protocol()
-        );
+        tracing::info!("{}", self.arrival(&env, content.len(), "delivering"));
         let router = self.generation.router.clone();
         let syncer = self.shared.syncer.clone();
         let hostname = self.generation.config.server.hostname.clone();
         let delivered = tokio::task::spawn_blocking(move || {
             let mut done = std::collections::BTreeSet::new();
             let deferred = crate::deliver::deliver_pending(
-                &router, &env, &content, &mut done, &hostname, &syncer,
+                &router,
+                &env,
+                &content,
+                &mut done,
+                &hostname,
+                crate::deliver::Durability::Synced(&syncer),
             );
             (env, content, done, deferred)
         })

@@ -21,11 +21,13 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::deliver::journaled::{self, Journaled};
 use crate::deliver::{self, DeliveryConfig};
 use crate::dns::Dns;
 use crate::plugin::Runtime;
 use crate::route::Router;
 use crate::smtp::reply::r;
+use crate::spool::journal::{Journal, Touched};
 use crate::spool::{DirSyncer, Spool};
 use crate::tls::{Stream, Tls};
 use connection::Connection;
@@ -36,6 +38,8 @@ use limits::{ConnLimits, Refused};
 pub struct Shared {
     /// The spool.
     pub spool: Arc<Spool>,
+    /// Journaled local delivery (`queue.journal`).
+    pub journaled: Option<Arc<Journaled>>,
     /// Group commit for directory fsyncs (spool and Maildirs).
     pub syncer: DirSyncer,
     /// Hands queued messages to delivery.
@@ -124,6 +128,13 @@ impl Shared {
                 "server.spool_dir changed: a restart is needed for that (nothing was reloaded)"
             );
         }
+        // Settings fixed at start: the rest of the new config still applies.
+        if config.queue.sync != current.config.queue.sync {
+            tracing::warn!("reload: queue.sync changes at the next restart");
+        }
+        if config.queue.journal && self.journaled.is_none() {
+            tracing::warn!("reload: queue.journal = true takes effect at the next restart");
+        }
         let runtime = self.runtime_for(&config)?;
         if let Some(tls) = &self.tls {
             tls.reload(&config)?;
@@ -210,13 +221,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Spool::open(&cfg.server.spool_dir, syncer.clone())
             .with_context(|| format!("cannot open spool {}", cfg.server.spool_dir.display()))?,
     );
-    let recovered = spool.recover().context("spool recovery failed")?;
-    if !recovered.is_empty() {
-        tracing::info!(
-            "recovered {} queued messages from the spool",
-            recovered.len()
-        );
-    }
+    let mut recovered = spool.recover().context("spool recovery failed")?;
+    // The journal is read (and what it holds delivered) even when it is
+    // switched off now: it may hold messages from a run that used it.
+    let touched = Arc::new(Touched::default());
+    let journal_dir = cfg.server.spool_dir.join("journal");
+    let (journal, leftovers) = Journal::open(&journal_dir, touched.clone())
+        .with_context(|| format!("cannot open the journal {}", journal_dir.display()))?;
 
     let mut sockets = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -229,6 +240,31 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // before any client is served or any mail delivered.
     let tls = Tls::from_config(cfg).context("TLS set-up failed")?;
     drop_privileges(cfg)?;
+    // Maildir copies are made as the mail user, never as root.
+    let router_now = current.router.clone();
+    let hostname = cfg.server.hostname.clone();
+    let (spool2, touched2, journal2) = (spool.clone(), touched.clone(), journal.clone());
+    let respooled = tokio::task::spawn_blocking(move || {
+        journaled::recover(
+            &journal2,
+            leftovers,
+            &router_now,
+            &hostname,
+            &spool2,
+            &touched2,
+        )
+    })
+    .await?
+    .context("journal recovery failed")?;
+    recovered.extend(respooled);
+    recovered.sort();
+    recovered.dedup();
+    if !recovered.is_empty() {
+        tracing::info!(
+            "recovered {} queued messages from the spool",
+            recovered.len()
+        );
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let router = Arc::new(ArcSwap::from(current.router.clone()));
@@ -246,6 +282,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         recovered,
         shutdown_rx.clone(),
     );
+    let journaled = if cfg.queue.journal && cfg.queue.direct_delivery {
+        Some(Arc::new(
+            Journaled::start(journal, spool.clone(), queue.clone(), touched)
+                .context("cannot start the delivery threads")?,
+        ))
+    } else {
+        journal.close();
+        None
+    };
     let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
     if let Some(tls) = &tls {
         let tls = tls.clone();
@@ -266,6 +311,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .collect();
     let shared = Arc::new(Shared {
         spool,
+        journaled,
         syncer,
         queue,
         dns,
@@ -318,6 +364,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "{} sessions still open after the grace period; closing them",
             shared.limits.total()
         );
+    }
+    if let Some(j) = shared.journaled.clone() {
+        // Every session is done: deliver what the journal holds.
+        let _ = tokio::task::spawn_blocking(move || j.close()).await;
     }
     if tokio::time::timeout(grace, delivery).await.is_err() {
         tracing::warn!(

@@ -14,6 +14,7 @@
 
 pub mod dirsync;
 pub mod format;
+pub mod journal;
 mod queue_id;
 
 use std::collections::BTreeSet;
@@ -214,45 +215,50 @@ impl Spool {
         env: Envelope,
         state: Option<DeliveryState>,
     ) -> Result<(), SpoolError> {
-        let incoming = self.incoming.join(&env.id);
-        let held = state.as_ref().is_some_and(|s| s.hold_reason.is_some());
-        let dir = if held {
-            self.hold.clone()
-        } else {
-            self.queue.clone()
-        };
-        let target = dir.join(&env.id);
-        let state_path = dir.join(format!("{}.state", env.id));
-        let syncer = self.syncer().map_err(io_err("fsync", &dir))?.clone();
-        let dir2 = dir.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), SpoolError> {
-            let dir = dir2;
-            let tail = format::encode_tail(&content, &env);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&incoming)
-                .map_err(io_err("create", &incoming))?;
-            f.write_all(&content).map_err(io_err("write", &incoming))?;
-            f.write_all(&tail).map_err(io_err("write", &incoming))?;
-            syncer
-                .sync_file_blocking(&f, &incoming)
-                .map_err(io_err("fsync", &incoming))?;
-            drop(f);
-            if let Some(state) = state {
-                write_state(&state_path, &state)?;
-            }
-            fs::rename(&incoming, &target).map_err(io_err("rename", &target))?;
-            // Group commit of the directory, on this same blocking thread.
-            syncer.sync_blocking(&dir).map_err(io_err("fsync", &dir))
+        let (paths, syncer) = self.commit_paths(&env, state.as_ref())?;
+        let dir = paths.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            write_queue_file(&paths, &syncer, &content, &env, state)
         })
         .await
         .map_err(|e| SpoolError::Io {
             op: "commit",
-            path: dir.clone(),
+            path: dir,
             source: io::Error::other(e),
         })?
+    }
+
+    /// [`Spool::commit_with_state`] on a blocking thread.
+    pub fn commit_blocking(
+        &self,
+        content: &[u8],
+        env: &Envelope,
+        state: DeliveryState,
+    ) -> Result<(), SpoolError> {
+        let (paths, syncer) = self.commit_paths(env, Some(&state))?;
+        write_queue_file(&paths, &syncer, content, env, Some(state))
+    }
+
+    fn commit_paths(
+        &self,
+        env: &Envelope,
+        state: Option<&DeliveryState>,
+    ) -> Result<(CommitPaths, DirSyncer), SpoolError> {
+        let held = state.is_some_and(|s| s.hold_reason.is_some());
+        let dir = if held { &self.hold } else { &self.queue };
+        let syncer = self.syncer().map_err(io_err("fsync", dir))?.clone();
+        let paths = CommitPaths {
+            incoming: self.incoming.join(&env.id),
+            target: dir.join(&env.id),
+            state: dir.join(format!("{}.state", env.id)),
+            dir: dir.clone(),
+        };
+        Ok((paths, syncer))
+    }
+
+    /// The message is in `queue/` or `hold/`.
+    pub fn contains(&self, id: &str) -> bool {
+        self.queue.join(id).exists() || self.hold.join(id).exists()
     }
 
     /// Reads a queued message (blocking).
@@ -400,6 +406,46 @@ impl Spool {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+}
+
+/// Where a commit writes.
+struct CommitPaths {
+    incoming: PathBuf,
+    target: PathBuf,
+    state: PathBuf,
+    dir: PathBuf,
+}
+
+/// Writes a queue file durably (blocking): into `incoming/`, fdatasync,
+/// state file, rename into place, group commit of the directory.
+fn write_queue_file(
+    paths: &CommitPaths,
+    syncer: &DirSyncer,
+    content: &[u8],
+    env: &Envelope,
+    state: Option<DeliveryState>,
+) -> Result<(), SpoolError> {
+    let incoming = &paths.incoming;
+    let tail = format::encode_tail(content, env);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(incoming)
+        .map_err(io_err("create", incoming))?;
+    f.write_all(content).map_err(io_err("write", incoming))?;
+    f.write_all(&tail).map_err(io_err("write", incoming))?;
+    syncer
+        .sync_file_blocking(&f, incoming)
+        .map_err(io_err("fsync", incoming))?;
+    drop(f);
+    if let Some(state) = state {
+        write_state(&paths.state, &state)?;
+    }
+    fs::rename(incoming, &paths.target).map_err(io_err("rename", &paths.target))?;
+    syncer
+        .sync_blocking(&paths.dir)
+        .map_err(io_err("fsync", &paths.dir))
 }
 
 /// Writes a state file and fdatasyncs it (its directory is the caller's).
