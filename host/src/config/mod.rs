@@ -592,6 +592,11 @@ pub struct Queue {
     /// bulk before the journal lets go of the message. Off: each copy is
     /// fsynced into its Maildir before the 250.
     pub journal: bool,
+    /// A journal segment is sealed after this long without a new message
+    /// (then its mailboxes are synced and it is removed): shorter means
+    /// Maildir copies are synced sooner, longer means fewer syncs when
+    /// mail trickles in.
+    pub journal_seal_idle: Seconds,
 }
 
 impl Default for Queue {
@@ -604,6 +609,7 @@ impl Default for Queue {
             max_lifetime: Seconds(Duration::from_secs(5 * 86400)),
             direct_delivery: true,
             journal: true,
+            journal_seal_idle: Seconds(Duration::from_millis(100)),
             sync: crate::spool::SyncMode::File,
         }
     }

@@ -13,12 +13,13 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Durability, Queue, deliver_pending};
 use crate::route::Router;
-use crate::spool::journal::{self, Journal, Leftover, Touched};
+use crate::spool::journal::{self, Journal, Leftovers, Touched};
 use crate::spool::{DeliveryState, Envelope, Spool, SpoolError, format, now_secs};
 
 /// Delivery threads. Each Maildir write is a few system calls with no
@@ -153,6 +154,7 @@ impl Journaled {
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
+        self.ctx.journal.finish();
         let left = self.ctx.journal.outstanding();
         if left > 0 {
             tracing::warn!(
@@ -180,21 +182,42 @@ fn work_loop(ctx: &Ctx) {
             touched: &ctx.touched,
             recovering: false,
         };
-        match deliver(
-            &item.router,
-            &item.env,
-            &item.content,
-            &item.hostname,
-            &ctx.spool,
-            &ctx.touched,
-            how,
-        ) {
-            Ok(Some(id)) => ctx.queue.queued(id),
-            Ok(None) => {}
-            Err(e) => {
-                // Still durable in the journal: the next start delivers it.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            deliver(
+                &item.router,
+                &item.env,
+                &item.content,
+                &item.hostname,
+                &ctx.spool,
+                &ctx.touched,
+                how,
+            )
+        }));
+        match attempt {
+            Ok(Ok(Some(id))) => ctx.queue.queued(id),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                // Neither delivered nor spooled; still durable in the
+                // journal. Try again in a while (the journal keeps it
+                // across a restart meanwhile).
+                if lock(&ctx.work).stopping {
+                    tracing::error!(
+                        "{}: cannot queue for retry: {e}; the journal keeps the message for the next start",
+                        item.env.id
+                    );
+                    continue;
+                }
                 tracing::error!(
-                    "{}: cannot queue for retry: {e}; kept in the journal until the next start",
+                    "{}: cannot queue for retry: {e}; trying again in 1s",
+                    item.env.id
+                );
+                std::thread::sleep(Duration::from_secs(1));
+                lock(&ctx.work).items.push_back(item);
+                continue;
+            }
+            Err(_) => {
+                tracing::error!(
+                    "{}: delivery failed unexpectedly; the journal keeps the message for the next start",
                     item.env.id
                 );
                 continue;
@@ -233,6 +256,7 @@ fn deliver(
         last_error: Some(last_error),
         done,
         hold_reason: None,
+        journaled: true,
     };
     spool.commit_blocking(content, env, state)?;
     tracing::info!("{}: queued for retry", env.id);
@@ -241,39 +265,46 @@ fn deliver(
 
 /// Start-up: delivers the messages of journal segments an earlier run left
 /// (a crash, or a stop before their copies were synced). A copy that
-/// reached its mailbox is recognised by its name, not delivered twice; a
-/// message already in the spool is left to the spool. Returns the IDs it
-/// spooled for retry. Blocking.
+/// reached its mailbox is recognised by its name and content, not
+/// delivered twice; a message already in the spool is left to the spool.
+/// A record that fails its checksum is kept in the spool's `corrupt/`.
+/// Returns the IDs it spooled for retry. Blocking.
 pub fn recover(
     journal: &Journal,
-    leftovers: Vec<Leftover>,
+    left: Leftovers,
     router: &Router,
     hostname: &str,
     spool: &Spool,
     touched: &Touched,
 ) -> anyhow::Result<Vec<String>> {
-    if leftovers.is_empty() {
+    if left.segments.is_empty() {
         return Ok(Vec::new());
     }
-    tracing::info!(
-        "journal: delivering {} messages left by an earlier run",
-        leftovers.len()
-    );
+    if !left.records.is_empty() {
+        tracing::info!(
+            "journal: delivering {} messages left by an earlier run",
+            left.records.len()
+        );
+    }
     let how = Durability::Journaled {
         touched,
         recovering: true,
     };
-    let mut segments = BTreeSet::new();
     let mut spooled = Vec::new();
-    for left in &leftovers {
-        segments.insert(left.segment);
-        let (env, range) = match format::decode(&left.file) {
+    for rec in &left.records {
+        let (env, range) = match format::decode(&rec.file) {
             Ok(x) => x,
             Err(e) => {
-                anyhow::bail!(
-                    "journal segment {:016x}: damaged record ({e}); move the segment aside to start without it",
-                    left.segment
+                // Written whole and fsynced before any 250, so this is a
+                // batch cut short by the crash (never acknowledged) or
+                // damage on disk: kept for the operator either way.
+                let name = format!("journal-{:016x}-{}", rec.segment, rec.offset);
+                let path = spool.quarantine(&name, &rec.file)?;
+                tracing::warn!(
+                    "journal: a record failed its check ({e}); kept in {}",
+                    path.display()
                 );
+                continue;
             }
         };
         if spool.contains(&env.id) {
@@ -282,7 +313,7 @@ pub fn recover(
         if let Some(id) = deliver(
             router,
             &env,
-            &left.file[range],
+            &rec.file[range],
             hostname,
             spool,
             touched,
@@ -292,6 +323,6 @@ pub fn recover(
         }
     }
     touched.sync()?;
-    journal.forget(segments)?;
+    journal.forget(left.segments)?;
     Ok(spooled)
 }

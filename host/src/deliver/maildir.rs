@@ -97,43 +97,71 @@ pub fn journal_name(arrival: u64, key: &str, hostname: &str) -> String {
     format!("{arrival}.J{key}.{}", name_host(hostname))
 }
 
-/// How a delivery is made durable.
+/// How a delivery is made durable, and how its file is named.
 #[derive(Debug, Clone, Copy)]
 pub enum Durability<'a> {
-    /// fsync the file and `new/` before returning.
+    /// A unique name; fsync the file and `new/` before returning.
     Synced(&'a DirSyncer),
-    /// The message is durable in the journal: no fsync here; the file
-    /// system is recorded for the journal's bulk sync. `recovering`: this
-    /// is a delivery repeated after a crash, and a copy already in `new/`
-    /// or `cur/` under the same name counts (repaired if not intact).
+    /// The message is durable in the journal: a name derived from it
+    /// ([`journal_name`]) and no fsync here; the file system is recorded
+    /// for the journal's bulk sync.
     Journaled {
         /// File systems to sync before the journal forgets the message.
         touched: &'a Touched,
-        /// Look for a copy from before the crash first.
+        /// A delivery repeated after a crash: a copy already in `new/` or
+        /// `cur/` under the same name and with the same content counts
+        /// (one that differs is written again).
         recovering: bool,
     },
+    /// A message that came through the journal, retried from the spool:
+    /// the derived name (so that the journal, replayed after a crash,
+    /// finds this copy), an earlier copy counts, and fsync as `Synced`.
+    Requeued(&'a DirSyncer),
 }
 
-/// A copy of `whole` named `name` from before a crash: an intact one in
-/// `new/` or any in `cur/` (the user has seen it) counts as delivered.
+impl Durability<'_> {
+    /// File names come from [`journal_name`], not [`unique_name`].
+    pub fn derived_names(&self) -> bool {
+        !matches!(self, Durability::Synced(_))
+    }
+
+    fn look_for_earlier_copy(&self) -> bool {
+        matches!(
+            self,
+            Durability::Journaled {
+                recovering: true,
+                ..
+            } | Durability::Requeued(_)
+        )
+    }
+}
+
+/// A copy named `name` from before a crash, in `new/` or (the user has
+/// seen it) in `cur/` with flags; it counts only with the content it must
+/// have, since a crash can leave a name whose data never reached the disk.
 fn earlier_copy(folder: &Path, name: &str, whole: &[u8]) -> Option<PathBuf> {
     let new = folder.join("new").join(name);
-    if let Ok(bytes) = fs::read(&new) {
-        if bytes == whole {
-            return Some(new);
-        }
-        tracing::warn!("{}: damaged by a crash, writing it again", new.display());
-        return None;
-    }
     let prefix = format!("{name}:");
-    fs::read_dir(folder.join("cur"))
-        .ok()?
+    let cur = fs::read_dir(folder.join("cur"))
+        .into_iter()
         .flatten()
-        .find_map(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            (n == name || n.starts_with(&prefix)).then(|| e.path())
-        })
+        .flatten();
+    let found = std::iter::once(new).chain(cur.filter_map(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        (n == name || n.starts_with(&prefix)).then(|| e.path())
+    }));
+    for path in found {
+        match fs::read(&path) {
+            Ok(bytes) if bytes == whole => return Some(path),
+            Ok(_) => tracing::warn!(
+                "{}: damaged by a crash, delivering the message again",
+                path.display()
+            ),
+            Err(_) => {}
+        }
+    }
+    None
 }
 
 /// Delivers `parts` (concatenated) into the Maildir under the file name
@@ -154,9 +182,7 @@ pub fn deliver(
     let final_name = format!("{name},S={size}");
     // One write for small messages (headers and content together).
     let whole: Vec<u8> = parts.concat();
-    if let Durability::Journaled {
-        recovering: true, ..
-    } = how
+    if how.look_for_earlier_copy()
         && let Some(path) = earlier_copy(&folder, &final_name, &whole)
     {
         return Ok(path);
@@ -166,35 +192,69 @@ pub fn deliver(
         .write(true)
         .create(true)
         .truncate(true)
-        // A unique name must be new; a journaled one may be left in tmp/
-        // by a crash.
-        .create_new(matches!(how, Durability::Synced(_)))
+        // A unique name must be new; a derived one may be left in tmp/ by
+        // a crash or an attempt that failed.
+        .create_new(!how.derived_names())
         .mode(0o600)
         .open(&tmp)
         .map_err(err("create", &tmp))?;
     f.write_all(&whole).map_err(err("write", &tmp))?;
     let new_dir = folder.join("new");
     match how {
-        Durability::Synced(syncer) => syncer
+        Durability::Synced(syncer) | Durability::Requeued(syncer) => syncer
             .sync_file_blocking(&f, &tmp)
             .map_err(err("fsync", &tmp))?,
         Durability::Journaled { touched, .. } => {
             let dev = device_of(&f).map_err(err("stat", &tmp))?;
-            touched.add(dev, &new_dir);
+            touched.add(dev, &new_dir).map_err(err("open", &new_dir))?;
         }
     }
     drop(f);
-    let dest = new_dir.join(final_name);
-    if let Err(e) = fs::rename(&tmp, &dest) {
+    let mut dest = new_dir.join(&final_name);
+    let renamed = if let Durability::Journaled {
+        recovering: false, ..
+    } = how
+    {
+        // Never over an existing mail (a queue ID seen again after the
+        // clock stepped back): then a unique name.
+        match rename_noreplace(&tmp, &dest) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tracing::warn!(
+                    "{} exists already; delivering under a unique name",
+                    dest.display()
+                );
+                let host = name.splitn(3, '.').nth(2).unwrap_or_default();
+                dest = new_dir.join(format!("{},S={size}", unique_name(host)));
+                rename_noreplace(&tmp, &dest)
+            }
+            r => r,
+        }
+    } else {
+        // Recovery replaces a damaged copy; unique names are new.
+        fs::rename(&tmp, &dest)
+    };
+    if let Err(e) = renamed {
         let _ = fs::remove_file(&tmp);
         return Err(err("rename", &dest)(e));
     }
-    if let Durability::Synced(syncer) = how {
+    if let Durability::Synced(syncer) | Durability::Requeued(syncer) = how {
         syncer
             .sync_blocking(&new_dir)
             .map_err(err("fsync", &new_dir))?;
     }
     Ok(dest)
+}
+
+/// rename(2) that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -260,6 +320,16 @@ mod tests {
             seen
         );
         assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 0);
+        // ... but only with its content: a name whose data a power loss
+        // took is delivered again.
+        fs::write(&seen, b"").unwrap();
+        assert_eq!(deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(), p);
+        assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
+        // A first delivery never replaces an existing mail.
+        let p2 = deliver(&dir, None, &[b"ho\r\n"], &name, first).unwrap();
+        assert_ne!(p2.file_name(), p.file_name());
+        assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
+        assert_eq!(fs::read(&p2).unwrap(), b"ho\r\n");
         let _ = fs::remove_dir_all(&dir);
     }
 }

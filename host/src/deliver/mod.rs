@@ -243,11 +243,10 @@ pub fn deliver_pending(
                     env.prepend.as_bytes(),
                     content,
                 ];
-                let name = match how {
-                    Durability::Synced(_) => maildir::unique_name(hostname),
-                    Durability::Journaled { .. } => {
-                        maildir::journal_name(env.arrival as u64, &format!("{id}_{i}"), hostname)
-                    }
+                let name = if how.derived_names() {
+                    maildir::journal_name(env.arrival as u64, &format!("{id}_{i}"), hostname)
+                } else {
+                    maildir::unique_name(hostname)
                 };
                 match maildir::deliver(&router.maildir(user), tag.as_deref(), &parts, &name, how) {
                     Ok(path) => {
@@ -302,7 +301,11 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
         loaded.content(),
         &mut state.done,
         &ctx.cfg.hostname,
-        Durability::Synced(&ctx.syncer),
+        if state.journaled {
+            Durability::Requeued(&ctx.syncer)
+        } else {
+            Durability::Synced(&ctx.syncer)
+        },
     );
     let Some(last_error) = deferred else {
         return match ctx.spool.remove(id) {

@@ -1309,6 +1309,7 @@ impl Connection {
             last_error: Some(last_error),
             done,
             hold_reason: None,
+            journaled: false,
         };
         match self
             .shared

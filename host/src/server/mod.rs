@@ -226,8 +226,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // switched off now: it may hold messages from a run that used it.
     let touched = Arc::new(Touched::default());
     let journal_dir = cfg.server.spool_dir.join("journal");
-    let (journal, leftovers) = Journal::open(&journal_dir, touched.clone())
-        .with_context(|| format!("cannot open the journal {}", journal_dir.display()))?;
+    let (journal, leftovers) =
+        Journal::open(&journal_dir, touched.clone(), cfg.queue.journal_seal_idle.0)
+            .with_context(|| format!("cannot open the journal {}", journal_dir.display()))?;
 
     let mut sockets = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -289,6 +290,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ))
     } else {
         journal.close();
+        journal.finish();
         None
     };
     let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;

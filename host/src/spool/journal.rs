@@ -9,12 +9,14 @@
 //! message. Only then is each session told its record's segment.
 //!
 //! The message is then written into its Maildirs without an fsync of its
-//! own, and the session [`Journal::release`]s its record. A segment that is
-//! sealed (full, idle, or at shutdown) and has no record left outstanding
-//! is reclaimed: the file systems the Maildir copies went to are synced
-//! with `syncfs(2)` — one flush for thousands of messages — and only then is
-//! the segment removed. So at every moment each acknowledged message is
-//! durable in the journal, in its mailbox, or in the spool.
+//! own, and the delivery [`Journal::release`]s its record. A segment is
+//! sealed when it is full, when no append came for a while (`seal_idle`),
+//! when it is old, or at shutdown. A sealed segment with no record left
+//! outstanding goes to the reclaimer thread, which syncs the file systems
+//! the Maildir copies went to ([`Touched`], one `syncfs(2)` for thousands
+//! of messages) and only then removes the segment. So at every moment each
+//! acknowledged message is durable in the journal, in its mailbox, or in
+//! the spool.
 //!
 //! After a crash, [`Journal::open`] returns the records of every segment
 //! left; they are delivered again under the same deterministic Maildir
@@ -36,9 +38,9 @@ const HEADER: usize = 16;
 
 /// A segment is sealed once it holds this much.
 const SEGMENT_BYTES: u64 = 16 << 20;
-/// A segment with records is sealed after this long without an append, so
-/// that a quiet daemon does not keep delivered messages in the journal.
-const IDLE_SEAL: Duration = Duration::from_millis(50);
+/// A segment is sealed at this age even if appends never pause, so that
+/// delivered messages do not stay in the journal for long.
+const MAX_AGE: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -48,32 +50,74 @@ fn ctx<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Er
     move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
 }
 
-/// File systems that hold Maildir copies not yet synced, one path each.
+#[derive(Debug, Default)]
+struct TouchedState {
+    /// One open directory per file system: syncfs through a descriptor
+    /// held since before the writes reports their write-back errors, and
+    /// keeps working if that directory is later removed.
+    dirs: HashMap<u64, (Arc<File>, PathBuf)>,
+    /// The first sync error. After it, no sync succeeds until restart: a
+    /// lost write-back must not be forgotten by the next syncfs.
+    failed: Option<String>,
+}
+
+/// The file systems that hold Maildir copies not yet synced.
 #[derive(Debug, Default)]
 pub struct Touched {
-    devices: Mutex<HashMap<u64, PathBuf>>,
+    state: Mutex<TouchedState>,
 }
 
 impl Touched {
-    /// Records that a new file was written below `dir` (whose file system
-    /// is `dev`).
-    pub fn add(&self, dev: u64, dir: &Path) {
-        lock(&self.devices)
+    /// Records that a new file was written below `dir`, on file system
+    /// `dev` (blocking: opens `dir` the first time a file system is seen).
+    pub fn add(&self, dev: u64, dir: &Path) -> io::Result<()> {
+        if lock(&self.state).dirs.contains_key(&dev) {
+            return Ok(());
+        }
+        let f = File::open(dir).map_err(ctx("open", dir))?;
+        lock(&self.state)
+            .dirs
             .entry(dev)
-            .or_insert_with(|| dir.to_path_buf());
+            .or_insert_with(|| (Arc::new(f), dir.to_path_buf()));
+        Ok(())
     }
 
-    /// syncfs(2) on every file system recorded so far (blocking).
+    /// syncfs(2) on every file system recorded (blocking).
     pub fn sync(&self) -> io::Result<()> {
-        let dirs: Vec<PathBuf> = lock(&self.devices).values().cloned().collect();
-        for dir in dirs {
-            let f = File::open(&dir).map_err(ctx("open", &dir))?;
-            rustix::fs::syncfs(&f)
-                .map_err(io::Error::from)
-                .map_err(ctx("syncfs", &dir))?;
+        let dirs: Vec<(Arc<File>, PathBuf)> = {
+            let st = lock(&self.state);
+            if let Some(why) = &st.failed {
+                return Err(io::Error::other(why.clone()));
+            }
+            st.dirs.values().cloned().collect()
+        };
+        for (f, dir) in dirs {
+            if let Err(e) = rustix::fs::syncfs(&*f) {
+                let why = format!(
+                    "syncfs on the file system of {}: {}",
+                    dir.display(),
+                    io::Error::from(e)
+                );
+                lock(&self.state).failed.get_or_insert(why.clone());
+                return Err(io::Error::other(why));
+            }
         }
         Ok(())
     }
+
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self) {
+        lock(&self.state).failed = Some("injected".into());
+    }
+}
+
+/// What earlier runs left in the journal.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Every segment found (some may hold no record).
+    pub segments: Vec<u64>,
+    /// Their complete records, in order.
+    pub records: Vec<Leftover>,
 }
 
 /// One record found in a segment left by an earlier run.
@@ -81,6 +125,8 @@ impl Touched {
 pub struct Leftover {
     /// The segment it was found in.
     pub segment: u64,
+    /// Its offset there.
+    pub offset: usize,
     /// The queue file bytes ([`super::format::decode`]).
     pub file: Vec<u8>,
 }
@@ -106,11 +152,21 @@ struct State {
     stopping: bool,
 }
 
+#[derive(Default)]
+struct ReclaimQueue {
+    segments: Vec<u64>,
+    stopping: bool,
+}
+
 struct Inner {
     dir: PathBuf,
+    seal_idle: Duration,
     state: Mutex<State>,
     /// Wakes the writer.
     work: Condvar,
+    reclaim: Mutex<ReclaimQueue>,
+    /// Wakes the reclaimer.
+    reclaim_ready: Condvar,
     touched: Arc<Touched>,
 }
 
@@ -118,7 +174,13 @@ struct Inner {
 #[derive(Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
-    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    threads: Arc<Mutex<Threads>>,
+}
+
+#[derive(Default)]
+struct Threads {
+    writer: Option<std::thread::JoinHandle<()>>,
+    reclaimer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -140,7 +202,8 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}"))
 }
 
-/// Frames a queue file as a journal record.
+/// Frames a queue file as a journal record: the header, to which the
+/// caller appends the `file_len` bytes of the queue file.
 pub fn record(file_len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + file_len);
     out.extend_from_slice(MAGIC);
@@ -148,9 +211,9 @@ pub fn record(file_len: usize) -> Vec<u8> {
     out
 }
 
-/// Splits a segment into its records; stops at the first incomplete one
-/// (a batch whose write was cut short: never acknowledged).
-fn parse(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+/// Splits a segment into its records (offset, bytes); stops where the
+/// framing ends (a batch whose write was cut short: never acknowledged).
+fn parse(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= HEADER && &bytes[at..at + 8] == MAGIC {
@@ -162,7 +225,7 @@ fn parse(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
         else {
             break;
         };
-        out.push(&bytes[at + HEADER..end]);
+        out.push((at, &bytes[at + HEADER..end]));
         at = end;
     }
     (out, at)
@@ -170,26 +233,30 @@ fn parse(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
 
 impl Journal {
     /// Opens (creating) the journal under `dir`, reads what earlier runs
-    /// left, and starts the writer thread on a new segment. Segments left
+    /// left, and starts the writer and reclaimer threads. Segments left
     /// over stay on disk until [`Journal::forget`] says their messages are
-    /// safe elsewhere.
-    pub fn open(dir: &Path, touched: Arc<Touched>) -> io::Result<(Journal, Vec<Leftover>)> {
+    /// safe elsewhere. New segments are numbered after them and made when
+    /// the first record needs one.
+    pub fn open(
+        dir: &Path,
+        touched: Arc<Touched>,
+        seal_idle: Duration,
+    ) -> io::Result<(Journal, Leftovers)> {
         fs::create_dir_all(dir).map_err(ctx("create", dir))?;
-        let mut seqs = Vec::new();
+        let mut left = Leftovers::default();
         for entry in fs::read_dir(dir).map_err(ctx("read", dir))? {
             let entry = entry.map_err(ctx("read", dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             match segment_seq(&name) {
-                Some(seq) => seqs.push(seq),
+                Some(seq) => left.segments.push(seq),
                 None => tracing::warn!(
                     "ignoring unexpected file {} in the journal",
                     entry.path().display()
                 ),
             }
         }
-        seqs.sort_unstable();
-        let mut leftovers = Vec::new();
-        for &seq in &seqs {
+        left.segments.sort_unstable();
+        for &seq in &left.segments {
             let path = segment_path(dir, seq);
             let bytes = fs::read(&path).map_err(ctx("read", &path))?;
             let (records, used) = parse(&bytes);
@@ -200,34 +267,56 @@ impl Journal {
                     bytes.len() - used
                 );
             }
-            leftovers.extend(records.into_iter().map(|r| Leftover {
-                segment: seq,
-                file: r.to_vec(),
-            }));
+            left.records
+                .extend(records.into_iter().map(|(offset, r)| Leftover {
+                    segment: seq,
+                    offset,
+                    file: r.to_vec(),
+                }));
         }
-        let first = seqs.last().map_or(1, |s| s + 1);
+        let first = left.segments.last().map_or(1, |s| s + 1);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
+            seal_idle,
             state: Mutex::new(State::default()),
             work: Condvar::new(),
+            reclaim: Mutex::new(ReclaimQueue::default()),
+            reclaim_ready: Condvar::new(),
             touched,
         });
-        let file = new_segment(dir, first)?;
-        lock(&inner.state)
-            .segments
-            .insert(first, Segment::default());
         let writer = {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("postern-journal".into())
-                .spawn(move || write_loop(&inner, first, file))?
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| write_loop(&inner, first));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("journal: writer thread failed; journaling stops");
+                    }
+                    // Whatever is still waiting is refused (451), never
+                    // left hanging.
+                    let mut st = lock(&inner.state);
+                    st.stopping = true;
+                    for p in st.pending.drain(..) {
+                        let _ = p.done.send(Err(io::Error::other("journal stopped")));
+                    }
+                })?
+        };
+        let reclaimer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("postern-reclaim".into())
+                .spawn(move || reclaim_loop(&inner))?
         };
         Ok((
             Journal {
                 inner,
-                writer: Arc::new(Mutex::new(Some(writer))),
+                threads: Arc::new(Mutex::new(Threads {
+                    writer: Some(writer),
+                    reclaimer: Some(reclaimer),
+                })),
             },
-            leftovers,
+            left,
         ))
     }
 
@@ -264,34 +353,45 @@ impl Journal {
     }
 
     /// The message of one record of `segment` is in its mailboxes (not
-    /// yet synced) or in the spool. Blocking: the last release of a sealed
-    /// segment syncs and removes it.
+    /// yet synced) or in the spool. The last release of a sealed segment
+    /// hands it to the reclaimer.
     pub fn release(&self, segment: u64) {
-        let reclaim = {
+        let done = {
             let mut st = lock(&self.inner.state);
             let Some(seg) = st.segments.get_mut(&segment) else {
                 return;
             };
             seg.outstanding = seg.outstanding.saturating_sub(1);
-            if seg.sealed && seg.outstanding == 0 {
+            let done = seg.sealed && seg.outstanding == 0;
+            if done {
                 st.segments.remove(&segment);
-                true
-            } else {
-                false
             }
+            done
         };
-        if reclaim {
-            reclaim_segment(&self.inner, segment);
+        if done {
+            reclaim(&self.inner, segment);
         }
     }
 
     /// Stops the writer after it has written everything appended so far
-    /// and seals the last segment (blocking). Segments whose records are
-    /// all released are reclaimed; the others stay for the next start.
+    /// and sealed the last segment (blocking). Releases still work.
     pub fn close(&self) {
         lock(&self.inner.state).stopping = true;
         self.inner.work.notify_one();
-        if let Some(h) = lock(&self.writer).take() {
+        let writer = lock(&self.threads).writer.take();
+        if let Some(h) = writer {
+            let _ = h.join();
+        }
+    }
+
+    /// After [`Journal::close`] and the last release: reclaims what can
+    /// be, then stops the reclaimer (blocking). What is left is delivered
+    /// again on the next start.
+    pub fn finish(&self) {
+        lock(&self.inner.reclaim).stopping = true;
+        self.inner.reclaim_ready.notify_one();
+        let reclaimer = lock(&self.threads).reclaimer.take();
+        if let Some(h) = reclaimer {
             let _ = h.join();
         }
     }
@@ -322,57 +422,79 @@ fn new_segment(dir: &Path, seq: u64) -> io::Result<File> {
     Ok(f)
 }
 
-/// Syncs the mailboxes' file systems, then removes the segment.
-fn reclaim_segment(inner: &Inner, seq: u64) {
-    let path = segment_path(&inner.dir, seq);
-    if let Err(e) = inner.touched.sync() {
-        // The segment stays: its messages are delivered again (and
-        // recognised) on the next start.
-        tracing::error!(
-            "journal: cannot sync the mailboxes, keeping {}: {e}",
-            path.display()
-        );
-        return;
-    }
-    if let Err(e) = fs::remove_file(&path) {
-        tracing::error!("journal: cannot remove {}: {e}", path.display());
+/// Queues a sealed segment with nothing outstanding for the reclaimer.
+fn reclaim(inner: &Inner, seq: u64) {
+    lock(&inner.reclaim).segments.push(seq);
+    inner.reclaim_ready.notify_one();
+}
+
+/// Syncs the mailboxes' file systems once for every segment that is ready,
+/// then removes those segments. A sync error keeps them (and every later
+/// one) for the next start, which delivers their messages again.
+fn reclaim_loop(inner: &Inner) {
+    loop {
+        let batch = {
+            let mut q = lock(&inner.reclaim);
+            while q.segments.is_empty() && !q.stopping {
+                q = inner
+                    .reclaim_ready
+                    .wait(q)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if q.segments.is_empty() {
+                return;
+            }
+            std::mem::take(&mut q.segments)
+        };
+        if let Err(e) = inner.touched.sync() {
+            tracing::error!(
+                "journal: cannot sync the mailboxes ({e}); keeping {} segment(s) for the next start",
+                batch.len()
+            );
+            continue;
+        }
+        for seq in batch {
+            let path = segment_path(&inner.dir, seq);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::error!("journal: cannot remove {}: {e}", path.display());
+            }
+        }
     }
 }
 
-/// Seals `seq`; returns true if it has nothing outstanding (the caller
-/// reclaims it).
-fn seal(inner: &Inner, seq: u64) -> bool {
-    let mut st = lock(&inner.state);
-    let empty = st
-        .segments
-        .get_mut(&seq)
-        .map(|s| {
-            s.sealed = true;
-            s.outstanding == 0
-        })
-        .unwrap_or(false);
+/// The segment being appended to.
+struct Active {
+    seq: u64,
+    file: File,
+    size: u64,
+    opened: Instant,
+}
+
+/// Seals `seq`; a segment with nothing outstanding goes to the reclaimer.
+fn seal(inner: &Inner, seq: u64) {
+    let empty = {
+        let mut st = lock(&inner.state);
+        let empty = st
+            .segments
+            .get_mut(&seq)
+            .map(|s| {
+                s.sealed = true;
+                s.outstanding == 0
+            })
+            .unwrap_or(false);
+        if empty {
+            st.segments.remove(&seq);
+        }
+        empty
+    };
     if empty {
-        st.segments.remove(&seq);
-    }
-    empty
-}
-
-/// Reclaims off the writer thread: a syncfs can take a while and must not
-/// hold up the next batch.
-fn reclaim_later(inner: &Arc<Inner>, seq: u64) {
-    let i = inner.clone();
-    let spawned = std::thread::Builder::new()
-        .name("postern-reclaim".into())
-        .spawn(move || reclaim_segment(&i, seq));
-    if spawned.is_err() {
-        reclaim_segment(inner, seq);
+        reclaim(inner, seq);
     }
 }
 
-fn write_loop(inner: &Arc<Inner>, first: u64, file: File) {
-    let mut seq = first;
-    let mut file = Some(file);
-    let mut size: u64 = 0;
+fn write_loop(inner: &Inner, first: u64) {
+    let mut next_seq = first;
+    let mut active: Option<Active> = None;
     let mut last_append = Instant::now();
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -382,15 +504,16 @@ fn write_loop(inner: &Arc<Inner>, first: u64, file: File) {
                 if !st.pending.is_empty() || st.stopping {
                     break;
                 }
-                let idle = last_append.elapsed();
-                if size > 0 && idle >= IDLE_SEAL {
+                let Some(a) = &active else {
+                    st = inner.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                };
+                let idle_left = inner.seal_idle.saturating_sub(last_append.elapsed());
+                let age_left = MAX_AGE.saturating_sub(a.opened.elapsed());
+                let wait = idle_left.min(age_left);
+                if wait.is_zero() {
                     break;
                 }
-                let wait = if size > 0 {
-                    IDLE_SEAL - idle
-                } else {
-                    Duration::from_secs(3600)
-                };
                 st = inner
                     .work
                     .wait_timeout(st, wait)
@@ -399,71 +522,79 @@ fn write_loop(inner: &Arc<Inner>, first: u64, file: File) {
             }
             (std::mem::take(&mut st.pending), st.stopping)
         };
-        let mut rotate = stopping && batch.is_empty();
-        if !batch.is_empty() {
-            buf.clear();
-            for p in &batch {
-                buf.extend_from_slice(&p.record);
+        if batch.is_empty() {
+            // Idle, old, or stopping: seal.
+            if let Some(a) = active.take() {
+                seal(inner, a.seq);
             }
-            let result = match file.as_mut() {
-                Some(f) => f.write_all(&buf).and_then(|()| f.sync_data()),
-                None => Err(io::Error::other("no journal segment open")),
-            };
-            match result {
-                Ok(()) => {
-                    size += buf.len() as u64;
-                    last_append = Instant::now();
-                    lock(&inner.state)
-                        .segments
-                        .entry(seq)
-                        .or_default()
-                        .outstanding += batch.len();
-                    for p in batch {
-                        let _ = p.done.send(Ok(seq));
-                    }
-                    rotate = size >= SEGMENT_BYTES;
-                }
-                Err(e) => {
-                    let path = segment_path(&inner.dir, seq);
-                    tracing::error!("journal: write to {} failed: {e}", path.display());
-                    for p in batch {
-                        let _ = p
-                            .done
-                            .send(Err(io::Error::new(e.kind(), format!("journal: {e}"))));
-                    }
-                    // What follows a failed write may be garbage: later
-                    // records go to a new segment.
-                    rotate = true;
-                }
-            }
-        } else if !stopping {
-            // Idle with records in the segment.
-            rotate = true;
-        }
-        if rotate {
-            if seal(inner, seq) {
-                if stopping {
-                    reclaim_segment(inner, seq);
-                } else {
-                    reclaim_later(inner, seq);
-                }
-            }
-            if stopping && lock(&inner.state).pending.is_empty() {
+            if stopping {
                 return;
             }
-            seq += 1;
-            size = 0;
-            file = None;
-            match new_segment(&inner.dir, seq) {
-                Ok(f) => {
-                    lock(&inner.state).segments.insert(seq, Segment::default());
-                    file = Some(f);
+            continue;
+        }
+        if active.is_none() {
+            match new_segment(&inner.dir, next_seq) {
+                Ok(file) => {
+                    lock(&inner.state)
+                        .segments
+                        .insert(next_seq, Segment::default());
+                    active = Some(Active {
+                        seq: next_seq,
+                        file,
+                        size: 0,
+                        opened: Instant::now(),
+                    });
+                    next_seq += 1;
                 }
-                Err(e) => tracing::error!("journal: cannot start a new segment: {e}"),
+                Err(e) => {
+                    tracing::error!("journal: cannot start a new segment: {e}");
+                    for p in batch {
+                        let _ = p.done.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    }
+                    // Not a busy loop while the disk is in trouble.
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
             }
-            if file.is_none() {
-                // Appends fail (4xx) until a segment can be made.
-                std::thread::sleep(Duration::from_secs(1));
+        }
+        let Some(a) = active.as_mut() else { continue };
+        buf.clear();
+        for p in &batch {
+            buf.extend_from_slice(&p.record);
+        }
+        match a.file.write_all(&buf).and_then(|()| a.file.sync_data()) {
+            Ok(()) => {
+                a.size += buf.len() as u64;
+                last_append = Instant::now();
+                lock(&inner.state)
+                    .segments
+                    .entry(a.seq)
+                    .or_default()
+                    .outstanding += batch.len();
+                for p in batch {
+                    let _ = p.done.send(Ok(a.seq));
+                }
+                if a.size >= SEGMENT_BYTES {
+                    let seq = a.seq;
+                    active = None;
+                    seal(inner, seq);
+                }
+            }
+            Err(e) => {
+                let path = segment_path(&inner.dir, a.seq);
+                tracing::error!("journal: write to {} failed: {e}", path.display());
+                // The clients get 451 and will send again: their records
+                // must not be delivered after a crash. Best effort; what
+                // follows a failed write goes to a new segment anyway.
+                let _ = a.file.set_len(a.size).and_then(|()| a.file.sync_data());
+                for p in batch {
+                    let _ = p
+                        .done
+                        .send(Err(io::Error::new(e.kind(), format!("journal: {e}"))));
+                }
+                let seq = a.seq;
+                active = None;
+                seal(inner, seq);
             }
         }
     }
@@ -484,6 +615,28 @@ mod tests {
         r
     }
 
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("postern-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn files(dir: &Path) -> usize {
+        fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
     #[test]
     fn parse_stops_at_a_torn_record() {
         let mut bytes = framed(b"one");
@@ -491,7 +644,7 @@ mod tests {
         let whole = bytes.len();
         bytes.extend(&framed(b"three")[..10]);
         let (recs, used) = parse(&bytes);
-        assert_eq!(recs, vec![&b"one"[..], &b"two"[..]]);
+        assert_eq!(recs, vec![(0, &b"one"[..]), (HEADER + 3, &b"two"[..])]);
         assert_eq!(used, whole);
         // A length that runs past the end is not a record.
         let mut bad = framed(b"x");
@@ -501,46 +654,84 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn append_release_reclaim_and_leftovers() {
-        let dir = std::env::temp_dir().join(format!("postern-journal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = temp_dir("cycle");
         let touched = Arc::new(Touched::default());
-        let (j, left) = Journal::open(&dir, touched.clone()).unwrap();
-        assert!(left.is_empty());
+        let long = Duration::from_secs(3600);
+        let (j, left) = Journal::open(&dir, touched.clone(), long).unwrap();
+        assert!(left.segments.is_empty() && left.records.is_empty());
+        assert_eq!(files(&dir), 0, "segments are made when needed");
         let a = j.append(framed(b"a")).await.unwrap();
         let b = j.append(framed(b"b")).await.unwrap();
         assert_eq!(a, b);
         tokio::task::block_in_place(|| j.release(a));
-        // Still one outstanding: a crash now leaves "b" to deliver again.
-        drop(j.clone());
-        let reopened = {
-            // Simulate a crash: read the directory as a new start would.
-            let names: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
-            assert_eq!(names.len(), 1);
-            fs::read(names[0].path()).unwrap()
-        };
-        assert_eq!(parse(&reopened).0, vec![&b"a"[..], &b"b"[..]]);
+        // One still outstanding: what a crash now would leave.
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1);
+        let bytes = fs::read(names[0].path()).unwrap();
+        let recs: Vec<&[u8]> = parse(&bytes).0.into_iter().map(|r| r.1).collect();
+        assert_eq!(recs, vec![&b"a"[..], &b"b"[..]]);
         tokio::task::block_in_place(|| {
             j.release(b);
+            // Not sealed yet: the segment stays.
+            assert_eq!(files(&dir), 1);
             j.close();
+            j.finish();
         });
-        // Sealed at close with nothing outstanding: reclaimed.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::read_dir(&dir).unwrap().count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(files(&dir), 0, "sealed at close, reclaimed");
         assert!(j.append(framed(b"c")).await.is_err(), "closed");
 
         // A segment left by a crash is returned by the next open.
         fs::write(segment_path(&dir, 7), framed(b"left")).unwrap();
-        let (j2, left) = Journal::open(&dir, touched).unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!((left[0].segment, &left[0].file[..]), (7, &b"left"[..]));
+        fs::write(segment_path(&dir, 8), b"").unwrap();
+        let (j2, left) = Journal::open(&dir, touched, long).unwrap();
+        assert_eq!(left.segments, vec![7, 8]);
+        assert_eq!(left.records.len(), 1);
+        assert_eq!(
+            (left.records[0].segment, &left.records[0].file[..]),
+            (7, &b"left"[..])
+        );
         let seq = j2.append(framed(b"d")).await.unwrap();
-        assert!(seq > 7, "new segments come after the leftovers");
-        j2.forget([7]).unwrap();
-        assert!(!segment_path(&dir, 7).exists());
-        tokio::task::block_in_place(|| j2.close());
+        assert_eq!(seq, 9, "new segments come after the leftovers");
+        j2.forget(left.segments).unwrap();
+        assert!(!segment_path(&dir, 7).exists() && !segment_path(&dir, 8).exists());
+        tokio::task::block_in_place(|| {
+            j2.release(seq);
+            j2.close();
+            j2.finish();
+        });
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn idle_seal_and_sync_failure_keeps_segments() {
+        let dir = temp_dir("idle");
+        let touched = Arc::new(Touched::default());
+        let mailbox = dir.join("mbox");
+        fs::create_dir_all(&mailbox).unwrap();
+        let jdir = dir.join("j");
+        let (j, _) = Journal::open(&jdir, touched.clone(), Duration::from_millis(20)).unwrap();
+        let dev = device_of(&File::open(&mailbox).unwrap()).unwrap();
+        touched.add(dev, &mailbox).unwrap();
+        // Sealed when idle, reclaimed once released.
+        let s = j.append(framed(b"a")).await.unwrap();
+        tokio::task::block_in_place(|| j.release(s));
+        assert!(wait_until(|| files(&jdir) == 0), "idle segment reclaimed");
+        // The mailbox directory may go away: its file system is still synced.
+        fs::remove_dir(&mailbox).unwrap();
+        let s = j.append(framed(b"b")).await.unwrap();
+        tokio::task::block_in_place(|| j.release(s));
+        assert!(wait_until(|| files(&jdir) == 0), "reclaimed after rmdir");
+        // After a failed sync nothing is removed any more.
+        touched.fail_for_test();
+        let s = j.append(framed(b"c")).await.unwrap();
+        tokio::task::block_in_place(|| j.release(s));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(files(&jdir), 1, "kept for the next start");
+        tokio::task::block_in_place(|| {
+            j.close();
+            j.finish();
+        });
+        assert_eq!(files(&jdir), 1);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -79,6 +79,11 @@ pub struct DeliveryState {
     /// Why the message was put on hold, if it was.
     #[serde(default)]
     pub hold_reason: Option<String>,
+    /// The message came through the journal: its Maildir copies get the
+    /// journal's derived names, so that a replay of the journal after a
+    /// crash finds them.
+    #[serde(default)]
+    pub journaled: bool,
 }
 
 /// One line of `postern queue list`.
@@ -254,6 +259,20 @@ impl Spool {
             dir: dir.clone(),
         };
         Ok((paths, syncer))
+    }
+
+    /// Keeps bytes that failed their checksum in `corrupt/` for the
+    /// operator (blocking); returns where.
+    pub fn quarantine(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let path = self.corrupt.join(name);
+        let mut f = File::create(&path).map_err(io_err("create", &path))?;
+        f.write_all(bytes).map_err(io_err("write", &path))?;
+        f.sync_data().map_err(io_err("fsync", &path))?;
+        self.syncer()
+            .map_err(io_err("fsync", &self.corrupt))?
+            .sync_blocking(&self.corrupt)
+            .map_err(io_err("fsync", &self.corrupt))?;
+        Ok(path)
     }
 
     /// The message is in `queue/` or `hold/`.
