@@ -37,6 +37,8 @@ struct Item {
     content: Vec<u8>,
     router: Arc<Router>,
     hostname: String,
+    /// Tried before: copies made then are recognised, not made twice.
+    retry: bool,
     _budget: OwnedSemaphorePermit,
 }
 
@@ -106,6 +108,12 @@ impl Journaled {
         })
     }
 
+    /// False once a sync of the mailboxes failed: then the journal can no
+    /// longer let go of messages, and new ones take the fsynced path.
+    pub fn healthy(&self) -> bool {
+        !self.ctx.touched.failed()
+    }
+
     /// Makes the message durable in the journal, calls `durable` (which
     /// logs the message's arrival before its deliveries can), and queues
     /// its delivery. When this returns Ok the caller may answer 250.
@@ -138,6 +146,7 @@ impl Journaled {
             content,
             router,
             hostname,
+            retry: false,
             _budget: budget,
         });
         self.ctx.ready.notify_one();
@@ -180,7 +189,7 @@ fn work_loop(ctx: &Ctx) {
         };
         let how = Durability::Journaled {
             touched: &ctx.touched,
-            recovering: false,
+            recovering: item.retry,
         };
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             deliver(
@@ -212,6 +221,8 @@ fn work_loop(ctx: &Ctx) {
                     item.env.id
                 );
                 std::thread::sleep(Duration::from_secs(1));
+                let mut item = item;
+                item.retry = true;
                 lock(&ctx.work).items.push_back(item);
                 continue;
             }
@@ -323,6 +334,12 @@ pub fn recover(
         }
     }
     touched.sync()?;
+    let segments = left.segments.len();
     journal.forget(left.segments)?;
+    tracing::info!(
+        "journal: recovery done ({} messages, {} spooled for retry, {segments} segments removed)",
+        left.records.len(),
+        spooled.len()
+    );
     Ok(spooled)
 }

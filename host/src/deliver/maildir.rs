@@ -185,6 +185,22 @@ pub fn deliver(
     if how.look_for_earlier_copy()
         && let Some(path) = earlier_copy(&folder, &final_name, &whole)
     {
+        // Found, but perhaps only in the page cache (a kill, not a power
+        // loss): it must become as durable as a new copy would.
+        let dir = path.parent().unwrap_or(&folder).to_path_buf();
+        let f = fs::File::open(&path).map_err(err("open", &path))?;
+        match how {
+            Durability::Synced(syncer) | Durability::Requeued(syncer) => {
+                syncer
+                    .sync_file_blocking(&f, &path)
+                    .map_err(err("fsync", &path))?;
+                syncer.sync_blocking(&dir).map_err(err("fsync", &dir))?;
+            }
+            Durability::Journaled { touched, .. } => {
+                let dev = device_of(&f).map_err(err("stat", &path))?;
+                touched.add(dev, &dir).map_err(err("open", &dir))?;
+            }
+        }
         return Ok(path);
     }
     let tmp = folder.join("tmp").join(name);

@@ -1174,7 +1174,7 @@ impl Connection {
                 .shared
                 .journaled
                 .clone()
-                .filter(|_| self.generation.config.queue.journal)
+                .filter(|j| self.generation.config.queue.journal && j.healthy())
             {
                 return self.deliver_journaled(&journaled, content, env).await;
             }

@@ -38,8 +38,9 @@ const HEADER: usize = 16;
 
 /// A segment is sealed once it holds this much.
 const SEGMENT_BYTES: u64 = 16 << 20;
-/// A segment is sealed at this age even if appends never pause, so that
-/// delivered messages do not stay in the journal for long.
+/// A segment is sealed at this age (or `seal_idle`, if longer) even if
+/// appends never pause, so that delivered messages do not stay in the
+/// journal for long.
 const MAX_AGE: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,6 +104,12 @@ impl Touched {
             }
         }
         Ok(())
+    }
+
+    /// A sync has failed: nothing may rely on the journal's bulk sync
+    /// until restart.
+    pub fn failed(&self) -> bool {
+        lock(&self.state).failed.is_some()
     }
 
     #[cfg(test)]
@@ -462,6 +469,10 @@ fn reclaim_loop(inner: &Inner) {
     }
 }
 
+fn max_age(inner: &Inner) -> Duration {
+    MAX_AGE.max(inner.seal_idle)
+}
+
 /// The segment being appended to.
 struct Active {
     seq: u64,
@@ -509,7 +520,7 @@ fn write_loop(inner: &Inner, first: u64) {
                     continue;
                 };
                 let idle_left = inner.seal_idle.saturating_sub(last_append.elapsed());
-                let age_left = MAX_AGE.saturating_sub(a.opened.elapsed());
+                let age_left = max_age(inner).saturating_sub(a.opened.elapsed());
                 let wait = idle_left.min(age_left);
                 if wait.is_zero() {
                     break;
@@ -548,6 +559,9 @@ fn write_loop(inner: &Inner, first: u64) {
                 }
                 Err(e) => {
                     tracing::error!("journal: cannot start a new segment: {e}");
+                    // Never the same number again (the file may exist).
+                    let _ = fs::remove_file(segment_path(&inner.dir, next_seq));
+                    next_seq += 1;
                     for p in batch {
                         let _ = p.done.send(Err(io::Error::new(e.kind(), e.to_string())));
                     }
@@ -574,7 +588,7 @@ fn write_loop(inner: &Inner, first: u64) {
                 for p in batch {
                     let _ = p.done.send(Ok(a.seq));
                 }
-                if a.size >= SEGMENT_BYTES {
+                if a.size >= SEGMENT_BYTES || a.opened.elapsed() >= max_age(inner) {
                     let seq = a.seq;
                     active = None;
                     seal(inner, seq);
