@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::{Durability, Queue, deliver_pending};
 use crate::route::Router;
 use crate::spool::journal::{self, Journal, Leftovers, Touched};
-use crate::spool::{DeliveryState, Envelope, Spool, SpoolError, format, now_secs};
+use crate::spool::{DeliveryState, Envelope, Spool, SpoolError, format};
 
 /// Delivery threads. Each Maildir write is a few system calls with no
 /// wait for the disk, so two keep up with both cores' worth of sessions.
@@ -261,14 +261,7 @@ fn deliver(
         path: env.id.clone().into(),
         source,
     })?;
-    let state = DeliveryState {
-        attempts: 1,
-        next_attempt: now_secs(),
-        last_error: Some(last_error),
-        done,
-        hold_reason: None,
-        journaled: true,
-    };
+    let state = DeliveryState::after_first_attempt(last_error, done, true);
     spool.commit_blocking(content, env, state)?;
     tracing::info!("{}: queued for retry", env.id);
     Ok(Some(env.id.clone()))

@@ -2,7 +2,7 @@
 //! `new/` (batched by the [`DirSyncer`]). A `+tag` goes into the Maildir++
 //! folder `.tag` when that folder exists.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -188,19 +188,9 @@ pub fn deliver(
         // Found, but perhaps only in the page cache (a kill, not a power
         // loss): it must become as durable as a new copy would.
         let dir = path.parent().unwrap_or(&folder).to_path_buf();
-        let f = fs::File::open(&path).map_err(err("open", &path))?;
-        match how {
-            Durability::Synced(syncer) | Durability::Requeued(syncer) => {
-                syncer
-                    .sync_file_blocking(&f, &path)
-                    .map_err(err("fsync", &path))?;
-                syncer.sync_blocking(&dir).map_err(err("fsync", &dir))?;
-            }
-            Durability::Journaled { touched, .. } => {
-                let dev = device_of(&f).map_err(err("stat", &path))?;
-                touched.add(dev, &dir).map_err(err("open", &dir))?;
-            }
-        }
+        let f = File::open(&path).map_err(err("open", &path))?;
+        secure_file(how, &f, &path, &dir)?;
+        secure_dir(how, &dir)?;
         return Ok(path);
     }
     let tmp = folder.join("tmp").join(name);
@@ -216,15 +206,7 @@ pub fn deliver(
         .map_err(err("create", &tmp))?;
     f.write_all(&whole).map_err(err("write", &tmp))?;
     let new_dir = folder.join("new");
-    match how {
-        Durability::Synced(syncer) | Durability::Requeued(syncer) => syncer
-            .sync_file_blocking(&f, &tmp)
-            .map_err(err("fsync", &tmp))?,
-        Durability::Journaled { touched, .. } => {
-            let dev = device_of(&f).map_err(err("stat", &tmp))?;
-            touched.add(dev, &new_dir).map_err(err("open", &new_dir))?;
-        }
-    }
+    secure_file(how, &f, &tmp, &new_dir)?;
     drop(f);
     let mut dest = new_dir.join(&final_name);
     let renamed = if let Durability::Journaled {
@@ -253,12 +235,34 @@ pub fn deliver(
         let _ = fs::remove_file(&tmp);
         return Err(err("rename", &dest)(e));
     }
-    if let Durability::Synced(syncer) | Durability::Requeued(syncer) = how {
-        syncer
-            .sync_blocking(&new_dir)
-            .map_err(err("fsync", &new_dir))?;
-    }
+    secure_dir(how, &new_dir)?;
     Ok(dest)
+}
+
+/// Makes a file's data durable as `how` says: its own fsync, or (journal)
+/// its file system recorded for the bulk sync, with `dir` (where it ends
+/// up) as the handle to sync through.
+fn secure_file(how: Durability<'_>, f: &File, path: &Path, dir: &Path) -> Result<(), MaildirError> {
+    match how {
+        Durability::Synced(syncer) | Durability::Requeued(syncer) => syncer
+            .sync_file_blocking(f, path)
+            .map_err(err("fsync", path)),
+        Durability::Journaled { touched, .. } => {
+            let dev = device_of(f).map_err(err("stat", path))?;
+            touched.add(dev, dir).map_err(err("open", dir))
+        }
+    }
+}
+
+/// Makes a directory entry durable as `how` says (the journal's bulk sync
+/// covers it otherwise).
+fn secure_dir(how: Durability<'_>, dir: &Path) -> Result<(), MaildirError> {
+    match how {
+        Durability::Synced(syncer) | Durability::Requeued(syncer) => {
+            syncer.sync_blocking(dir).map_err(err("fsync", dir))
+        }
+        Durability::Journaled { .. } => Ok(()),
+    }
 }
 
 /// rename(2) that fails with `AlreadyExists` instead of replacing `to`.

@@ -1160,9 +1160,6 @@ impl Connection {
             },
             smtputf8: tx.params.smtputf8,
         };
-        let size = content.len();
-        let nrcpt = env.recipients.len();
-        let from = env.sender.clone();
         let direct = disposition.is_none()
             && self.generation.config.queue.direct_delivery
             && env
@@ -1180,26 +1177,21 @@ impl Connection {
             }
             return self.deliver_now(content, env).await;
         }
-        let (result, status) = match &disposition {
-            Some(Disposition::Quarantine(why)) => (
-                self.shared
-                    .spool
-                    .commit_held(content, env, why.clone())
-                    .await,
-                format!("held: {why}"),
-            ),
-            _ => (
-                self.shared.spool.commit(content, env).await,
-                "queued".to_string(),
-            ),
+        let held = match &disposition {
+            Some(Disposition::Quarantine(why)) => Some(why.clone()),
+            _ => None,
+        };
+        let status = held
+            .as_ref()
+            .map_or_else(|| "queued".to_string(), |why| format!("held: {why}"));
+        let line = self.arrival(&env, content.len(), &status);
+        let result = match held {
+            Some(why) => self.shared.spool.commit_held(content, env, why).await,
+            None => self.shared.spool.commit(content, env).await,
         };
         match result {
             Ok(()) => {
-                tracing::info!(
-                    "{id}: client={}, from=<{from}>, size={size}, nrcpt={nrcpt}, proto={} ({status})",
-                    self.client,
-                    self.session.protocol()
-                );
+                tracing::info!("{line}");
                 if disposition.is_none() {
                     self.shared.queue.queued(id.clone());
                 }
@@ -1209,8 +1201,9 @@ impl Connection {
         }
     }
 
-    /// Logs a spool failure; the client gets a 4xx and retries.
-    fn queue_failed(&self, id: &str, e: &spool::SpoolError) -> Reply {
+    /// Logs a spool (or journal) failure; the client gets a 4xx and
+    /// retries.
+    fn queue_failed(&self, id: &str, e: &dyn std::fmt::Display) -> Reply {
         tracing::error!("{id}: cannot queue message from {}: {e}", self.client);
         r(
             451,
@@ -1252,16 +1245,7 @@ impl Connection {
             .await
         {
             Ok(()) => Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}"))),
-            Err(e) => {
-                tracing::error!("{id}: cannot journal message from {}: {e}", self.client);
-                Err(r(
-                    451,
-                    4,
-                    3,
-                    0,
-                    "Error: queue file write error, try again later",
-                ))
-            }
+            Err(e) => Err(self.queue_failed(&id, &e)),
         }
     }
 
@@ -1303,14 +1287,7 @@ impl Connection {
         let Some(last_error) = deferred else {
             return Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")));
         };
-        let state = spool::DeliveryState {
-            attempts: 1,
-            next_attempt: spool::now_secs(),
-            last_error: Some(last_error),
-            done,
-            hold_reason: None,
-            journaled: false,
-        };
+        let state = spool::DeliveryState::after_first_attempt(last_error, done, false);
         match self
             .shared
             .spool

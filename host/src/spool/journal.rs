@@ -363,21 +363,9 @@ impl Journal {
     /// yet synced) or in the spool. The last release of a sealed segment
     /// hands it to the reclaimer.
     pub fn release(&self, segment: u64) {
-        let done = {
-            let mut st = lock(&self.inner.state);
-            let Some(seg) = st.segments.get_mut(&segment) else {
-                return;
-            };
-            seg.outstanding = seg.outstanding.saturating_sub(1);
-            let done = seg.sealed && seg.outstanding == 0;
-            if done {
-                st.segments.remove(&segment);
-            }
-            done
-        };
-        if done {
-            reclaim(&self.inner, segment);
-        }
+        update(&self.inner, segment, |s| {
+            s.outstanding = s.outstanding.saturating_sub(1);
+        });
     }
 
     /// Stops the writer after it has written everything appended so far
@@ -483,22 +471,25 @@ struct Active {
 
 /// Seals `seq`; a segment with nothing outstanding goes to the reclaimer.
 fn seal(inner: &Inner, seq: u64) {
-    let empty = {
+    update(inner, seq, |s| s.sealed = true);
+}
+
+/// Changes segment `seq`'s bookkeeping; once it is sealed with nothing
+/// outstanding it leaves the map (exactly once) for the reclaimer.
+fn update(inner: &Inner, seq: u64, change: impl FnOnce(&mut Segment)) {
+    let done = {
         let mut st = lock(&inner.state);
-        let empty = st
-            .segments
-            .get_mut(&seq)
-            .map(|s| {
-                s.sealed = true;
-                s.outstanding == 0
-            })
-            .unwrap_or(false);
-        if empty {
+        let Some(seg) = st.segments.get_mut(&seq) else {
+            return;
+        };
+        change(seg);
+        let done = seg.sealed && seg.outstanding == 0;
+        if done {
             st.segments.remove(&seq);
         }
-        empty
+        done
     };
-    if empty {
+    if done {
         reclaim(inner, seq);
     }
 }

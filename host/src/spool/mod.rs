@@ -86,6 +86,21 @@ pub struct DeliveryState {
     pub journaled: bool,
 }
 
+impl DeliveryState {
+    /// After a first attempt, made before the message was spooled, that
+    /// delivered the recipients in `done` and must retry the others.
+    pub fn after_first_attempt(last_error: String, done: BTreeSet<usize>, journaled: bool) -> Self {
+        DeliveryState {
+            attempts: 1,
+            next_attempt: now_secs(),
+            last_error: Some(last_error),
+            done,
+            hold_reason: None,
+            journaled,
+        }
+    }
+}
+
 /// One line of `postern queue list`.
 #[derive(Debug, Clone)]
 pub struct QueueEntry {
