@@ -2,12 +2,15 @@
 //! `new/` (batched by the [`DirSyncer`]). A `+tag` goes into the Maildir++
 //! folder `.tag` when that folder exists.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::spool::DirSyncer;
 use crate::spool::journal::{Touched, device_of};
@@ -141,17 +144,7 @@ impl Durability<'_> {
 /// have, since a crash can leave a name whose data never reached the disk.
 fn earlier_copy(folder: &Path, name: &str, whole: &[u8]) -> Option<PathBuf> {
     let new = folder.join("new").join(name);
-    let prefix = format!("{name}:");
-    let cur = fs::read_dir(folder.join("cur"))
-        .into_iter()
-        .flatten()
-        .flatten();
-    let found = std::iter::once(new).chain(cur.filter_map(|e| {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        (n == name || n.starts_with(&prefix)).then(|| e.path())
-    }));
-    for path in found {
+    for path in std::iter::once(new).chain(seen_copies(folder, name)) {
         match fs::read(&path) {
             Ok(bytes) if bytes == whole => return Some(path),
             Ok(_) => tracing::warn!(
@@ -162,6 +155,92 @@ fn earlier_copy(folder: &Path, name: &str, whole: &[u8]) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The files in `folder/cur/` named `name` or `name:info`.
+///
+/// Recovery asks this for every recipient it replays. Reading a large
+/// `cur/` for each would make a restart after a crash quadratic in the
+/// mailbox size, so each `cur/` is read once and its names are kept while
+/// the directory's mtime says it is unchanged. A listing taken within
+/// [`RACY`] of that mtime is not trusted (file system timestamps are
+/// coarse: a change in the same tick would not show), and is read again.
+fn seen_copies(folder: &Path, name: &str) -> Vec<PathBuf> {
+    let cur = folder.join("cur");
+    let Ok(mtime) = fs::metadata(&cur).and_then(|m| m.modified()) else {
+        return Vec::new();
+    };
+    let mut index = CUR_INDEX.lock().unwrap_or_else(|p| p.into_inner());
+    let current = index
+        .folders
+        .get(&cur)
+        .is_some_and(|l| l.mtime == mtime && l.taken.duration_since(mtime).is_ok_and(|d| d > RACY));
+    if !current {
+        let taken = SystemTime::now();
+        let mut names: HashMap<String, Vec<OsString>> = HashMap::new();
+        let mut files = 0;
+        for e in fs::read_dir(&cur).into_iter().flatten().flatten() {
+            let file = e.file_name();
+            let lossy = file.to_string_lossy();
+            let base = lossy
+                .split_once(':')
+                .map_or(&*lossy, |(b, _)| b)
+                .to_string();
+            names.entry(base).or_default().push(file);
+            files += 1;
+        }
+        let listing = CurListing {
+            mtime,
+            taken,
+            names,
+            files,
+        };
+        index.insert(cur.clone(), listing);
+    }
+    index.folders[&cur]
+        .names
+        .get(name)
+        .map(|files| files.iter().map(|f| cur.join(f)).collect())
+        .unwrap_or_default()
+}
+
+/// How far a `cur/` listing must postdate the directory's mtime to be
+/// reused.
+const RACY: Duration = Duration::from_secs(2);
+
+/// Names kept in [`CUR_INDEX`] in all; beyond it the index starts over.
+const CUR_INDEX_NAMES: usize = 1 << 20;
+
+static CUR_INDEX: LazyLock<Mutex<CurIndex>> = LazyLock::new(Mutex::default);
+
+/// Listings of `cur/` folders, for [`seen_copies`].
+#[derive(Default)]
+struct CurIndex {
+    folders: HashMap<PathBuf, CurListing>,
+    /// Files listed in all of `folders`.
+    files: usize,
+}
+
+impl CurIndex {
+    fn insert(&mut self, cur: PathBuf, listing: CurListing) {
+        if let Some(old) = self.folders.remove(&cur) {
+            self.files -= old.files;
+        }
+        if self.files + listing.files > CUR_INDEX_NAMES {
+            self.folders.clear();
+            self.files = 0;
+        }
+        self.files += listing.files;
+        self.folders.insert(cur, listing);
+    }
+}
+
+struct CurListing {
+    mtime: SystemTime,
+    taken: SystemTime,
+    /// File names by the part before `:`.
+    names: HashMap<String, Vec<OsString>>,
+    files: usize,
 }
 
 /// Delivers `parts` (concatenated) into the Maildir under the file name
@@ -350,6 +429,56 @@ mod tests {
         assert_ne!(p2.file_name(), p.file_name());
         assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         assert_eq!(fs::read(&p2).unwrap(), b"ho\r\n");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recovery_reads_an_unchanged_cur_once() {
+        let dir = std::env::temp_dir().join(format!("postern-maildir-cur-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        ensure_maildir(&dir).unwrap();
+        let cur = dir.join("cur");
+        let set_mtime = |t: SystemTime| {
+            File::open(&cur).unwrap().set_modified(t).unwrap();
+        };
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        fs::write(cur.join("1.Ja_0.h,S=2:2,S"), b"a\n").unwrap();
+        fs::write(cur.join("1.Ja_1.h,S=2"), b"b\n").unwrap();
+        set_mtime(old);
+        assert_eq!(
+            seen_copies(&dir, "1.Ja_0.h,S=2"),
+            [cur.join("1.Ja_0.h,S=2:2,S")]
+        );
+        assert_eq!(
+            seen_copies(&dir, "1.Ja_1.h,S=2"),
+            [cur.join("1.Ja_1.h,S=2")]
+        );
+        assert!(seen_copies(&dir, "1.Ja_2.h,S=2").is_empty());
+        // A change shows in the mtime, and the listing is read again.
+        fs::write(cur.join("1.Ja_2.h,S=2:2,RS"), b"c\n").unwrap();
+        assert_eq!(
+            seen_copies(&dir, "1.Ja_2.h,S=2"),
+            [cur.join("1.Ja_2.h,S=2:2,RS")]
+        );
+        // The listing is kept while the mtime stays: a file slipped in
+        // under the old mtime is not seen (the proof that the listing is
+        // reused, and why a listing within RACY of its mtime is not).
+        set_mtime(old);
+        assert_eq!(seen_copies(&dir, "1.Ja_2.h,S=2").len(), 1);
+        fs::write(cur.join("1.Ja_3.h,S=2"), b"d\n").unwrap();
+        set_mtime(old);
+        assert!(seen_copies(&dir, "1.Ja_3.h,S=2").is_empty());
+        // A listing taken within RACY of the mtime is not trusted.
+        set_mtime(SystemTime::now());
+        assert_eq!(
+            seen_copies(&dir, "1.Ja_3.h,S=2"),
+            [cur.join("1.Ja_3.h,S=2")]
+        );
+        fs::write(cur.join("1.Ja_4.h,S=2"), b"e\n").unwrap();
+        assert_eq!(
+            seen_copies(&dir, "1.Ja_4.h,S=2"),
+            [cur.join("1.Ja_4.h,S=2")]
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
