@@ -47,7 +47,9 @@
 # BENCH_WASM='key = value' adds settings to the [wasm] table.
 # BENCH_POSTFIX=0 skips the Postfix baseline (for profiling runs).
 # BENCH_PERF=DIR records a perf profile (perf record -g) of the daemon
-# while smtp-source runs, one file per run in DIR.
+# while smtp-source runs, one file per run in DIR; BENCH_PERF_FREQ sets the
+# sampling rate (default 4000 Hz: a 1 s run then has too few samples to
+# compare two variants' profiles symbol by symbol).
 #
 # BENCH_REPEAT rounds (default 3) each run the baseline and every variant
 # once, interleaved; the summary uses the medians, because a 2-core VM is
@@ -191,7 +193,7 @@ EOF
   local perf=
   if [ -n "${BENCH_PERF:-}" ]; then
     mkdir -p "$BENCH_PERF"
-    perf record -q -g -p "$pid" -o "$BENCH_PERF/$variant.$(basename "$work").data" 2>/dev/null &
+    perf record -q -F "${BENCH_PERF_FREQ:-4000}" -g -p "$pid" -o "$BENCH_PERF/$variant.$(basename "$work").data" 2>/dev/null &
     perf=$!
   fi
   t0=$(now)
