@@ -313,8 +313,18 @@ def test_journal_delivers_again_what_a_power_loss_took(daemon_factory):
         for subj in subjects:
             assert s.sendmail("sender@example.org", ["bob@example.test"], message(subject=subj)) == {}
     files = sorted(d.wait_mail("bob", count=len(subjects)))
+    # Delivered, waiting for the bulk sync: the queue listing counts them.
+    out = d.cli("queue", "list").stdout
+    assert out.startswith("Mail queue is empty\n")
+    assert "-- 5 messages in the journal (1 segment)" in out
     d.kill9()
     assert journal_bytes(d).count(b"lost-") == len(subjects)
+    # ... and, the daemon down, lists them one by one on request.
+    out = d.cli("queue", "list", "--journal").stdout
+    starred = [line.split()[0] for line in out.splitlines() if re.match(r"^\S+\* ", line)]
+    assert len(starred) == len(subjects), out
+    assert out.count("bob@example.test") == len(subjects)
+    assert "in 5 Requests." in out
     content = {f.name: f.read_bytes() for f in files}
     files[0].unlink()
     files[1].write_bytes(content[files[1].name][:10])

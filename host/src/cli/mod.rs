@@ -68,7 +68,15 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum QueueCommand {
     /// List queued and held messages: ID, size, age, sender, recipients, last error.
-    List(ConfigArg),
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also list the messages in the journal (marked `*`): being
+        /// delivered to local mailboxes, or delivered and waiting for
+        /// their bulk sync. Without it they are counted.
+        #[arg(long)]
+        journal: bool,
+    },
     /// Retry every deferred message now (asks the running daemon).
     Flush(ConfigArg),
 }
@@ -273,10 +281,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Queue {
-            command: QueueCommand::List(a),
+            command: QueueCommand::List { config, journal },
         } => {
-            let config = Config::load(&a.config)?;
-            queue::list(&config)?;
+            let config = Config::load(&config.config)?;
+            queue::list(&config, journal)?;
             Ok(ExitCode::SUCCESS)
         }
     }

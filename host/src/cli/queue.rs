@@ -1,17 +1,36 @@
 //! `postern queue list`: the `mailq` of Postern.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::config::Config;
-use crate::spool::{Spool, now_secs};
+use crate::spool::{QueueEntry, Spool, format, journal, now_secs};
 
 /// Prints every queued and held message, Postfix `mailq` style, with age
-/// and last error.
-pub fn list(config: &Config) -> anyhow::Result<()> {
+/// and last error; the messages in the journal as a count, or (`journal`)
+/// one by one, marked `*`.
+pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
     let spool = Spool::open_readonly(&config.server.spool_dir);
-    let entries = spool.list()?;
+    let mut entries = spool.list()?;
+    let journaled = in_journal(config, &entries)?;
+    let (segments, in_journal) = (journaled.0, journaled.1.len());
+    if journal {
+        entries.extend(journaled.1);
+    }
+    let summary = || {
+        if in_journal > 0 && !journal {
+            println!(
+                "-- {in_journal} message{} in the journal ({segments} segment{}): being delivered to local mailboxes, or delivered and waiting for their bulk sync (--journal lists them)",
+                if in_journal == 1 { "" } else { "s" },
+                if segments == 1 { "" } else { "s" },
+            );
+        }
+    };
     if entries.is_empty() {
         println!("Mail queue is empty");
+        summary();
         return Ok(());
     }
     let delimiter = config.local.recipient_delimiter.chars().next();
@@ -21,7 +40,11 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
     for e in &entries {
         total += e.size;
         let age = Duration::from_secs((now - e.envelope.arrival).max(0.0) as u64);
-        let mark = if e.area == "hold" { "!" } else { " " };
+        let mark = match e.area {
+            "hold" => "!",
+            "journal" => "*",
+            _ => " ",
+        };
         let sender = if e.envelope.sender.is_empty() {
             "MAILER-DAEMON".to_string()
         } else {
@@ -64,5 +87,38 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
         entries.len(),
         if entries.len() == 1 { "" } else { "s" }
     );
+    summary();
     Ok(())
+}
+
+/// The messages in the journal that are not in the spool too (one that a
+/// failed delivery moved there is listed from there), and the number of
+/// segments they are in. Read-only: a running daemon may be writing and
+/// removing segments meanwhile.
+fn in_journal(config: &Config, spooled: &[QueueEntry]) -> anyhow::Result<(usize, Vec<QueueEntry>)> {
+    let dir = config.server.spool_dir.join("journal");
+    if !dir.is_dir() {
+        return Ok((0, Vec::new()));
+    }
+    let left = journal::read(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let spooled: HashSet<&str> = spooled.iter().map(|e| e.id.as_str()).collect();
+    let mut segments = HashSet::new();
+    let mut out: Vec<QueueEntry> = Vec::new();
+    for r in &left.records {
+        let Ok((envelope, content)) = format::decode(&r.file) else {
+            continue;
+        };
+        if spooled.contains(envelope.id.as_str()) {
+            continue;
+        }
+        segments.insert(r.segment);
+        out.push(QueueEntry {
+            id: envelope.id.clone(),
+            size: content.len() as u64,
+            envelope,
+            state: None,
+            area: "journal",
+        });
+    }
+    Ok((segments.len(), out))
 }

@@ -125,6 +125,10 @@ pub struct Leftovers {
     pub segments: Vec<u64>,
     /// Their complete records, in order.
     pub records: Vec<Leftover>,
+    /// Segments that end in an incomplete record (a crash while it was
+    /// written, never acknowledged; or a running daemon writing it), with
+    /// the bytes after the last complete one.
+    pub torn: Vec<(u64, usize)>,
 }
 
 /// One record found in a segment left by an earlier run.
@@ -175,6 +179,45 @@ struct Inner {
     /// Wakes the reclaimer.
     reclaim_ready: Condvar,
     touched: Arc<Touched>,
+}
+
+/// Reads the segments under `dir` and their complete records (what a
+/// start would replay), without opening the journal: for `postern queue
+/// list`, and for [`Journal::open`].
+pub fn read(dir: &Path) -> io::Result<Leftovers> {
+    let mut left = Leftovers::default();
+    for entry in fs::read_dir(dir).map_err(ctx("read", dir))? {
+        let entry = entry.map_err(ctx("read", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match segment_seq(&name) {
+            Some(seq) => left.segments.push(seq),
+            None => tracing::warn!(
+                "ignoring unexpected file {} in the journal",
+                entry.path().display()
+            ),
+        }
+    }
+    left.segments.sort_unstable();
+    for &seq in &left.segments {
+        let path = segment_path(dir, seq);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            // Reclaimed by a running daemon while `queue list` looked.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ctx("read", &path)(e)),
+        };
+        let (records, used) = parse(&bytes);
+        if used < bytes.len() {
+            left.torn.push((seq, bytes.len() - used));
+        }
+        left.records
+            .extend(records.into_iter().map(|(offset, r)| Leftover {
+                segment: seq,
+                offset,
+                file: r.to_vec(),
+            }));
+    }
+    Ok(left)
 }
 
 /// The journal of one daemon; cheap to clone.
@@ -250,36 +293,12 @@ impl Journal {
         seal_idle: Duration,
     ) -> io::Result<(Journal, Leftovers)> {
         fs::create_dir_all(dir).map_err(ctx("create", dir))?;
-        let mut left = Leftovers::default();
-        for entry in fs::read_dir(dir).map_err(ctx("read", dir))? {
-            let entry = entry.map_err(ctx("read", dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match segment_seq(&name) {
-                Some(seq) => left.segments.push(seq),
-                None => tracing::warn!(
-                    "ignoring unexpected file {} in the journal",
-                    entry.path().display()
-                ),
-            }
-        }
-        left.segments.sort_unstable();
-        for &seq in &left.segments {
-            let path = segment_path(dir, seq);
-            let bytes = fs::read(&path).map_err(ctx("read", &path))?;
-            let (records, used) = parse(&bytes);
-            if used < bytes.len() {
-                tracing::warn!(
-                    "journal segment {}: ignoring {} bytes after the last complete record (never acknowledged)",
-                    path.display(),
-                    bytes.len() - used
-                );
-            }
-            left.records
-                .extend(records.into_iter().map(|(offset, r)| Leftover {
-                    segment: seq,
-                    offset,
-                    file: r.to_vec(),
-                }));
+        let left = read(dir)?;
+        for &(seq, bytes) in &left.torn {
+            tracing::warn!(
+                "journal segment {}: ignoring {bytes} bytes after the last complete record (never acknowledged)",
+                segment_path(dir, seq).display()
+            );
         }
         let first = left.segments.last().map_or(1, |s| s + 1);
         let inner = Arc::new(Inner {
