@@ -87,6 +87,7 @@ team = ["alice", "bob"]
 # Addresses that make the misbehaving test plugin misbehave.
 loop = "alice"
 hog = "alice"
+sleep = "alice"
 trap = "alice"
 
 [queue]

@@ -76,6 +76,7 @@ def test_quickstart_config_runs_with_its_plugin(tmp_path):
 
 @pytest.mark.parametrize("mode,why", [
     ("loop", "time limit exceeded"),
+    ("sleep", "time limit exceeded"),
     ("hog", "memory limit exceeded"),
     ("trap", "trapped"),
 ])
@@ -214,6 +215,21 @@ def test_entry_config_is_validated_by_the_plugin(daemon_factory):
                         extra=access_plugin('{ "blocked.test" = "FROBNICATE" }'))
     p = d2.cli("check", check=False)
     assert p.returncode == 1 and "unknown action" in p.stderr
+
+
+def test_check_config_that_sleeps_is_stopped_by_the_time_limit(daemon_factory):
+    # Sleeping is waiting in a WASI clock, where no guest code runs: the
+    # host's wall-clock backstop ends it, so check and reload cannot hang.
+    d = daemon_factory(extra=access_plugin('{ "blocked.test" = "REJECT" }'))
+    d.rewrite(extra=misbehave("sleepy", "sleep-config", "x@"))
+    started = time.monotonic()
+    p = d.cli("check", check=False)
+    assert p.returncode == 1
+    assert "chain.rcpt[0] (sleepy): check-config failed: time limit exceeded" in p.stderr, p.stderr
+    p = d.cli("reload", check=False)
+    assert p.returncode == 1 and "time limit exceeded" in p.stderr
+    assert time.monotonic() - started < 30
+    assert send(d, "x@blocked.test", "alice@example.test")[0] == 554
 
 
 def test_failed_reload_keeps_the_old_generation(daemon_factory):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import PEERS_RUN, free_port, message, swaks, wait_port
+from conftest import PEERS_RUN, free_port, message, plugin_path, swaks, wait_port
 
 CA = PEERS_RUN / "tls" / "ca.crt"
 CERT = PEERS_RUN / "tls" / "server-chain.crt"
@@ -194,6 +194,29 @@ def test_certificate_reloaded_when_files_change(daemon_factory, tmp_path):
     d.wait_log("certificate files changed; reloaded", timeout=10)
     assert "CN = renewed.test" in peer_subject(d.port)
     assert d.proc.poll() is None
+
+
+def test_failed_reload_changes_no_certificate(daemon_factory, tmp_path):
+    # A reload is all or nothing: when the new generation fails to build
+    # (here a plugin entry's config), its certificates are not used either.
+    d = daemon_factory(extra=tls_config())
+    new_crt, new_key = make_cert(tmp_path, "next.test")
+    broken = f"""
+[[plugin]]
+name = "access"
+path = "{plugin_path('access')}"
+
+[[chain.rcpt]]
+plugin = "access"
+config.sender = {{ "blocked.test" = "NONSENSE" }}
+"""
+    d.rewrite(extra=tls_config(cert=new_crt, key=new_key) + broken)
+    p = d.cli("reload", check=False)
+    assert p.returncode == 1 and "unknown action" in p.stderr, p.stderr
+    assert "CN = mx.test" in peer_subject(d.port)
+    d.rewrite(extra=tls_config(cert=new_crt, key=new_key))
+    d.cli("reload")
+    assert "CN = next.test" in peer_subject(d.port)
 
 
 def test_self_signed_certificate_generated_when_none_configured(daemon):

@@ -16,7 +16,7 @@ use wasmtime::{PoolConcurrencyLimitError, Trap};
 
 use super::bindings::postern::filter::types as wit;
 use super::outcome::{Outcome, Score, Verdict};
-use super::runtime::{Live, LoadedPlugin, Runtime, budget};
+use super::runtime::{Live, LoadedPlugin, Runtime, bounded, budget};
 use super::state::{
     EntryConf, EnvelopeData, MemoryLimitExceeded, MessageData, ParsedMessage, SessionData,
 };
@@ -394,7 +394,7 @@ async fn check_config(
     let guest = idx
         .load(&mut live.store, &live.instance)
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    match guest.call_check_config(&mut live.store).await {
+    match bounded(budget(plugin), guest.call_check_config(&mut live.store)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(msg)) => anyhow::bail!("config refused by the plugin: {msg}"),
         Err(e) => anyhow::bail!("check-config failed: {}", classify(&e)),
@@ -572,7 +572,7 @@ impl PluginSession {
         data.set_current(entry.index);
         data.ticks_left = budget(plugin);
         h.live.store.set_epoch_deadline(1);
-        match invoke(&mut h.live, &h.lent, plugin, args).await {
+        match bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await {
             Ok(o) => Ok(Outcome::from_wit(o, entry.label())),
             Err(e) => {
                 // A trapped instance is poisoned: it is dropped here.

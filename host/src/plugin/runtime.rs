@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-    WasmBacktraceDetails,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline, WasmBacktraceDetails,
 };
 
 use super::bindings::Plugin as PluginWorld;
@@ -370,9 +370,10 @@ impl Runtime {
             Ok(UpdateDeadline::Yield(1))
         });
         // Start-up code (a Python interpreter) gets a more generous budget.
-        store.data_mut().ticks_left = budget(plugin).saturating_mul(4).max(200);
+        let ticks = budget(plugin).saturating_mul(4).max(200);
+        store.data_mut().ticks_left = ticks;
         store.set_epoch_deadline(1);
-        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        let instance = bounded(ticks, plugin.pre.instantiate_async(&mut store)).await?;
         Ok(Live {
             store,
             instance,
@@ -395,6 +396,24 @@ fn keep_resident(cfg: &Wasm, pagemap: bool) -> usize {
         Some(b) => usize::try_from(b.0).unwrap_or(0),
         None if pagemap => 2 << 20,
         None => 0,
+    }
+}
+
+/// Runs a guest entry (instantiation or call) with a wall-clock backstop.
+///
+/// The epoch budget counts time while the guest runs. A guest that waits
+/// in an async host call (a WASI clock pollable, which is what `sleep`
+/// becomes) does not run, and would wait unbounded, holding its session
+/// and a pool slot. This ends such a wait as a time-limit failure two
+/// ticks after the budget; the caller then drops the instance. Costs a
+/// clock read: the timer is only registered if the guest yields.
+pub async fn bounded<T>(
+    ticks: u32,
+    entry: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(TICK * ticks.saturating_add(2), entry).await {
+        Ok(r) => r,
+        Err(_) => Err(wasmtime::Error::from(Trap::Interrupt)),
     }
 }
 

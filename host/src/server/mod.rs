@@ -136,12 +136,17 @@ impl Shared {
             tracing::warn!("reload: queue.journal = true takes effect at the next restart");
         }
         let runtime = self.runtime_for(&config)?;
-        if let Some(tls) = &self.tls {
-            tls.reload(&config)?;
-        }
+        let certs = match &self.tls {
+            Some(tls) => Some(tls.prepare(&config)?),
+            None => None,
+        };
         let id = self.next_generation.fetch_add(1, Ordering::SeqCst);
         let next = Generation::build(config, id, runtime.as_ref()).await?;
         let (plugins, entries) = (next.chains.plugins.len(), next.chains.len());
+        // Everything is built: only now does anything change.
+        if let (Some(tls), Some(certs)) = (&self.tls, certs) {
+            tls.install(certs);
+        }
         self.router.store(next.router.clone());
         self.generation.store(Arc::new(next));
         tracing::info!(
@@ -347,9 +352,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                if let Err(e) = shared.reload().await {
-                    tracing::error!("reload failed, the old generation keeps serving: {e:#}");
-                }
+                // Off the signal loop: SIGTERM must work while a reload
+                // compiles plugins or waits for one's check-config.
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = shared.reload().await {
+                        tracing::error!("reload failed, the old generation keeps serving: {e:#}");
+                    }
+                });
             }
         }
     }

@@ -170,6 +170,12 @@ fn self_signed(dir: &Path, hostname: &str) -> anyhow::Result<CertSource> {
     })
 }
 
+/// Certificates loaded by [`Tls::prepare`], not yet in use.
+pub struct Certificates {
+    sources: Vec<CertSource>,
+    set: CertSet,
+}
+
 impl Tls {
     /// Sets up TLS if any listener uses it; `None` otherwise.
     pub fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Tls>>> {
@@ -203,15 +209,20 @@ impl Tls {
         &self.acceptor
     }
 
-    /// Reloads the certificates from `config` (on `postern reload`). On an
-    /// error the certificates in use stay.
-    pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
+    /// Loads the certificates of `config` for a reload, without using
+    /// them yet: a reload puts them in use ([`Tls::install`]) only once the
+    /// whole new generation is built, so a failed reload changes nothing.
+    pub fn prepare(&self, config: &Config) -> anyhow::Result<Certificates> {
         let sources = sources(config)?;
         let set = load_set(&sources)?;
-        self.resolver.set.store(Arc::new(set));
-        let stamps = mtimes(&sources);
-        *self.sources.lock().unwrap_or_else(|p| p.into_inner()) = (sources, stamps);
-        Ok(())
+        Ok(Certificates { sources, set })
+    }
+
+    /// Puts certificates from [`Tls::prepare`] in use for new handshakes.
+    pub fn install(&self, certs: Certificates) {
+        self.resolver.set.store(Arc::new(certs.set));
+        let stamps = mtimes(&certs.sources);
+        *self.sources.lock().unwrap_or_else(|p| p.into_inner()) = (certs.sources, stamps);
     }
 
     /// Reloads if any certificate or key file changed since the last load.

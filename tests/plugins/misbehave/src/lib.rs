@@ -1,8 +1,8 @@
 //! Test fixture: misbehaves on command, to prove that a bad plugin costs
 //! one 4xx (or is skipped) and never the daemon.
 //!
-//! Config: `mode` = ok | loop | hog | trap | reject | score | header |
-//! quarantine | discard | refuse-config; `when_rcpt` = only act when a
+//! Config: `mode` = ok | loop | sleep | hog | trap | reject | score |
+//! header | quarantine | discard | refuse-config | sleep-config; `when_rcpt` = only act when a
 //! recipient starts with this prefix.
 
 #![allow(missing_docs)]
@@ -37,6 +37,12 @@ fn act(rcpts: &[&str]) -> Outcome {
             loop {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
+        }
+        // Waits in a WASI clock pollable: no guest code runs, so only the
+        // host's wall-clock backstop can end it.
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Outcome::cont()
         }
         "hog" => {
             let mut keep: Vec<Vec<u8>> = Vec::new();
@@ -94,6 +100,9 @@ impl configure::Guest for Misbehave {
         let cfg: Config = postern_sdk::config()?;
         if cfg.mode == "refuse-config" {
             return Err("mode refuse-config is refused, as asked".into());
+        }
+        if cfg.mode == "sleep-config" {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
         }
         Ok(())
     }
