@@ -436,3 +436,76 @@ def test_plugin_test_command_runs_fixtures():
                         str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1
     assert "FAIL - " in p.stdout and "verdict failure (expected accept)" in p.stdout
+
+
+def scoring_chain(*entries, scoring="[scoring]\nreject = 5.0\n"):
+    """The misbehave plugin on the given (stage, mode, when_rcpt) entries."""
+    text = f"""
+[[plugin]]
+name = "mb"
+path = "{plugin_path('misbehave')}"
+"""
+    for i, (stage, mode, when) in enumerate(entries):
+        cfg = f'mode = "{mode}"' + (f', when_rcpt = "{when}"' if when else "")
+        text += f"""
+[[chain.{stage}]]
+plugin = "mb"
+name = "mb-{stage}-{i}"
+config = {{ {cfg} }}
+"""
+    return text + scoring
+
+
+def test_helo_score_counts_once_however_often_the_client_greets(daemon_factory):
+    # EHLO, STARTTLS, EHLO is the normal sequence on port 25: the HELO
+    # stage's score (3) must not count twice (6 would reach reject = 5).
+    d = daemon_factory(extra=scoring_chain(("helo", "score", None)))
+    with d.smtp() as s:
+        for _ in range(3):
+            s.ehlo("client.test")
+        s.starttls()
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.data(message(subject="greeted often"))[0] == 250
+    [f] = d.wait_mail("alice")
+    assert "X-Postern-Score: 3.00 (MISBEHAVE=3.00)" in f.read_text()
+
+
+def test_rcpt_score_counts_once_per_transaction(daemon_factory):
+    d = daemon_factory(extra=scoring_chain(("rcpt", "score", None)))
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.rcpt("bob@example.test")[0] == 250
+        assert s.data(message(subject="two recipients"))[0] == 250
+    [f] = d.wait_mail("alice")
+    assert "X-Postern-Score: 3.00 (MISBEHAVE=3.00)" in f.read_text()
+
+
+def test_refused_recipient_leaves_nothing_in_the_message(daemon_factory):
+    # For trap@ one entry adds a header and the next refuses the recipient:
+    # the header must not reach the message delivered to the others.
+    d = daemon_factory(extra=scoring_chain(("rcpt", "header", "trap@"), ("rcpt", "reject", "trap@")))
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("trap@example.test")[0] == 550
+        assert s.rcpt("bob@example.test")[0] == 250
+        assert s.data(message(subject="one refused"))[0] == 250
+    [f] = d.wait_mail("bob")
+    assert "X-Misbehave" not in f.read_text()
+
+
+def test_delayed_connect_reject_survives_starttls(daemon_factory):
+    # delay_reject holds a connect-stage reject until RCPT; STARTTLS resets
+    # the greeting, not what was decided about the connection.
+    d = daemon_factory(extra=scoring_chain(("connect", "reject", None), scoring=""))
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.starttls()
+        # No EHLO after STARTTLS (smtplib's mail() would send one).
+        assert s.docmd("MAIL FROM:<a@example.org>")[0] == 250
+        code, resp = s.docmd("RCPT TO:<alice@example.test>")
+        assert code == 550 and b"misbehave says no" in resp, (code, resp)

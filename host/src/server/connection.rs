@@ -67,8 +67,11 @@ pub struct Connection {
     /// What plugins see of the session; shared with a stage's calls, so
     /// a stage costs no copy of it.
     info: Arc<SessionInfo>,
-    /// Policy state of the session (connect, HELO) and of the transaction.
+    /// Policy state of the session (connect), of the current greeting
+    /// (HELO: replaced by each EHLO, forgotten at STARTTLS) and of the
+    /// transaction.
     session_policy: Policy,
+    helo_policy: Policy,
     tx_policy: Policy,
     /// Rejects held back until RCPT (delay_reject), by stage.
     connect_reject: Option<Reply>,
@@ -97,6 +100,39 @@ struct Policy {
     scores: Vec<Score>,
     actions: Vec<HeaderAction>,
     disposition: Option<Disposition>,
+}
+
+impl Policy {
+    /// Takes in a stage's scores and actions. A chain entry's symbol
+    /// counts once (with its largest points), and an action once: the RCPT
+    /// stage runs for every recipient, and must not multiply a score (a
+    /// DNSBL hit on the client) by the number of recipients.
+    fn take(&mut self, scores: Vec<Score>, actions: Vec<HeaderAction>) {
+        for s in scores {
+            match self
+                .scores
+                .iter_mut()
+                .find(|o| o.entry == s.entry && o.symbol == s.symbol)
+            {
+                Some(o) if s.points.abs() > o.points.abs() => *o = s,
+                Some(_) => {}
+                None => self.scores.push(s),
+            }
+        }
+        for a in actions {
+            if !self.actions.contains(&a) {
+                self.actions.push(a);
+            }
+        }
+    }
+}
+
+/// Where a stage's policy goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Level {
+    Session,
+    Helo,
+    Transaction,
 }
 
 impl Connection {
@@ -155,6 +191,7 @@ impl Connection {
             plugins,
             info,
             session_policy: Policy::default(),
+            helo_policy: Policy::default(),
             tx_policy: Policy::default(),
             connect_reject: None,
             helo_reject: None,
@@ -471,6 +508,12 @@ impl Connection {
         self.tls = upgraded.tls_info();
         self.stream = upgraded;
         self.session.tls_started();
+        // The greeting is forgotten (RFC 3207), with what plugins said of
+        // it; what they said of the connection stands, a delayed reject
+        // included.
+        self.helo_policy = Policy::default();
+        self.helo_reject = None;
+        self.session.delayed_reject = self.connect_reject.clone();
         let info = Arc::make_mut(&mut self.info);
         info.tls = self
             .tls
@@ -724,7 +767,7 @@ impl Connection {
             let result = self
                 .run_chain(Stage::Mail, &id, Some(Arc::new(envelope)), None, None)
                 .await;
-            if let Some(reply) = self.absorb(Stage::Mail, &id, result, false) {
+            if let Some(reply) = self.absorb(Stage::Mail, &id, result, Level::Transaction) {
                 decision = if self.generation.config.smtp.delay_reject {
                     Decision::Accept(Some(reply))
                 } else {
@@ -755,7 +798,7 @@ impl Connection {
             .run_chain(Stage::Connect, &context, None, None, None)
             .await;
         let reply = self
-            .absorb(Stage::Connect, &context, result, true)
+            .absorb(Stage::Connect, &context, result, Level::Session)
             .or_else(|| self.judge_scores(Stage::Connect, &context));
         let Some(reply) = reply else {
             return true;
@@ -774,15 +817,19 @@ impl Connection {
 
     /// Runs the HELO chain for a new greeting.
     async fn helo_stage(&mut self, name: &str) -> Decision<()> {
+        // A greeting ends any transaction (the session reset it already):
+        // its scores must not judge the greeting.
+        self.end_transaction();
         Arc::make_mut(&mut self.info).helo = Some(name.to_string());
         self.helo_reject = None;
+        self.helo_policy = Policy::default();
         if self.plugins.has(Stage::Helo) {
             let context = self.info.id.clone();
             let result = self
                 .run_chain(Stage::Helo, &context, None, None, None)
                 .await;
             let reply = self
-                .absorb(Stage::Helo, &context, result, true)
+                .absorb(Stage::Helo, &context, result, Level::Helo)
                 .or_else(|| self.judge_scores(Stage::Helo, &context));
             if let Some(reply) = reply {
                 if !self.generation.config.smtp.delay_reject {
@@ -826,15 +873,26 @@ impl Connection {
         stage: Stage,
         context: &str,
         result: StageResult,
-        session_level: bool,
+        level: Level,
     ) -> Option<Reply> {
-        let policy = if session_level {
-            &mut self.session_policy
-        } else {
-            &mut self.tx_policy
+        let policy = match level {
+            Level::Session => &mut self.session_policy,
+            Level::Helo => &mut self.helo_policy,
+            Level::Transaction => &mut self.tx_policy,
         };
-        policy.scores.extend(result.scores);
-        policy.actions.extend(result.actions);
+        // A refused recipient leaves nothing in the message it is not
+        // part of.
+        let refused = stage == Stage::Rcpt
+            && matches!(
+                &result.decision,
+                Some(PluginDecision {
+                    verdict: Verdict::Reject(_) | Verdict::Tempfail(_),
+                    ..
+                })
+            );
+        if !refused {
+            policy.take(result.scores, result.actions);
+        }
         let PluginDecision { entry, verdict } = result.decision?;
         match verdict {
             Verdict::Reject(reply) | Verdict::Tempfail(reply) if stage == Stage::Rcpt => {
@@ -885,6 +943,7 @@ impl Connection {
     /// All scores of the session and the transaction.
     fn all_scores(&self) -> Vec<Score> {
         let mut all = self.session_policy.scores.clone();
+        all.extend(self.helo_policy.scores.iter().cloned());
         all.extend(self.tx_policy.scores.iter().cloned());
         all
     }
@@ -966,7 +1025,7 @@ impl Connection {
             let result = self
                 .run_chain(Stage::Rcpt, &id, envelope, Some(&rcpt), None)
                 .await;
-            if let Some(reply) = self.absorb(Stage::Rcpt, &id, result, false) {
+            if let Some(reply) = self.absorb(Stage::Rcpt, &id, result, Level::Transaction) {
                 return Decision::Reject(reply);
             }
         }
@@ -1055,7 +1114,7 @@ impl Connection {
                 .await;
             // Plugins only borrowed the content; take it back without a copy.
             content = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
-            if let Some(reply) = self.absorb(Stage::Data, &id, result, false) {
+            if let Some(reply) = self.absorb(Stage::Data, &id, result, Level::Transaction) {
                 return Err(reply);
             }
         }
@@ -1073,6 +1132,7 @@ impl Connection {
             .tx_policy
             .disposition
             .clone()
+            .or_else(|| self.helo_policy.disposition.clone())
             .or_else(|| self.session_policy.disposition.clone());
         if let Some(Disposition::Discard(why)) = &disposition {
             tracing::info!(
@@ -1127,6 +1187,7 @@ impl Connection {
             .session_policy
             .actions
             .iter()
+            .chain(self.helo_policy.actions.iter())
             .chain(self.tx_policy.actions.iter())
             .cloned()
             .collect();
