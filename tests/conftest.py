@@ -88,6 +88,7 @@ team = ["alice", "bob"]
 loop = "alice"
 hog = "alice"
 sleep = "alice"
+flood = "alice"
 trap = "alice"
 
 [queue]

@@ -79,6 +79,7 @@ def test_quickstart_config_runs_with_its_plugin(tmp_path):
     ("sleep", "time limit exceeded"),
     ("hog", "memory limit exceeded"),
     ("trap", "trapped"),
+    ("flood", r"outcome refused: returned 100000 header actions \(at most 64\)"),
 ])
 def test_misbehaving_plugin_costs_one_4xx_and_the_daemon_carries_on(daemon_factory, mode, why):
     d = daemon_factory(extra=misbehave("bad", mode, f"{mode}@"))

@@ -133,6 +133,9 @@ fn admin(config: &std::path::Path, command: &str) -> anyhow::Result<ExitCode> {
 /// entry configs checked), exactly as a start or reload would.
 fn check(path: &std::path::Path) -> anyhow::Result<String> {
     let config = Config::load(path)?;
+    for w in config.warnings() {
+        eprintln!("warning: {}: {}", w.key, w.message);
+    }
     let summary = format!(
         "{} listener(s), {} local domain(s), {} user(s), {} alias(es)",
         config.listeners.len(),

@@ -642,6 +642,45 @@ impl Config {
         }
     }
 
+    /// Settings that work but invite trouble, each with its key: printed
+    /// by `postern check`, logged at start and reload.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        // A fresh instance is held from connect or MAIL to the end of the
+        // transaction, so a client that stalls holds its slots: with fewer
+        // slots than connections can hold, idle clients can starve the
+        // others' plugin calls (each then gets a 451).
+        let used: std::collections::HashSet<&str> = self
+            .chain
+            .stages()
+            .iter()
+            .flat_map(|(_, entries)| entries.iter().map(|e| e.plugin.as_str()))
+            .collect();
+        let (mut fresh, mut warm) = (0u64, 0u64);
+        for p in self
+            .plugins
+            .iter()
+            .filter(|p| used.contains(p.name.as_str()))
+        {
+            if p.reuse_instances {
+                warm += 1;
+            } else {
+                fresh += 1;
+            }
+        }
+        let needed = (self.smtp.max_connections as u64) * fresh + 16 * warm;
+        if u64::from(self.wasm.max_instances) < needed {
+            out.push(Problem {
+                key: "wasm.max_instances".into(),
+                message: format!(
+                    "{} instance slots, but {} connections with {fresh} fresh-instance plugin(s) (and {warm} warm pool(s) of 16) can hold {needed}: stalled clients could leave other sessions without slots (451); raise it or lower smtp.max_connections",
+                    self.wasm.max_instances, self.smtp.max_connections
+                ),
+            });
+        }
+        out
+    }
+
     /// Everything that is wrong with the values, each with its key.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -882,6 +921,22 @@ abuse = "alice"
         assert_eq!(c.server.origin(), "example.test");
         assert_eq!(c.smtp.max_message_size, Bytes(10_240_000));
         assert!(c.smtp.delay_reject);
+    }
+
+    #[test]
+    fn too_few_instance_slots_for_the_connections_is_a_warning() {
+        let plugin =
+            "\n[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\n[[chain.rcpt]]\nplugin = \"p\"\n";
+        let c = load(&format!("{MINIMAL}{plugin}")).unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let two = format!("{MINIMAL}{plugin}{}", plugin.replace("\"p\"", "\"q\""));
+        let c = load(&two).unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].key, "wasm.max_instances");
+        assert!(w[0].message.contains("can hold 2000"), "{}", w[0].message);
+        let c = load(&format!("{two}[wasm]\nmax_instances = 2000\n")).unwrap();
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

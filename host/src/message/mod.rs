@@ -17,7 +17,15 @@ pub struct HeaderField {
 /// Parses the header section; returns the fields and the offset where the
 /// body starts (after the empty line, or the end of the content).
 pub fn parse_headers(content: &[u8]) -> (Vec<HeaderField>, usize) {
+    parse_headers_up_to(content, usize::MAX)
+}
+
+/// [`parse_headers`] keeping at most `max` fields (the body still starts
+/// after the whole header section): what a client sends must not decide
+/// how much memory the host spends on it.
+pub fn parse_headers_up_to(content: &[u8], max: usize) -> (Vec<HeaderField>, usize) {
     let mut fields: Vec<HeaderField> = Vec::new();
+    let mut full = false;
     let mut pos = 0;
     while pos < content.len() {
         let end = memchr::memchr(b'\n', &content[pos..])
@@ -29,12 +37,21 @@ pub fn parse_headers(content: &[u8]) -> (Vec<HeaderField>, usize) {
             return (fields, end);
         }
         if (text[0] == b' ' || text[0] == b'\t') && !fields.is_empty() {
-            if let Some(last) = fields.last_mut() {
+            if full {
+                // A continuation of a field not kept.
+            } else if let Some(last) = fields.last_mut() {
                 last.value.push(' ');
                 last.value.push_str(String::from_utf8_lossy(text).trim());
                 last.range.end = end;
             }
         } else if let Some(colon) = text.iter().position(|&b| b == b':') {
+            if fields.len() == max {
+                full = true;
+            }
+            if full {
+                pos = end;
+                continue;
+            }
             fields.push(HeaderField {
                 name: String::from_utf8_lossy(text[..colon].trim_ascii()).into_owned(),
                 value: String::from_utf8_lossy(text[colon + 1..].trim_ascii()).into_owned(),
@@ -106,17 +123,44 @@ impl HeaderAction {
     }
 }
 
-/// True if `name` is a valid header field name (RFC 5322 ftext).
+/// True if `name` is a valid header field name (RFC 5322 ftext), of a
+/// length that leaves room for a value on its line.
 pub fn valid_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+    !name.is_empty()
+        && name.len() <= 76
+        && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
-/// Makes a value safe to put on one header line: line breaks become spaces.
+/// Makes a value safe to put in a header field or a log line: control
+/// characters (line breaks, NUL, escape sequences) become spaces; a tab
+/// stays.
 pub fn sanitize_value(value: &str) -> String {
     value
         .chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
         .collect()
+}
+
+/// `name: value` as a header field with CRLF, folded at spaces so that
+/// lines stay within 78 characters where the value allows (RFC 5322
+/// §2.2.3); a run without spaces is never broken.
+pub fn header_field(name: &str, value: &str) -> String {
+    let value = sanitize_value(value);
+    let mut out = String::with_capacity(name.len() + value.len() + 8);
+    out.push_str(name);
+    out.push(':');
+    let mut line = out.len();
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 && line + 1 + word.len() > 78 && line > 1 {
+            out.push_str("\r\n");
+            line = 0;
+        }
+        out.push(' ');
+        out.push_str(word);
+        line += 1 + word.len();
+    }
+    out.push_str("\r\n");
+    out
 }
 
 /// Applies header actions: additions go to `prepend` (in order), changes
@@ -126,7 +170,7 @@ pub fn apply_actions(content: Vec<u8>, prepend: &mut String, actions: &[HeaderAc
     for action in actions {
         match action {
             HeaderAction::Add { name, value } => {
-                prepend.push_str(&format!("{name}: {}\r\n", sanitize_value(value)));
+                prepend.push_str(&header_field(name, value));
             }
             HeaderAction::Change { name, index, value } => {
                 let (fields, _) = parse_headers(&content);
@@ -137,10 +181,10 @@ pub fn apply_actions(content: Vec<u8>, prepend: &mut String, actions: &[HeaderAc
                 match hit {
                     // Keep the field's own spelling of its name.
                     Some(f) => {
-                        let line = format!("{}: {}\r\n", f.name, sanitize_value(value));
+                        let line = header_field(&f.name, value);
                         content.splice(f.range.clone(), line.into_bytes());
                     }
-                    None => prepend.push_str(&format!("{name}: {}\r\n", sanitize_value(value))),
+                    None => prepend.push_str(&header_field(name, value)),
                 }
             }
             HeaderAction::Remove { name, index } => {
@@ -163,6 +207,43 @@ pub fn apply_actions(content: Vec<u8>, prepend: &mut String, actions: &[HeaderAc
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn header_parsing_keeps_at_most_the_fields_asked_for() {
+        let mut msg = Vec::new();
+        for i in 0..10 {
+            msg.extend_from_slice(format!("X-{i}: v\r\n continued\r\n").as_bytes());
+        }
+        msg.extend_from_slice(b"\r\nbody\r\n");
+        let (all, body) = parse_headers(&msg);
+        let (some, body2) = parse_headers_up_to(&msg, 3);
+        assert_eq!((all.len(), some.len()), (10, 3));
+        assert_eq!(body, body2);
+        assert_eq!(&msg[body..], b"body\r\n");
+        assert_eq!(some[2].value, "v continued");
+        assert_eq!(some[2].range, all[2].range);
+    }
+
+    #[test]
+    fn header_fields_are_folded_at_spaces_and_cleaned() {
+        assert_eq!(header_field("X-A", "short"), "X-A: short\r\n");
+        let words: Vec<String> = (0..40).map(|i| format!("word{i:02}")).collect();
+        let f = header_field("X-Many", &words.join(" "));
+        assert!(f.ends_with("\r\n"));
+        let lines: Vec<&str> = f.trim_end_matches("\r\n").split("\r\n").collect();
+        assert!(lines.len() > 3);
+        assert!(lines.iter().all(|l| l.len() <= 78), "{lines:?}");
+        assert!(lines[1..].iter().all(|l| l.starts_with(' ')));
+        // Unfolding gives the value back.
+        assert_eq!(
+            f.replace("\r\n ", " "),
+            format!("X-Many: {}\r\n", words.join(" "))
+        );
+        // A run without spaces is kept whole; control characters go.
+        let run = "x".repeat(200);
+        assert_eq!(header_field("X-R", &run), format!("X-R: {run}\r\n"));
+        assert_eq!(header_field("X-C", "a\r\nb\0c\td"), "X-C: a  b c\td\r\n");
+    }
     use super::*;
 
     const MSG: &[u8] = b"Subject: hello\r\n world\r\nX-A: 1\r\nX-A: 2\r\n\r\nbody X-A: 3\r\n";

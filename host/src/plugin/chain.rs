@@ -208,6 +208,9 @@ pub enum Failure {
     Overloaded,
     /// Any other trap or error.
     Trap(String),
+    /// An outcome the host refuses (too many scores or actions, a header
+    /// value too long).
+    BadOutcome(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -217,6 +220,7 @@ impl std::fmt::Display for Failure {
             Failure::MemoryLimit(m) => write!(f, "{m}"),
             Failure::Overloaded => f.write_str("no free plugin instance slot (wasm.max_instances)"),
             Failure::Trap(m) => write!(f, "trapped: {m}"),
+            Failure::BadOutcome(m) => write!(f, "outcome refused: {m}"),
         }
     }
 }
@@ -446,7 +450,12 @@ impl PluginSession {
             let outcome = match call {
                 Ok(o) => o,
                 Err(failure) => {
-                    let on_error = entry.slot.plugin.def.on_error;
+                    // No free slot is never skipped: clients that hold
+                    // slots must not be able to switch policy off.
+                    let on_error = match failure {
+                        Failure::Overloaded => OnError::Tempfail,
+                        _ => entry.slot.plugin.def.on_error,
+                    };
                     tracing::warn!(
                         "{context}: plugin {} failed at {}: {failure}; on_error={}",
                         entry.label(),
@@ -573,7 +582,7 @@ impl PluginSession {
         data.ticks_left = budget(plugin);
         h.live.store.set_epoch_deadline(1);
         match bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await {
-            Ok(o) => Ok(Outcome::from_wit(o, entry.label())),
+            Ok(o) => Outcome::from_wit(o, entry.label()).map_err(Failure::BadOutcome),
             Err(e) => {
                 // A trapped instance is poisoned: it is dropped here.
                 held.swap_remove(i);

@@ -5,6 +5,24 @@ use std::sync::Arc;
 
 use super::bindings::postern::filter::types as wit;
 use crate::message::{HeaderAction, sanitize_value, valid_header_name};
+
+/// Scores, and header actions, one outcome may carry. More is a plugin
+/// failure: everything an outcome carries is handled by the host outside
+/// the plugin's time budget, and goes into log lines and headers.
+pub const MAX_ITEMS: usize = 64;
+
+/// Longest header value a plugin may set (a DKIM or ARC signature is a
+/// few kilobytes). Longer is a plugin failure.
+pub const MAX_HEADER_VALUE: usize = 16 << 10;
+
+/// Discard and quarantine reasons and score details are cut to this many
+/// characters: they go into log lines.
+const MAX_TEXT: usize = 400;
+
+/// A reason or detail for a log line: control characters replaced, cut.
+fn text(s: &str) -> String {
+    sanitize_value(&s.chars().take(MAX_TEXT).collect::<String>())
+}
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// A plugin's verdict.
@@ -109,15 +127,28 @@ fn symbol(s: &str) -> String {
 }
 
 impl Outcome {
-    /// Converts and sanitises a plugin's outcome.
-    pub fn from_wit(o: wit::Outcome, entry: &Arc<str>) -> Outcome {
+    /// Converts and sanitises a plugin's outcome; an error says why it is
+    /// refused (too many scores or actions, a header value too long).
+    pub fn from_wit(o: wit::Outcome, entry: &Arc<str>) -> Result<Outcome, String> {
+        if o.scores.len() > MAX_ITEMS {
+            return Err(format!(
+                "returned {} scores (at most {MAX_ITEMS})",
+                o.scores.len()
+            ));
+        }
+        if o.actions.len() > MAX_ITEMS {
+            return Err(format!(
+                "returned {} header actions (at most {MAX_ITEMS})",
+                o.actions.len()
+            ));
+        }
         let verdict = match &o.verdict {
             wit::Verdict::Continue => Verdict::Continue,
             wit::Verdict::Accept => Verdict::Accept,
             wit::Verdict::Reject(r) => Verdict::Reject(fix_reply(r, 5)),
             wit::Verdict::Tempfail(r) => Verdict::Tempfail(fix_reply(r, 4)),
-            wit::Verdict::Discard(why) => Verdict::Discard(sanitize_value(why)),
-            wit::Verdict::Quarantine(why) => Verdict::Quarantine(sanitize_value(why)),
+            wit::Verdict::Discard(why) => Verdict::Discard(text(why)),
+            wit::Verdict::Quarantine(why) => Verdict::Quarantine(text(why)),
         };
         let scores = o
             .scores
@@ -126,7 +157,7 @@ impl Outcome {
             .map(|s| Score {
                 symbol: symbol(&s.symbol),
                 points: s.points.clamp(-1000.0, 1000.0),
-                detail: s.detail.as_deref().map(sanitize_value),
+                detail: s.detail.as_deref().map(text),
                 entry: entry.clone(),
             })
             .collect();
@@ -147,6 +178,15 @@ impl Outcome {
                     index: h.index,
                 },
             };
+            if let HeaderAction::Add { value, .. } | HeaderAction::Change { value, .. } = &action
+                && value.len() > MAX_HEADER_VALUE
+            {
+                return Err(format!(
+                    "header {}: value of {} bytes (at most {MAX_HEADER_VALUE})",
+                    action.name(),
+                    value.len()
+                ));
+            }
             if valid_header_name(action.name()) {
                 actions.push(action);
             } else {
@@ -156,11 +196,11 @@ impl Outcome {
                 );
             }
         }
-        Outcome {
+        Ok(Outcome {
             verdict,
             scores,
             actions,
-        }
+        })
     }
 }
 
@@ -217,8 +257,55 @@ mod tests {
                 ],
             },
             &entry,
-        );
+        )
+        .unwrap();
         assert_eq!(o.scores.len(), 1);
         assert_eq!(o.actions.len(), 1);
+    }
+
+    fn add(name: &str, value: String) -> wit::Action {
+        wit::Action::AddHeader(wit::Header {
+            name: name.into(),
+            value,
+        })
+    }
+
+    #[test]
+    fn oversized_outcomes_are_refused_and_texts_cut() {
+        let entry: Arc<str> = Arc::from("t");
+        let outcome = |scores: usize, actions: Vec<wit::Action>, why: String| wit::Outcome {
+            verdict: wit::Verdict::Discard(why),
+            scores: (0..scores)
+                .map(|i| wit::Score {
+                    symbol: format!("S{i}"),
+                    points: 1.0,
+                    detail: Some("d\x1b[31m".repeat(200)),
+                })
+                .collect(),
+            actions,
+        };
+        let many = (0..=MAX_ITEMS).map(|i| add(&format!("X-{i}"), "v".into()));
+        let e = Outcome::from_wit(outcome(0, many.collect(), "x".into()), &entry).unwrap_err();
+        assert!(e.contains("65 header actions"), "{e}");
+        let e = Outcome::from_wit(outcome(MAX_ITEMS + 1, vec![], "x".into()), &entry).unwrap_err();
+        assert!(e.contains("65 scores"), "{e}");
+        let long = add("X-Long", "v".repeat(MAX_HEADER_VALUE + 1));
+        let e = Outcome::from_wit(outcome(0, vec![long], "x".into()), &entry).unwrap_err();
+        assert!(e.contains("X-Long"), "{e}");
+        // At the limits: accepted; reasons and details cut and cleaned.
+        let ok = (0..MAX_ITEMS).map(|i| add(&format!("X-{i}"), "v".into()));
+        let o = Outcome::from_wit(
+            outcome(MAX_ITEMS, ok.collect(), "w\0hy".repeat(500)),
+            &entry,
+        )
+        .unwrap();
+        assert_eq!((o.scores.len(), o.actions.len()), (MAX_ITEMS, MAX_ITEMS));
+        let Verdict::Discard(why) = &o.verdict else {
+            panic!("{:?}", o.verdict)
+        };
+        assert_eq!(why.chars().count(), MAX_TEXT);
+        assert!(!why.contains('\0'));
+        let detail = o.scores[0].detail.as_deref().unwrap();
+        assert!(detail.chars().count() == MAX_TEXT && !detail.contains('\x1b'));
     }
 }

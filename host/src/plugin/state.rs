@@ -9,10 +9,15 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::postern::filter::{host, types};
 use super::chain::{EnvelopeInfo, SessionInfo};
-use crate::message::parse_headers;
+use crate::message::parse_headers_up_to;
 
 /// Largest body chunk handed out by one `read-body` call.
 const MAX_READ: usize = 1 << 20;
+
+/// Header fields plugins see (the first ones; `read-body` still starts
+/// after the whole header section). Real mail has tens; a message of
+/// millions of tiny fields must not cost the host gigabytes.
+pub const MAX_FIELDS: usize = 1000;
 
 /// Message content with its header section parsed: once per stage,
 /// whatever the number of plugins that read it.
@@ -26,7 +31,7 @@ pub struct ParsedMessage {
 impl ParsedMessage {
     /// Parses message content (header section and body).
     pub fn new(content: Arc<Vec<u8>>) -> ParsedMessage {
-        let (fields, body_start) = parse_headers(&content);
+        let (fields, body_start) = parse_headers_up_to(&content, MAX_FIELDS);
         ParsedMessage {
             headers: fields.into_iter().map(|f| (f.name, f.value)).collect(),
             content,

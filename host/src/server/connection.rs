@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::Shared;
 use super::generation::Generation;
 use super::trace::{TraceInfo, missing_headers, received};
-use crate::message::{HeaderAction, apply_actions};
+use crate::message::{HeaderAction, apply_actions, header_field};
 use crate::plugin::{
     Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
     StageResult, Verdict, scoring,
@@ -1177,9 +1177,9 @@ impl Connection {
                 scoring::breakdown(&scores)
             );
             if self.generation.config.scoring.add_header {
-                prepend.push_str(&format!(
-                    "X-Postern-Score: {}\r\n",
-                    scoring::header_value(&scores)
+                prepend.push_str(&header_field(
+                    "X-Postern-Score",
+                    &scoring::header_value(&scores),
                 ));
             }
         }

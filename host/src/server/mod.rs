@@ -141,6 +141,9 @@ impl Shared {
             None => None,
         };
         let id = self.next_generation.fetch_add(1, Ordering::SeqCst);
+        for w in config.warnings() {
+            tracing::warn!("reload: {}: {}", w.key, w.message);
+        }
         let next = Generation::build(config, id, runtime.as_ref()).await?;
         let (plugins, entries) = (next.chains.plugins.len(), next.chains.len());
         // Everything is built: only now does anything change.
@@ -218,6 +221,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     } else {
         Some(Runtime::new(&config.wasm)?)
     };
+    for w in config.warnings() {
+        tracing::warn!("config: {}: {}", w.key, w.message);
+    }
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
     let cfg = &current.config;
 

@@ -1,8 +1,8 @@
 //! Test fixture: misbehaves on command, to prove that a bad plugin costs
 //! one 4xx (or is skipped) and never the daemon.
 //!
-//! Config: `mode` = ok | loop | sleep | hog | trap | reject | score |
-//! header | quarantine | discard | refuse-config | sleep-config; `when_rcpt` = only act when a
+//! Config: `mode` = ok | loop | sleep | hog | trap | flood | reject |
+//! score | header | quarantine | discard | refuse-config | sleep-config; `when_rcpt` = only act when a
 //! recipient starts with this prefix.
 
 #![allow(missing_docs)]
@@ -55,6 +55,9 @@ fn act(rcpts: &[&str]) -> Outcome {
         "reject" => Outcome::reject(550, "5.7.1", "misbehave says no"),
         "score" => Outcome::cont().score("MISBEHAVE", 3.0, Some("test score")),
         "header" => Outcome::cont().add_header("X-Misbehave", "yes"),
+        "flood" => (0..100_000).fold(Outcome::cont(), |o, i| {
+            o.add_header(&format!("X-Flood-{i}"), "yes")
+        }),
         "quarantine" => Outcome::quarantine("misbehave holds it"),
         "discard" => Outcome::discard("misbehave drops it"),
         _ => Outcome::cont(),
