@@ -155,7 +155,7 @@ pub struct PluginDef {
     /// for long chains). Default: a fresh instance per transaction.
     #[serde(default)]
     pub reuse_instances: bool,
-    /// Linear memory limit per instance. One instance serves every chain
+    /// Linear memory limit per instance (all its memories together). One instance serves every chain
     /// entry of the plugin, so this must hold the parsed config of all
     /// its entries at once (plus one call's work).
     #[serde(default = "default_plugin_memory")]

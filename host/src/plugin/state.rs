@@ -76,24 +76,29 @@ impl std::error::Error for MemoryLimitExceeded {}
 /// Limits that fail with a typed error the host can recognise.
 #[derive(Debug)]
 pub struct Limits {
-    /// Linear memory limit in bytes.
+    /// Linear memory limit in bytes, for all the instance's memories
+    /// together (a component may have several: its own, an adapter's).
     pub memory: usize,
+    /// Bytes of linear memory the instance has so far.
+    pub used: usize,
 }
 
 impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory {
+        let total = (self.used - current.min(self.used)).saturating_add(desired);
+        if total > self.memory {
             return Err(MemoryLimitExceeded {
-                desired,
+                desired: total,
                 limit: self.memory,
             }
             .into());
         }
+        self.used = total;
         Ok(true)
     }
 
@@ -156,7 +161,7 @@ impl HostState {
             // libc may ask, and gets nothing.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: Limits { memory },
+            limits: Limits { memory, used: 0 },
             confs,
             current,
             context: None,
@@ -356,3 +361,26 @@ impl types::HostEnvelope for HostState {
 }
 
 impl types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limit_counts_every_memory_of_the_instance() {
+        let mut l = Limits {
+            memory: 100,
+            used: 0,
+        };
+        // Two memories created with 40 each, then one grows to 60.
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        assert!(l.memory_growing(40, 60, None).unwrap());
+        assert_eq!(l.used, 100);
+        // Either growing further passes the limit together.
+        let e = l.memory_growing(40, 41, None).unwrap_err();
+        let m = e.downcast_ref::<MemoryLimitExceeded>().unwrap();
+        assert_eq!((m.desired, m.limit), (101, 100));
+        assert_eq!(l.used, 100);
+    }
+}
