@@ -458,6 +458,51 @@ def test_pipelined_commands_answered_in_order(daemon):
     daemon.wait_mail("alice")
 
 
+def test_every_refused_command_is_logged(daemon):
+    payload = (b"EHLO client.test\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nVRFY alice\r\n"
+               b"AUTH PLAIN AGFsaWNlAHg=\r\nMAIL FROM:<a@example.org>\r\nMAIL FROM:<b@example.org>\r\n"
+               b"DATA\r\nQUIT\r\n")
+    out = raw_session(daemon.port, payload)
+    codes = [l[:3] for l in out.split("\r\n") if len(l) > 3 and l[3] == " "]
+    assert codes == ["220", "250", "503", "503", "502", "502", "250", "503", "554", "221"], out
+    daemon.wait_log_re(r"NOQUEUE: reject: RCPT from .*: 503 5\.5\.1 Error: need MAIL command")
+    daemon.wait_log_re(r"NOQUEUE: reject: DATA from .*: 503 5\.5\.1")
+    daemon.wait_log_re(r"NOQUEUE: reject: VRFY from .*: 502 5\.5\.1")
+    daemon.wait_log_re(r"NOQUEUE: reject: AUTH from .*: 502 5\.5\.1")
+    daemon.wait_log_re(r"\w+: reject: MAIL from .*: 503 5\.5\.1 Error: nested MAIL command")
+    daemon.wait_log_re(r"\w+: reject: DATA from .*: 554 5\.5\.1 Error: no valid recipients")
+
+
+def test_envelope_edge_cases(daemon):
+    # A quoted local part names the same mailbox (RFC 5322 3.2.4), also
+    # postmaster's; `MAIL FROM:` with nothing is a syntax error, not <>; a
+    # parameter twice is refused; HELP names only what is offered.
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        code, resp = s.docmd("MAIL FROM:")
+        assert code == 501 and resp.startswith(b"5.5.4"), (code, resp)
+        assert s.docmd("MAIL FROM:<a@example.org> SIZE=10 SIZE=20")[0] == 501
+        code, resp = s.docmd("HELP")
+        assert code == 214 and b"VRFY" not in resp
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt('"alice"@example.test')[0] == 250
+        assert s.rcpt('"postmaster"@example.test')[0] == 250
+        assert s.data(message(subject="quoted"))[0] == 250
+    daemon.wait_mail("alice")
+
+
+def test_received_header_stays_within_line_limits(daemon):
+    # The HELO name is the client's word: a 2000-character one must not
+    # make a 2000-character header line, nor raw UTF-8 in a non-UTF-8 mail.
+    with daemon.smtp() as s:
+        s.ehlo("x" * 2000)
+        assert s.sendmail("a@example.org", ["bob@example.test"], message(subject="long helo")) == {}
+    [f] = daemon.wait_mail("bob")
+    head = f.read_bytes().split(b"\r\n\r\n")[0]
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    assert b"from " + b"x" * 255 + b"... (" in head
+
+
 def test_bdat_chunking(daemon):
     msg = message(subject="chunked")
     part1, part2 = msg[:20], msg[20:]

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::smtp::address::{ForwardPath, Mailbox};
+use crate::smtp::address::{ForwardPath, Mailbox, local_value};
 
 /// Where one accepted recipient goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -168,6 +168,9 @@ impl Router {
             out.insert(Destination::Remote { address });
             return Ok(());
         }
+        // A quoted local part names the same mailbox as its value.
+        let value = local_value(local);
+        let local = value.as_ref();
         let local_lc = local.to_lowercase();
         // Try the whole local part first, then without its +tag (Postfix order).
         let mut candidates = vec![(local_lc.clone(), inherited_tag.map(str::to_string))];
@@ -274,6 +277,28 @@ loop2 = "loop1"
             ["alice@other.test"]
         );
         assert_eq!(resolve(&r, "postmaster").unwrap(), ["alice@example.test"]);
+        // A quoted local part is its value (RFC 5322 §3.2.4).
+        assert_eq!(
+            resolve(&r, "\"alice\"@example.test").unwrap(),
+            ["alice@example.test"]
+        );
+        assert_eq!(
+            resolve(&r, "\"ali\\ce+x\"@example.test").unwrap(),
+            ["alice+x@example.test"]
+        );
+        assert_eq!(
+            resolve(&r, "\"postmaster\"@example.test").unwrap(),
+            ["alice@example.test"]
+        );
+        assert_eq!(
+            resolve(&r, "\"ali ce\"@example.test"),
+            Err(RouteError::UnknownUser)
+        );
+        // Remote addresses keep their quotes.
+        assert_eq!(
+            resolve(&r, "\"x y\"@remote.test").unwrap(),
+            ["\"x y\"@remote.test"]
+        );
         assert_eq!(
             resolve(&r, "abuse@example.test").unwrap(),
             ["alice@example.test"]

@@ -339,7 +339,22 @@ impl Connection {
                 match command::parse(&line, opts) {
                     Ok(cmd) => {
                         self.last_verb = cmd.verb();
-                        self.session.command(cmd)
+                        // The session's own refusals (sequence, limits,
+                        // TLS or AUTH required); the steps it passes on
+                        // log theirs where they are decided.
+                        let step = self.session.command(cmd);
+                        if let Step::Reply(reply) = &step
+                            && reply.code >= 400
+                        {
+                            tracing::info!(
+                                "{}: reject: {} from {}: {}",
+                                self.qid(),
+                                self.last_verb,
+                                self.client,
+                                reply.summary()
+                            );
+                        }
+                        step
                     }
                     Err(e) => {
                         let shown =
@@ -1168,6 +1183,7 @@ impl Connection {
             tls: tls_comment.as_deref(),
             id: &id,
             single_rcpt: single.as_deref(),
+            utf8: tx.params.smtputf8,
         });
         let scores = self.all_scores();
         if !scores.is_empty() {

@@ -23,6 +23,38 @@ pub struct TraceInfo<'a> {
     pub id: &'a str,
     /// The recipient, only when there is exactly one.
     pub single_rcpt: Option<&'a str>,
+    /// The message was sent with SMTPUTF8.
+    pub utf8: bool,
+}
+
+/// The longest HELO name shown: a domain is at most 255 octets.
+const MAX_HELO: usize = 255;
+
+/// The client's HELO name as the header may show it: the name is the
+/// client's word, so it is cut to the length of a domain, and outside an
+/// SMTPUTF8 message anything but printable ASCII becomes `?`.
+fn helo_shown(name: &str, utf8: bool) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| match c {
+            '!'..='~' => c,
+            c if utf8 && !c.is_control() && !c.is_whitespace() => c,
+            _ => '?',
+        })
+        .take(MAX_HELO)
+        .collect();
+    if name.chars().count() > MAX_HELO {
+        out.push_str("...");
+    }
+    out
+}
+
+/// RFC 3848 protocol words, and RFC 6531 §3.7.3's for SMTPUTF8 mail.
+fn with_protocol(protocol: &str, utf8: bool) -> String {
+    match protocol.strip_prefix("ESMTP") {
+        Some(rest) if utf8 => format!("UTF8SMTP{rest}"),
+        _ => protocol.to_string(),
+    }
 }
 
 /// The current date in RFC 5322 form.
@@ -40,7 +72,7 @@ pub fn received(t: &TraceInfo<'_>) -> String {
     };
     let mut h = format!(
         "Received: from {} ({} [{}])\r\n",
-        t.helo.unwrap_or("unknown"),
+        t.helo.map_or("unknown".into(), |h| helo_shown(h, t.utf8)),
         t.ptr.unwrap_or("unknown"),
         ip
     );
@@ -49,7 +81,9 @@ pub fn received(t: &TraceInfo<'_>) -> String {
     }
     h.push_str(&format!(
         "\tby {} (Postern) with {} id {}",
-        t.hostname, t.protocol, t.id
+        t.hostname,
+        with_protocol(t.protocol, t.utf8),
+        t.id
     ));
     match t.single_rcpt {
         Some(r) => h.push_str(&format!("\r\n\tfor <{r}>; {}\r\n", rfc5322_now())),
@@ -124,8 +158,36 @@ mod tests {
             tls: None,
             id: "0123",
             single_rcpt: Some("alice@example.test"),
+            utf8: false,
         });
         assert!(h.starts_with("Received: from client.test (unknown [127.0.0.1])\r\n\tby mx.example.test (Postern) with ESMTP id 0123\r\n\tfor <alice@example.test>; "));
         assert!(h.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn received_shows_a_helo_name_that_fits_the_message() {
+        let long = "x".repeat(2000);
+        fn t<'a>(helo: &'a str, protocol: &'a str, utf8: bool) -> TraceInfo<'a> {
+            TraceInfo {
+                helo: Some(helo),
+                ptr: None,
+                ip: "127.0.0.1".parse().unwrap(),
+                hostname: "mx.example.test",
+                protocol,
+                tls: None,
+                id: "0123",
+                single_rcpt: None,
+                utf8,
+            }
+        }
+        let h = received(&t(&long, "ESMTP", false));
+        assert!(h.lines().all(|l| l.len() <= 998), "{}", h.len());
+        assert!(h.contains(&format!("from {}... (", "x".repeat(255))));
+        assert!(received(&t("bücher.test", "ESMTP", false)).contains("from b?cher.test ("));
+        let u = received(&t("bücher.test", "ESMTPSA", true));
+        assert!(
+            u.contains("from bücher.test (") && u.contains(" with UTF8SMTPSA id "),
+            "{u}"
+        );
     }
 }

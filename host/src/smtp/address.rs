@@ -181,6 +181,26 @@ fn is_atext(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
 }
 
+/// The value of a local part: a quoted string without its quotes and
+/// backslashes (RFC 5322 §3.2.4: `"alice"` and `alice` are the same);
+/// a dot-atom as it is.
+pub fn local_value(local: &str) -> std::borrow::Cow<'_, str> {
+    let Some(inner) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) else {
+        return local.into();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut escaped = false;
+    for c in inner.chars() {
+        if c == '\\' && !escaped {
+            escaped = true;
+        } else {
+            out.push(c);
+            escaped = false;
+        }
+    }
+    out.into()
+}
+
 fn check_local(local: &str) -> Result<(), AddressError> {
     if local.is_empty() {
         return Err(AddressError::Syntax("empty local part"));

@@ -228,14 +228,26 @@ fn keyword<'a>(arg: &'a str, kw: &str) -> Option<&'a str> {
 
 fn parse_mail(arg: &str, opts: ParseOptions) -> Result<Command, CommandError> {
     let rest = keyword(arg, "FROM:").ok_or(CommandError::Syntax("MAIL FROM:<address>"))?;
+    // `MAIL FROM:` with nothing is no path at all, not the null sender
+    // (`<>`), even where brackets may be left out.
+    if rest.trim().is_empty() {
+        return Err(CommandError::Syntax("MAIL FROM:<address>"));
+    }
     let (path, params) = split_path(rest, opts.strict_envelopes).map_err(CommandError::Sender)?;
     let mut mp = MailParams::default();
+    let mut seen: Vec<String> = Vec::new();
     for param in params.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (param, None),
         };
-        match (key.to_ascii_uppercase().as_str(), value) {
+        let key = key.to_ascii_uppercase();
+        if seen.contains(&key) {
+            return Err(CommandError::Syntax("each MAIL parameter once"));
+        }
+        seen.push(key.clone());
+        match (key.as_str(), value) {
+            ("SIZE", None) => return Err(CommandError::Syntax("SIZE=<number>")),
             ("SIZE", Some(v)) => {
                 mp.size = Some(
                     v.parse()
@@ -345,6 +357,18 @@ mod tests {
         assert_eq!(
             p("mail from: <>"),
             Ok(Command::Mail(ReversePath::Null, MailParams::default()))
+        );
+        // No path at all is not the null sender.
+        for line in ["MAIL FROM:", "MAIL FROM:   "] {
+            assert_eq!(p(line), Err(CommandError::Syntax("MAIL FROM:<address>")));
+        }
+        assert_eq!(
+            p("MAIL FROM:<a@b.test> SIZE=10 size=20"),
+            Err(CommandError::Syntax("each MAIL parameter once"))
+        );
+        assert_eq!(
+            p("MAIL FROM:<a@b.test> SIZE"),
+            Err(CommandError::Syntax("SIZE=<number>"))
         );
     }
 

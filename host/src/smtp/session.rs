@@ -289,13 +289,21 @@ impl<R> Session<R> {
             }
             Command::Noop => Step::Reply(r(250, 2, 0, 0, "Ok")),
             Command::Quit => Step::Close(r(221, 2, 0, 0, "Bye")),
-            Command::Help => Step::Reply(r(
-                214,
-                2,
-                0,
-                0,
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS AUTH",
-            )),
+            Command::Help => {
+                // Only what this listener offers.
+                let mut text =
+                    String::from("Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP");
+                if self.cfg.vrfy {
+                    text.push_str(" VRFY");
+                }
+                if self.cfg.starttls && !self.tls_active {
+                    text.push_str(" STARTTLS");
+                }
+                if self.auth_offered() {
+                    text.push_str(" AUTH");
+                }
+                Step::Reply(r(214, 2, 0, 0, text))
+            }
             Command::Vrfy(arg) if self.cfg.vrfy => Step::Vrfy(arg),
             Command::Vrfy(_) => self.fail(r(502, 5, 5, 1, "VRFY command is disabled")),
             Command::Expn => self.fail(r(502, 5, 5, 1, "EXPN command is disabled")),
