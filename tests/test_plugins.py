@@ -246,6 +246,22 @@ def test_failed_reload_keeps_the_old_generation(daemon_factory):
     assert send(d, "x@blocked.test", "alice@example.test")[0] == 554
 
 
+def test_reload_refuses_what_only_a_restart_can_do(daemon_factory):
+    # [wasm] is fixed at start: a plugin memory_limit that only a bigger
+    # wasm.max_memory would allow cannot be reloaded; other [wasm] changes
+    # are reported as waiting for the restart.
+    d = daemon_factory(extra=access_plugin('{ "blocked.test" = "REJECT" }'))
+    bigger = access_plugin('{ "blocked.test" = "REJECT" }').replace(
+        'name = "access"\n', 'name = "access"\nmemory_limit = "200M"\n', 1)
+    d.rewrite(extra='max_memory = "256M"\n' + bigger)
+    p = d.cli("reload", check=False)
+    assert p.returncode == 1 and "a restart is needed" in p.stderr, p.stderr
+    d.rewrite(extra='keep_resident = "1M"\n' + access_plugin('{ "other.test" = "REJECT" }'))
+    d.cli("reload")
+    d.wait_log("reload: [wasm] changes take effect at the next restart")
+    assert send(d, "x@other.test", "alice@example.test")[0] == 554
+
+
 def test_hot_swap_under_load(daemon_factory):
     d = daemon_factory(smtp="max_connections_per_ip = 200",
                        extra=access_plugin('{ "a.test" = "REJECT" }'))
@@ -510,3 +526,15 @@ def test_delayed_connect_reject_survives_starttls(daemon_factory):
         assert s.docmd("MAIL FROM:<a@example.org>")[0] == 250
         code, resp = s.docmd("RCPT TO:<alice@example.test>")
         assert code == 550 and b"misbehave says no" in resp, (code, resp)
+
+
+def test_a_plugin_cannot_flood_the_log(daemon_factory):
+    d = daemon_factory(extra=scoring_chain(("rcpt", "chatty", None), scoring=""))
+    assert send(d, "a@example.org", "alice@example.test") == (250, 250)
+    d.wait_log("more than 100 log lines in one call; dropping the rest")
+    log = d.log_text()
+    assert "chatty line 99" in log and "chatty line 100" not in log
+    # The next call may log again.
+    assert send(d, "a@example.org", "alice@example.test") == (250, 250)
+    d.wait_mail("alice", count=2)
+    d.wait_log_re(r"chatty line 0(.|\n)*chatty line 0")

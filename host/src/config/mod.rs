@@ -100,7 +100,7 @@ pub struct Config {
 }
 
 /// `[wasm]`: the plugin runtime. Changes need a restart.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Wasm {
     /// Precompiled plugin artifacts, keyed by content and engine hash.

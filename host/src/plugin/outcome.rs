@@ -88,7 +88,9 @@ pub struct Outcome {
 /// Turns a plugin's reply into one that is valid for the verdict class.
 fn fix_reply(r: &wit::Reply, class: u8) -> Reply {
     let (lo, default_code) = if class == 5 { (500, 550) } else { (400, 450) };
-    let code = if (lo..lo + 100).contains(&r.code) {
+    // 421 would tell the client that the service closes the connection,
+    // which a verdict does not do.
+    let code = if (lo..lo + 100).contains(&r.code) && r.code != 421 {
         r.code
     } else {
         default_code
@@ -220,8 +222,11 @@ mod tests {
     fn replies_are_forced_into_their_class() {
         let r = fix_reply(&reply(250, Some("2.0.0"), "ok"), 5);
         assert_eq!((r.code, r.enhanced), (550, Some(Enhanced(5, 7, 1))));
+        let r = fix_reply(&reply(452, Some("4.7.0"), "later"), 4);
+        assert_eq!((r.code, r.enhanced), (452, Some(Enhanced(4, 7, 0))));
+        // 421 means the connection closes, which a verdict does not do.
         let r = fix_reply(&reply(421, Some("4.7.0"), "later"), 4);
-        assert_eq!((r.code, r.enhanced), (421, Some(Enhanced(4, 7, 0))));
+        assert_eq!((r.code, r.enhanced), (450, Some(Enhanced(4, 7, 0))));
         let r = fix_reply(&reply(554, Some("4.7.1"), "x\r\n250 ok"), 5);
         assert_eq!(r.enhanced, Some(Enhanced(5, 7, 1)));
         assert!(!r.lines[0].contains('\n'));

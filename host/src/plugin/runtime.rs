@@ -139,6 +139,8 @@ pub struct Runtime {
     /// Compiled components by content hash: a reload of an unchanged plugin
     /// costs nothing.
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// The `[wasm]` settings the engine was made with (fixed until restart).
+    settings: Wasm,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -217,7 +219,13 @@ impl Runtime {
             linker,
             cache_dir: cfg.cache_dir.clone(),
             compiled: Mutex::new(HashMap::new()),
+            settings: cfg.clone(),
         }))
+    }
+
+    /// The `[wasm]` settings in force.
+    pub fn settings(&self) -> &Wasm {
+        &self.settings
     }
 
     /// Compiles a component, or loads it from the memory or disk cache.

@@ -151,7 +151,13 @@ pub struct HostState {
     pub(super) context: Option<Arc<str>>,
     /// Epoch ticks left for the current call.
     pub(super) ticks_left: u32,
+    /// `host.log` lines of the current call.
+    logged: u32,
 }
+
+/// `host.log` lines one call may write; then one line says the rest are
+/// dropped. A plugin must not be able to flood the log.
+const MAX_LOG_LINES: u32 = 100;
 
 impl HostState {
     /// State for a new store serving `confs`, with `confs[current]` current.
@@ -166,12 +172,14 @@ impl HostState {
             current,
             context: None,
             ticks_left: 0,
+            logged: 0,
         }
     }
 
-    /// Makes `confs[index]` the entry of the next calls.
+    /// Makes `confs[index]` the entry of the next call.
     pub(super) fn set_current(&mut self, index: usize) {
         self.current = index;
+        self.logged = 0;
     }
 
     fn conf(&self) -> Option<&EntryConf> {
@@ -190,6 +198,17 @@ impl WasiView for HostState {
 
 impl host::Host for HostState {
     fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
+        self.logged = self.logged.saturating_add(1);
+        if self.logged > MAX_LOG_LINES {
+            if self.logged == MAX_LOG_LINES + 1 {
+                let ctx = self.context.as_deref().unwrap_or("-");
+                let entry = self.conf().map_or("?", |c| &*c.label);
+                tracing::warn!(
+                    "{ctx}: plugin {entry}: more than {MAX_LOG_LINES} log lines in one call; dropping the rest"
+                );
+            }
+            return Ok(());
+        }
         let message: String = message
             .chars()
             .take(2000)

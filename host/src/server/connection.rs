@@ -849,6 +849,10 @@ impl Connection {
             if let Some(reply) = reply {
                 if !self.generation.config.smtp.delay_reject {
                     self.session.delayed_reject = self.connect_reject.clone();
+                    // Refused: the greeting the session keeps is the one
+                    // plugins see later.
+                    Arc::make_mut(&mut self.info).helo =
+                        self.session.greeting.as_ref().map(|g| g.name.clone());
                     return Decision::Reject(reply);
                 }
                 self.helo_reject = Some(reply);

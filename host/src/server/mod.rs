@@ -136,6 +136,21 @@ impl Shared {
             tracing::warn!("reload: queue.journal = true takes effect at the next restart");
         }
         let runtime = self.runtime_for(&config)?;
+        if let Some(rt) = &runtime
+            && rt.settings() != &config.wasm
+        {
+            let running = rt.settings();
+            for p in &config.plugins {
+                if p.memory_limit.0 > running.max_memory.0 {
+                    anyhow::bail!(
+                        "plugin {}: memory_limit is above the running wasm.max_memory ({} bytes): a restart is needed for that (nothing was reloaded)",
+                        p.name,
+                        running.max_memory.0
+                    );
+                }
+            }
+            tracing::warn!("reload: [wasm] changes take effect at the next restart");
+        }
         let certs = match &self.tls {
             Some(tls) => Some(tls.prepare(&config)?),
             None => None,

@@ -1,7 +1,7 @@
 //! Test fixture: misbehaves on command, to prove that a bad plugin costs
 //! one 4xx (or is skipped) and never the daemon.
 //!
-//! Config: `mode` = ok | loop | sleep | hog | trap | flood | reject |
+//! Config: `mode` = ok | loop | sleep | hog | trap | flood | chatty | reject |
 //! score | header | quarantine | discard | refuse-config | sleep-config; `when_rcpt` = only act when a
 //! recipient starts with this prefix.
 
@@ -55,6 +55,12 @@ fn act(rcpts: &[&str]) -> Outcome {
         "reject" => Outcome::reject(550, "5.7.1", "misbehave says no"),
         "score" => Outcome::cont().score("MISBEHAVE", 3.0, Some("test score")),
         "header" => Outcome::cont().add_header("X-Misbehave", "yes"),
+        "chatty" => {
+            for i in 0..1000 {
+                postern_sdk::log::info(&format!("chatty line {i}"));
+            }
+            Outcome::cont()
+        }
         "flood" => (0..100_000).fold(Outcome::cont(), |o, i| {
             o.add_header(&format!("X-Flood-{i}"), "yes")
         }),
