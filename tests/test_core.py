@@ -503,6 +503,45 @@ def test_received_header_stays_within_line_limits(daemon):
     assert b"from " + b"x" * 255 + b"... (" in head
 
 
+def test_content_trickled_byte_by_byte_is_cut_off(daemon_factory):
+    # Each read comes well within data_timeout, but the content as a whole
+    # arrives slower than min_data_rate: the session ends with a 421 and
+    # nothing is delivered (Postfix's smtpd_min_data_rate).
+    d = daemon_factory(smtp='data_timeout = "2s"\nmin_data_rate = 1000')
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    s.recv(1024)
+    s.sendall(b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    buf = b""
+    while b"354 " not in buf:
+        buf += s.recv(4096)
+    started = time.monotonic()
+    reply = b""
+    try:
+        for _ in range(40):
+            s.sendall(b"x")
+            time.sleep(0.25)
+            s.setblocking(False)
+            try:
+                reply += s.recv(4096)
+            except BlockingIOError:
+                pass
+            s.setblocking(True)
+            if reply:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    elapsed = time.monotonic() - started
+    assert b"421 4.4.2" in reply, reply
+    assert elapsed > 1.5, elapsed
+    s.close()
+    d.wait_log("timeout after DATA")
+    # A message sent at a normal pace is not affected.
+    with d.smtp() as c:
+        assert c.sendmail("a@example.org", ["alice@example.test"], message(subject="normal")) == {}
+    [f] = d.wait_mail("alice")
+    assert "normal" in f.read_text()
+
+
 def test_bdat_chunking(daemon):
     msg = message(subject="chunked")
     part1, part2 = msg[:20], msg[20:]

@@ -327,6 +327,12 @@ pub struct Smtp {
     pub idle_timeout: Seconds,
     /// Time allowed between reads while message content arrives.
     pub data_timeout: Seconds,
+    /// Slowest content a client may send, in bytes per second
+    /// (`smtpd_min_data_rate`): DATA or a BDAT chunk must be complete
+    /// within `data_timeout` plus one second per this many bytes received,
+    /// so a client trickling a byte now and then cannot hold a session
+    /// for ever. 0 turns it off.
+    pub min_data_rate: u64,
     /// Errors before the session is closed (`smtpd_hard_error_limit`).
     pub max_errors: u32,
     /// Errors after which every error reply is delayed (`smtpd_soft_error_limit`).
@@ -359,6 +365,7 @@ impl Default for Smtp {
             command_timeout: Seconds(Duration::from_secs(60)),
             idle_timeout: Seconds(Duration::from_secs(300)),
             data_timeout: Seconds(Duration::from_secs(180)),
+            min_data_rate: 500,
             max_errors: 20,
             error_delay_after: 10,
             error_delay: Seconds(Duration::from_secs(1)),

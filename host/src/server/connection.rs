@@ -221,12 +221,16 @@ impl Connection {
         let greeting = self.session.greeting_reply();
         greeting.write_to(&mut self.out);
         let smtp = &self.generation.config.smtp;
-        let (idle, command_timeout, data_timeout) = (
+        let (idle, command_timeout, data_timeout, min_rate) = (
             smtp.idle_timeout.0,
             smtp.command_timeout.0,
             smtp.data_timeout.0,
+            smtp.min_data_rate,
         );
         let mut line_started: Option<Instant> = None;
+        // When the current content (DATA, or a BDAT chunk) started, and the
+        // bytes received before it.
+        let mut content_started: Option<(Instant, u64)> = None;
         loop {
             // Handle everything already buffered (pipelining).
             while let Some(event) = self.receiver.next(&mut self.inbuf, &mut self.body) {
@@ -249,8 +253,25 @@ impl Connection {
                 return;
             }
             // Choose the timeout for the next read.
+            if !self.receiver.in_content() {
+                content_started = None;
+            }
             let timeout = if self.receiver.in_content() {
-                data_timeout
+                let (started, before) =
+                    *content_started.get_or_insert_with(|| (Instant::now(), self.body.received));
+                // The whole content's deadline grows with what arrives.
+                match self
+                    .body
+                    .received
+                    .saturating_sub(before)
+                    .checked_div(min_rate)
+                {
+                    None => data_timeout,
+                    Some(earned) => {
+                        let deadline = data_timeout + Duration::from_secs(earned);
+                        data_timeout.min(deadline.saturating_sub(started.elapsed()))
+                    }
+                }
             } else if self.inbuf.is_empty() {
                 idle
             } else {
