@@ -854,8 +854,11 @@ impl Connection {
     /// Runs the HELO chain for a new greeting.
     async fn helo_stage(&mut self, name: &str) -> Decision<()> {
         // A greeting ends any transaction (the session reset it already):
-        // its scores must not judge the greeting.
-        self.end_transaction();
+        // its scores must not judge the greeting. (Before any MAIL there is
+        // none: the instances made at connect serve the first one.)
+        if self.in_transaction {
+            self.end_transaction();
+        }
         Arc::make_mut(&mut self.info).helo = Some(name.to_string());
         self.helo_reject = None;
         self.helo_policy = Policy::default();
