@@ -237,6 +237,43 @@ def test_runs_as_the_configured_user_after_binding(daemon_factory):
     assert d.stop() == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+def test_root_never_works_inside_the_accounts_spool(daemon_factory, tmp_path):
+    """The spool belongs to server.user, who can plant links in it. At the
+    next start, as root, nothing may follow them: no file of root's
+    deleted (recovery of incoming/), none overwritten (a self-signed key
+    written through a link), none given to the account (the chown walk)."""
+    nobody = pwd.getpwnam("nobody")
+    d = daemon_factory(config=BASE_CONFIG.replace(
+        'shutdown_grace = "10s"', 'shutdown_grace = "10s"\nuser = "nobody"'))
+    d.wait_log("running as user nobody")
+    assert d.stop() == 0
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    (victim / "important").write_text("keep me")
+    (victim / "target").write_text("precious")
+    spool = d.dir / "var" / "spool"
+    # What the account could do in its own spool:
+    (spool / "incoming").rename(spool / "incoming.old")
+    (spool / "incoming").symlink_to(victim)
+    tls = spool / "tls"
+    (tls / "selfsigned.crt").unlink()
+    (tls / "selfsigned.key.tmp").symlink_to(victim / "target")
+    (spool / "queue" / "evil").symlink_to(victim)
+    for p in [spool / "incoming", tls / "selfsigned.key.tmp", spool / "queue" / "evil"]:
+        os.lchown(p, nobody.pw_uid, nobody.pw_gid)
+    d.start(wait=False)
+    deadline = time.time() + 20
+    while time.time() < deadline and d.proc.poll() is None and "running as user" not in d.log_text()[-2000:]:
+        time.sleep(0.1)
+    time.sleep(1)
+    d.stop()
+    assert (victim / "important").read_text() == "keep me"
+    assert (victim / "target").read_text() == "precious"
+    assert victim.stat().st_uid == 0
+    assert (victim / "important").stat().st_uid == 0
+
+
 def test_too_many_recipients(daemon_factory):
     d = daemon_factory(smtp="max_recipients = 2")
     with d.smtp() as s:

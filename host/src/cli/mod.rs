@@ -233,6 +233,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             command,
         } => {
+            // The daemon reads the file as server.user: root's edits give
+            // it to that account's group (mode 640).
+            let loaded = Config::load(&config.config).ok();
+            let account = loaded
+                .as_ref()
+                .and_then(|c| c.server.user.as_deref())
+                .and_then(|u| crate::server::privileges::lookup(u).ok());
             let path = match file {
                 Some(f) => f,
                 None => {
@@ -249,7 +256,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         })?
                 }
             };
-            user::run(command, &path)
+            let code = user::run(command, &path)?;
+            if let Some(account) = account
+                && crate::server::privileges::euid() == 0
+                && path.exists()
+                && !crate::server::privileges::can_read(&account, &path)
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(&path, None, Some(account.gid)).with_context(|| {
+                    format!("cannot give {} to group {}", path.display(), account.gid)
+                })?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
+                eprintln!(
+                    "{}: group {} may now read it (server.user {} reads it at every AUTH)",
+                    path.display(),
+                    account.gid,
+                    account.name
+                );
+            }
+            Ok(code)
         }
         Command::Queue {
             command: QueueCommand::Flush(a),

@@ -833,6 +833,25 @@ impl Config {
                 }
             }
         }
+        let mut auths = std::collections::HashSet::new();
+        for (i, a) in self.auth.iter().enumerate() {
+            if !auths.insert(a.name.as_str()) {
+                bad(
+                    &format!("auth[{i}].name"),
+                    format!("{:?} is defined twice", a.name),
+                );
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(name) = &l.auth
+                && !auths.contains(name.as_str())
+            {
+                bad(
+                    &format!("listener[{i}].auth"),
+                    format!("no [[auth]] named {name:?}"),
+                );
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.plugins.iter().enumerate() {
             if !names.insert(p.name.as_str()) {
@@ -944,6 +963,27 @@ abuse = "alice"
         assert!(w[0].message.contains("can hold 2000"), "{}", w[0].message);
         let c = load(&format!("{two}[wasm]\nmax_instances = 2000\n")).unwrap();
         assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn auth_references_are_checked() {
+        let auth = "\n[[auth]]\nname = \"local\"\nbackend = \"passwd\"\npath = \"p\"\n";
+        let text = MINIMAL.replace(
+            "address = \"127.0.0.1:2525\"",
+            "address = \"127.0.0.1:2525\"\nauth = \"lcoal\"",
+        );
+        let err = load(&format!("{text}{auth}")).unwrap_err().to_string();
+        assert!(
+            err.contains("listener[0].auth: no [[auth]] named \"lcoal\""),
+            "{err}"
+        );
+        let err = load(&format!("{MINIMAL}{auth}{auth}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth[1].name: \"local\" is defined twice"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -476,16 +476,50 @@ fn check_wit(engine: &Engine, component: &Component) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// True if only this user (or root) can have written `path`: a regular
+/// file (not a link) and its directory, owned by us or root, writable by
+/// no group or other. An artifact is machine code: root (`postern check`)
+/// must not load one that the mail account could have replaced.
+fn only_ours(path: &Path) -> bool {
+    let file_ok = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && ours(&m));
+    file_ok && path.parent().is_some_and(dir_ours)
+}
+
+/// Owned by this user or root, writable by no group or other.
+fn ours(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::server::privileges::euid();
+    (m.uid() == me || m.uid() == 0) && m.mode() & 0o022 == 0
+}
+
+/// A directory only this user (or root) can change.
+fn dir_ours(dir: &Path) -> bool {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && ours(&m))
+}
+
 /// Loads a precompiled artifact written by [`store_cached`].
 #[allow(unsafe_code)]
 fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
     if !path.is_file() {
         return None;
     }
+    if !only_ours(path) {
+        tracing::warn!(
+            "not loading plugin cache file {}: others than this user could have written it (compiling instead)",
+            path.display()
+        );
+        return None;
+    }
     // SAFETY: the file was produced by `Engine::precompile_component` of an
     // engine with the same compatibility hash (part of the file name), in
-    // a directory only Postern writes, renamed into place only once
-    // complete, and never modified afterwards (content-addressed name).
+    // a directory only this user (or root) can write (checked just above),
+    // renamed into place only once complete, and never modified afterwards
+    // (content-addressed name).
     match unsafe { Component::deserialize_file(engine, path) } {
         Ok(c) => Some(c),
         Err(e) => {
@@ -506,10 +540,25 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
 }
 
 fn store_cached(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    if !path.parent().is_some_and(dir_ours) {
+        return Err(std::io::Error::other(
+            "the cache directory belongs to another user (or others can write to it)",
+        ));
+    }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, artifact)?;
+    let _ = std::fs::remove_file(&tmp);
+    // A new file (never through a link left there), readable by all.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(artifact)?;
+    drop(f);
     std::fs::rename(&tmp, path)
 }

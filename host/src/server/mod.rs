@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -186,20 +186,24 @@ impl Shared {
     }
 }
 
-/// `[server] user`: gives the spool, the Maildir base and the plugin
-/// cache to that account and drops root.
-fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
+/// `[server] user`, as root: the account, with the spool, the Maildir
+/// base and the plugin cache given to it, and the files the daemon reads
+/// again after the drop checked. `None` when Postern runs as whoever
+/// started it.
+fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> {
     let Some(name) = &cfg.server.user else {
-        return Ok(());
+        return Ok(None);
     };
     let account = privileges::lookup(name).context("server.user")?;
     if privileges::euid() != 0 {
         if privileges::euid() == account.uid {
-            return Ok(());
+            return Ok(None);
         }
         anyhow::bail!("server.user = {name:?}: changing user needs starting as root");
     }
-    privileges::chown(&cfg.server.spool_dir, &account, true)?;
+    let spool = &cfg.server.spool_dir;
+    std::fs::create_dir_all(spool).with_context(|| format!("cannot create {}", spool.display()))?;
+    privileges::chown(spool, &account, true)?;
     // The Maildir template's fixed part ("var/mail/" of
     // "var/mail/{user}/Maildir"), where new mailboxes are made: created for
     // the account when missing; an existing one is the operator's to own.
@@ -215,30 +219,92 @@ fn drop_privileges(cfg: &Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", base.display()))?;
         privileges::chown(base, &account, false)?;
     }
-    if cfg.wasm.cache_dir.is_dir() {
+    // Plugins are compiled and their artifacts cached by the account; root
+    // never loads one (an artifact is machine code).
+    if !cfg.plugins.is_empty() && std::fs::create_dir_all(&cfg.wasm.cache_dir).is_ok() {
         privileges::chown(&cfg.wasm.cache_dir, &account, true)?;
     }
-    privileges::drop_to(&account)?;
-    tracing::info!(
-        "running as user {} (uid {}, gid {})",
-        account.name,
-        account.uid,
-        account.gid
-    );
-    Ok(())
+    for (i, a) in cfg.auth.iter().enumerate() {
+        if let Some(path) = &a.path
+            && !privileges::can_read(&account, path)
+        {
+            anyhow::bail!(
+                "auth[{i}] {:?}: {} is not readable by server.user {name}, who reads it at every AUTH: give it to the account's group (chgrp; chmod 640)",
+                a.name,
+                path.display()
+            );
+        }
+    }
+    for path in [&cfg.tls.certificate, &cfg.tls.key].into_iter().flatten() {
+        if !privileges::can_read(&account, path) {
+            tracing::warn!(
+                "tls: {} is read as root at start, but server.user {name} cannot read it: reloads and certificate renewals will fail until it can (a group such as ssl-cert the account is in, mode 640)",
+                path.display()
+            );
+        }
+    }
+    Ok(Some(account))
+}
+
+/// A socket bound to `address` (with SO_REUSEADDR, as `TcpListener::bind`
+/// does), not yet listening.
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
+    let sock = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(address)?;
+    Ok(sock)
 }
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    for w in config.warnings() {
+        tracing::warn!("config: {}: {}", w.key, w.message);
+    }
+    // Root's part, and all of it: give the spool (and Maildir base, plugin
+    // cache) to server.user, bind the listeners, read the TLS keys the
+    // operator configured. Root never works inside the account's spool or
+    // cache: recovery, the journal, a self-signed certificate and plugin
+    // artifacts all come after the drop.
+    let account = prepare_account(&config)?;
+    // Bound now (port 25 needs root), listening only once everything is
+    // ready: until then a client is refused, as if Postern were not
+    // running, rather than left waiting for a greeting.
+    let mut sockets = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let sock = bind(l.address)
+            .with_context(|| format!("listener[{i}]: cannot listen on {}", l.address))?;
+        sockets.push((i, l.address, sock));
+    }
+    let configured_keys = config.tls.certificate.is_some() && config.tls.key.is_some();
+    let early_tls = if configured_keys {
+        Tls::from_config(&config).context("TLS set-up failed")?
+    } else {
+        None
+    };
+    if let Some(account) = &account {
+        privileges::drop_to(account)?;
+        tracing::info!(
+            "running as user {} (uid {}, gid {})",
+            account.name,
+            account.uid,
+            account.gid
+        );
+    }
+    let tls = if configured_keys {
+        early_tls
+    } else {
+        Tls::from_config(&config).context("TLS set-up failed")?
+    };
     let runtime = if config.plugins.is_empty() {
         None
     } else {
         Some(Runtime::new(&config.wasm)?)
     };
-    for w in config.warnings() {
-        tracing::warn!("config: {}: {}", w.key, w.message);
-    }
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
     let cfg = &current.config;
 
@@ -255,18 +321,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (journal, leftovers) =
         Journal::open(&journal_dir, touched.clone(), cfg.queue.journal_seal_idle.0)
             .with_context(|| format!("cannot open the journal {}", journal_dir.display()))?;
-
-    let mut sockets = Vec::new();
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        let sock = TcpListener::bind(l.address)
-            .await
-            .with_context(|| format!("listener[{i}]: cannot listen on {}", l.address))?;
-        sockets.push((i, sock));
-    }
-    // TLS keys are read while still root (like Postfix); then root goes,
-    // before any client is served or any mail delivered.
-    let tls = Tls::from_config(cfg).context("TLS set-up failed")?;
-    drop_privileges(cfg)?;
     // Maildir copies are made as the mail user, never as root.
     let router_now = current.router.clone();
     let hostname = cfg.server.hostname.clone();
@@ -359,7 +413,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     admin::start(&admin_path, shared.clone())?;
 
     let tracker = TaskTracker::new();
-    for (index, sock) in sockets {
+    for (index, address, sock) in sockets {
+        let sock = sock
+            .listen(1024)
+            .with_context(|| format!("listener[{index}]: cannot listen on {address}"))?;
         tokio::spawn(accept_loop(index, sock, shared.clone(), tracker.clone()));
     }
     tracing::info!("postern started: listening on {}", listening.join(", "));

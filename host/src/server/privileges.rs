@@ -16,6 +16,8 @@ pub struct Account {
     pub uid: u32,
     /// Primary group ID.
     pub gid: u32,
+    /// Every group it is in, the primary one included (`/etc/group`).
+    pub groups: Vec<u32>,
 }
 
 /// Looks the account up in the password database.
@@ -43,18 +45,46 @@ pub fn lookup(name: &str) -> anyhow::Result<Account> {
     if result.is_null() {
         anyhow::bail!("no such user {name:?}");
     }
+    let gid = pwd.pw_gid;
+    let mut groups: Vec<libc::gid_t> = vec![0; 256];
+    let mut n = groups.len() as libc::c_int;
+    // SAFETY: `cname` is a valid C string, `groups` holds `n` entries;
+    // getgrouplist writes at most `n` and sets `n` to the number found.
+    let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+    groups.truncate(if rc < 0 {
+        0
+    } else {
+        usize::try_from(n).unwrap_or(0)
+    });
+    if !groups.contains(&gid) {
+        groups.push(gid);
+    }
     Ok(Account {
         name: name.to_string(),
         uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
+        gid,
+        groups,
     })
 }
 
-/// Gives `path` (and, with `recursive`, everything below it) to the account.
+/// Gives `path` (and, with `recursive`, everything below it) to the
+/// account, as root, without ever following a link the account could
+/// have planted.
+///
+/// What the account owns already is left alone, contents included: it
+/// made them, and root does not go into a directory the account can
+/// change. Everything else is given away children first, so each
+/// directory is still root's while it is read: the account cannot swap an
+/// entry for a symbolic link (to /etc) between the check and the descent.
+/// Symbolic links themselves are given (lchown), never followed.
 pub fn chown(path: &Path, account: &Account, recursive: bool) -> anyhow::Result<()> {
-    std::os::unix::fs::lchown(path, Some(account.uid), Some(account.gid))
-        .with_context(|| format!("cannot give {} to {}", path.display(), account.name))?;
-    if recursive && path.is_dir() && !path.is_symlink() {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot look at {}", path.display()))?;
+    if meta.uid() == account.uid {
+        return Ok(());
+    }
+    if recursive && meta.is_dir() {
         for entry in
             std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))?
         {
@@ -62,18 +92,41 @@ pub fn chown(path: &Path, account: &Account, recursive: bool) -> anyhow::Result<
             chown(&entry.path(), account, true)?;
         }
     }
-    Ok(())
+    std::os::unix::fs::lchown(path, Some(account.uid), Some(account.gid))
+        .with_context(|| format!("cannot give {} to {}", path.display(), account.name))
 }
 
-/// Drops root for good: supplementary groups, group, then user (glibc
-/// applies each to every thread of the process). Verifies that root
-/// cannot be regained.
+/// True if the account can read the file at `path` (by owner, group
+/// (primary or supplementary) or other bits); checked as root, before the
+/// drop, for files the daemon reads again later.
+pub fn can_read(account: &Account, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let mode = meta.mode();
+    if meta.uid() == account.uid {
+        return mode & 0o400 != 0;
+    }
+    if account.groups.contains(&meta.gid()) {
+        return mode & 0o040 != 0;
+    }
+    mode & 0o004 != 0
+}
+
+/// Drops root for good: supplementary groups (the account's own, as
+/// `/etc/group` lists them: so that a key readable by group `ssl-cert`, or
+/// saslauthd's socket directory of group `sasl`, stay readable), group,
+/// then user (glibc applies each to every thread of the process).
+/// Verifies that root cannot be regained.
 #[allow(unsafe_code)]
 pub fn drop_to(account: &Account) -> anyhow::Result<()> {
-    // SAFETY: plain system calls on integers; glibc broadcasts the ID
-    // changes to all threads.
+    let groups: Vec<libc::gid_t> = account.groups.clone();
+    // SAFETY: plain system calls on integers and on `groups`, which holds
+    // `groups.len()` entries; glibc broadcasts the ID changes to all
+    // threads.
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
             return Err(std::io::Error::last_os_error()).context("setgroups failed");
         }
         if libc::setgid(account.gid) != 0 {

@@ -118,7 +118,11 @@ impl CramMd5 {
 fn parse(response: &[u8]) -> Option<(String, [u8; 16])> {
     let response = std::str::from_utf8(response).ok()?;
     let (user, hex) = response.rsplit_once(' ')?;
-    if user.is_empty() || hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if user.is_empty()
+        || !super::plausible_name(user)
+        || hex.len() != 32
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
     let mut digest = [0u8; 16];

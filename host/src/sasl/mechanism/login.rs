@@ -45,6 +45,9 @@ impl Login {
             }
             (State::Start | State::AwaitUser, Some(user)) => match std::str::from_utf8(user) {
                 Ok("") => Output::Failure("LOGIN: empty user name".into()),
+                Ok(user) if !super::plausible_name(user) => {
+                    Output::Failure("LOGIN: control characters in the user name".into())
+                }
                 Ok(user) => {
                     self.state = State::AwaitPassword(user.to_owned());
                     Output::Challenge(PASSWORD_CHALLENGE.to_vec())

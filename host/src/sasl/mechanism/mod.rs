@@ -26,6 +26,13 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+/// True if a user name may be taken as an identity: no control
+/// characters (a line break in a name would forge log lines, and no
+/// account has one).
+pub fn plausible_name(name: &str) -> bool {
+    !name.chars().any(char::is_control)
+}
+
 /// What a mechanism asks of its caller after a step.
 #[must_use = "the caller must act on a mechanism's output"]
 #[derive(Debug, PartialEq, Eq)]

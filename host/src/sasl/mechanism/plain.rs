@@ -66,6 +66,9 @@ fn parse(message: &[u8]) -> Output {
     if authcid.is_empty() || password.is_empty() {
         return Output::Failure("PLAIN: empty user name or password".into());
     }
+    if !super::plausible_name(authcid) || !super::plausible_name(authzid) {
+        return Output::Failure("PLAIN: control characters in the identity".into());
+    }
     if let Err(reason) = authorize(authcid, Some(authzid)) {
         return Output::Failure(format!("PLAIN: {}", printable(&reason)));
     }
@@ -121,6 +124,9 @@ mod tests {
             b"\0\0pw",
             b"\0tim\0pw\0extra",
             b"\0\xff\0pw",
+            // A line break in the name would forge a log line.
+            b"\0tim\nINFO forged\0pw",
+            b"tim\r\0tim\0pw",
         ] {
             let out = Plain::new().step(Some(msg));
             assert!(

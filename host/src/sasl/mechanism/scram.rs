@@ -305,6 +305,9 @@ fn parse_client_first(message: &[u8]) -> Result<ClientFirst, String> {
     if user.is_empty() {
         return Err("empty user name".into());
     }
+    if !super::plausible_name(&user) {
+        return Err("control characters in the user name".into());
+    }
     let nonce = attrs
         .next()
         .and_then(|a| a.strip_prefix("r="))

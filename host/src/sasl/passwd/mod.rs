@@ -164,7 +164,7 @@ impl PasswdBackend {
         })?;
         if meta.mode() & 0o007 != 0 {
             tracing::warn!(
-                "{}: password file is accessible to everyone (mode {:o}); chmod 600 it",
+                "{}: password file is accessible to everyone (mode {:o}); chmod 640 it (group: server.user's)",
                 path.display(),
                 meta.mode() & 0o777
             );
