@@ -274,6 +274,35 @@ def test_root_never_works_inside_the_accounts_spool(daemon_factory, tmp_path):
     assert (victim / "important").stat().st_uid == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_full_spool_costs_a_4xx_and_leaves_nothing_behind(daemon_factory, tmp_path):
+    # The spool on a 1 MiB file system: a message that does not fit gets a
+    # 451, and its partial file goes, so the next (small) one fits.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        d = daemon_factory(start=False)
+        d.config.write_text(d.config_text.replace('spool_dir = "var/spool"', f'spool_dir = "{spool}"').replace(
+            'retry_max = "1s"', f'retry_max = "1s"\ndirect_delivery = false'))
+        d.start()
+        big = message(subject="too big") + (b"y" * 998 + b"\r\n") * 1500
+        with d.smtp() as s:
+            s.ehlo("client.test")
+            assert s.mail("a@example.org")[0] == 250
+            assert s.rcpt("alice@example.test")[0] == 250
+            code, resp = s.data(big)
+            assert code == 451, (code, resp)
+            for i in range(3):
+                assert s.sendmail("a@example.org", ["alice@example.test"], message(subject=f"small {i}")) == {}
+        assert len(d.wait_mail("alice", count=3)) == 3
+        assert list((spool / "incoming").iterdir()) == []
+        assert d.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(spool)])
+
+
 def test_too_many_recipients(daemon_factory):
     d = daemon_factory(smtp="max_recipients = 2")
     with d.smtp() as s:

@@ -116,9 +116,9 @@ pub enum Durability<'a> {
         /// (one that differs is written again).
         recovering: bool,
     },
-    /// A message that came through the journal, retried from the spool:
-    /// the derived name (so that the journal, replayed after a crash,
-    /// finds this copy), an earlier copy counts, and fsync as `Synced`.
+    /// A message delivered from the spool: the derived name (so that a
+    /// repeated attempt, or the journal replayed after a crash, finds this
+    /// copy), an earlier copy counts, and fsync as `Synced`.
     Requeued(&'a DirSyncer),
 }
 
@@ -283,10 +283,18 @@ pub fn deliver(
         .mode(0o600)
         .open(&tmp)
         .map_err(err("create", &tmp))?;
-    f.write_all(&whole).map_err(err("write", &tmp))?;
     let new_dir = folder.join("new");
-    secure_file(how, &f, &tmp, &new_dir)?;
+    let written = f
+        .write_all(&whole)
+        .map_err(err("write", &tmp))
+        .and_then(|()| secure_file(how, &f, &tmp, &new_dir));
     drop(f);
+    if let Err(e) = written {
+        // A part of a message must not stay in tmp/ (a full disk would
+        // stay full); the delivery is retried as a whole.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     let mut dest = new_dir.join(&final_name);
     let renamed = if let Durability::Journaled {
         recovering: false, ..

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::route::{Destination, Router};
-use crate::spool::{DirSyncer, Envelope, Spool, now_secs};
+use crate::spool::{DirSyncer, Envelope, Spool, SpoolError, now_secs};
 pub use maildir::Durability;
 
 /// Delivery settings taken from `[queue]` and `[server]`.
@@ -107,6 +107,8 @@ async fn run(
     let mut ready: VecDeque<String> = VecDeque::new();
     let mut waiting: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
     let mut in_flight: HashSet<String> = HashSet::new();
+    // Attempts in a row that failed on the spool itself, by message.
+    let mut failures: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     let mut tasks: JoinSet<(String, Outcome)> = JoinSet::new();
 
     // Recovered messages keep their retry schedule.
@@ -165,11 +167,24 @@ async fn run(
                 Ok((id, outcome)) => {
                     in_flight.remove(&id);
                     match outcome {
-                        Outcome::Finished => {}
-                        Outcome::Retry(at) => waiting.push(Reverse((at, id))),
+                        Outcome::Finished => {
+                            failures.remove(&id);
+                        }
+                        Outcome::Retry(at) => {
+                            failures.remove(&id);
+                            waiting.push(Reverse((at, id)));
+                        }
                         Outcome::Failed(e) => {
-                            tracing::error!("{id}: delivery attempt failed: {e}");
-                            waiting.push(Reverse((Instant::now() + ctx.cfg.retry_initial, id)));
+                            // The spool itself failing (full, read-only):
+                            // retried with the usual backoff, not in a loop.
+                            let n = failures.entry(id.clone()).or_insert(0);
+                            *n += 1;
+                            let wait = backoff(&ctx.cfg, *n);
+                            tracing::error!(
+                                "{id}: delivery attempt failed: {e}; next attempt in {}",
+                                humantime::format_duration(wait)
+                            );
+                            waiting.push(Reverse((Instant::now() + wait, id)));
                         }
                     }
                 }
@@ -286,6 +301,12 @@ pub fn deliver_pending(
 fn attempt(ctx: &Ctx, id: &str) -> Outcome {
     let loaded = match ctx.spool.read(id) {
         Ok(l) => l,
+        // Removed meanwhile (delivered by an attempt whose state could
+        // not be cleaned up, or by hand): nothing left to do.
+        Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!("{id}: no longer in the queue");
+            return Outcome::Finished;
+        }
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     let mut state = match ctx.spool.load_state(id) {
@@ -301,11 +322,10 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
         loaded.content(),
         &mut state.done,
         &ctx.cfg.hostname,
-        if state.journaled {
-            Durability::Requeued(&ctx.syncer)
-        } else {
-            Durability::Synced(&ctx.syncer)
-        },
+        // Names derived from the queue ID and recipient index, and a copy
+        // already there counts: an attempt repeated after a crash, or after
+        // its state could not be saved, never delivers twice.
+        Durability::Requeued(&ctx.syncer),
     );
     let Some(last_error) = deferred else {
         return match ctx.spool.remove(id) {

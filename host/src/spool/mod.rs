@@ -79,9 +79,9 @@ pub struct DeliveryState {
     /// Why the message was put on hold, if it was.
     #[serde(default)]
     pub hold_reason: Option<String>,
-    /// The message came through the journal: its Maildir copies get the
-    /// journal's derived names, so that a replay of the journal after a
-    /// crash finds them.
+    /// The message came through the journal. (Every spooled message now
+    /// gets derived Maildir names; the field stays so that state files
+    /// read the same both ways.)
     #[serde(default)]
     pub journaled: bool,
 }
@@ -427,7 +427,13 @@ impl Spool {
                 let Ok((envelope, content)) = format::decode(&file) else {
                     continue;
                 };
-                let state = read_state(&dir.join(format!("{name}.state")))?;
+                // One damaged state file must not hide the whole queue.
+                let state = read_state(&dir.join(format!("{name}.state"))).unwrap_or_else(|e| {
+                    Some(DeliveryState {
+                        last_error: Some(format!("unreadable state file: {e}")),
+                        ..DeliveryState::default()
+                    })
+                });
                 out.push(QueueEntry {
                     id: name,
                     size: content.len() as u64,
@@ -467,16 +473,29 @@ fn write_queue_file(
         .mode(0o600)
         .open(incoming)
         .map_err(io_err("create", incoming))?;
-    f.write_all(content).map_err(io_err("write", incoming))?;
-    f.write_all(&tail).map_err(io_err("write", incoming))?;
-    syncer
-        .sync_file_blocking(&f, incoming)
-        .map_err(io_err("fsync", incoming))?;
+    let has_state = state.is_some();
+    let written = (|| {
+        f.write_all(content).map_err(io_err("write", incoming))?;
+        f.write_all(&tail).map_err(io_err("write", incoming))?;
+        syncer
+            .sync_file_blocking(&f, incoming)
+            .map_err(io_err("fsync", incoming))?;
+        if let Some(state) = state {
+            write_state(&paths.state, &state)?;
+        }
+        fs::rename(incoming, &paths.target).map_err(io_err("rename", &paths.target))
+    })();
     drop(f);
-    if let Some(state) = state {
-        write_state(&paths.state, &state)?;
+    if let Err(e) = written {
+        // Nothing half-written stays: a retry of the same queue ID (the
+        // journal's hand-off) must find the way clear, and a full disk
+        // must not stay full of partial files.
+        let _ = fs::remove_file(incoming);
+        if has_state {
+            let _ = fs::remove_file(&paths.state);
+        }
+        return Err(e);
     }
-    fs::rename(incoming, &paths.target).map_err(io_err("rename", &paths.target))?;
     syncer
         .sync_blocking(&paths.dir)
         .map_err(io_err("fsync", &paths.dir))
