@@ -226,6 +226,31 @@ def test_repeated_failures_are_throttled_then_disconnected(sub):
     assert times[1] > times[0] >= 0.9
 
 
+def test_a_client_that_keeps_failing_is_refused_even_with_the_right_password(daemon_factory):
+    # One guess per connection gets past the per-session limit; the
+    # per-client limit does not care about connections.
+    sub_port, smtps_port = free_port(), free_port()
+    d = daemon_factory(start=False, smtp='max_auth_failures_per_client = 3\nauth_failure_delay = "100ms"',
+                       extra=submission(sub_port, smtps_port))
+    (d.dir / "var").mkdir(parents=True, exist_ok=True)
+    add_user(d, "alice@example.test", "alice-secret")
+    d.start()
+    wait_port(smtps_port)
+    ctx = ssl.create_default_context(cafile=str(CA))
+
+    def attempt(password):
+        with smtplib.SMTP_SSL("127.0.0.1", smtps_port, context=ctx, timeout=20) as s:
+            s.ehlo("client.test")
+            cred = base64.b64encode(b"\0alice@example.test\0" + password).decode()
+            return s.docmd("AUTH", "PLAIN " + cred)
+
+    for _ in range(3):
+        assert attempt(b"wrong")[0] == 535
+    code, resp = attempt(b"alice-secret")
+    assert code == 454 and resp.startswith(b"4.7.0"), (code, resp)
+    d.wait_log("AUTH PLAIN refused: 3 recent failures from this client")
+
+
 def test_plugin_sees_auth_user_and_tls(daemon_factory):
     """permit_sasl_authenticated in a plugin: the access plugin lets
     authenticated users through and rejects the same sender otherwise."""

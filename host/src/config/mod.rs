@@ -344,6 +344,11 @@ pub struct Smtp {
     pub auth_failure_delay: Seconds,
     /// Failed AUTH attempts after which the session is closed.
     pub max_auth_failures: u32,
+    /// Failed AUTH attempts from one client (an IPv4 address or an IPv6
+    /// /64) within ten minutes after which its AUTH is refused at once
+    /// (454) until it has been quiet for ten minutes: with one attempt per
+    /// connection, the session limit alone stops no one.
+    pub max_auth_failures_per_client: u32,
     /// Concurrent sessions over all listeners (`smtpd process limit`).
     pub max_connections: usize,
     /// Concurrent sessions per client IP (`smtpd_client_connection_count_limit`).
@@ -371,6 +376,7 @@ impl Default for Smtp {
             error_delay: Seconds(Duration::from_secs(1)),
             auth_failure_delay: Seconds(Duration::from_secs(1)),
             max_auth_failures: 3,
+            max_auth_failures_per_client: 30,
             max_connections: 1000,
             max_connections_per_ip: 50,
         }

@@ -615,6 +615,24 @@ impl Connection {
                 .session
                 .fail(r(502, 5, 5, 1, "Error: authentication not enabled"));
         };
+        let smtp = &self.generation.config.smtp;
+        let before = self.shared.auth_recent(self.peer.ip());
+        if before >= smtp.max_auth_failures_per_client {
+            tracing::warn!(
+                "{}: AUTH {mechanism} refused: {before} recent failures from this client",
+                self.client
+            );
+            return self.session.fail(r(
+                454,
+                4,
+                7,
+                0,
+                "Too many authentication failures from your address, try again later",
+            ));
+        }
+        // A client that failed recently waits before any answer, a success
+        // included: hanging up early must not tell it the guess was wrong.
+        let tarpit = smtp.auth_failure_delay.0 * before.min(5);
         let ctx = AuthContext {
             client_ip: self.peer.ip(),
             local_ip: self.local_ip(),
@@ -675,7 +693,13 @@ impl Connection {
                     }
                 }
                 Ok(Exchange::Success(user)) => {
-                    tracing::info!("{}: AUTH {mechanism} ok, sasl_username={user}", self.client);
+                    let _ = self.flush().await;
+                    tokio::time::sleep(tarpit).await;
+                    tracing::info!(
+                        "{}: AUTH {mechanism} ok, sasl_username={}",
+                        self.client,
+                        crate::sasl::mechanism::printable(&user)
+                    );
                     Arc::make_mut(&mut self.info).auth_user = Some(user.clone());
                     return Step::Reply(self.session.authenticated(user));
                 }

@@ -65,9 +65,75 @@ pub struct Shared {
     reloading: tokio::sync::Mutex<()>,
     /// TLS certificates and acceptor, when any listener uses TLS.
     pub tls: Option<Arc<Tls>>,
-    /// Recent AUTH failures per client address, for throttling.
-    auth_failures:
-        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    /// Recent AUTH failures per client, for throttling.
+    auth_failures: std::sync::Mutex<AuthFailures>,
+}
+
+/// Recent AUTH failures by client: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's, which a client can otherwise hop through for free).
+/// Forgotten after ten quiet minutes; bounded in size.
+#[derive(Debug, Default)]
+pub struct AuthFailures {
+    by_client: std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+    swept: Option<std::time::Instant>,
+}
+
+/// How long failures are remembered.
+const AUTH_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Clients remembered at most (each entry is some 40 bytes).
+const AUTH_CLIENTS: usize = 100_000;
+
+impl AuthFailures {
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(
+                v6.to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ),
+            v4 => v4,
+        }
+    }
+
+    /// Recent failures of the client.
+    pub fn recent(&self, ip: std::net::IpAddr, now: std::time::Instant) -> u32 {
+        self.by_client
+            .get(&Self::key(ip))
+            .filter(|(_, last)| now.duration_since(*last) < AUTH_MEMORY)
+            .map_or(0, |(n, _)| *n)
+    }
+
+    /// Records a failure; returns the client's recent failures.
+    pub fn record(&mut self, ip: std::net::IpAddr, now: std::time::Instant) -> u32 {
+        // Forget the quiet ones once a minute (not on every failure: the
+        // sweep reads the whole map), or at once when the map is full.
+        let full = self.by_client.len() >= AUTH_CLIENTS;
+        if full
+            || self
+                .swept
+                .is_none_or(|t| now.duration_since(t) > std::time::Duration::from_secs(60))
+        {
+            self.by_client
+                .retain(|_, (_, last)| now.duration_since(*last) < AUTH_MEMORY);
+            self.swept = Some(now);
+        }
+        let key = Self::key(ip);
+        if self.by_client.len() >= AUTH_CLIENTS && !self.by_client.contains_key(&key) {
+            // Full of active clients: this one is not tracked.
+            return 1;
+        }
+        let e = self.by_client.entry(key).or_insert((0, now));
+        if now.duration_since(e.1) >= AUTH_MEMORY {
+            e.0 = 0;
+        }
+        e.0 += 1;
+        e.1 = now;
+        e.0
+    }
 }
 
 impl Shared {
@@ -98,15 +164,16 @@ impl Shared {
     }
 
     /// Records an AUTH failure; returns the recent failures of that
-    /// address (forgotten after ten quiet minutes).
+    /// client (forgotten after ten quiet minutes).
     pub fn auth_failed(&self, ip: std::net::IpAddr) -> u32 {
         let mut map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        map.retain(|_, (_, last)| now.duration_since(*last) < std::time::Duration::from_secs(600));
-        let e = map.entry(ip).or_insert((0, now));
-        e.0 += 1;
-        e.1 = now;
-        e.0
+        map.record(ip, std::time::Instant::now())
+    }
+
+    /// The recent AUTH failures of a client.
+    pub fn auth_recent(&self, ip: std::net::IpAddr) -> u32 {
+        let map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.recent(ip, std::time::Instant::now())
     }
 
     /// Loads the config again, builds the new generation beside the
@@ -407,7 +474,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         runtime: std::sync::Mutex::new(runtime),
         reloading: tokio::sync::Mutex::new(()),
         tls,
-        auth_failures: std::sync::Mutex::new(std::collections::HashMap::new()),
+        auth_failures: std::sync::Mutex::new(AuthFailures::default()),
     });
     let admin_path = admin::socket_path(&current_spool_dir);
     admin::start(&admin_path, shared.clone())?;
@@ -514,5 +581,32 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuthFailures;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn auth_failures_are_counted_per_client_and_forgotten() {
+        let mut f = AuthFailures::default();
+        let t = Instant::now();
+        let a = "2001:db8:1:2::1".parse().unwrap();
+        let b = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(f.record(a, t), 1);
+        // Another address of the same /64 is the same client.
+        assert_eq!(f.record(b, t), 2);
+        assert_eq!(f.recent(other, t), 0);
+        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(f.record(v4, t), 1);
+        assert_eq!(f.record(mapped, t), 2);
+        // Ten quiet minutes later, forgotten.
+        let later = t + Duration::from_secs(601);
+        assert_eq!(f.recent(a, later), 0);
+        assert_eq!(f.record(a, later), 1);
     }
 }
