@@ -233,7 +233,16 @@ async fn check(s: &Settings, user: &str, password: &Password) -> Result<Exchange
     };
     let text = printable(String::from_utf8_lossy(&reply).trim());
     if reply.starts_with(b"OK") {
-        Ok(Exchange::Success(user.to_owned()))
+        // The identity is what saslauthd checked. Many set-ups (PAM,
+        // shadow, without -r) ignore the realm: "alice@bank.test" is then
+        // alice, and must not own addresses of bank.test. A realm counts
+        // only when it is the one configured.
+        let identity = match user.rsplit_once('@') {
+            Some((_, r)) if !s.realm.is_empty() && r.eq_ignore_ascii_case(&s.realm) => user,
+            Some((login, _)) => login,
+            None => user,
+        };
+        Ok(Exchange::Success(identity.to_owned()))
     } else if reply.starts_with(b"NO") {
         Ok(Exchange::Failure(format!(
             "saslauthd refused {}: {text}",
@@ -341,6 +350,18 @@ mod tests {
             b.start("CRAM-MD5", &ctx()),
             Err(AuthError::UnsupportedMechanism(_))
         ));
+
+        // A realm other than the configured one (saslauthd may ignore
+        // it): the identity is the bare login, owning no foreign domain.
+        let other =
+            SaslauthdBackend::new(&path, "smtp", Some("other.test".into()), None).expect("backend");
+        let mut s = other.start("PLAIN", &ctx()).expect("start");
+        let out = s
+            .step(Some(b"\0alice@example.test\0right"))
+            .await
+            .expect("step");
+        assert_eq!(out, Exchange::Success("alice".into()));
+        let _ = requests.recv().await;
         assert!(
             SaslauthdBackend::new(&path, "smtp", None, Some(vec!["SCRAM-SHA-256".into()])).is_err()
         );
