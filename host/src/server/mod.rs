@@ -403,7 +403,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         )
     })
     .await?
-    .context("journal recovery failed")?;
+    .unwrap_or_else(|e| {
+        // A full or failing disk must not keep the MTA down: what the
+        // journal holds stays there (its segments are kept) and is
+        // replayed at the next start, finding whatever copies got made.
+        tracing::error!(
+            "journal recovery failed: {e:#}; its messages stay in the journal until the next start"
+        );
+        Vec::new()
+    });
     recovered.extend(respooled);
     recovered.sort();
     recovered.dedup();
