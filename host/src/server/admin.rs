@@ -20,12 +20,17 @@ pub fn socket_path(spool_dir: &Path) -> PathBuf {
 
 /// Binds the socket (replacing a stale one) and serves it until shutdown.
 pub fn start(path: &Path, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot create admin socket {}: {e}", path.display()))?;
-    // Only root (or the daemon's user) may reload or flush.
+    // Only root (or the daemon's user) may reload or flush: the socket is
+    // made under another name, closed to others, and only then given its
+    // name, so there is no moment when others could connect.
+    let tmp = path.with_extension("sock.new");
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot create admin socket {}: {e}", tmp.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| anyhow::anyhow!("cannot create admin socket {}: {e}", path.display()))?;
     tokio::spawn(async move {
         let mut shutdown = shared.shutdown.clone();
         loop {
@@ -49,7 +54,8 @@ pub fn start(path: &Path, shared: Arc<Shared>) -> anyhow::Result<()> {
 
 async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
+    // Commands are short: a line longer than this ends the connection.
+    let mut lines = BufReader::new(tokio::io::AsyncReadExt::take(read, 64 << 10)).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let answer = match line.trim() {
             "reload" => {
