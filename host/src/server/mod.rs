@@ -202,6 +202,25 @@ impl Shared {
         if config.queue.journal && self.journaled.is_none() {
             tracing::warn!("reload: queue.journal = true takes effect at the next restart");
         }
+        // The delivery manager keeps the settings it started with.
+        let (q, was) = (&config.queue, &current.config.queue);
+        for (key, changed) in [
+            (
+                "queue.delivery_concurrency",
+                q.delivery_concurrency != was.delivery_concurrency,
+            ),
+            ("queue.retry_initial", q.retry_initial != was.retry_initial),
+            ("queue.retry_max", q.retry_max != was.retry_max),
+            ("queue.max_lifetime", q.max_lifetime != was.max_lifetime),
+            (
+                "server.hostname (in delivered file names)",
+                config.server.hostname != current.config.server.hostname,
+            ),
+        ] {
+            if changed {
+                tracing::warn!("reload: {key} changes for delivery at the next restart");
+            }
+        }
         let runtime = self.runtime_for(&config)?;
         if let Some(rt) = &runtime
             && rt.settings() != &config.wasm
