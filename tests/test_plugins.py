@@ -365,6 +365,27 @@ def test_header_actions_quarantine_and_discard(daemon_factory):
     assert d.new_mail("bob") == []
     out = d.cli("queue", "list").stdout
     assert "held: misbehave holds it (plugin holder)" in out
+    # The operator releases it (postsuper -H): delivered, with the header.
+    [held] = [line.split("!")[0] for line in out.splitlines() if re.match(r"^\S+! ", line)]
+    assert d.cli("queue", "release", held).returncode == 0
+    [f] = d.wait_mail("bob")
+    assert "Subject: held" in f.read_text()
+    deadline = time.time() + 10
+    while not d.cli("queue", "list").stdout.startswith("Mail queue is empty"):
+        assert time.time() < deadline, "the released message stayed in the queue"
+        time.sleep(0.1)
+    # ... or deletes one (postsuper -d); a wrong ID is refused.
+    assert send(d, "a@example.org", "bob@example.test", subject="held again") == (250, 250)
+    out = d.cli("queue", "list").stdout
+    [held] = [line.split("!")[0] for line in out.splitlines() if re.match(r"^\S+! ", line)]
+    assert d.cli("queue", "delete", held).returncode == 0
+    assert d.cli("queue", "list").stdout.startswith("Mail queue is empty")
+    p = d.cli("queue", "release", held, check=False)
+    assert p.returncode == 1 and "no held message" in p.stderr
+    assert d.cli("queue", "delete", "../../etc\nreload", check=False).returncode != 0
+    d.wait_log(f"{held}: deleted on the admin socket")
+    time.sleep(0.5)
+    assert len(d.new_mail("bob")) == 1
     d2 = daemon_factory(name="discard", extra=misbehave("dropper", "discard", "alice@"))
     assert send(d2, "a@example.org", "alice@example.test") == (250, 250)
     time.sleep(0.5)

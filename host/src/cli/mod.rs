@@ -79,6 +79,22 @@ enum QueueCommand {
     },
     /// Retry every deferred message now (asks the running daemon).
     Flush(ConfigArg),
+    /// Release a held (quarantined) message into the queue for delivery
+    /// now (`postsuper -H`; asks the running daemon).
+    Release {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Its queue ID (`postern queue list` marks held ones with `!`).
+        id: String,
+    },
+    /// Delete a queued or held message for good (`postsuper -d`; asks the
+    /// running daemon).
+    Delete {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Its queue ID.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +128,16 @@ enum PluginCommand {
         /// Fixture file (its first case is the call to time).
         fixture: PathBuf,
     },
+}
+
+/// Refuses what is not a queue ID (nothing else may reach the admin
+/// socket's line protocol).
+fn queue_id(id: &str) -> anyhow::Result<()> {
+    if crate::spool::is_queue_id(id.trim()) {
+        Ok(())
+    } else {
+        anyhow::bail!("{id:?} is not a queue ID")
+    }
 }
 
 fn admin(config: &std::path::Path, command: &str) -> anyhow::Result<ExitCode> {
@@ -279,6 +305,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue {
             command: QueueCommand::Flush(a),
         } => admin(&a.config, "flush"),
+        Command::Queue {
+            command: QueueCommand::Release { config, id },
+        } => {
+            queue_id(&id)?;
+            admin(&config.config, &format!("release {}", id.trim()))
+        }
+        Command::Queue {
+            command: QueueCommand::Delete { config, id },
+        } => {
+            queue_id(&id)?;
+            admin(&config.config, &format!("delete {}", id.trim()))
+        }
         Command::Plugin {
             command:
                 PluginCommand::Bench {

@@ -2,8 +2,8 @@
 //! line, one answer line per command. `postern reload` and
 //! `postern queue flush` talk to it.
 //!
-//! Commands: `reload`, `flush`, `status`. Answers start with `ok` or
-//! `error:`.
+//! Commands: `reload`, `flush`, `status`, `release ID` (a held message
+//! back into the queue), `delete ID`. Answers start with `ok` or `error:`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,7 +83,37 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                     generation.chains.len()
                 )
             }
-            other => format!("error: unknown command {other:?} (reload, flush, status)"),
+            cmd if cmd.starts_with("release ") || cmd.starts_with("delete ") => {
+                let (verb, id) = cmd.split_once(' ').unwrap_or((cmd, ""));
+                let id = id.trim().to_string();
+                let spool = shared.spool.clone();
+                let release = verb == "release";
+                let what = id.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    if release {
+                        spool.release(&what)
+                    } else {
+                        spool.delete(&what)
+                    }
+                })
+                .await;
+                match done {
+                    Ok(Ok(true)) => {
+                        tracing::info!("{id}: {verb}d on the admin socket");
+                        if release {
+                            shared.queue.queued(id.clone());
+                        }
+                        format!("ok {verb}d {id}")
+                    }
+                    Ok(Ok(false)) if release => format!("error: no held message {id:?}"),
+                    Ok(Ok(false)) => format!("error: no message {id:?}"),
+                    Ok(Err(e)) => format!("error: {e}"),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+            other => format!(
+                "error: unknown command {other:?} (reload, flush, status, release ID, delete ID)"
+            ),
         };
         if write
             .write_all(format!("{answer}\n").as_bytes())

@@ -360,6 +360,55 @@ impl Spool {
             .map_err(io_err("fsync", &self.queue))
     }
 
+    /// Releases a held message (`postsuper -H`): back into `queue/` for an
+    /// attempt now, with its record of delivered recipients and without
+    /// its hold reason. Blocking; `false` if no such message is held.
+    pub fn release(&self, id: &str) -> Result<bool, SpoolError> {
+        if !is_queue_id(id) || !self.hold.join(id).is_file() {
+            return Ok(false);
+        }
+        let held = self.hold.join(format!("{id}.state"));
+        let mut state = read_state(&held)?.unwrap_or_default();
+        state.hold_reason = None;
+        state.next_attempt = 0;
+        // The new state first: a crash before the move leaves an orphan
+        // state in queue/ (removed at start), never a message without one.
+        write_state(&self.state_path(id), &state)?;
+        let to = self.queue.join(id);
+        fs::rename(self.hold.join(id), &to).map_err(io_err("rename", &to))?;
+        let syncer = self.syncer().map_err(io_err("fsync", &self.queue))?;
+        syncer
+            .sync_blocking(&self.queue)
+            .map_err(io_err("fsync", &self.queue))?;
+        let _ = fs::remove_file(&held);
+        syncer
+            .sync_blocking(&self.hold)
+            .map_err(io_err("fsync", &self.hold))?;
+        Ok(true)
+    }
+
+    /// Deletes a queued or held message for good (`postsuper -d`).
+    /// Blocking; `false` if there is no such message.
+    pub fn delete(&self, id: &str) -> Result<bool, SpoolError> {
+        if !is_queue_id(id) {
+            return Ok(false);
+        }
+        for dir in [&self.queue, &self.hold] {
+            let path = dir.join(id);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    let _ = fs::remove_file(dir.join(format!("{id}.state")));
+                    let syncer = self.syncer().map_err(io_err("fsync", dir))?;
+                    syncer.sync_blocking(dir).map_err(io_err("fsync", dir))?;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+        Ok(false)
+    }
+
     /// Start-up recovery: removes half-received messages, moves corrupt
     /// files aside and returns the IDs of every complete queued message.
     pub fn recover(&self) -> Result<Vec<String>, SpoolError> {
