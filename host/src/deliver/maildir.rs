@@ -147,11 +147,11 @@ fn earlier_copy(folder: &Path, name: &str, whole: &[u8]) -> Option<PathBuf> {
     for path in std::iter::once(new).chain(seen_copies(folder, name)) {
         match fs::read(&path) {
             Ok(bytes) if bytes == whole => return Some(path),
-            Ok(_) => tracing::warn!(
+            Ok(_) if damaged_copy(&path, whole) => tracing::warn!(
                 "{}: damaged by a crash, delivering the message again",
                 path.display()
             ),
-            Err(_) => {}
+            _ => {}
         }
     }
     None
@@ -296,27 +296,26 @@ pub fn deliver(
         return Err(e);
     }
     let mut dest = new_dir.join(&final_name);
-    let renamed = if let Durability::Journaled {
-        recovering: false, ..
-    } = how
-    {
-        // Never over an existing mail (a queue ID seen again after the
-        // clock stepped back): then a unique name.
-        match rename_noreplace(&tmp, &dest) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+    // Never over another mail. A file of this name is either this
+    // message's copy damaged by a crash (shorter, or with lost blocks read
+    // back as zeros), which is repaired, or another message whose queue
+    // ID came again after the clock stepped back, which stays: this one
+    // then gets a unique name.
+    let renamed = match rename_noreplace(&tmp, &dest) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            if damaged_copy(&dest, &whole) {
+                fs::rename(&tmp, &dest)
+            } else {
                 tracing::warn!(
-                    "{} exists already; delivering under a unique name",
+                    "{} exists already (another message); delivering under a unique name",
                     dest.display()
                 );
                 let host = name.splitn(3, '.').nth(2).unwrap_or_default();
                 dest = new_dir.join(format!("{},S={size}", unique_name(host)));
                 rename_noreplace(&tmp, &dest)
             }
-            r => r,
         }
-    } else {
-        // Recovery replaces a damaged copy; unique names are new.
-        fs::rename(&tmp, &dest)
+        r => r,
     };
     if let Err(e) = renamed {
         let _ = fs::remove_file(&tmp);
@@ -352,16 +351,34 @@ fn secure_dir(how: Durability<'_>, dir: &Path) -> Result<(), MaildirError> {
     }
 }
 
-/// rename(2) that fails with `AlreadyExists` instead of replacing `to`.
+/// rename(2) that fails with `AlreadyExists` instead of replacing `to`
+/// (on a file system without RENAME_NOREPLACE: a check, then rename).
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    rustix::fs::renameat_with(
+    match rustix::fs::renameat_with(
         rustix::fs::CWD,
         from,
         rustix::fs::CWD,
         to,
         rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(io::Error::from)
+    ) {
+        Err(rustix::io::Errno::INVAL) => {
+            if fs::symlink_metadata(to).is_ok() {
+                Err(io::ErrorKind::AlreadyExists.into())
+            } else {
+                fs::rename(from, to)
+            }
+        }
+        r => r.map_err(io::Error::from),
+    }
+}
+
+/// True if the file at `path` can be this message's copy cut short or
+/// with lost blocks: no longer than `whole`, and each byte either ours or
+/// zero.
+fn damaged_copy(path: &Path, whole: &[u8]) -> bool {
+    fs::read(path).is_ok_and(|bytes| {
+        bytes.len() <= whole.len() && bytes.iter().zip(whole).all(|(a, b)| a == b || *a == 0)
+    })
 }
 
 #[cfg(test)]
@@ -437,6 +454,15 @@ mod tests {
         assert_ne!(p2.file_name(), p.file_name());
         assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         assert_eq!(fs::read(&p2).unwrap(), b"ho\r\n");
+        // Neither does a repeated one (recovery, spool retries): another
+        // message under the name stays; a copy with lost blocks (zeros) is
+        // ours and repaired.
+        let p3 = deliver(&dir, None, &[b"hu\r\n"], &name, again).unwrap();
+        assert_ne!(p3.file_name(), p.file_name());
+        assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
+        fs::write(&p, b"h\0\0\0").unwrap();
+        assert_eq!(deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(), p);
+        assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         let _ = fs::remove_dir_all(&dir);
     }
 
