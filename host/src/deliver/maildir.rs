@@ -43,9 +43,12 @@ fn ensure_maildir(dir: &Path) -> Result<(), MaildirError> {
     if dir.join("new").is_dir() {
         return Ok(());
     }
+    // Private, as Maildirs are (the file names say who got mail when).
+    let mut builder = fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
     for sub in ["tmp", "cur", "new"] {
         let p = dir.join(sub);
-        fs::create_dir_all(&p).map_err(err("create", &p))?;
+        builder.create(&p).map_err(err("create", &p))?;
     }
     Ok(())
 }
@@ -395,6 +398,19 @@ mod tests {
         let name = || unique_name("mx.test");
         let p = deliver(&dir, None, &[b"A: b\r\n", b"\r\nhi\r\n"], &name(), synced).unwrap();
         assert!(p.starts_with(dir.join("new")));
+        use std::os::unix::fs::PermissionsExt;
+        for d in [
+            dir.clone(),
+            dir.join("new"),
+            dir.join("tmp"),
+            dir.join("cur"),
+        ] {
+            assert_eq!(
+                fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+                0o700,
+                "{d:?}"
+            );
+        }
         assert_eq!(fs::read(&p).unwrap(), b"A: b\r\n\r\nhi\r\n");
         assert!(p.to_string_lossy().ends_with(",S=12"));
         // No folder yet: INBOX.

@@ -906,7 +906,7 @@ impl Connection {
         }
         Arc::make_mut(&mut self.info).helo = Some(name.to_string());
         self.helo_reject = None;
-        self.helo_policy = Policy::default();
+        let previous = std::mem::take(&mut self.helo_policy);
         if self.plugins.has(Stage::Helo) {
             let context = self.info.id.clone();
             let result = self
@@ -918,10 +918,11 @@ impl Connection {
             if let Some(reply) = reply {
                 if !self.generation.config.smtp.delay_reject {
                     self.session.delayed_reject = self.connect_reject.clone();
-                    // Refused: the greeting the session keeps is the one
-                    // plugins see later.
+                    // Refused: the greeting the session keeps, and what
+                    // plugins said of it, stand.
                     Arc::make_mut(&mut self.info).helo =
                         self.session.greeting.as_ref().map(|g| g.name.clone());
+                    self.helo_policy = previous;
                     return Decision::Reject(reply);
                 }
                 self.helo_reject = Some(reply);

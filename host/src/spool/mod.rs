@@ -416,7 +416,7 @@ impl Spool {
             let entry = entry.map_err(io_err("read", &self.incoming))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             tracing::warn!(
-                "{name}: removing half-received message left by a crash (never acknowledged)"
+                "{name}: removing an unfinished queue file left by a crash (a message never acknowledged, or one still held by the journal)"
             );
             let p = entry.path();
             fs::remove_file(&p).map_err(io_err("remove", &p))?;
@@ -447,8 +447,16 @@ impl Spool {
                     tracing::error!("{name}: {source}; moved to {}", self.corrupt.display());
                     let to = self.corrupt.join(&name);
                     fs::rename(self.queue.join(&name), &to).map_err(io_err("rename", &to))?;
+                    // With the record of whom it reached already.
+                    let state = format!("{name}.state");
+                    let _ = fs::rename(self.queue.join(&state), self.corrupt.join(&state));
                 }
-                Err(e) => return Err(e),
+                // One unreadable file must not keep the MTA down: it is
+                // tried (and logged) with the others, with backoff.
+                Err(e) => {
+                    tracing::error!("{name}: {e}; will be retried");
+                    ids.push(name);
+                }
             }
         }
         ids.sort();
