@@ -559,3 +559,24 @@ def test_a_plugin_cannot_flood_the_log(daemon_factory):
     assert send(d, "a@example.org", "alice@example.test") == (250, 250)
     d.wait_mail("alice", count=2)
     d.wait_log_re(r"chatty line 0(.|\n)*chatty line 0")
+
+
+def test_flush_picks_up_what_was_put_into_the_queue_by_hand(daemon_factory):
+    d = daemon_factory(extra=misbehave("holder", "quarantine", "bob@"))
+    assert send(d, "a@example.org", "bob@example.test", subject="by hand") == (250, 250)
+    spool = d.dir / "var" / "spool"
+    deadline = time.time() + 10
+    while not [p for p in (spool / "hold").iterdir() if "." not in p.name]:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    [held] = [p for p in (spool / "hold").iterdir() if "." not in p.name]
+    # An operator moves it back by hand (without its hold reason): the
+    # daemon does not know of it until a flush.
+    held.rename(spool / "queue" / held.name)
+    (spool / "hold" / f"{held.name}.state").unlink()
+    time.sleep(0.3)
+    assert d.new_mail("bob") == []
+    d.cli("queue", "flush")
+    [f] = d.wait_mail("bob")
+    assert "Subject: by hand" in f.read_text()
+    d.wait_log(f"{held.name}: found in the queue by a flush")

@@ -160,6 +160,20 @@ async fn run(
                     while let Some(Reverse((_, id))) = waiting.pop() {
                         ready.push_back(id);
                     }
+                    // Also what is in queue/ unknown to the manager (put
+                    // there by hand, or left by a commit whose final sync
+                    // failed): a flush means every queued message.
+                    match ctx.spool.queued_ids() {
+                        Ok(ids) => {
+                            let known: HashSet<String> =
+                                ready.iter().chain(in_flight.iter()).cloned().collect();
+                            for id in ids.into_iter().filter(|id| !known.contains(id)) {
+                                tracing::info!("{id}: found in the queue by a flush");
+                                ready.push_back(id);
+                            }
+                        }
+                        Err(e) => tracing::error!("flush: cannot list the queue: {e}"),
+                    }
                 }
                 None => accepting = false,
             },

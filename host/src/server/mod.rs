@@ -289,6 +289,12 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
     }
     let spool = &cfg.server.spool_dir;
     std::fs::create_dir_all(spool).with_context(|| format!("cannot create {}", spool.display()))?;
+    if privileges::system_dir(spool) {
+        anyhow::bail!(
+            "server.spool_dir = {}: refusing to give that tree to server.user {name}; use a directory of Postern's own (/var/spool/postern)",
+            spool.display()
+        );
+    }
     privileges::chown(spool, &account, true)?;
     // The Maildir template's fixed part ("var/mail/" of
     // "var/mail/{user}/Maildir"), where new mailboxes are made: created for

@@ -96,6 +96,40 @@ pub fn chown(path: &Path, account: &Account, recursive: bool) -> anyhow::Result<
         .with_context(|| format!("cannot give {} to {}", path.display(), account.name))
 }
 
+/// True if `path` is a directory of the system's own (`/`, `/var`,
+/// `/var/spool`, `/etc`, ...), which a typo in `spool_dir` must not give
+/// to the mail account.
+pub fn system_dir(path: &Path) -> bool {
+    const SYSTEM: &[&str] = &[
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/cache",
+        "/var/lib",
+        "/var/log",
+        "/var/mail",
+        "/var/spool",
+        "/var/tmp",
+    ];
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    SYSTEM.iter().any(|s| real == Path::new(s))
+}
+
 /// True if the account can read the file at `path` (by owner, group
 /// (primary or supplementary) or other bits); checked as root, before the
 /// drop, for files the daemon reads again later.
@@ -147,4 +181,28 @@ pub fn drop_to(account: &Account) -> anyhow::Result<()> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::system_dir;
+    use std::path::Path;
+
+    #[test]
+    fn system_directories_are_recognised() {
+        for p in [
+            "/",
+            "/var",
+            "/var/spool",
+            "/etc",
+            "/var/spool/",
+            "/var/../var/spool",
+        ] {
+            assert!(system_dir(Path::new(p)), "{p}");
+        }
+        let own = std::env::temp_dir().join(format!("postern-sysdir-{}", std::process::id()));
+        std::fs::create_dir_all(&own).unwrap();
+        assert!(!system_dir(&own));
+        let _ = std::fs::remove_dir_all(&own);
+    }
 }

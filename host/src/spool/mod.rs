@@ -463,6 +463,14 @@ impl Spool {
         Ok(ids)
     }
 
+    /// The IDs of the messages in `queue/`.
+    pub fn queued_ids(&self) -> Result<Vec<String>, SpoolError> {
+        Ok(list_names(&self.queue)?
+            .into_iter()
+            .filter(|n| is_queue_id(n))
+            .collect())
+    }
+
     /// Everything in `queue/` and `hold/`, for `postern queue list`.
     pub fn list(&self) -> Result<Vec<QueueEntry>, SpoolError> {
         let mut out = Vec::new();

@@ -323,7 +323,7 @@ impl Table {
         let mut errors = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.starts_with('#') {
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
                 continue;
             }
             match Record::parse(line) {
@@ -450,7 +450,7 @@ pub fn edit(path: &Path, change: Edit) -> Result<(), PasswdError> {
 
 /// Whether `line` is a record for `user` (lower-cased), in any case.
 fn is_record_of(line: &str, user: &str) -> bool {
-    !line.starts_with('#')
+    !line.trim_start().starts_with('#')
         && line
             .split(':')
             .next()
