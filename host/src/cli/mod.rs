@@ -202,8 +202,13 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
 /// for a log write ([`logsink`]). The guard writes what is left when
 /// dropped at exit.
 fn init_logging() -> anyhow::Result<logsink::Guard> {
+    init_logging_at("info")
+}
+
+/// Logging to stderr, at `POSTERN_LOG` or else `default`.
+fn init_logging_at(default: &str) -> anyhow::Result<logsink::Guard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let (writer, guard) =
         logsink::start(std::io::stderr()).context("cannot start the log writer thread")?;
     tracing_subscriber::fmt()
@@ -339,6 +344,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     fixtures,
                 },
         } => {
+            // Why a plugin failed (trap, time, memory) and what it logged
+            // (host.log) go to stderr, as the daemon would log them.
+            let _log_guard = init_logging_at("info")?;
             let failed = plugin_test::run(plugin.as_deref(), &fixtures, &cache_dir)?;
             Ok(if failed == 0 {
                 ExitCode::SUCCESS

@@ -188,7 +188,9 @@ impl Connection {
         let info = Arc::new(SessionInfo {
             id: new_queue_id(),
             listener: lgen.name.clone(),
-            client_ip: peer.ip().to_string(),
+            // An IPv4 client on a dual-stack listener arrives as
+            // ::ffff:a.b.c.d; plugins match it as the IPv4 address it is.
+            client_ip: peer.ip().to_canonical().to_string(),
             client_port: peer.port(),
             client_ptr: ptr.clone(),
             trusted: generation.router.is_trusted(peer.ip()),

@@ -50,7 +50,13 @@ impl Generation {
         let mut backends: std::collections::HashMap<String, Arc<crate::sasl::Backend>> =
             std::collections::HashMap::new();
         for (i, a) in config.auth.iter().enumerate() {
-            let backend = crate::sasl::build_backend(a)
+            // Blocking work (a probe of Dovecot of up to seconds, an
+            // argon2 hash): not on a worker thread serving sessions.
+            let cfg = a.clone();
+            let built = tokio::task::spawn_blocking(move || crate::sasl::build_backend(&cfg))
+                .await
+                .map_err(|e| anyhow::anyhow!("auth[{i}] {:?}: {e}", a.name))?;
+            let backend = built
                 .map(|b| b.with_hostname(&config.server.hostname))
                 .map_err(|e| anyhow::anyhow!("auth[{i}] {:?}: {e:#}", a.name))?;
             backends.insert(a.name.clone(), Arc::new(backend));

@@ -19,9 +19,15 @@
 //!
 //! At each hook the tables that have data are consulted in Postfix order —
 //! client, HELO, sender, recipient — and the first definitive action wins.
-//! Actions: `OK`, `DUNNO`, `REJECT [text]`, `DEFER [text]`,
+//! Actions: `OK`, `DUNNO`, `REJECT [x.y.z] [text]`, `DEFER [x.y.z] [text]`,
 //! `4NN/5NN [x.y.z] text`, `DISCARD [text]`, `HOLD [text]`,
-//! `PREPEND Name: value`, `WARN text`.
+//! `PREPEND Name: value`, `WARN text`. As in Postfix, `HOLD` marks the
+//! message and goes on (a later `REJECT` still rejects, a later `OK` still
+//! holds). Client keys: addresses, CIDR networks, leading octets
+//! (`198.51.100`), or names of the verified PTR. Address keys:
+//! `user@domain`, `domain` and its subdomains, `user@`, `<>`; with
+//! `recipient_delimiter` (default `+`) `user+ext@domain` also matches
+//! `user@domain` and `user@`.
 
 #![allow(missing_docs)] // generated bindings
 
@@ -58,6 +64,7 @@ struct Hit<'a> {
 fn decide(hits: Vec<Hit<'_>>) -> Outcome {
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut decided = None;
+    let mut hold = None;
     for hit in hits {
         let text = |t: &Option<String>| {
             format!(
@@ -84,10 +91,17 @@ fn decide(hits: Vec<Hit<'_>>) -> Outcome {
                 t.clone()
                     .unwrap_or_else(|| format!("<{}> in the access table", hit.key)),
             ),
-            Action::Hold(t) => Outcome::quarantine(
-                t.clone()
-                    .unwrap_or_else(|| format!("<{}> in the access table", hit.key)),
-            ),
+            Action::Hold(t) => {
+                // Postfix: HOLD marks the message and goes on (DUNNO); a
+                // later REJECT still rejects.
+                hold.get_or_insert_with(|| {
+                    Outcome::quarantine(
+                        t.clone()
+                            .unwrap_or_else(|| format!("<{}> in the access table", hit.key)),
+                    )
+                });
+                continue;
+            }
             Action::Prepend(name, value) => {
                 headers.push((name.clone(), value.clone()));
                 continue;
@@ -100,7 +114,12 @@ fn decide(hits: Vec<Hit<'_>>) -> Outcome {
         decided = Some(outcome);
         break;
     }
-    let mut outcome = decided.unwrap_or_else(Outcome::cont);
+    // A HOLD stands against a later OK (the message is accepted, and
+    // held); a REJECT, DEFER or DISCARD wins over it.
+    let mut outcome = match (decided, hold) {
+        (Some(d), Some(h)) if matches!(d.verdict, postern_sdk::Verdict::Accept) => h,
+        (d, h) => d.or(h).unwrap_or_else(Outcome::cont),
+    };
     for (name, value) in headers {
         outcome = outcome.add_header(&name, value);
     }

@@ -44,19 +44,31 @@ pub fn parse_action(s: &str) -> Result<Action, String> {
         None => (s, None),
     };
     let text = rest.map(str::to_string);
+    // `REJECT 5.7.9 text`: a leading enhanced code of the right class is
+    // the reply's, as in Postfix.
+    let with_code = |class: char| match rest.map(split_enhanced) {
+        Some((Some(e), t)) if e.starts_with(class) => (Some(e), t),
+        _ => (None, text.clone()),
+    };
     match word.to_ascii_uppercase().as_str() {
         "OK" | "PERMIT" => Ok(Action::Ok),
         "DUNNO" => Ok(Action::Dunno),
-        "REJECT" => Ok(Action::Reject {
-            code: 554,
-            enhanced: None,
-            text,
-        }),
-        "DEFER" => Ok(Action::Defer {
-            code: 450,
-            enhanced: None,
-            text,
-        }),
+        "REJECT" => {
+            let (enhanced, text) = with_code('5');
+            Ok(Action::Reject {
+                code: 554,
+                enhanced,
+                text,
+            })
+        }
+        "DEFER" => {
+            let (enhanced, text) = with_code('4');
+            Ok(Action::Defer {
+                code: 450,
+                enhanced,
+                text,
+            })
+        }
         "DISCARD" => Ok(Action::Discard(text)),
         "HOLD" => Ok(Action::Hold(text)),
         "WARN" => Ok(Action::Warn(text.unwrap_or_default())),
@@ -71,16 +83,7 @@ pub fn parse_action(s: &str) -> Result<Action, String> {
         }
         w if w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()) => {
             let code: u16 = w.parse().map_err(|_| format!("bad code {w}"))?;
-            let (enhanced, text) = match rest {
-                Some(r) => match r.split_once(char::is_whitespace) {
-                    Some((e, t)) if is_enhanced(e) => {
-                        (Some(e.to_string()), Some(t.trim().to_string()))
-                    }
-                    None if is_enhanced(r) => (Some(r.to_string()), None),
-                    _ => (None, Some(r.to_string())),
-                },
-                None => (None, None),
-            };
+            let (enhanced, text) = rest.map_or((None, None), split_enhanced);
             match code {
                 400..=499 => Ok(Action::Defer {
                     code,
@@ -98,6 +101,16 @@ pub fn parse_action(s: &str) -> Result<Action, String> {
         _ => Err(format!(
             "unknown action {word:?} (OK, DUNNO, REJECT, DEFER, 4NN/5NN text, DISCARD, HOLD, PREPEND, WARN)"
         )),
+    }
+}
+
+/// `x.y.z text` into the enhanced code and the text, when it starts
+/// with one.
+fn split_enhanced(r: &str) -> (Option<String>, Option<String>) {
+    match r.split_once(char::is_whitespace) {
+        Some((e, t)) if is_enhanced(e) => (Some(e.to_string()), Some(t.trim().to_string())),
+        None if is_enhanced(r) => (Some(r.to_string()), None),
+        _ => (None, Some(r.to_string())),
     }
 }
 
@@ -133,6 +146,30 @@ pub struct Config {
     /// (case-insensitively) against each `Name: value` header line.
     #[serde(default)]
     pub header_checks: Vec<(String, String)>,
+    /// Postfix `recipient_delimiter`: `user+ext@domain` is also looked up
+    /// as `user@domain` and `user@` (default `+`; `""` for none).
+    #[serde(default = "plus")]
+    pub recipient_delimiter: String,
+}
+
+fn plus() -> String {
+    "+".into()
+}
+
+/// A Postfix access-table network key: one to three leading octets of an
+/// IPv4 address (`198.51.100` is 198.51.100.0/24).
+fn ipv4_prefix(key: &str) -> Option<IpNet> {
+    let octets: Vec<u8> = key
+        .split('.')
+        .map(|o| o.parse::<u8>().ok())
+        .collect::<Option<_>>()?;
+    if octets.is_empty() || octets.len() > 3 {
+        return None;
+    }
+    let mut full = [0u8; 4];
+    full[..octets.len()].copy_from_slice(&octets);
+    let len = u8::try_from(octets.len() * 8).ok()?;
+    IpNet::new(IpAddr::from(full), len).ok()
 }
 
 /// An address or name table with Postfix lookup order.
@@ -153,6 +190,7 @@ pub struct Rules {
     header_patterns: Vec<(String, Action)>,
     header_checks: std::sync::OnceLock<Result<Vec<(regex_lite::Regex, Action)>, String>>,
     authenticated: Option<Action>,
+    delimiter: Option<char>,
 }
 
 fn table(map: &HashMap<String, String>, what: &str) -> Result<Table, String> {
@@ -193,9 +231,11 @@ impl Table {
         }
     }
 
-    /// Postfix order for addresses: `user@domain`, `domain` and parents,
-    /// `user@`. The null sender is looked up as `<>`.
-    fn lookup_address(&self, addr: &str) -> Option<&Action> {
+    /// Postfix order for addresses: `user+ext@domain`, `user@domain`,
+    /// `domain` and parents, `user+ext@`, `user@` (the forms without the
+    /// extension when `delimiter` splits one off). The null sender is
+    /// looked up as `<>`.
+    fn lookup_address(&self, addr: &str, delimiter: Option<char>) -> Option<&Action> {
         if self.0.is_empty() {
             return None;
         }
@@ -207,8 +247,18 @@ impl Table {
             return Some(a);
         }
         let (local, domain) = addr.rsplit_once('@')?;
+        let base = delimiter
+            .and_then(|d| local.split_once(d))
+            .map(|(b, _)| b)
+            .filter(|b| !b.is_empty());
+        if let Some(b) = base
+            && let Some(a) = self.0.get(&format!("{b}@{domain}"))
+        {
+            return Some(a);
+        }
         self.lookup_name(domain)
             .or_else(|| self.0.get(&format!("{local}@")))
+            .or_else(|| base.and_then(|b| self.0.get(&format!("{b}@"))))
     }
 }
 
@@ -224,6 +274,8 @@ impl Rules {
                 client_ips.push((net, action));
             } else if let Ok(ip) = k.parse::<IpAddr>() {
                 client_ips.push((IpNet::from(ip), action));
+            } else if let Some(net) = ipv4_prefix(k) {
+                client_ips.push((net, action));
             } else {
                 names.insert(k.to_lowercase(), action);
             }
@@ -240,7 +292,13 @@ impl Rules {
             .as_deref()
             .map(|a| parse_action(a).map_err(|e| format!("authenticated: {e}")))
             .transpose()?;
+        let mut delimiter = cfg.recipient_delimiter.chars();
+        let delimiter = match (delimiter.next(), delimiter.next()) {
+            (d, None) => d,
+            _ => return Err("recipient_delimiter: one character, or \"\"".into()),
+        };
         Ok(Rules {
+            delimiter,
             authenticated,
             header_patterns,
             header_checks: std::sync::OnceLock::new(),
@@ -291,12 +349,12 @@ impl Rules {
 
     /// Looks up the envelope sender.
     pub fn sender(&self, addr: &str) -> Option<&Action> {
-        self.sender.lookup_address(addr)
+        self.sender.lookup_address(addr, self.delimiter)
     }
 
     /// Looks up a recipient.
     pub fn recipient(&self, addr: &str) -> Option<&Action> {
-        self.recipient.lookup_address(addr)
+        self.recipient.lookup_address(addr, self.delimiter)
     }
 
     /// The action for authenticated sessions, if configured.

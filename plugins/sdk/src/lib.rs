@@ -54,8 +54,35 @@
 //! ```sh
 //! rustup target add wasm32-wasip2
 //! cargo build --release --target wasm32-wasip2
-//! postern plugin test --plugin target/wasm32-wasip2/release/my_plugin.wasm --fixture cases.toml
+//! postern plugin test --plugin target/wasm32-wasip2/release/my_plugin.wasm cases.toml
 //! ```
+//!
+//! `cases.toml` holds the transactions to try and what you expect of
+//! each (the plugin's config goes in `[config]`):
+//!
+//! ```toml
+//! [[case]]
+//! name = "a spam trap is refused"
+//! stage = "rcpt"
+//! client_ip = "192.0.2.1"
+//! mail_from = "someone@example.org"
+//! rcpt_to = ["spamtrap@example.test"]
+//! [case.expect]
+//! verdict = "reject"
+//! code = 550
+//! enhanced = "5.7.1"
+//!
+//! [[case]]
+//! name = "anyone else passes"
+//! stage = "rcpt"
+//! mail_from = "someone@example.org"
+//! rcpt_to = ["alice@example.test"]
+//! [case.expect]
+//! verdict = "continue"
+//! ```
+//!
+//! A plugin that traps or runs out of time or memory shows as `verdict
+//! failure`, with the reason and anything it logged on stderr.
 //!
 //! Then name the `.wasm` file in a `[[plugin]]` table and put the plugin
 //! into a `[[chain.rcpt]]` (or connect/helo/mail/data) of the host config;
@@ -63,7 +90,9 @@
 //!
 //! ## Rules of the sandbox
 //!
-//! - No files, sockets, environment or clock: use host imports.
+//! - No files, sockets or environment: use host imports. The clocks can
+//!   be read, but a verdict must not depend on the time, and waiting
+//!   (`sleep`) counts against the time limit.
 //! - Each call has a CPU time limit and the instance a memory limit; a
 //!   plugin that loops, traps or grows too much costs one 4xx (or is
 //!   skipped, with `on_error = "continue"`), never the daemon.
