@@ -455,6 +455,7 @@ def test_scores_judged_against_thresholds(daemon_factory):
 def test_plugin_test_command_runs_fixtures():
     fixtures = [
         ROOT / "plugins" / "access" / "tests" / "access.toml",
+        ROOT / "plugins" / "access" / "tests" / "quickstart.json",
         ROOT / "plugins" / "access" / "tests" / "header_checks.toml",
         ROOT / "tests" / "fixtures" / "misbehave-loop.toml",
         ROOT / "tests" / "fixtures" / "misbehave-hog.toml",
@@ -464,7 +465,7 @@ def test_plugin_test_command_runs_fixtures():
     p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
                         *map(str, fixtures)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.count("ok   - ") == 15 + 3 + 3 + 3
+    assert p.stdout.count("ok   - ") == 15 + 2 + 3 + 3 + 3
     # A fixture whose expectation is wrong fails, with the reason.
     bad = ROOT / "target" / "bad-fixture.toml"
     bad.write_text((ROOT / "tests" / "fixtures" / "misbehave-trap.toml").read_text()

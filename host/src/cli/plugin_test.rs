@@ -1,7 +1,7 @@
 //! `postern plugin test`: runs one plugin against transaction fixtures
 //! without a daemon, so plugin authors can test in CI.
 //!
-//! A fixture file (TOML):
+//! A fixture file (TOML; or JSON with the same fields, named `*.json`):
 //!
 //! ```toml
 //! plugin = "../target/wasm32-wasip2/plugin/postern_plugin_access.wasm"  # relative to this file
@@ -22,7 +22,7 @@
 //! enhanced = "5.7.1"
 //! text = "Sender address rejected"   # substring of the reply text or reason
 //! scores = { SPAMMY = 2.0 }      # symbols that must be present, with points
-//! headers = ["X-Tag"]            # header names the plugin must add or change
+//! headers = ["X-Tag", "X-Other: exact value"]   # fields the plugin must add or change
 //! ```
 
 use std::collections::BTreeMap;
@@ -123,8 +123,12 @@ pub(super) fn load(
 ) -> anyhow::Result<(Fixture, PluginDef, Arc<crate::plugin::Runtime>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let fixture: Fixture =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // TOML, or JSON for fixtures written by other tools (same fields).
+    let fixture: Fixture = if path.extension().is_some_and(|x| x == "json") {
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    } else {
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    };
     let base = path.parent().unwrap_or(Path::new("."));
     let wasm = match (plugin, &fixture.plugin) {
         (Some(p), _) => p.to_path_buf(),
@@ -319,14 +323,19 @@ async fn run_case(
         }
     }
     for h in &e.headers {
+        // "Name" asks for the field, "Name: value" for it with that value.
+        let (want_name, want_value) = match h.split_once(':') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (h.trim(), None),
+        };
         let found = result.actions.iter().any(|a| match a {
-            HeaderAction::Add { name, .. } | HeaderAction::Change { name, .. } => {
-                name.eq_ignore_ascii_case(h)
+            HeaderAction::Add { name, value } | HeaderAction::Change { name, value, .. } => {
+                name.eq_ignore_ascii_case(want_name) && want_value.is_none_or(|v| value == v)
             }
             HeaderAction::Remove { .. } => false,
         });
         if !found {
-            problems.push(format!("no header {h} added"));
+            problems.push(format!("no header {h:?} added"));
         }
     }
     if problems.is_empty() {
