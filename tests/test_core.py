@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BASE_CONFIG, BIN, ROOT, message, raw_session, swaks
+from conftest import BASE_CONFIG, BIN, CACHE, ROOT, free_port, message, raw_session, swaks
 
 
 def headers_of(path):
@@ -737,3 +737,33 @@ def test_quickstart_config_is_valid():
     p = subprocess.run([str(BIN), "check", "--config", str(ROOT / "examples" / "quickstart.toml")],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
+
+
+def test_quickstart_as_shipped_does_what_the_readme_says(daemon_factory):
+    """examples/quickstart.toml itself (ports moved, paths made absolute):
+    the README's swaks lines, with their replies."""
+    sub, smtps = free_port(), free_port()
+    text = (ROOT / "examples" / "quickstart.toml").read_text()
+    text = text.replace("{", "{{").replace("}", "}}")
+    text = (text.replace('"127.0.0.1:2525"', '"127.0.0.1:{port}"')
+                .replace('"127.0.0.1:5870"', f'"127.0.0.1:{sub}"')
+                .replace('"127.0.0.1:4650"', f'"127.0.0.1:{smtps}"')
+                .replace('path = "examples/', f'path = "{ROOT}/examples/')
+                .replace('path = "target/', f'path = "{ROOT}/target/'))
+    assert "{port}" in text and str(ROOT) in text
+    text += f'\n[wasm]\ncache_dir = "{CACHE}"\n'
+    d = daemon_factory(config=text)
+    rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--helo", "client.test",
+                    "--from", "someone@example.org", "--to", "alice+news@example.test")
+    assert rc == 0, out
+    [f] = d.wait_mail("alice")
+    assert "Delivered-To: alice+news@example.test" in f.read_text()
+    rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--from", "spam@blocked.test",
+                    "--to", "alice@example.test")
+    assert rc != 0 and "<** 554 5.7.1" in out, out
+    rc, out = swaks("--server", f"127.0.0.1:{sub}", "--tls", "--auth", "PLAIN",
+                    "--auth-user", "alice@example.test", "--auth-password", "alice-secret",
+                    "--from", "alice@example.test", "--to", "friend@dest.test")
+    assert rc == 0 and "queued as" in out, out
+    listing = d.cli("queue", "list").stdout
+    assert "friend@dest.test" in listing
