@@ -266,15 +266,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             // The daemon reads the file as server.user: root's edits give
             // it to that account's group (mode 640).
-            let loaded = Config::load(&config.config).ok();
+            let loaded = Config::load(&config.config);
             let account = loaded
                 .as_ref()
+                .ok()
                 .and_then(|c| c.server.user.as_deref())
                 .and_then(|u| crate::server::privileges::lookup(u).ok());
             let path = match file {
                 Some(f) => f,
                 None => {
-                    let c = Config::load(&config.config)?;
+                    let c = loaded?;
                     c.auth
                         .iter()
                         .find(|a| matches!(a.backend, crate::config::AuthBackendKind::Passwd))

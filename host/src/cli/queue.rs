@@ -14,16 +14,16 @@ use crate::spool::{QueueEntry, Spool, format, journal, now_secs};
 pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
     let spool = Spool::open_readonly(&config.server.spool_dir);
     let mut entries = spool.list()?;
-    let journaled = in_journal(config, &entries)?;
-    let (segments, in_journal) = (journaled.0, journaled.1.len());
+    let (segments, journaled) = in_journal(config, &entries)?;
+    let count = journaled.len();
     if journal {
-        entries.extend(journaled.1);
+        entries.extend(journaled);
     }
     let summary = || {
-        if in_journal > 0 && !journal {
+        if count > 0 && !journal {
             println!(
-                "-- {in_journal} message{} in the journal ({segments} segment{}): being delivered to local mailboxes, or delivered and waiting for their bulk sync (--journal lists them)",
-                if in_journal == 1 { "" } else { "s" },
+                "-- {count} message{} in the journal ({segments} segment{}): being delivered to local mailboxes, or delivered and waiting for their bulk sync (--journal lists them)",
+                if count == 1 { "" } else { "s" },
                 if segments == 1 { "" } else { "s" },
             );
         }

@@ -261,7 +261,7 @@ fn deliver(
         path: env.id.clone().into(),
         source,
     })?;
-    let state = DeliveryState::after_first_attempt(last_error, done, true);
+    let state = DeliveryState::after_first_attempt(last_error, done);
     spool.commit_blocking(content, env, state)?;
     tracing::info!("{}: queued for retry", env.id);
     Ok(Some(env.id.clone()))

@@ -150,7 +150,7 @@ fn earlier_copy(folder: &Path, name: &str, whole: &[u8]) -> Option<PathBuf> {
     for path in std::iter::once(new).chain(seen_copies(folder, name)) {
         match fs::read(&path) {
             Ok(bytes) if bytes == whole => return Some(path),
-            Ok(_) if damaged_copy(&path, whole) => tracing::warn!(
+            Ok(bytes) if damaged(&bytes, whole) => tracing::warn!(
                 "{}: damaged by a crash, delivering the message again",
                 path.display()
             ),
@@ -376,12 +376,15 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// True if the file at `path` can be this message's copy cut short or
-/// with lost blocks: no longer than `whole`, and each byte either ours or
-/// zero.
+/// with lost blocks ([`damaged`]).
 fn damaged_copy(path: &Path, whole: &[u8]) -> bool {
-    fs::read(path).is_ok_and(|bytes| {
-        bytes.len() <= whole.len() && bytes.iter().zip(whole).all(|(a, b)| a == b || *a == 0)
-    })
+    fs::read(path).is_ok_and(|bytes| damaged(&bytes, whole))
+}
+
+/// True if `bytes` can be `whole` cut short or with lost blocks: no
+/// longer, and each byte either ours or zero.
+fn damaged(bytes: &[u8], whole: &[u8]) -> bool {
+    bytes.len() <= whole.len() && bytes.iter().zip(whole).all(|(a, b)| a == b || *a == 0)
 }
 
 #[cfg(test)]

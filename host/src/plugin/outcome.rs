@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::bindings::postern::filter::types as wit;
 use crate::message::{HeaderAction, sanitize_value, valid_header_name};
+use crate::smtp::reply::{Enhanced, Reply};
 
 /// Scores, and header actions, one outcome may carry. More is a plugin
 /// failure: everything an outcome carries is handled by the host outside
@@ -23,7 +24,6 @@ const MAX_TEXT: usize = 400;
 fn text(s: &str) -> String {
     sanitize_value(&s.chars().take(MAX_TEXT).collect::<String>())
 }
-use crate::smtp::reply::{Enhanced, Reply};
 
 /// A plugin's verdict.
 #[derive(Debug, Clone, PartialEq)]

@@ -540,8 +540,6 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
 }
 
 fn store_cached(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -551,14 +549,5 @@ fn store_cached(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
         ));
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    // A new file (never through a link left there), readable by all.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    f.write_all(artifact)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::server::privileges::write_through_new(&tmp, path, 0o644, artifact)
 }

@@ -90,7 +90,7 @@ impl ResourceLimiter for Limits {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = (self.used - current.min(self.used)).saturating_add(desired);
+        let total = self.used.saturating_sub(current).saturating_add(desired);
         if total > self.memory {
             return Err(MemoryLimitExceeded {
                 desired: total,
@@ -199,10 +199,10 @@ impl WasiView for HostState {
 impl host::Host for HostState {
     fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
         self.logged = self.logged.saturating_add(1);
+        let ctx = self.context.as_deref().unwrap_or("-");
+        let entry = self.conf().map_or("?", |c| &*c.label);
         if self.logged > MAX_LOG_LINES {
             if self.logged == MAX_LOG_LINES + 1 {
-                let ctx = self.context.as_deref().unwrap_or("-");
-                let entry = self.conf().map_or("?", |c| &*c.label);
                 tracing::warn!(
                     "{ctx}: plugin {entry}: more than {MAX_LOG_LINES} log lines in one call; dropping the rest"
                 );
@@ -214,8 +214,6 @@ impl host::Host for HostState {
             .take(2000)
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        let ctx = self.context.as_deref().unwrap_or("-");
-        let entry = self.conf().map_or("?", |c| &*c.label);
         match level {
             host::Level::Trace => tracing::trace!("{ctx}: plugin {entry}: {message}"),
             host::Level::Debug => tracing::debug!("{ctx}: plugin {entry}: {message}"),

@@ -127,14 +127,6 @@ impl Policy {
     }
 }
 
-/// Where a stage's policy goes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Level {
-    Session,
-    Helo,
-    Transaction,
-}
-
 /// What of a refused command line goes into the log. MAIL, RCPT and
 /// HELO/EHLO as they are (cut to 100 bytes); AUTH with its mechanism
 /// only; anything else by its verb, when it looks like one: a line that is
@@ -850,7 +842,7 @@ impl Connection {
             let result = self
                 .run_chain(Stage::Mail, &id, Some(Arc::new(envelope)), None, None)
                 .await;
-            if let Some(reply) = self.absorb(Stage::Mail, &id, result, Level::Transaction) {
+            if let Some(reply) = self.absorb(Stage::Mail, &id, result) {
                 decision = if self.generation.config.smtp.delay_reject {
                     Decision::Accept(Some(reply))
                 } else {
@@ -881,7 +873,7 @@ impl Connection {
             .run_chain(Stage::Connect, &context, None, None, None)
             .await;
         let reply = self
-            .absorb(Stage::Connect, &context, result, Level::Session)
+            .absorb(Stage::Connect, &context, result)
             .or_else(|| self.judge_scores(Stage::Connect, &context));
         let Some(reply) = reply else {
             return true;
@@ -915,7 +907,7 @@ impl Connection {
                 .run_chain(Stage::Helo, &context, None, None, None)
                 .await;
             let reply = self
-                .absorb(Stage::Helo, &context, result, Level::Helo)
+                .absorb(Stage::Helo, &context, result)
                 .or_else(|| self.judge_scores(Stage::Helo, &context));
             if let Some(reply) = reply {
                 if !self.generation.config.smtp.delay_reject {
@@ -959,17 +951,13 @@ impl Connection {
     /// Takes a stage's scores and actions into the session or transaction
     /// policy, logs a decision, and returns the reply of a reject or
     /// tempfail. Discard/quarantine become the disposition.
-    fn absorb(
-        &mut self,
-        stage: Stage,
-        context: &str,
-        result: StageResult,
-        level: Level,
-    ) -> Option<Reply> {
-        let policy = match level {
-            Level::Session => &mut self.session_policy,
-            Level::Helo => &mut self.helo_policy,
-            Level::Transaction => &mut self.tx_policy,
+    fn absorb(&mut self, stage: Stage, context: &str, result: StageResult) -> Option<Reply> {
+        // Connect speaks for the session, HELO for the greeting, the rest
+        // for the transaction.
+        let policy = match stage {
+            Stage::Connect => &mut self.session_policy,
+            Stage::Helo => &mut self.helo_policy,
+            _ => &mut self.tx_policy,
         };
         // A refused recipient leaves nothing in the message it is not
         // part of.
@@ -1116,7 +1104,7 @@ impl Connection {
             let result = self
                 .run_chain(Stage::Rcpt, &id, envelope, Some(&rcpt), None)
                 .await;
-            if let Some(reply) = self.absorb(Stage::Rcpt, &id, result, Level::Transaction) {
+            if let Some(reply) = self.absorb(Stage::Rcpt, &id, result) {
                 return Decision::Reject(reply);
             }
         }
@@ -1205,7 +1193,7 @@ impl Connection {
                 .await;
             // Plugins only borrowed the content; take it back without a copy.
             content = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
-            if let Some(reply) = self.absorb(Stage::Data, &id, result, Level::Transaction) {
+            if let Some(reply) = self.absorb(Stage::Data, &id, result) {
                 return Err(reply);
             }
         }
@@ -1440,7 +1428,7 @@ impl Connection {
         let Some(last_error) = deferred else {
             return Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")));
         };
-        let state = spool::DeliveryState::after_first_attempt(last_error, done, false);
+        let state = spool::DeliveryState::after_first_attempt(last_error, done);
         match self
             .shared
             .spool

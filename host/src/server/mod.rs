@@ -86,15 +86,11 @@ const AUTH_CLIENTS: usize = 100_000;
 
 impl AuthFailures {
     fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
-        match ip {
-            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+        match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
                 let s = v6.segments();
                 std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
-            std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(
-                v6.to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            ),
             v4 => v4,
         }
     }

@@ -130,6 +130,24 @@ pub fn system_dir(path: &Path) -> bool {
     SYSTEM.iter().any(|s| real == Path::new(s))
 }
 
+/// Puts `data` at `path` through a new file `tmp` made with `mode`: the
+/// file is created new (never opened through a link someone left in its
+/// place), has its final mode from its first byte, and replaces `path`
+/// only once complete.
+pub fn write_through_new(tmp: &Path, path: &Path, mode: u32, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)?;
+    f.write_all(data)?;
+    drop(f);
+    std::fs::rename(tmp, path)
+}
+
 /// True if the account can read the file at `path` (by owner, group
 /// (primary or supplementary) or other bits); checked as root, before the
 /// drop, for files the daemon reads again later.

@@ -79,24 +79,23 @@ pub struct DeliveryState {
     /// Why the message was put on hold, if it was.
     #[serde(default)]
     pub hold_reason: Option<String>,
-    /// The message came through the journal. (Every spooled message now
-    /// gets derived Maildir names; the field stays so that state files
-    /// read the same both ways.)
-    #[serde(default)]
+    /// Written by versions that gave derived Maildir names only to mail
+    /// that came through the journal; now every spooled message gets them.
+    /// Read (state files are checked for unknown fields) and ignored.
+    #[serde(default, skip_serializing)]
     pub journaled: bool,
 }
 
 impl DeliveryState {
     /// After a first attempt, made before the message was spooled, that
     /// delivered the recipients in `done` and must retry the others.
-    pub fn after_first_attempt(last_error: String, done: BTreeSet<usize>, journaled: bool) -> Self {
+    pub fn after_first_attempt(last_error: String, done: BTreeSet<usize>) -> Self {
         DeliveryState {
             attempts: 1,
             next_attempt: now_secs(),
             last_error: Some(last_error),
             done,
-            hold_reason: None,
-            journaled,
+            ..DeliveryState::default()
         }
     }
 }
@@ -198,6 +197,13 @@ impl Spool {
             .ok_or_else(|| io::Error::other("spool opened read-only"))
     }
 
+    /// Makes a spool directory's entries durable (blocking; group commit).
+    fn sync_dir(&self, dir: &Path) -> Result<(), SpoolError> {
+        self.syncer()
+            .and_then(|s| s.sync_blocking(dir))
+            .map_err(io_err("fsync", dir))
+    }
+
     /// Writes a message durably into `queue/`. Returns only once the file
     /// and its directory entry are on disk: the caller may then send 250.
     pub async fn commit(&self, content: Vec<u8>, env: Envelope) -> Result<(), SpoolError> {
@@ -283,10 +289,7 @@ impl Spool {
         let mut f = File::create(&path).map_err(io_err("create", &path))?;
         f.write_all(bytes).map_err(io_err("write", &path))?;
         f.sync_data().map_err(io_err("fsync", &path))?;
-        self.syncer()
-            .map_err(io_err("fsync", &self.corrupt))?
-            .sync_blocking(&self.corrupt)
-            .map_err(io_err("fsync", &self.corrupt))?;
+        self.sync_dir(&self.corrupt)?;
         Ok(path)
     }
 
@@ -325,10 +328,7 @@ impl Spool {
         let tmp = self.queue.join(format!("{id}.state.tmp"));
         write_state(&tmp, state)?;
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-        self.syncer()
-            .map_err(io_err("fsync", &self.queue))?
-            .sync_blocking(&self.queue)
-            .map_err(io_err("fsync", &self.queue))
+        self.sync_dir(&self.queue)
     }
 
     /// Removes a message whose delivery is finished (blocking).
@@ -351,13 +351,8 @@ impl Spool {
         let to = self.hold.join(id);
         fs::rename(&from, &to).map_err(io_err("rename", &to))?;
         let _ = fs::remove_file(self.state_path(id));
-        let syncer = self.syncer().map_err(io_err("fsync", &self.hold))?;
-        syncer
-            .sync_blocking(&self.hold)
-            .map_err(io_err("fsync", &self.hold))?;
-        syncer
-            .sync_blocking(&self.queue)
-            .map_err(io_err("fsync", &self.queue))
+        self.sync_dir(&self.hold)?;
+        self.sync_dir(&self.queue)
     }
 
     /// Releases a held message (`postsuper -H`): back into `queue/` for an
@@ -376,14 +371,9 @@ impl Spool {
         write_state(&self.state_path(id), &state)?;
         let to = self.queue.join(id);
         fs::rename(self.hold.join(id), &to).map_err(io_err("rename", &to))?;
-        let syncer = self.syncer().map_err(io_err("fsync", &self.queue))?;
-        syncer
-            .sync_blocking(&self.queue)
-            .map_err(io_err("fsync", &self.queue))?;
+        self.sync_dir(&self.queue)?;
         let _ = fs::remove_file(&held);
-        syncer
-            .sync_blocking(&self.hold)
-            .map_err(io_err("fsync", &self.hold))?;
+        self.sync_dir(&self.hold)?;
         Ok(true)
     }
 
@@ -398,8 +388,7 @@ impl Spool {
             match fs::remove_file(&path) {
                 Ok(()) => {
                     let _ = fs::remove_file(dir.join(format!("{id}.state")));
-                    let syncer = self.syncer().map_err(io_err("fsync", dir))?;
-                    syncer.sync_blocking(dir).map_err(io_err("fsync", dir))?;
+                    self.sync_dir(dir)?;
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::Config;
+use crate::server::privileges::write_through_new;
 
 /// One certificate with where it came from.
 #[derive(Debug, Clone)]
@@ -152,25 +153,11 @@ fn self_signed(dir: &Path, hostname: &str) -> anyhow::Result<CertSource> {
             .self_signed(&key_pair)
             .context("cannot sign the self-signed certificate")?
             .pem();
-        // New files only (never through a link left in their place), the
-        // key private from its first byte.
-        let write_new = |path: &Path, mode: u32, data: &[u8]| -> std::io::Result<()> {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt;
-            let _ = std::fs::remove_file(path);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(path)?;
-            f.write_all(data)
-        };
+        // The key private from its first byte.
         let key_tmp = dir.join("selfsigned.key.tmp");
-        write_new(&key_tmp, 0o600, key_pair.serialize_pem().as_bytes())?;
-        std::fs::rename(&key_tmp, &key)?;
+        write_through_new(&key_tmp, &key, 0o600, key_pair.serialize_pem().as_bytes())?;
         let cert_tmp = dir.join("selfsigned.crt.tmp");
-        write_new(&cert_tmp, 0o644, cert_pem.as_bytes())?;
-        std::fs::rename(&cert_tmp, &cert)?;
+        write_through_new(&cert_tmp, &cert, 0o644, cert_pem.as_bytes())?;
         tracing::warn!(
             "tls: no certificate configured; generated a self-signed one for {hostname} in {} (fine for testing, not for the Internet)",
             dir.display()
