@@ -13,6 +13,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::spool::DirSyncer;
+use crate::spool::dirsync::create_dir_durable;
 use crate::spool::journal::{Touched, device_of};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -43,12 +44,11 @@ fn ensure_maildir(dir: &Path) -> Result<(), MaildirError> {
     if dir.join("new").is_dir() {
         return Ok(());
     }
-    // Private, as Maildirs are (the file names say who got mail when).
-    let mut builder = fs::DirBuilder::new();
-    std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
+    // Private, as Maildirs are (the file names say who got mail when);
+    // durable before the first message goes in.
     for sub in ["tmp", "cur", "new"] {
         let p = dir.join(sub);
-        builder.create(&p).map_err(err("create", &p))?;
+        create_dir_durable(&p, 0o700, 0o700).map_err(err("create", &p))?;
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ use crate::dns::Dns;
 use crate::plugin::Runtime;
 use crate::route::Router;
 use crate::smtp::reply::r;
+use crate::spool::dirsync::create_dir_durable;
 use crate::spool::journal::{Journal, Touched};
 use crate::spool::{DirSyncer, Spool};
 use crate::tls::{Stream, Tls};
@@ -284,7 +285,8 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
         anyhow::bail!("server.user = {name:?}: changing user needs starting as root");
     }
     let spool = &cfg.server.spool_dir;
-    std::fs::create_dir_all(spool).with_context(|| format!("cannot create {}", spool.display()))?;
+    create_dir_durable(spool, 0o700, 0o755)
+        .with_context(|| format!("cannot create {}", spool.display()))?;
     if privileges::system_dir(spool) {
         anyhow::bail!(
             "server.spool_dir = {}: refusing to give that tree to server.user {name}; use a directory of Postern's own (/var/spool/postern)",
@@ -303,7 +305,7 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
         Path::new(fixed).parent()
     };
     if let Some(base) = base.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
-        std::fs::create_dir_all(base)
+        create_dir_durable(base, 0o755, 0o755)
             .with_context(|| format!("cannot create {}", base.display()))?;
         privileges::chown(base, &account, false)?;
     }

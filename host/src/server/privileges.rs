@@ -133,7 +133,8 @@ pub fn system_dir(path: &Path) -> bool {
 /// Puts `data` at `path` through a new file `tmp` made with `mode`: the
 /// file is created new (never opened through a link someone left in its
 /// place), has its final mode from its first byte, and replaces `path`
-/// only once complete.
+/// only once complete and on disk (a crash never leaves a torn file under
+/// the final name: for a plugin artifact that would be machine code).
 pub fn write_through_new(tmp: &Path, path: &Path, mode: u32, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
@@ -144,6 +145,7 @@ pub fn write_through_new(tmp: &Path, path: &Path, mode: u32, data: &[u8]) -> std
         .mode(mode)
         .open(tmp)?;
     f.write_all(data)?;
+    f.sync_all()?;
     drop(f);
     std::fs::rename(tmp, path)
 }

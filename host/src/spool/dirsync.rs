@@ -181,6 +181,43 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` with `mode` and its missing ancestors with
+/// `parents_mode`, and makes them durable: a new directory's entry lives
+/// in its parent, which is synced, so that a file synced into it later
+/// cannot vanish with the directory after a crash. Costs nothing when
+/// `dir` exists; another process making the same directories meanwhile
+/// is fine.
+pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // The directories to make, innermost first.
+    let mut missing = Vec::new();
+    let mut p = dir;
+    while !p.as_os_str().is_empty() && !p.is_dir() {
+        missing.push(p);
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    for (i, made) in missing.iter().enumerate().rev() {
+        let m = if i == 0 { mode } else { parents_mode };
+        match std::fs::DirBuilder::new().mode(m).create(made) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && made.is_dir() => continue,
+            Err(e) => return Err(e),
+        }
+        let parent = match made.parent() {
+            Some(q) if !q.as_os_str().is_empty() => q,
+            _ => Path::new("."),
+        };
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// One sync per directory (or per file system), several in parallel, and
 /// every request told its result.
 fn run_batch(batch: Vec<(Target, Arc<Slot>)>) {
@@ -247,6 +284,26 @@ fn run_batch(batch: Vec<(Target, Arc<Slot>)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creates_missing_ancestors_durably_and_leaves_existing_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("postern-mkdir-{}", std::process::id()));
+        let deep = base.join("a/b/c");
+        let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        create_dir_durable(&deep, 0o700, 0o755).unwrap();
+        assert_eq!(mode(&base), 0o755);
+        assert_eq!(mode(&base.join("a/b")), 0o755);
+        assert_eq!(mode(&deep), 0o700);
+        // An existing directory keeps its mode.
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_dir_durable(&deep, 0o700, 0o700).unwrap();
+        assert_eq!(mode(&deep), 0o750);
+        // A file in the way is an error, not a silent success.
+        std::fs::write(base.join("file"), b"x").unwrap();
+        assert!(create_dir_durable(&base.join("file/sub"), 0o700, 0o700).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn syncs_and_reports_errors() {

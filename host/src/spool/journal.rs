@@ -292,7 +292,7 @@ impl Journal {
         touched: Arc<Touched>,
         seal_idle: Duration,
     ) -> io::Result<(Journal, Leftovers)> {
-        fs::create_dir_all(dir).map_err(ctx("create", dir))?;
+        super::dirsync::create_dir_durable(dir, 0o700, 0o755).map_err(ctx("create", dir))?;
         let left = read(dir)?;
         for &(seq, bytes) in &left.torn {
             tracing::warn!(

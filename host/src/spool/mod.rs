@@ -158,7 +158,7 @@ impl Spool {
     pub fn open(root: &Path, syncer: DirSyncer) -> Result<Spool, SpoolError> {
         let mut spool = Spool::paths(root);
         for d in [&spool.incoming, &spool.queue, &spool.hold, &spool.corrupt] {
-            fs::create_dir_all(d).map_err(io_err("create", d))?;
+            dirsync::create_dir_durable(d, 0o700, 0o755).map_err(io_err("create", d))?;
         }
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
