@@ -19,6 +19,11 @@ impl<R> Session<R> {
         if self.cfg.auth_required && self.auth_user.is_none() {
             return self.fail(r(530, 5, 7, 0, "Authentication required"));
         }
+        // RFC 4954 §5: AUTH= belongs to the AUTH extension; where it is
+        // not enabled it is an unknown parameter (as in Postfix).
+        if params.auth.is_some() && self.cfg.auth_mechanisms.is_empty() {
+            return self.fail(r(555, 5, 5, 4, "Unsupported option: AUTH"));
+        }
         if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
             return self.fail(r(552, 5, 3, 4, "Message size exceeds fixed limit"));
         }
@@ -55,6 +60,20 @@ impl<R> Session<R> {
 mod tests {
     use crate::smtp::session::tests::{cmd, code, session};
     use crate::smtp::session::{SessionConfig, Step};
+
+    #[test]
+    fn auth_parameter_needs_the_auth_extension() {
+        let mut s = session(SessionConfig::default());
+        assert_eq!(code(&cmd(&mut s, "MAIL FROM:<a@b.test> AUTH=<>")), 555);
+        let mut s = session(SessionConfig {
+            auth_mechanisms: vec!["PLAIN".into()],
+            ..SessionConfig::default()
+        });
+        assert!(matches!(
+            cmd(&mut s, "MAIL FROM:<a@b.test> AUTH=<>"),
+            Step::Mail(..)
+        ));
+    }
 
     #[test]
     fn helo_required() {
