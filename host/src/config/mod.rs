@@ -691,6 +691,23 @@ impl Config {
                 ),
             });
         }
+        // Postfix's smtpd_tls_auth_only = no: allowed, but PLAIN and LOGIN
+        // then carry passwords in clear to anyone on the path.
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.auth.is_some()
+                && !l.auth_only_with_tls
+                && l.tls != TlsMode::Implicit
+                && !l.address.ip().is_loopback()
+            {
+                out.push(Problem {
+                    key: format!("listener[{i}].auth_only_with_tls"),
+                    message: format!(
+                        "{} offers AUTH before STARTTLS: passwords of PLAIN and LOGIN can cross the network in clear",
+                        l.address
+                    ),
+                });
+            }
+        }
         out
     }
 
@@ -969,6 +986,23 @@ abuse = "alice"
         assert!(w[0].message.contains("can hold 2000"), "{}", w[0].message);
         let c = load(&format!("{two}[wasm]\nmax_instances = 2000\n")).unwrap();
         assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn auth_without_tls_on_the_network_is_a_warning() {
+        let auth = "\n[[auth]]\nname = \"local\"\nbackend = \"passwd\"\npath = \"p\"\n";
+        let listener = |addr: &str, only_tls: bool| {
+            let text = MINIMAL.replace(
+                "address = \"127.0.0.1:2525\"",
+                &format!("address = \"{addr}\"\nauth = \"local\"\nauth_only_with_tls = {only_tls}"),
+            );
+            load(&format!("{text}{auth}")).unwrap().warnings()
+        };
+        assert!(listener("127.0.0.1:2525", false).is_empty());
+        assert!(listener("192.0.2.1:587", true).is_empty());
+        let w = listener("192.0.2.1:587", false);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "listener[0].auth_only_with_tls");
     }
 
     #[test]
