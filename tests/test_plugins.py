@@ -1,6 +1,7 @@
 """Policy plugins end to end: the real daemon, real WASM components, real
 clients. Misbehaving plugins, hot swap under load, the Python example."""
 
+import os
 import re
 import signal
 import smtplib
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import BIN, ROOT, message, plugin_path, raw_session, swaks
+from conftest import BASE_CONFIG, BIN, ROOT, message, plugin_path, raw_session, swaks
 
 PYTHON_PLUGIN = ROOT / "examples" / "plugins" / "python-subject-score" / "subject_score.wasm"
 
@@ -581,3 +582,61 @@ def test_flush_picks_up_what_was_put_into_the_queue_by_hand(daemon_factory):
     [f] = d.wait_mail("bob")
     assert "Subject: by hand" in f.read_text()
     d.wait_log(f"{held.name}: found in the queue by a flush")
+
+
+def test_compiled_plugins_are_cached_on_disk_and_a_bad_artifact_is_recompiled(daemon_factory, tmp_path):
+    # Compiling happens once per component and engine; later starts load
+    # the artifact. A damaged artifact is ignored and replaced, and one
+    # that others could have written is never loaded (it is machine code).
+    cache = tmp_path / "cache"
+    config = BASE_CONFIG.replace('cache_dir = "{cache}"', f'cache_dir = "{cache}"')
+    d = daemon_factory(start=False, config=config, extra=access_plugin('{ "blocked.test" = "REJECT" }'))
+
+    def run_once():
+        """Starts, checks the policy works, stops; returns the log of this run."""
+        before = len(d.log_text())
+        d.start()
+        assert send(d, "spam@blocked.test", "alice@example.test")[0] == 554
+        d.stop()
+        return d.log_text()[before:]
+
+    log = run_once()
+    assert "compiled in" in log, log
+    [artifact] = cache.glob("*.cwasm")
+    first = artifact.stat()
+
+    # Loaded, not compiled: by the daemon and by `postern check`.
+    log = run_once()
+    assert "compiled in" not in log, log
+    d.cli("check")
+    assert list(cache.glob("*.cwasm")) == [artifact]
+    assert artifact.stat().st_ino == first.st_ino  # not written again
+
+    # Damaged (say, by a bad block): compiled again and rewritten.
+    artifact.write_bytes(artifact.read_bytes()[:4096])
+    log = run_once()
+    assert "ignoring unusable plugin cache file" in log and "compiled in" in log, log
+    assert artifact.stat().st_size == first.st_size
+    assert "compiled in" not in run_once()
+
+    # Writable by the group: not trusted, compiled instead.
+    artifact.chmod(0o664)
+    log = run_once()
+    assert "others than this user could have written it" in log and "compiled in" in log, log
+
+    # Eviction: artifacts no generation used for a week go, as do the
+    # leftovers of interrupted writes; the ones in use and recent ones stay
+    # (the one in use is marked used even though it is old).
+    week = 8 * 24 * 3600
+    old, recent, torn = cache / ("0" * 64 + ".cwasm"), cache / ("1" * 64 + ".cwasm"), cache / ("2" * 64 + ".tmp4242")
+    for f in (old, recent, torn):
+        f.write_bytes(b"x" * 2048)
+    now = time.time()
+    os.utime(old, (now - week, now - week))
+    os.utime(torn, (now - 7200, now - 7200))
+    os.utime(artifact, (now - week, now - week))
+    d.start()
+    d.wait_log("plugin cache: removed 2 files")
+    d.stop()
+    assert sorted(cache.iterdir()) == sorted([artifact, recent])
+    assert artifact.stat().st_mtime > now - 60

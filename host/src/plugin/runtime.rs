@@ -29,6 +29,13 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// The WIT package and versions this host speaks.
 const PACKAGE: &str = "postern:filter/";
+
+/// File extension of compiled artifacts in the cache directory.
+const ARTIFACT: &str = "cwasm";
+
+/// How long an artifact no generation uses stays in the cache (a rollback
+/// within this time loads instead of compiling).
+pub const CACHE_KEEP_UNUSED: Duration = Duration::from_secs(7 * 24 * 3600);
 const COMPATIBLE: &str = "0.2.";
 const EXPORTS: &[&str] = &[
     "connect-hook",
@@ -98,6 +105,8 @@ pub struct LoadedPlugin {
     pub def: PluginDef,
     /// Content hash of the `.wasm` (hex, first 12 digits), for logs.
     pub digest: String,
+    /// Its compiled artifact in the cache directory.
+    pub artifact: PathBuf,
     pub(super) pre: InstancePre<HostState>,
     /// Exported hooks.
     pub hooks: Hooks,
@@ -229,19 +238,70 @@ impl Runtime {
         &self.settings
     }
 
+    /// Marks the artifacts in `keep` as used now (their mtime), and
+    /// removes from the cache directory the artifacts no generation has
+    /// used for `unused_for`, and temporary files of writes that never
+    /// finished (a crash). Blocking (a directory scan). Returns the number
+    /// of files and bytes removed.
+    pub fn evict_cache(&self, keep: &[&Path], unused_for: Duration) -> (usize, u64) {
+        let dir = &self.cache_dir;
+        if !dir_ours(dir) {
+            return (0, 0);
+        }
+        let now = std::time::SystemTime::now();
+        for path in keep {
+            if let Ok(f) = std::fs::File::options().write(true).open(path) {
+                let _ = f.set_modified(now);
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return (0, 0);
+        };
+        let (mut files, mut bytes) = (0, 0);
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(ext) = path.extension().and_then(|x| x.to_str()) else {
+                continue;
+            };
+            let stale = match ext {
+                ARTIFACT => unused_for,
+                // `KEY.tmpPID`, left by a write that a crash interrupted.
+                t if t.starts_with("tmp") && t[3..].bytes().all(|b| b.is_ascii_digit()) => {
+                    Duration::from_secs(3600)
+                }
+                _ => continue,
+            };
+            if keep.contains(&path.as_path()) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if !meta.is_file() || age < stale {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    files += 1;
+                    bytes += meta.len();
+                }
+                Err(e) => tracing::warn!("plugin cache: cannot remove {}: {e}", path.display()),
+            }
+        }
+        (files, bytes)
+    }
+
     /// Compiles a component, or loads it from the memory or disk cache.
-    fn component(&self, bytes: &[u8]) -> anyhow::Result<(Component, String)> {
+    /// Returns it with its short digest (for logs) and its cache file.
+    fn component(&self, bytes: &[u8]) -> anyhow::Result<(Component, String, PathBuf)> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let short = hex[..12].to_string();
-        if let Some(c) = self
-            .compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
-        {
-            return Ok((c.clone(), short));
-        }
         // The engine's settings decide whether an artifact is usable.
         let mut h = Sha256::new();
         h.update(digest);
@@ -249,7 +309,15 @@ impl Runtime {
         std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
         h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
         let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let path = self.cache_dir.join(format!("{key}.cwasm"));
+        let path = self.cache_dir.join(format!("{key}.{ARTIFACT}"));
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
+            return Ok((c.clone(), short, path));
+        }
         let component = match load_cached(&self.engine, &path) {
             Some(c) => c,
             None => {
@@ -274,7 +342,7 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest, component.clone());
-        Ok((component, short))
+        Ok((component, short, path))
     }
 
     /// Loads and checks a plugin: WIT compatibility by name, imports
@@ -283,7 +351,7 @@ impl Runtime {
         let bytes = std::fs::read(&def.path)
             .with_context(|| format!("cannot read {}", def.path.display()))?;
         let rt = self.clone();
-        let (component, digest) =
+        let (component, digest, artifact) =
             tokio::task::spawn_blocking(move || rt.component(&bytes)).await??;
         check_wit(&self.engine, &component)?;
         let pre = self
@@ -307,6 +375,7 @@ impl Runtime {
         let plugin = LoadedPlugin {
             def: def.clone(),
             digest,
+            artifact,
             pre,
             hooks,
         };

@@ -24,7 +24,8 @@ use crate::config::Config;
 use crate::deliver::journaled::{self, Journaled};
 use crate::deliver::{self, DeliveryConfig};
 use crate::dns::Dns;
-use crate::plugin::Runtime;
+use crate::plugin::runtime::CACHE_KEEP_UNUSED;
+use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
 use crate::smtp::reply::r;
 use crate::spool::dirsync::create_dir_durable;
@@ -249,6 +250,9 @@ impl Shared {
             tls.install(certs);
         }
         self.router.store(next.router.clone());
+        if let Some(rt) = runtime {
+            tokio::spawn(tidy_plugin_cache(rt, next.chains.clone()));
+        }
         self.generation.store(Arc::new(next));
         tracing::info!(
             "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {}",
@@ -267,6 +271,28 @@ impl Shared {
         }
         Ok(rt.clone())
     }
+}
+
+/// Marks the generation's plugin artifacts as used, and removes those no
+/// generation has used for [`CACHE_KEEP_UNUSED`] (each plugin update leaves
+/// one behind; a Python plugin's is tens of megabytes).
+async fn tidy_plugin_cache(runtime: Arc<Runtime>, chains: Arc<Chains>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        let keep: Vec<&Path> = chains
+            .plugins
+            .iter()
+            .map(|p| p.artifact.as_path())
+            .collect();
+        let (files, bytes) = runtime.evict_cache(&keep, CACHE_KEEP_UNUSED);
+        if files > 0 {
+            tracing::info!(
+                "plugin cache: removed {files} files ({} KiB) that no generation used for {} days",
+                bytes / 1024,
+                CACHE_KEEP_UNUSED.as_secs() / 86_400
+            );
+        }
+    })
+    .await;
 }
 
 /// `[server] user`, as root: the account, with the spool, the Maildir
@@ -396,6 +422,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Some(Runtime::new(&config.wasm)?)
     };
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
+    if let Some(rt) = &runtime {
+        tokio::spawn(tidy_plugin_cache(rt.clone(), current.chains.clone()));
+    }
     let cfg = &current.config;
 
     let syncer = DirSyncer::new(cfg.queue.sync);
