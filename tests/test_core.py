@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BASE_CONFIG, BIN, CACHE, ROOT, free_port, message, raw_session, swaks
+from conftest import BASE_CONFIG, BIN, CACHE, ROOT, free_port, message, plugin_path, raw_session, swaks
 
 
 def headers_of(path):
@@ -767,3 +767,41 @@ def test_quickstart_as_shipped_does_what_the_readme_says(daemon_factory):
     assert rc == 0 and "queued as" in out, out
     listing = d.cli("queue", "list").stdout
     assert "friend@dest.test" in listing
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+def test_check_as_root_checks_what_the_account_will_read(daemon_factory):
+    # `postern check` run by root becomes server.user as the daemon does:
+    # it uses the account's plugin cache (a Python plugin takes seconds to
+    # compile), and what the account cannot read fails the check, not the
+    # next start.
+    config = BASE_CONFIG.replace('cache_dir = "{cache}"', 'cache_dir = "cache"').replace(
+        'shutdown_grace = "10s"', 'shutdown_grace = "10s"\nuser = "nobody"')
+    access = f"""
+[[plugin]]
+name = "access"
+path = "{plugin_path('access')}"
+[[chain.rcpt]]
+plugin = "access"
+config.sender = {{ "blocked.test" = "REJECT" }}
+"""
+    d = daemon_factory(config=config, extra=access)
+    d.wait_log("running as user nobody")
+    assert d.stop() == 0
+    assert list((d.dir / "cache").glob("*.cwasm"))
+    p = d.cli("check")
+    assert "not loading plugin cache file" not in p.stderr, p.stderr
+    assert "1 plugin(s)" in p.stdout
+
+    secret = d.dir / "var" / "passwd"
+    secret.write_text("")
+    secret.chmod(0o600)
+    d.config.write_text(d.config_text + '\n[[auth]]\nname = "local"\nbackend = "passwd"\npath = "var/passwd"\n')
+    p = d.cli("check", check=False)
+    assert p.returncode == 1, p.stdout
+    assert "var/passwd" in p.stderr, p.stderr
+
+    # Certificates are read (as root, as the daemon reads them) too.
+    d.config.write_text(d.config_text + '\n[tls]\ncertificate = "/etc/hostname"\nkey = "/etc/hostname"\n')
+    p = d.cli("check", check=False)
+    assert p.returncode == 1 and "TLS set-up failed" in p.stderr, p.stderr

@@ -156,11 +156,26 @@ fn admin(config: &std::path::Path, command: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// Validates the config and builds a generation (plugins compiled, WIT and
-/// entry configs checked), exactly as a start or reload would.
+/// entry configs checked), exactly as a start or reload would: the
+/// configured certificates are read first, and with `server.user` root
+/// then becomes that account, as the daemon does, so that what the daemon
+/// could not read fails here too and the account's plugin cache is used.
 fn check(path: &std::path::Path) -> anyhow::Result<String> {
     let config = Config::load(path)?;
     for w in config.warnings() {
         eprintln!("warning: {}: {}", w.key, w.message);
+    }
+    // Without a configured certificate the daemon makes a self-signed one
+    // at start: nothing to check (and nothing to write) here.
+    if config.tls.certificate.is_some() || !config.tls.sni.is_empty() {
+        crate::tls::Tls::from_config(&config).context("TLS set-up failed")?;
+    }
+    if let Some(name) = &config.server.user
+        && crate::server::privileges::euid() == 0
+    {
+        let account = crate::server::privileges::lookup(name)?;
+        crate::server::privileges::drop_to(&account)
+            .with_context(|| format!("cannot become server.user {name}"))?;
     }
     let summary = format!(
         "{} listener(s), {} local domain(s), {} user(s), {} alias(es)",
@@ -248,7 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.shutdown_timeout(std::time::Duration::from_secs(5));
             res.map(|()| ExitCode::SUCCESS)
         }
-        Command::Check(a) => match check(&a.config) {
+        Command::Check(a) => match init_logging_at("warn").and_then(|_log| check(&a.config)) {
             Ok(summary) => {
                 println!("{}: ok ({summary})", a.config.display());
                 Ok(ExitCode::SUCCESS)

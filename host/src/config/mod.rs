@@ -850,7 +850,7 @@ impl Config {
                     bad(
                         &format!("aliases.{required}"),
                         format!(
-                            "RFC 5321/2142 require a `{required}` mailbox: add `{required} = \"<user>\"`"
+                            "RFC 5321/2142 require an address `{required}`: add `{required} = \"<user>\"`"
                         ),
                     );
                 }
