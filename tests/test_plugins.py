@@ -476,6 +476,14 @@ def test_plugin_test_command_runs_fixtures():
                         str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1
     assert "FAIL - " in p.stdout and "verdict failure (expected accept)" in p.stdout
+    # A fixture tells failure kinds apart: the trap is not a time limit.
+    bad.write_text((ROOT / "tests" / "fixtures" / "misbehave-trap.toml").read_text()
+                   .replace('failure = "trap"', 'failure = "time"')
+                   .replace("../../target", str(ROOT / "target")))
+    p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
+                        str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1
+    assert "failures [\"trap\"] (expected a time failure)" in p.stdout, p.stdout
 
 
 def scoring_chain(*entries, scoring="[scoring]\nreject = 5.0\n"):

@@ -18,6 +18,7 @@
 //! # message = "spam.eml"         # data stage: a file, or message_text = "..."
 //! [case.expect]
 //! verdict = "reject"             # continue, accept, reject, tempfail, discard, quarantine, failure
+//! # failure = "trap"             # with verdict = "failure": trap, time, memory or outcome
 //! code = 554
 //! enhanced = "5.7.1"
 //! text = "Sender address rejected"   # substring of the reply text or reason
@@ -85,6 +86,8 @@ fn default_listener() -> String {
 #[serde(deny_unknown_fields)]
 struct Expect {
     verdict: String,
+    /// With verdict "failure": the kind (trap, time, memory, outcome).
+    failure: Option<String>,
     code: Option<u16>,
     enhanced: Option<String>,
     text: Option<String>,
@@ -282,16 +285,17 @@ async fn run_case(
             r.enhanced.map(|e| e.to_string()),
             r.lines.join(" "),
         ),
-        Some(Verdict::Tempfail(r)) => {
-            let failure = r.enhanced.map(|e| e.to_string()) == Some("4.3.0".into())
-                && r.lines.join(" ").contains("policy plugin");
-            (
-                if failure { "failure" } else { "tempfail" },
-                Some(r.code),
-                r.enhanced.map(|e| e.to_string()),
-                r.lines.join(" "),
-            )
-        }
+        // A failed call: on_error is tempfail here (see `load`).
+        Some(Verdict::Tempfail(r)) => (
+            if result.failures.is_empty() {
+                "tempfail"
+            } else {
+                "failure"
+            },
+            Some(r.code),
+            r.enhanced.map(|e| e.to_string()),
+            r.lines.join(" "),
+        ),
         Some(Verdict::Discard(w)) => ("discard", None, None, w),
         Some(Verdict::Quarantine(w)) => ("quarantine", None, None, w),
     };
@@ -299,6 +303,12 @@ async fn run_case(
     let mut problems = Vec::new();
     if e.verdict != verdict {
         problems.push(format!("verdict {verdict} (expected {})", e.verdict));
+    }
+    if let Some(kind) = &e.failure {
+        let got: Vec<&str> = result.failures.iter().map(|f| f.kind()).collect();
+        if !got.contains(&kind.as_str()) {
+            problems.push(format!("failures {got:?} (expected a {kind} failure)"));
+        }
     }
     if let Some(c) = e.code
         && reply_code != Some(c)

@@ -195,6 +195,8 @@ pub struct StageResult {
     pub scores: Vec<Score>,
     /// Header actions of every entry called.
     pub actions: Vec<HeaderAction>,
+    /// The calls that failed (whatever their `on_error` made of them).
+    pub failures: Vec<Failure>,
 }
 
 /// Why a plugin call failed.
@@ -211,6 +213,20 @@ pub enum Failure {
     /// An outcome the host refuses (too many scores or actions, a header
     /// value too long).
     BadOutcome(String),
+}
+
+impl Failure {
+    /// A one-word name of the kind: `time`, `memory`, `overloaded`,
+    /// `trap` or `outcome` (for fixtures).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::TimeLimit => "time",
+            Failure::MemoryLimit(_) => "memory",
+            Failure::Overloaded => "overloaded",
+            Failure::Trap(_) => "trap",
+            Failure::BadOutcome(_) => "outcome",
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -465,6 +481,7 @@ impl PluginSession {
                             OnError::Continue => "continue",
                         }
                     );
+                    result.failures.push(failure);
                     match on_error {
                         OnError::Continue => continue,
                         OnError::Tempfail => {
