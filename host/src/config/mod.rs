@@ -104,6 +104,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Wasm {
     /// Precompiled plugin artifacts, keyed by content and engine hash.
+    /// Only files that only this user (or root) can write are loaded; an
+    /// artifact no generation has used for 7 days is removed.
     pub cache_dir: PathBuf,
     /// Plugin instances alive at once over all sessions (pooling slots).
     pub max_instances: u32,
