@@ -458,6 +458,7 @@ def test_plugin_test_command_runs_fixtures():
         ROOT / "plugins" / "access" / "tests" / "access.toml",
         ROOT / "plugins" / "access" / "tests" / "quickstart.json",
         ROOT / "plugins" / "access" / "tests" / "header_checks.toml",
+        ROOT / "plugins" / "access" / "tests" / "regexp.toml",
         ROOT / "tests" / "fixtures" / "misbehave-loop.toml",
         ROOT / "tests" / "fixtures" / "misbehave-hog.toml",
         ROOT / "tests" / "fixtures" / "misbehave-trap.toml",
@@ -466,7 +467,7 @@ def test_plugin_test_command_runs_fixtures():
     p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
                         *map(str, fixtures)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.count("ok   - ") == 15 + 2 + 3 + 3 + 3
+    assert p.stdout.count("ok   - ") == 15 + 2 + 3 + 3 + 3 + 3
     # A fixture whose expectation is wrong fails, with the reason.
     bad = ROOT / "target" / "bad-fixture.toml"
     bad.write_text((ROOT / "tests" / "fixtures" / "misbehave-trap.toml").read_text()
@@ -648,3 +649,28 @@ def test_compiled_plugins_are_cached_on_disk_and_a_bad_artifact_is_recompiled(da
     d.stop()
     assert sorted(cache.iterdir()) == sorted([artifact, recent])
     assert artifact.stat().st_mtime > now - 60
+
+
+def test_access_regexp_tables_through_the_daemon(daemon_factory):
+    extra = f"""
+[[plugin]]
+name = "access"
+path = "{plugin_path('access')}"
+
+[[chain.helo]]
+plugin = "access"
+config.helo_regexp = [['^\\[?[0-9.]+\\]?$', "REJECT Bare IP address in HELO"]]
+"""
+    d = daemon_factory(extra=extra)
+    with d.smtp() as s:
+        # smtpd_delay_reject: the HELO verdict is given at RCPT.
+        assert s.ehlo("192.0.2.1")[0] == 250
+        assert s.mail("sender@example.org")[0] == 250
+        code, text = s.rcpt("alice@example.test")
+        assert code == 554 and b"<192.0.2.1>: Helo command rejected: Bare IP address in HELO" in text, text
+    with d.smtp() as s:
+        assert s.ehlo("client.test")[0] == 250
+        assert s.mail("sender@example.org")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.data(message(subject="kept"))[0] == 250
+    d.wait_mail("alice")

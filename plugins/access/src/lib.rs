@@ -11,6 +11,15 @@
 //! config.sender = { "blocked.test" = "REJECT", "friend@blocked.test" = "OK" }
 //! config.recipient = { "spamtrap@example.test" = "DISCARD", "info@example.test" = "PREPEND X-Info: yes" }
 //!
+//! # Postfix regexp: tables, consulted when the exact table of the same
+//! # kind has no entry; first match wins (regex-lite syntax, case-insensitive
+//! # for ASCII). Client patterns see the verified name, then the address;
+//! # sender patterns see `<>` for the null sender.
+//! config.client_regexp = [['^(dsl|dyn)[-.0-9]*\.', "REJECT 5.7.1 Dynamic address"]]
+//! config.helo_regexp = [['^\[?[0-9.]+\]?$', "REJECT Bare IP address in HELO"]]
+//! config.sender_regexp = [['@bulk[0-9]+\.example$', "REJECT"]]
+//! config.recipient_regexp = [['^spamtrap[0-9]*@', "DISCARD"]]
+//!
 //! [[chain.data]]                 # Postfix header_checks, in order (regex-lite
 //!                                # syntax, case-insensitive for ASCII)
 //! plugin = "access"

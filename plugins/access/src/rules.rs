@@ -146,6 +146,21 @@ pub struct Config {
     /// (case-insensitively) against each `Name: value` header line.
     #[serde(default)]
     pub header_checks: Vec<(String, String)>,
+    /// Ordered `[regex, action]` pairs (a Postfix `regexp:` table),
+    /// consulted when `client` has no entry: matched against the verified
+    /// client name, then the address.
+    #[serde(default)]
+    pub client_regexp: Vec<(String, String)>,
+    /// Like `client_regexp`, against the HELO name.
+    #[serde(default)]
+    pub helo_regexp: Vec<(String, String)>,
+    /// Like `client_regexp`, against the sender address (`<>` for the
+    /// null sender).
+    #[serde(default)]
+    pub sender_regexp: Vec<(String, String)>,
+    /// Like `client_regexp`, against the recipient address.
+    #[serde(default)]
+    pub recipient_regexp: Vec<(String, String)>,
     /// Postfix `recipient_delimiter`: `user+ext@domain` is also looked up
     /// as `user@domain` and `user@` (default `+`; `""` for none).
     #[serde(default = "plus")]
@@ -176,6 +191,69 @@ fn ipv4_prefix(key: &str) -> Option<IpNet> {
 #[derive(Debug, Default)]
 struct Table(HashMap<String, Action>);
 
+/// An ordered `[regex, action]` list: the first match wins. Compiled on
+/// first use: a fresh instance per transaction would otherwise compile
+/// every pattern of every stage at connect.
+#[derive(Debug, Default)]
+struct Patterns {
+    /// Config key, for errors.
+    what: &'static str,
+    source: Vec<(String, Action)>,
+    compiled: std::sync::OnceLock<Result<Vec<(regex_lite::Regex, Action)>, String>>,
+}
+
+impl Patterns {
+    fn new(what: &'static str, list: &[(String, String)]) -> Result<Patterns, String> {
+        let mut source = Vec::new();
+        for (i, (pattern, action)) in list.iter().enumerate() {
+            let action = parse_action(action).map_err(|e| format!("{what}[{i}]: {e}"))?;
+            source.push((pattern.clone(), action));
+        }
+        Ok(Patterns {
+            what,
+            source,
+            compiled: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    /// Patterns are regex-lite: case-insensitive for ASCII, classes like
+    /// `\w` ASCII-only, much as Postfix's POSIX regexp tables. The full
+    /// `regex` crate with Unicode case folding made every compile (once
+    /// per fresh instance) cost ~450 µs; regex-lite costs ~15 µs and
+    /// halves the component.
+    fn compiled(&self) -> &Result<Vec<(regex_lite::Regex, Action)>, String> {
+        self.compiled.get_or_init(|| {
+            let mut out = Vec::new();
+            for (i, (pattern, action)) in self.source.iter().enumerate() {
+                let re = regex_lite::RegexBuilder::new(pattern)
+                    .case_insensitive(true)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| format!("{}[{i}]: bad regex: {e}", self.what))?;
+                out.push((re, action.clone()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The action of the first pattern matching `text`.
+    fn first_match(&self, text: &str) -> Option<&Action> {
+        if self.is_empty() {
+            return None;
+        }
+        self.compiled()
+            .as_ref()
+            .ok()?
+            .iter()
+            .find(|(re, _)| re.is_match(text))
+            .map(|(_, a)| a)
+    }
+}
+
 /// Parsed tables.
 #[derive(Debug, Default)]
 pub struct Rules {
@@ -184,11 +262,11 @@ pub struct Rules {
     helo: Table,
     sender: Table,
     recipient: Table,
-    /// Patterns and actions; compiled on first use, because only the data
-    /// hook needs them and a fresh instance per transaction would otherwise
-    /// compile every regex at connect.
-    header_patterns: Vec<(String, Action)>,
-    header_checks: std::sync::OnceLock<Result<Vec<(regex_lite::Regex, Action)>, String>>,
+    client_regexp: Patterns,
+    helo_regexp: Patterns,
+    sender_regexp: Patterns,
+    recipient_regexp: Patterns,
+    header_checks: Patterns,
     authenticated: Option<Action>,
     delimiter: Option<char>,
 }
@@ -282,11 +360,6 @@ impl Rules {
         }
         // Most specific network first, like a cidr table ordered by hand.
         client_ips.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        let mut header_patterns = Vec::new();
-        for (i, (pattern, action)) in cfg.header_checks.iter().enumerate() {
-            let action = parse_action(action).map_err(|e| format!("header_checks[{i}]: {e}"))?;
-            header_patterns.push((pattern.clone(), action));
-        }
         let authenticated = cfg
             .authenticated
             .as_deref()
@@ -300,8 +373,11 @@ impl Rules {
         Ok(Rules {
             delimiter,
             authenticated,
-            header_patterns,
-            header_checks: std::sync::OnceLock::new(),
+            header_checks: Patterns::new("header_checks", &cfg.header_checks)?,
+            client_regexp: Patterns::new("client_regexp", &cfg.client_regexp)?,
+            helo_regexp: Patterns::new("helo_regexp", &cfg.helo_regexp)?,
+            sender_regexp: Patterns::new("sender_regexp", &cfg.sender_regexp)?,
+            recipient_regexp: Patterns::new("recipient_regexp", &cfg.recipient_regexp)?,
             client_ips,
             client_names: Table(names),
             helo: table(&cfg.helo, "helo")?,
@@ -310,7 +386,8 @@ impl Rules {
         })
     }
 
-    /// Looks up the client by address, then by verified name.
+    /// Looks up the client by address, then by verified name, then in
+    /// `client_regexp` by name and by address.
     pub fn client(&self, ip: &str, ptr: Option<&str>) -> Option<&Action> {
         if !self.client_ips.is_empty()
             && let Ok(ip) = ip.parse::<IpAddr>()
@@ -319,42 +396,52 @@ impl Rules {
             return Some(a);
         }
         ptr.and_then(|p| self.client_names.lookup_name(p))
+            .or_else(|| ptr.and_then(|p| self.client_regexp.first_match(p)))
+            .or_else(|| self.client_regexp.first_match(ip))
     }
 
     /// True if any client table has entries (the client address and
     /// name are needed).
     pub fn has_client(&self) -> bool {
-        !self.client_ips.is_empty() || !self.client_names.0.is_empty()
+        !self.client_ips.is_empty()
+            || !self.client_names.0.is_empty()
+            || !self.client_regexp.is_empty()
     }
 
-    /// True if the HELO table has entries.
+    /// True if a HELO table has entries.
     pub fn has_helo(&self) -> bool {
-        !self.helo.0.is_empty()
+        !self.helo.0.is_empty() || !self.helo_regexp.is_empty()
     }
 
-    /// True if the sender table has entries.
+    /// True if a sender table has entries.
     pub fn has_sender(&self) -> bool {
-        !self.sender.0.is_empty()
+        !self.sender.0.is_empty() || !self.sender_regexp.is_empty()
     }
 
-    /// True if the recipient table has entries.
+    /// True if a recipient table has entries.
     pub fn has_recipient(&self) -> bool {
-        !self.recipient.0.is_empty()
+        !self.recipient.0.is_empty() || !self.recipient_regexp.is_empty()
     }
 
     /// Looks up the HELO name.
     pub fn helo(&self, helo: &str) -> Option<&Action> {
-        self.helo.lookup_name(helo)
+        self.helo
+            .lookup_name(helo)
+            .or_else(|| self.helo_regexp.first_match(helo))
     }
 
     /// Looks up the envelope sender.
     pub fn sender(&self, addr: &str) -> Option<&Action> {
-        self.sender.lookup_address(addr, self.delimiter)
+        self.sender
+            .lookup_address(addr, self.delimiter)
+            .or_else(|| self.sender_regexp.first_match(null_as_brackets(addr)))
     }
 
     /// Looks up a recipient.
     pub fn recipient(&self, addr: &str) -> Option<&Action> {
-        self.recipient.lookup_address(addr, self.delimiter)
+        self.recipient
+            .lookup_address(addr, self.delimiter)
+            .or_else(|| self.recipient_regexp.first_match(addr))
     }
 
     /// The action for authenticated sessions, if configured.
@@ -364,44 +451,33 @@ impl Rules {
 
     /// True if there are header checks (the data hook has work to do).
     pub fn has_header_checks(&self) -> bool {
-        !self.header_patterns.is_empty()
-    }
-
-    /// Patterns are regex-lite: case-insensitive for ASCII, classes like
-    /// `\w` ASCII-only, much as Postfix's POSIX regexp tables. The full
-    /// `regex` crate with Unicode case folding made every compile (once
-    /// per fresh instance, at the data hook) cost ~450 µs; regex-lite
-    /// costs ~15 µs and halves the component.
-    fn compiled(&self) -> &Result<Vec<(regex_lite::Regex, Action)>, String> {
-        self.header_checks.get_or_init(|| {
-            let mut out = Vec::new();
-            for (i, (pattern, action)) in self.header_patterns.iter().enumerate() {
-                let re = regex_lite::RegexBuilder::new(pattern)
-                    .case_insensitive(true)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| format!("header_checks[{i}]: bad regex: {e}"))?;
-                out.push((re, action.clone()));
-            }
-            Ok(out)
-        })
+        !self.header_checks.is_empty()
     }
 
     /// Compiles everything that is compiled lazily, to report errors at
     /// config check time.
     pub fn validate(&self) -> Result<(), String> {
-        self.compiled().as_ref().map(|_| ()).map_err(Clone::clone)
+        for p in [
+            &self.client_regexp,
+            &self.helo_regexp,
+            &self.sender_regexp,
+            &self.recipient_regexp,
+            &self.header_checks,
+        ] {
+            p.compiled().as_ref().map_err(Clone::clone)?;
+        }
+        Ok(())
     }
 
     /// The first header check matching a `Name: value` line.
     pub fn header(&self, line: &str) -> Option<&Action> {
-        self.compiled()
-            .as_ref()
-            .ok()?
-            .iter()
-            .find(|(re, _)| re.is_match(line))
-            .map(|(_, a)| a)
+        self.header_checks.first_match(line)
     }
+}
+
+/// The null sender as Postfix looks it up (`smtpd_null_access_lookup_key`).
+fn null_as_brackets(addr: &str) -> &str {
+    if addr.is_empty() { "<>" } else { addr }
 }
 
 #[cfg(test)]
@@ -442,6 +518,65 @@ mod tests {
         assert!(parse_action("FROB").is_err());
         assert!(parse_action("250 fine").is_err());
         assert!(parse_action("PREPEND nocolon").is_err());
+    }
+
+    #[test]
+    fn regexp_tables_come_after_the_exact_ones_and_the_first_match_wins() {
+        let rules = Rules::from_json(
+            r#"{
+              "client": {"192.0.2.7": "OK"},
+              "client_regexp": [["^(dsl|dyn)[-.0-9]*\\.", "REJECT 5.7.1 dynamic address"], ["^192\\.0\\.2\\.", "DEFER"]],
+              "helo_regexp": [["^[0-9.]+$", "REJECT bare IP address in HELO"]],
+              "sender": {"friend@example.test": "OK"},
+              "sender_regexp": [["^<>$", "DUNNO"], ["@example\\.test$", "REJECT"], [".", "OK"]],
+              "recipient_regexp": [["^spamtrap[0-9]*@", "DISCARD"]]
+            }"#,
+        )
+        .unwrap();
+        rules.validate().unwrap();
+        assert!(
+            rules.has_client() && rules.has_helo() && rules.has_sender() && rules.has_recipient()
+        );
+        // The exact table first, then the name, then the address.
+        assert_eq!(
+            rules.client("192.0.2.7", Some("dsl-1.isp.test")),
+            Some(&Action::Ok)
+        );
+        assert!(matches!(
+            rules.client("192.0.2.8", Some("DSL-1-2.isp.test")),
+            Some(Action::Reject { enhanced: Some(e), .. }) if e == "5.7.1"
+        ));
+        assert!(matches!(
+            rules.client("192.0.2.8", Some("mx.isp.test")),
+            Some(Action::Defer { .. })
+        ));
+        assert_eq!(rules.client("198.51.100.1", None), None);
+        assert!(rules.helo("192.0.2.1").is_some());
+        assert_eq!(rules.helo("mx.client.test"), None);
+        assert_eq!(rules.sender("friend@example.test"), Some(&Action::Ok));
+        assert!(matches!(
+            rules.sender("x@example.test"),
+            Some(Action::Reject { .. })
+        ));
+        assert_eq!(rules.sender(""), Some(&Action::Dunno));
+        assert_eq!(rules.sender("x@elsewhere.test"), Some(&Action::Ok));
+        assert_eq!(
+            rules.recipient("spamtrap7@example.test"),
+            Some(&Action::Discard(None))
+        );
+        assert_eq!(rules.recipient("alice@example.test"), None);
+
+        let bad = Rules::from_json(r#"{"helo_regexp": [["(", "REJECT"]]}"#).unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .starts_with("helo_regexp[0]: bad regex")
+        );
+        let bad = Rules::from_json(r#"{"sender_regexp": [[".", "FROB"]]}"#);
+        assert!(
+            bad.unwrap_err()
+                .starts_with("sender_regexp[0]: unknown action")
+        );
     }
 
     #[test]
