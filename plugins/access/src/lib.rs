@@ -32,8 +32,9 @@
 //! `4NN/5NN [x.y.z] text`, `DISCARD [text]`, `HOLD [text]`,
 //! `PREPEND Name: value`, `WARN text`. As in Postfix, `HOLD` marks the
 //! message and goes on (a later `REJECT` still rejects, a later `OK` still
-//! holds). Client keys: addresses, CIDR networks, leading octets
-//! (`198.51.100`), or names of the verified PTR. Address keys:
+//! holds). Client keys: names of the verified PTR (and parent domains),
+//! looked up first as in Postfix, then addresses, CIDR networks (the
+//! longest prefix wins) and leading octets (`198.51.100`). Address keys:
 //! `user@domain`, `domain` and its subdomains, `user@`, `<>`; with
 //! `recipient_delimiter` (default `+`) `user+ext@domain` also matches
 //! `user@domain` and `user@`.

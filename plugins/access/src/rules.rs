@@ -386,17 +386,20 @@ impl Rules {
         })
     }
 
-    /// Looks up the client by address, then by verified name, then in
-    /// `client_regexp` by name and by address.
+    /// Looks up the client as Postfix's check_client_access does: by
+    /// verified name (and parent domains) first, then by address; then in
+    /// `client_regexp`, by name and by address.
     pub fn client(&self, ip: &str, ptr: Option<&str>) -> Option<&Action> {
+        if let Some(a) = ptr.and_then(|p| self.client_names.lookup_name(p)) {
+            return Some(a);
+        }
         if !self.client_ips.is_empty()
             && let Ok(ip) = ip.parse::<IpAddr>()
             && let Some((_, a)) = self.client_ips.iter().find(|(n, _)| n.contains(&ip))
         {
             return Some(a);
         }
-        ptr.and_then(|p| self.client_names.lookup_name(p))
-            .or_else(|| ptr.and_then(|p| self.client_regexp.first_match(p)))
+        ptr.and_then(|p| self.client_regexp.first_match(p))
             .or_else(|| self.client_regexp.first_match(ip))
     }
 
@@ -597,6 +600,18 @@ mod tests {
         ));
         assert!(matches!(
             rules.client("10.0.0.1", Some("mx.bad.example")),
+            Some(Action::Reject { .. })
+        ));
+        // The name comes first, as in Postfix (check_namadr_access).
+        let named =
+            Rules::from_json(r#"{"client": {"192.0.2.0/24": "REJECT", "good.example": "OK"}}"#)
+                .unwrap();
+        assert_eq!(
+            named.client("192.0.2.5", Some("mx.good.example")),
+            Some(&Action::Ok)
+        );
+        assert!(matches!(
+            named.client("192.0.2.5", Some("mx.other.example")),
             Some(Action::Reject { .. })
         ));
         assert_eq!(rules.client("10.0.0.1", None), None);
