@@ -13,7 +13,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::spool::DirSyncer;
-use crate::spool::dirsync::create_dir_durable;
+use crate::spool::dirsync::{create_dir_durable, wait_until_durable};
 use crate::spool::journal::{Touched, device_of};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -42,6 +42,8 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Maildi
 /// last: concurrent deliveries treat its existence as "Maildir complete".
 fn ensure_maildir(dir: &Path) -> Result<(), MaildirError> {
     if dir.join("new").is_dir() {
+        // Another delivery of this process may have just made it.
+        wait_until_durable();
         return Ok(());
     }
     // Private, as Maildirs are (the file names say who got mail when);

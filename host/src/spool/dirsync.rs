@@ -181,17 +181,44 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Directory creations of this process between their first mkdir and
+/// their last parent fsync, and the lock each holds meanwhile.
+static MAKING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MAKE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Call after finding that a directory exists, before relying on it being
+/// durable: if a creation of this process is still syncing (the directory
+/// may be its work), waits until it is done. One atomic load otherwise.
+pub fn wait_until_durable() {
+    if MAKING.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        drop(MAKE_LOCK.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
 /// Creates `dir` with `mode` and its missing ancestors with
 /// `parents_mode`, and makes them durable: a new directory's entry lives
 /// in its parent, which is synced, so that a file synced into it later
 /// cannot vanish with the directory after a crash. Costs nothing when
-/// `dir` exists; another process making the same directories meanwhile
-/// is fine.
+/// `dir` exists (beyond [`wait_until_durable`]). Creations are serialised
+/// within the process, and one that finds a directory made meanwhile
+/// (by another process too) syncs its parent all the same.
 pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    use std::sync::atomic::Ordering;
     if dir.is_dir() {
+        wait_until_durable();
         return Ok(());
     }
+    // Counted before any mkdir, so that whoever sees one of ours waits.
+    struct Making;
+    impl Drop for Making {
+        fn drop(&mut self) {
+            MAKING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    MAKING.fetch_add(1, Ordering::SeqCst);
+    let _making = Making;
+    let _one_at_a_time = MAKE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     // The directories to make, innermost first.
     let mut missing = Vec::new();
     let mut p = dir;
@@ -206,7 +233,9 @@ pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Resul
         let m = if i == 0 { mode } else { parents_mode };
         match std::fs::DirBuilder::new().mode(m).create(made) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && made.is_dir() => continue,
+            // Made by another process meanwhile: it may not have synced
+            // it yet, so sync it here as well.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && made.is_dir() => {}
             Err(e) => return Err(e),
         }
         let parent = match made.parent() {
