@@ -638,16 +638,18 @@ def test_compiled_plugins_are_cached_on_disk_and_a_bad_artifact_is_recompiled(da
     # (the one in use is marked used even though it is old).
     week = 8 * 24 * 3600
     old, recent, torn = cache / ("0" * 64 + ".cwasm"), cache / ("1" * 64 + ".cwasm"), cache / ("2" * 64 + ".tmp4242")
-    for f in (old, recent, torn):
+    foreign = [cache / "notes.cwasm", cache / "x.tmp", cache / ("3" * 64 + ".tmp")]  # not names it makes
+    for f in (old, recent, torn, *foreign):
         f.write_bytes(b"x" * 2048)
     now = time.time()
-    os.utime(old, (now - week, now - week))
+    for f in (old, *foreign):
+        os.utime(f, (now - week, now - week))
     os.utime(torn, (now - 7200, now - 7200))
     os.utime(artifact, (now - week, now - week))
     d.start()
     d.wait_log("plugin cache: removed 2 files")
     d.stop()
-    assert sorted(cache.iterdir()) == sorted([artifact, recent])
+    assert sorted(cache.iterdir()) == sorted([artifact, recent, *foreign])
     assert artifact.stat().st_mtime > now - 60
 
 

@@ -250,9 +250,7 @@ impl Runtime {
         }
         let now = std::time::SystemTime::now();
         for path in keep {
-            if let Ok(f) = std::fs::File::options().write(true).open(path) {
-                let _ = f.set_modified(now);
-            }
+            touch(path);
         }
         let Ok(entries) = std::fs::read_dir(dir) else {
             return (0, 0);
@@ -260,13 +258,21 @@ impl Runtime {
         let (mut files, mut bytes) = (0, 0);
         for e in entries.flatten() {
             let path = e.path();
-            let Some(ext) = path.extension().and_then(|x| x.to_str()) else {
+            // Only names this cache makes: `KEY.cwasm`, and `KEY.tmpPID`
+            // left by a write that a crash interrupted (KEY: 64 hex digits).
+            let name = e.file_name();
+            let Some((key, ext)) = name.to_str().and_then(|n| n.split_once('.')) else {
                 continue;
             };
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
             let stale = match ext {
                 ARTIFACT => unused_for,
-                // `KEY.tmpPID`, left by a write that a crash interrupted.
-                t if t.starts_with("tmp") && t[3..].bytes().all(|b| b.is_ascii_digit()) => {
+                t if t.len() > 3
+                    && t.starts_with("tmp")
+                    && t[3..].bytes().all(|b| b.is_ascii_digit()) =>
+                {
                     Duration::from_secs(3600)
                 }
                 _ => continue,
@@ -571,6 +577,15 @@ fn dir_ours(dir: &Path) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && ours(&m))
 }
 
+/// Marks an artifact as used now (its mtime), for [`Runtime::evict_cache`].
+/// Through a read-only descriptor: the owner may set the times, and
+/// machine code is never opened for writing.
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// Loads a precompiled artifact written by [`store_cached`].
 #[allow(unsafe_code)]
 fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
@@ -590,7 +605,10 @@ fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
     // renamed into place only once complete, and never modified afterwards
     // (content-addressed name).
     match unsafe { Component::deserialize_file(engine, path) } {
-        Ok(c) => Some(c),
+        Ok(c) => {
+            touch(path);
+            Some(c)
+        }
         Err(e) => {
             tracing::warn!(
                 "ignoring unusable plugin cache file {}: {e}",
