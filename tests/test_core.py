@@ -3,6 +3,7 @@
 import os
 import pathlib
 import pwd
+import shutil
 import re
 import signal
 import smtplib
@@ -805,3 +806,14 @@ config.sender = {{ "blocked.test" = "REJECT" }}
     d.config.write_text(d.config_text + '\n[tls]\ncertificate = "/etc/hostname"\nkey = "/etc/hostname"\n')
     p = d.cli("check", check=False)
     assert p.returncode == 1 and "TLS set-up failed" in p.stderr, p.stderr
+
+    # Without a default certificate the daemon reads SNI keys as the
+    # account; check too, and it makes no self-signed certificate.
+    key = d.dir / "sni.key"
+    key.write_text("not a key, and private")
+    key.chmod(0o600)
+    d.config.write_text(d.config_text + f'\n[[tls.sni]]\nnames = ["mx.test"]\ncertificate = "/etc/hostname"\nkey = "{key}"\n')
+    shutil.rmtree(d.dir / "var" / "spool" / "tls", ignore_errors=True)
+    p = d.cli("check", check=False)
+    assert p.returncode == 1 and f"cannot read key {key}" in p.stderr, p.stderr
+    assert not (d.dir / "var" / "spool" / "tls").exists()

@@ -165,17 +165,23 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
     for w in config.warnings() {
         eprintln!("warning: {}: {}", w.key, w.message);
     }
-    // Without a configured certificate the daemon makes a self-signed one
-    // at start: nothing to check (and nothing to write) here.
-    if config.tls.certificate.is_some() || !config.tls.sni.is_empty() {
-        crate::tls::Tls::from_config(&config).context("TLS set-up failed")?;
+    // The daemon reads the certificates as root when a default one is
+    // configured, and as the account otherwise; check does the same (and
+    // never makes the self-signed certificate a start would).
+    let as_root = config.tls.certificate.is_some() && config.tls.key.is_some();
+    if as_root {
+        crate::tls::Tls::check_files(&config).context("TLS set-up failed")?;
     }
     if let Some(name) = &config.server.user
         && crate::server::privileges::euid() == 0
     {
-        let account = crate::server::privileges::lookup(name)?;
+        let account = crate::server::privileges::lookup(name)
+            .with_context(|| format!("server.user = {name:?}"))?;
         crate::server::privileges::drop_to(&account)
             .with_context(|| format!("cannot become server.user {name}"))?;
+    }
+    if !as_root {
+        crate::tls::Tls::check_files(&config).context("TLS set-up failed")?;
     }
     let summary = format!(
         "{} listener(s), {} local domain(s), {} user(s), {} alias(es)",

@@ -204,6 +204,19 @@ impl Tls {
         })))
     }
 
+    /// Reads and checks every certificate and key the config names, as a
+    /// start would, but makes no self-signed one (`postern check`).
+    pub fn check_files(config: &Config) -> anyhow::Result<()> {
+        use crate::config::TlsMode;
+        if config.listeners.iter().all(|l| l.tls == TlsMode::None) {
+            return Ok(());
+        }
+        for source in configured(config) {
+            load_key(&source)?;
+        }
+        Ok(())
+    }
+
     /// The acceptor for handshakes.
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
@@ -246,19 +259,17 @@ impl Tls {
     }
 }
 
-fn sources(config: &Config) -> anyhow::Result<Vec<CertSource>> {
+/// The certificates the config names: the default (if both files are
+/// set) and the SNI ones.
+fn configured(config: &Config) -> Vec<CertSource> {
     let t = &config.tls;
     let mut sources = Vec::new();
-    match (&t.certificate, &t.key) {
-        (Some(cert), Some(key)) => sources.push(CertSource {
+    if let (Some(cert), Some(key)) = (&t.certificate, &t.key) {
+        sources.push(CertSource {
             cert: cert.clone(),
             key: key.clone(),
             names: Vec::new(),
-        }),
-        _ => {
-            let dir = config.server.spool_dir.join("tls");
-            sources.push(self_signed(&dir, &config.server.hostname)?);
-        }
+        });
     }
     for s in &t.sni {
         sources.push(CertSource {
@@ -266,6 +277,17 @@ fn sources(config: &Config) -> anyhow::Result<Vec<CertSource>> {
             key: s.key.clone(),
             names: s.names.clone(),
         });
+    }
+    sources
+}
+
+/// What the daemon loads: the configured certificates, with a self-signed
+/// default made (once) when none is configured.
+fn sources(config: &Config) -> anyhow::Result<Vec<CertSource>> {
+    let mut sources = configured(config);
+    if config.tls.certificate.is_none() || config.tls.key.is_none() {
+        let dir = config.server.spool_dir.join("tls");
+        sources.insert(0, self_signed(&dir, &config.server.hostname)?);
     }
     Ok(sources)
 }
