@@ -467,7 +467,7 @@ def test_plugin_test_command_runs_fixtures():
     p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
                         *map(str, fixtures)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.count("ok   - ") == 15 + 2 + 3 + 3 + 3 + 3
+    assert p.stdout.count("ok   - ") == 15 + 2 + 3 + 4 + 3 + 3
     # A fixture whose expectation is wrong fails, with the reason.
     bad = ROOT / "target" / "bad-fixture.toml"
     bad.write_text((ROOT / "tests" / "fixtures" / "misbehave-trap.toml").read_text()

@@ -11,10 +11,11 @@
 //! config.sender = { "blocked.test" = "REJECT", "friend@blocked.test" = "OK" }
 //! config.recipient = { "spamtrap@example.test" = "DISCARD", "info@example.test" = "PREPEND X-Info: yes" }
 //!
-//! # Postfix regexp: tables, consulted when the exact table of the same
-//! # kind has no entry; first match wins (regex-lite syntax, case-insensitive
-//! # for ASCII). Client patterns see the verified name, then the address;
-//! # sender patterns see `<>` for the null sender.
+//! # Postfix regexp: tables, consulted after the exact table of the same
+//! # kind as a second restriction (only OK, REJECT, DEFER or DISCARD there
+//! # ends the lookup); first match wins (regex-lite syntax, case-insensitive
+//! # for ASCII). Client patterns see the name (`unknown` if not verified),
+//! # then the address; sender patterns see `<>` for the null sender.
 //! config.client_regexp = [['^(dsl|dyn)[-.0-9]*\.', "REJECT 5.7.1 Dynamic address"]]
 //! config.helo_regexp = [['^\[?[0-9.]+\]?$', "REJECT Bare IP address in HELO"]]
 //! config.sender_regexp = [['@bulk[0-9]+\.example$', "REJECT"]]
@@ -32,9 +33,10 @@
 //! `4NN/5NN [x.y.z] text`, `DISCARD [text]`, `HOLD [text]`,
 //! `PREPEND Name: value`, `WARN text`. As in Postfix, `HOLD` marks the
 //! message and goes on (a later `REJECT` still rejects, a later `OK` still
-//! holds). Client keys: names of the verified PTR (and parent domains),
-//! looked up first as in Postfix, then addresses, CIDR networks (the
-//! longest prefix wins) and leading octets (`198.51.100`). Address keys:
+//! holds). Client keys: names of the verified PTR (and parent domains;
+//! `unknown` when there is none), looked up first as in Postfix, then
+//! addresses, CIDR networks (the longest prefix wins) and leading octets
+//! (`198.51.100`). Address keys:
 //! `user@domain`, `domain` and its subdomains, `user@`, `<>`; with
 //! `recipient_delimiter` (default `+`) `user+ext@domain` also matches
 //! `user@domain` and `user@`.
@@ -156,49 +158,42 @@ fn check(session: &Session, envelope: Option<&Envelope>, recipient: Option<&str>
             what: "Authenticated user",
         });
     }
+    // Each kind's exact table, then its regexp table: every action found
+    // goes to `decide` in order.
+    let mut found = |f: rules::Found<'static>, key: &str, what: &'static str| {
+        for action in f.actions() {
+            hits.push(Hit {
+                action,
+                key: key.to_string(),
+                what,
+            });
+        }
+    };
     if rules.has_client() {
         let ip = session.client_ip();
         let ptr = session.client_ptr();
-        if let Some(a) = rules.client(&ip, ptr.as_deref()) {
-            let name = ptr.as_deref().unwrap_or("unknown");
-            hits.push(Hit {
-                action: a,
-                key: format!("{name}[{ip}]"),
-                what: "Client host",
-            });
-        }
+        let name = ptr.as_deref().unwrap_or("unknown");
+        found(
+            rules.client(&ip, ptr.as_deref()),
+            &format!("{name}[{ip}]"),
+            "Client host",
+        );
     }
     if rules.has_helo()
         && let Some(helo) = session.helo()
-        && let Some(a) = rules.helo(&helo)
     {
-        hits.push(Hit {
-            action: a,
-            key: helo,
-            what: "Helo command",
-        });
+        found(rules.helo(&helo), &helo, "Helo command");
     }
     if rules.has_sender()
         && let Some(env) = envelope
     {
         let sender = env.mail_from();
-        if let Some(a) = rules.sender(&sender) {
-            hits.push(Hit {
-                action: a,
-                key: sender,
-                what: "Sender address",
-            });
-        }
+        found(rules.sender(&sender), &sender, "Sender address");
     }
     if rules.has_recipient()
         && let Some(r) = recipient
-        && let Some(a) = rules.recipient(r)
     {
-        hits.push(Hit {
-            action: a,
-            key: r.to_string(),
-            what: "Recipient address",
-        });
+        found(rules.recipient(r), r, "Recipient address");
     }
     decide(hits)
 }

@@ -147,8 +147,9 @@ pub struct Config {
     #[serde(default)]
     pub header_checks: Vec<(String, String)>,
     /// Ordered `[regex, action]` pairs (a Postfix `regexp:` table),
-    /// consulted when `client` has no entry: matched against the verified
-    /// client name, then the address.
+    /// consulted after `client` as a second restriction would be (only a
+    /// definitive action there ends the lookup): matched against the
+    /// client name (`unknown` when not verified), then the address.
     #[serde(default)]
     pub client_regexp: Vec<(String, String)>,
     /// Like `client_regexp`, against the HELO name.
@@ -251,6 +252,25 @@ impl Patterns {
             .iter()
             .find(|(re, _)| re.is_match(text))
             .map(|(_, a)| a)
+    }
+}
+
+/// What one kind of lookup (client, HELO, sender, recipient) found: the
+/// exact table's entry and the regexp table's. Both apply, in that order,
+/// as two Postfix restrictions would: a DUNNO, HOLD, PREPEND or WARN in
+/// the exact table does not hide the regexp table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Found<'a> {
+    /// The exact (hash/cidr-like) table's entry.
+    pub exact: Option<&'a Action>,
+    /// The first matching pattern's action.
+    pub regexp: Option<&'a Action>,
+}
+
+impl<'a> Found<'a> {
+    /// The actions found, exact table first.
+    pub fn actions(self) -> impl Iterator<Item = &'a Action> {
+        self.exact.into_iter().chain(self.regexp)
     }
 }
 
@@ -387,20 +407,21 @@ impl Rules {
     }
 
     /// Looks up the client as Postfix's check_client_access does: by
-    /// verified name (and parent domains) first, then by address; then in
-    /// `client_regexp`, by name and by address.
-    pub fn client(&self, ip: &str, ptr: Option<&str>) -> Option<&Action> {
-        if let Some(a) = ptr.and_then(|p| self.client_names.lookup_name(p)) {
-            return Some(a);
-        }
-        if !self.client_ips.is_empty()
-            && let Ok(ip) = ip.parse::<IpAddr>()
-            && let Some((_, a)) = self.client_ips.iter().find(|(n, _)| n.contains(&ip))
-        {
-            return Some(a);
-        }
-        ptr.and_then(|p| self.client_regexp.first_match(p))
-            .or_else(|| self.client_regexp.first_match(ip))
+    /// name (and parent domains) first, then by address; in
+    /// `client_regexp` likewise. The name is the verified PTR name, or
+    /// `unknown` as in Postfix.
+    pub fn client(&self, ip: &str, ptr: Option<&str>) -> Found<'_> {
+        let name = ptr.unwrap_or("unknown");
+        let exact = self.client_names.lookup_name(name).or_else(|| {
+            let ip = ip.parse::<IpAddr>().ok()?;
+            let (_, a) = self.client_ips.iter().find(|(n, _)| n.contains(&ip))?;
+            Some(a)
+        });
+        let regexp = self
+            .client_regexp
+            .first_match(name)
+            .or_else(|| self.client_regexp.first_match(ip));
+        Found { exact, regexp }
     }
 
     /// True if any client table has entries (the client address and
@@ -427,24 +448,27 @@ impl Rules {
     }
 
     /// Looks up the HELO name.
-    pub fn helo(&self, helo: &str) -> Option<&Action> {
-        self.helo
-            .lookup_name(helo)
-            .or_else(|| self.helo_regexp.first_match(helo))
+    pub fn helo(&self, helo: &str) -> Found<'_> {
+        Found {
+            exact: self.helo.lookup_name(helo),
+            regexp: self.helo_regexp.first_match(helo),
+        }
     }
 
     /// Looks up the envelope sender.
-    pub fn sender(&self, addr: &str) -> Option<&Action> {
-        self.sender
-            .lookup_address(addr, self.delimiter)
-            .or_else(|| self.sender_regexp.first_match(null_as_brackets(addr)))
+    pub fn sender(&self, addr: &str) -> Found<'_> {
+        Found {
+            exact: self.sender.lookup_address(addr, self.delimiter),
+            regexp: self.sender_regexp.first_match(null_as_brackets(addr)),
+        }
     }
 
     /// Looks up a recipient.
-    pub fn recipient(&self, addr: &str) -> Option<&Action> {
-        self.recipient
-            .lookup_address(addr, self.delimiter)
-            .or_else(|| self.recipient_regexp.first_match(addr))
+    pub fn recipient(&self, addr: &str) -> Found<'_> {
+        Found {
+            exact: self.recipient.lookup_address(addr, self.delimiter),
+            regexp: self.recipient_regexp.first_match(addr),
+        }
     }
 
     /// The action for authenticated sessions, if configured.
@@ -524,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn regexp_tables_come_after_the_exact_ones_and_the_first_match_wins() {
+    fn regexp_tables_apply_after_the_exact_ones_and_the_first_match_wins() {
         let rules = Rules::from_json(
             r#"{
               "client": {"192.0.2.7": "OK"},
@@ -540,34 +564,42 @@ mod tests {
         assert!(
             rules.has_client() && rules.has_helo() && rules.has_sender() && rules.has_recipient()
         );
-        // The exact table first, then the name, then the address.
-        assert_eq!(
-            rules.client("192.0.2.7", Some("dsl-1.isp.test")),
-            Some(&Action::Ok)
-        );
+        let found = |f: Found<'_>| f.actions().cloned().collect::<Vec<_>>();
+        let is_reject = |a: Option<&Action>| matches!(a, Some(Action::Reject { .. }));
+        // Both tables apply, exact first; the name before the address.
+        let f = rules.client("192.0.2.7", Some("dsl-1.isp.test"));
+        assert_eq!(f.exact, Some(&Action::Ok));
+        assert!(is_reject(f.regexp));
+        let f = rules.client("192.0.2.8", Some("DSL-1-2.isp.test"));
+        assert_eq!(f.exact, None);
+        assert!(matches!(f.regexp, Some(Action::Reject { enhanced: Some(e), .. }) if e == "5.7.1"));
         assert!(matches!(
-            rules.client("192.0.2.8", Some("DSL-1-2.isp.test")),
-            Some(Action::Reject { enhanced: Some(e), .. }) if e == "5.7.1"
-        ));
-        assert!(matches!(
-            rules.client("192.0.2.8", Some("mx.isp.test")),
+            rules.client("192.0.2.8", Some("mx.isp.test")).regexp,
             Some(Action::Defer { .. })
         ));
-        assert_eq!(rules.client("198.51.100.1", None), None);
-        assert!(rules.helo("192.0.2.1").is_some());
-        assert_eq!(rules.helo("mx.client.test"), None);
-        assert_eq!(rules.sender("friend@example.test"), Some(&Action::Ok));
-        assert!(matches!(
-            rules.sender("x@example.test"),
-            Some(Action::Reject { .. })
-        ));
-        assert_eq!(rules.sender(""), Some(&Action::Dunno));
-        assert_eq!(rules.sender("x@elsewhere.test"), Some(&Action::Ok));
+        assert!(found(rules.client("198.51.100.1", None)).is_empty());
+        assert!(is_reject(rules.helo("192.0.2.1").regexp));
+        assert!(found(rules.helo("mx.client.test")).is_empty());
+        let f = rules.sender("friend@example.test");
+        assert_eq!(f.exact, Some(&Action::Ok));
+        assert!(is_reject(f.regexp));
+        assert_eq!(rules.sender("").regexp, Some(&Action::Dunno));
+        assert_eq!(rules.sender("x@elsewhere.test").regexp, Some(&Action::Ok));
         assert_eq!(
-            rules.recipient("spamtrap7@example.test"),
-            Some(&Action::Discard(None))
+            found(rules.recipient("spamtrap7@example.test")),
+            vec![Action::Discard(None)]
         );
-        assert_eq!(rules.recipient("alice@example.test"), None);
+        assert!(found(rules.recipient("alice@example.test")).is_empty());
+
+        // An unverified client is looked up by the name `unknown`.
+        let unknown = Rules::from_json(
+            r#"{"client": {"unknown": "REJECT"}, "client_regexp": [["^unknown$", "DEFER"]]}"#,
+        )
+        .unwrap();
+        let f = unknown.client("192.0.2.9", None);
+        assert!(is_reject(f.exact));
+        assert!(matches!(f.regexp, Some(Action::Defer { .. })));
+        assert!(found(unknown.client("192.0.2.9", Some("mx.example.test"))).is_empty());
 
         let bad = Rules::from_json(r#"{"helo_regexp": [["(", "REJECT"]]}"#).unwrap();
         assert!(
@@ -593,13 +625,13 @@ mod tests {
             }"#,
         )
         .unwrap();
-        assert_eq!(rules.client("192.0.2.7", None), Some(&Action::Ok));
+        assert_eq!(rules.client("192.0.2.7", None).exact, Some(&Action::Ok));
         assert!(matches!(
-            rules.client("192.0.2.8", None),
+            rules.client("192.0.2.8", None).exact,
             Some(Action::Reject { .. })
         ));
         assert!(matches!(
-            rules.client("10.0.0.1", Some("mx.bad.example")),
+            rules.client("10.0.0.1", Some("mx.bad.example")).exact,
             Some(Action::Reject { .. })
         ));
         // The name comes first, as in Postfix (check_namadr_access).
@@ -607,32 +639,32 @@ mod tests {
             Rules::from_json(r#"{"client": {"192.0.2.0/24": "REJECT", "good.example": "OK"}}"#)
                 .unwrap();
         assert_eq!(
-            named.client("192.0.2.5", Some("mx.good.example")),
+            named.client("192.0.2.5", Some("mx.good.example")).exact,
             Some(&Action::Ok)
         );
         assert!(matches!(
-            named.client("192.0.2.5", Some("mx.other.example")),
+            named.client("192.0.2.5", Some("mx.other.example")).exact,
             Some(Action::Reject { .. })
         ));
-        assert_eq!(rules.client("10.0.0.1", None), None);
-        assert!(rules.helo("LOCALHOST").is_some());
+        assert_eq!(rules.client("10.0.0.1", None).exact, None);
+        assert!(rules.helo("LOCALHOST").exact.is_some());
         assert!(matches!(
-            rules.sender("x@Blocked.Test"),
+            rules.sender("x@Blocked.Test").exact,
             Some(Action::Reject { .. })
         ));
         assert!(matches!(
-            rules.sender("x@sub.blocked.test"),
+            rules.sender("x@sub.blocked.test").exact,
             Some(Action::Reject { .. })
         ));
-        assert_eq!(rules.sender("friend@blocked.test"), Some(&Action::Ok));
+        assert_eq!(rules.sender("friend@blocked.test").exact, Some(&Action::Ok));
         assert_eq!(
-            rules.sender("postmaster@elsewhere.test"),
+            rules.sender("postmaster@elsewhere.test").exact,
             Some(&Action::Dunno)
         );
-        assert!(matches!(rules.sender(""), Some(Action::Defer { .. })));
-        assert_eq!(rules.sender("a@fine.test"), None);
+        assert!(matches!(rules.sender("").exact, Some(Action::Defer { .. })));
+        assert_eq!(rules.sender("a@fine.test").exact, None);
         assert_eq!(
-            rules.recipient("spamtrap@example.test"),
+            rules.recipient("spamtrap@example.test").exact,
             Some(&Action::Discard(None))
         );
         assert!(Rules::from_json(r#"{"sender": {"x": "BOGUS"}}"#).is_err());
