@@ -144,7 +144,28 @@ def test_cram_md5_needs_a_stored_secret(sub):
 
 
 def test_auth_before_starttls_is_refused(sub):
-    with socket.create_connection(("127.0.0.1", sub.sub_port), timeout=5) as s:
+    assert_no_auth_before_starttls(sub.sub_port)
+
+
+def test_encrypt_listener_never_offers_auth_before_starttls(daemon_factory):
+    # tls = "encrypt" is Postfix's smtpd_tls_security_level = encrypt, where
+    # nothing but EHLO, STARTTLS, NOOP, RSET and QUIT comes before TLS:
+    # auth_only_with_tls = false must not open AUTH in clear there.
+    sub_port, smtps_port = free_port(), free_port()
+    extra = submission(sub_port, smtps_port).replace(
+        'tls = "encrypt"', 'tls = "encrypt"\nauth_only_with_tls = false')
+    d = daemon_factory(start=False, extra=extra)
+    (d.dir / "var").mkdir(parents=True, exist_ok=True)
+    add_user(d, "alice@example.test", "alice-secret")
+    p = d.cli("check")
+    assert "auth_only_with_tls" not in p.stderr, p.stderr
+    d.start()
+    wait_port(sub_port)
+    assert_no_auth_before_starttls(sub_port)
+
+
+def assert_no_auth_before_starttls(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         f = s.makefile("rb")
         f.readline()
         s.sendall(b"EHLO client.test\r\n")

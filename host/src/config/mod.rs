@@ -416,7 +416,8 @@ pub struct Listener {
     /// MAIL requires a successful AUTH (submission).
     #[serde(default)]
     pub auth_required: bool,
-    /// AUTH is offered and accepted only under TLS (`smtpd_tls_auth_only`).
+    /// AUTH is offered and accepted only under TLS (`smtpd_tls_auth_only`;
+    /// always so with `tls = "encrypt"`).
     #[serde(default = "yes")]
     pub auth_only_with_tls: bool,
 }
@@ -698,13 +699,13 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             if l.auth.is_some()
                 && !l.auth_only_with_tls
-                && l.tls != TlsMode::Implicit
+                && matches!(l.tls, TlsMode::None | TlsMode::May)
                 && !l.address.ip().is_loopback()
             {
                 out.push(Problem {
                     key: format!("listener[{i}].auth_only_with_tls"),
                     message: format!(
-                        "{} offers AUTH before STARTTLS: passwords of PLAIN and LOGIN can cross the network in clear",
+                        "{} offers AUTH without TLS: passwords of PLAIN and LOGIN can cross the network in clear",
                         l.address
                     ),
                 });

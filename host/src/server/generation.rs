@@ -79,7 +79,9 @@ impl Generation {
                     starttls: matches!(l.tls, TlsMode::May | TlsMode::Encrypt),
                     tls_required: l.tls == TlsMode::Encrypt,
                     auth_mechanisms: mechanisms,
-                    auth_requires_tls: l.auth_only_with_tls,
+                    // `encrypt`: nothing but EHLO, STARTTLS, NOOP, RSET
+                    // and QUIT before TLS (Postfix), so no AUTH in clear.
+                    auth_requires_tls: l.auth_only_with_tls || l.tls == TlsMode::Encrypt,
                     auth_required: l.auth_required,
                 }),
             });
