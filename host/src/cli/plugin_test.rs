@@ -18,7 +18,7 @@
 //! # message = "spam.eml"         # data stage: a file, or message_text = "..."
 //! [case.expect]
 //! verdict = "reject"             # continue, accept, reject, tempfail, discard, quarantine, failure
-//! # failure = "trap"             # with verdict = "failure": trap, time, memory or outcome
+//! # failure = "trap"             # with verdict = "failure": trap, time, memory, outcome, overloaded
 //! code = 554
 //! enhanced = "5.7.1"
 //! text = "Sender address rejected"   # substring of the reply text or reason
@@ -86,8 +86,8 @@ fn default_listener() -> String {
 #[serde(deny_unknown_fields)]
 struct Expect {
     verdict: String,
-    /// With verdict "failure": the kind (trap, time, memory, outcome).
-    failure: Option<String>,
+    /// With verdict "failure": the kind.
+    failure: Option<FailureKind>,
     code: Option<u16>,
     enhanced: Option<String>,
     text: Option<String>,
@@ -95,6 +95,30 @@ struct Expect {
     scores: BTreeMap<String, f64>,
     #[serde(default)]
     headers: Vec<String>,
+}
+
+/// What a fixture can expect a failed call to have run into (the names
+/// of [`crate::plugin::chain::Failure::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FailureKind {
+    Trap,
+    Time,
+    Memory,
+    Outcome,
+    Overloaded,
+}
+
+impl FailureKind {
+    fn name(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Time => "time",
+            FailureKind::Memory => "memory",
+            FailureKind::Outcome => "outcome",
+            FailureKind::Overloaded => "overloaded",
+        }
+    }
 }
 
 fn stage(name: &str) -> anyhow::Result<Stage> {
@@ -304,10 +328,13 @@ async fn run_case(
     if e.verdict != verdict {
         problems.push(format!("verdict {verdict} (expected {})", e.verdict));
     }
-    if let Some(kind) = &e.failure {
+    if let Some(kind) = e.failure {
         let got: Vec<&str> = result.failures.iter().map(|f| f.kind()).collect();
-        if !got.contains(&kind.as_str()) {
-            problems.push(format!("failures {got:?} (expected a {kind} failure)"));
+        if !got.contains(&kind.name()) {
+            problems.push(format!(
+                "failures {got:?} (expected a {} failure)",
+                kind.name()
+            ));
         }
     }
     if let Some(c) = e.code

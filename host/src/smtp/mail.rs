@@ -22,7 +22,7 @@ impl<R> Session<R> {
         // RFC 4954 §5: AUTH= belongs to the AUTH extension; where it is
         // not enabled it is an unknown parameter (as in Postfix).
         if params.auth.is_some() && self.cfg.auth_mechanisms.is_empty() {
-            return self.fail(r(555, 5, 5, 4, "Unsupported option: AUTH"));
+            return self.fail(r(555, 5, 5, 4, "Unsupported parameter AUTH"));
         }
         if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
             return self.fail(r(552, 5, 3, 4, "Message size exceeds fixed limit"));
