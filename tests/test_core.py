@@ -802,6 +802,11 @@ config.sender = {{ "blocked.test" = "REJECT" }}
     assert p.returncode == 1, p.stdout
     assert "var/passwd" in p.stderr, p.stderr
 
+    # A system directory as the spool is refused by check as by a start.
+    d.config.write_text(d.config_text.replace('spool_dir = "var/spool"', 'spool_dir = "/var/spool"'))
+    p = d.cli("check", check=False)
+    assert p.returncode == 1 and "refusing to give that tree to server.user" in p.stderr, p.stderr
+
     # Certificates are read (as root, as the daemon reads them) too.
     d.config.write_text(d.config_text + '\n[tls]\ncertificate = "/etc/hostname"\nkey = "/etc/hostname"\n')
     p = d.cli("check", check=False)

@@ -177,6 +177,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
     {
         let account = crate::server::privileges::lookup(name)
             .with_context(|| format!("server.user = {name:?}"))?;
+        for w in crate::server::check_account(&config, &account)? {
+            eprintln!("warning: {w}");
+        }
         crate::server::privileges::drop_to(&account)
             .with_context(|| format!("cannot become server.user {name}"))?;
     }

@@ -310,15 +310,12 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
         }
         anyhow::bail!("server.user = {name:?}: changing user needs starting as root");
     }
+    for warning in check_account(cfg, &account)? {
+        tracing::warn!("{warning}");
+    }
     let spool = &cfg.server.spool_dir;
     create_dir_durable(spool, 0o700, 0o755)
         .with_context(|| format!("cannot create {}", spool.display()))?;
-    if privileges::system_dir(spool) {
-        anyhow::bail!(
-            "server.spool_dir = {}: refusing to give that tree to server.user {name}; use a directory of Postern's own (/var/spool/postern)",
-            spool.display()
-        );
-    }
     privileges::chown(spool, &account, true)?;
     // The Maildir template's fixed part ("var/mail/" of
     // "var/mail/{user}/Maildir"), where new mailboxes are made: created for
@@ -340,9 +337,24 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
     if !cfg.plugins.is_empty() && std::fs::create_dir_all(&cfg.wasm.cache_dir).is_ok() {
         privileges::chown(&cfg.wasm.cache_dir, &account, true)?;
     }
+    Ok(Some(account))
+}
+
+/// What root can tell before the drop about running as `account`, without
+/// changing anything (the start and `postern check` share it): errors for
+/// what would break, warnings (returned) for what would break later.
+pub fn check_account(cfg: &Config, account: &privileges::Account) -> anyhow::Result<Vec<String>> {
+    let name = &account.name;
+    let spool = &cfg.server.spool_dir;
+    if privileges::system_dir(spool) {
+        anyhow::bail!(
+            "server.spool_dir = {}: refusing to give that tree to server.user {name}; use a directory of Postern's own (/var/spool/postern)",
+            spool.display()
+        );
+    }
     for (i, a) in cfg.auth.iter().enumerate() {
         if let Some(path) = &a.path
-            && !privileges::can_read(&account, path)
+            && !privileges::can_read(account, path)
         {
             anyhow::bail!(
                 "auth[{i}] {:?}: {} is not readable by server.user {name}, who reads it at every AUTH: give it to the account's group (chgrp; chmod 640)",
@@ -351,15 +363,16 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
             );
         }
     }
+    let mut warnings = Vec::new();
     for path in [&cfg.tls.certificate, &cfg.tls.key].into_iter().flatten() {
-        if !privileges::can_read(&account, path) {
-            tracing::warn!(
+        if !privileges::can_read(account, path) {
+            warnings.push(format!(
                 "tls: {} is read as root at start, but server.user {name} cannot read it: reloads and certificate renewals will fail until it can (a group such as ssl-cert the account is in, mode 640)",
                 path.display()
-            );
+            ));
         }
     }
-    Ok(Some(account))
+    Ok(warnings)
 }
 
 /// A socket bound to `address` (with SO_REUSEADDR, as `TcpListener::bind`
