@@ -750,6 +750,27 @@ impl Config {
         {
             bad("server.user", format!("{e:#}"));
         }
+        // One without the other would silently mean the self-signed one.
+        if self.tls.certificate.is_some() != self.tls.key.is_some() {
+            bad(
+                "tls",
+                "certificate and key go together: set both, or neither (a self-signed certificate is then made)"
+                    .into(),
+            );
+        }
+        // The spool is given to server.user recursively: its path must say
+        // plainly which directory that is.
+        if self
+            .server
+            .spool_dir
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            bad(
+                "server.spool_dir",
+                "must not contain `..` (write the directory it means)".into(),
+            );
+        }
         if s.max_line_length < 512 {
             bad(
                 "smtp.max_line_length",
@@ -989,6 +1010,26 @@ abuse = "alice"
         assert!(w[0].message.contains("can hold 2000"), "{}", w[0].message);
         let c = load(&format!("{two}[wasm]\nmax_instances = 2000\n")).unwrap();
         assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn certificate_and_key_go_together() {
+        let text = format!("{MINIMAL}\n[tls]\ncertificate = \"/etc/ssl/x.pem\"\n");
+        let err = format!("{:#}", load(&text).unwrap_err());
+        assert!(
+            err.contains("tls: certificate and key go together"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn spool_dir_must_not_climb() {
+        let text = MINIMAL.replace("[server]", "[server]\nspool_dir = \"/var/spool/x/..\"");
+        let err = format!("{:#}", load(&text).unwrap_err());
+        assert!(
+            err.contains("server.spool_dir: must not contain `..`"),
+            "{err}"
+        );
     }
 
     #[test]

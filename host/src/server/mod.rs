@@ -316,6 +316,8 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
     let spool = &cfg.server.spool_dir;
     create_dir_durable(spool, 0o700, 0o755)
         .with_context(|| format!("cannot create {}", spool.display()))?;
+    // Again, now that the path resolves (`/var/spool/new/..` did not).
+    refuse_system_spool(cfg, &account)?;
     privileges::chown(spool, &account, true)?;
     // The Maildir template's fixed part ("var/mail/" of
     // "var/mail/{user}/Maildir"), where new mailboxes are made: created for
@@ -340,18 +342,25 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
     Ok(Some(account))
 }
 
+/// The spool is given to the account recursively: never a system tree.
+fn refuse_system_spool(cfg: &Config, account: &privileges::Account) -> anyhow::Result<()> {
+    let spool = &cfg.server.spool_dir;
+    if privileges::system_dir(spool) {
+        anyhow::bail!(
+            "server.spool_dir = {}: refusing to give that tree to server.user {}; use a directory of Postern's own (/var/spool/postern)",
+            spool.display(),
+            account.name
+        );
+    }
+    Ok(())
+}
+
 /// What root can tell before the drop about running as `account`, without
 /// changing anything (the start and `postern check` share it): errors for
 /// what would break, warnings (returned) for what would break later.
 pub fn check_account(cfg: &Config, account: &privileges::Account) -> anyhow::Result<Vec<String>> {
     let name = &account.name;
-    let spool = &cfg.server.spool_dir;
-    if privileges::system_dir(spool) {
-        anyhow::bail!(
-            "server.spool_dir = {}: refusing to give that tree to server.user {name}; use a directory of Postern's own (/var/spool/postern)",
-            spool.display()
-        );
-    }
+    refuse_system_spool(cfg, account)?;
     for (i, a) in cfg.auth.iter().enumerate() {
         if let Some(path) = &a.path
             && !privileges::can_read(account, path)
@@ -364,7 +373,12 @@ pub fn check_account(cfg: &Config, account: &privileges::Account) -> anyhow::Res
         }
     }
     let mut warnings = Vec::new();
-    for path in [&cfg.tls.certificate, &cfg.tls.key].into_iter().flatten() {
+    let sni = cfg.tls.sni.iter().flat_map(|s| [&s.certificate, &s.key]);
+    for path in [&cfg.tls.certificate, &cfg.tls.key]
+        .into_iter()
+        .flatten()
+        .chain(sni)
+    {
         if !privileges::can_read(account, path) {
             warnings.push(format!(
                 "tls: {} is read as root at start, but server.user {name} cannot read it: reloads and certificate renewals will fail until it can (a group such as ssl-cert the account is in, mode 640)",
