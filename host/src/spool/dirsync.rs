@@ -229,20 +229,30 @@ pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Resul
             None => break,
         }
     }
+    // What this call made, outermost first: removed again if it cannot be
+    // made durable, so that the next attempt (which would otherwise find
+    // it and take it as durable) makes and syncs it again.
+    let mut made_here: Vec<&Path> = Vec::new();
+    let undo = |made_here: &[&Path], e: io::Error| {
+        for d in made_here.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+        e
+    };
     for (i, made) in missing.iter().enumerate().rev() {
         let m = if i == 0 { mode } else { parents_mode };
         match std::fs::DirBuilder::new().mode(m).create(made) {
-            Ok(()) => {}
+            Ok(()) => made_here.push(made),
             // Made by another process meanwhile: it may not have synced
             // it yet, so sync it here as well.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && made.is_dir() => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(undo(&made_here, e)),
         }
         let parent = match made.parent() {
             Some(q) if !q.as_os_str().is_empty() => q,
             _ => Path::new("."),
         };
-        fsync_dir(parent)?;
+        fsync_dir(parent).map_err(|e| undo(&made_here, e))?;
     }
     Ok(())
 }
