@@ -178,7 +178,7 @@ def assert_no_auth_before_starttls(port):
         assert not any(b"AUTH" in l for l in ehlo)
         cred = base64.b64encode(b"\0alice@example.test\0alice-secret")
         s.sendall(b"AUTH PLAIN " + cred + b"\r\n")
-        assert f.readline().startswith(b"538 5.7.11")
+        assert f.readline().startswith(b"530 5.7.0 Must issue a STARTTLS command first")
         s.sendall(b"MAIL FROM:<alice@example.test>\r\n")
         assert f.readline().startswith(b"530 5.7.0")
 

@@ -350,6 +350,10 @@ impl<R> Session<R> {
         if self.cfg.auth_mechanisms.is_empty() {
             return self.fail(r(502, 5, 5, 1, "Error: authentication not enabled"));
         }
+        // tls = "encrypt": as for MAIL (Postfix's reply at level encrypt).
+        if self.cfg.tls_required && !self.tls_active {
+            return self.fail(r(530, 5, 7, 0, "Must issue a STARTTLS command first"));
+        }
         if !self.auth_offered() {
             return self.fail(r(
                 538,
@@ -413,6 +417,26 @@ pub(crate) mod tests {
             Step::Reply(r) | Step::Close(r) | Step::StartData(r) | Step::StartTls(r) => r.code,
             _ => 0,
         }
+    }
+
+    #[test]
+    fn auth_before_tls() {
+        let cfg = |tls_required, auth_requires_tls| SessionConfig {
+            starttls: true,
+            tls_required,
+            auth_requires_tls,
+            auth_mechanisms: vec!["PLAIN".into()],
+            ..SessionConfig::default()
+        };
+        // tls = "encrypt": Postfix's reply, whatever auth_only_with_tls says.
+        let mut s = session(cfg(true, false));
+        let _ = cmd(&mut s, "EHLO client.test");
+        let step = cmd(&mut s, "AUTH PLAIN");
+        assert!(matches!(&step, Step::Reply(r) if r.code == 530), "{step:?}");
+        // tls = "may" with auth_only_with_tls: the RFC 4954 reply.
+        let mut s = session(cfg(false, true));
+        let _ = cmd(&mut s, "EHLO client.test");
+        assert_eq!(code(&cmd(&mut s, "AUTH PLAIN")), 538);
     }
 
     #[test]
