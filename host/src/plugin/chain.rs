@@ -215,16 +215,44 @@ pub enum Failure {
     BadOutcome(String),
 }
 
-impl Failure {
-    /// A one-word name of the kind: `time`, `memory`, `overloaded`,
-    /// `trap` or `outcome` (for fixtures).
-    pub fn kind(&self) -> &'static str {
+/// The kind of a [`Failure`], as fixtures name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// [`Failure::TimeLimit`].
+    Time,
+    /// [`Failure::MemoryLimit`].
+    Memory,
+    /// [`Failure::Overloaded`].
+    Overloaded,
+    /// [`Failure::Trap`].
+    Trap,
+    /// [`Failure::BadOutcome`].
+    Outcome,
+}
+
+impl FailureKind {
+    /// The name fixtures use.
+    pub fn name(self) -> &'static str {
         match self {
-            Failure::TimeLimit => "time",
-            Failure::MemoryLimit(_) => "memory",
-            Failure::Overloaded => "overloaded",
-            Failure::Trap(_) => "trap",
-            Failure::BadOutcome(_) => "outcome",
+            FailureKind::Time => "time",
+            FailureKind::Memory => "memory",
+            FailureKind::Overloaded => "overloaded",
+            FailureKind::Trap => "trap",
+            FailureKind::Outcome => "outcome",
+        }
+    }
+}
+
+impl Failure {
+    /// Its kind.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Failure::TimeLimit => FailureKind::Time,
+            Failure::MemoryLimit(_) => FailureKind::Memory,
+            Failure::Overloaded => FailureKind::Overloaded,
+            Failure::Trap(_) => FailureKind::Trap,
+            Failure::BadOutcome(_) => FailureKind::Outcome,
         }
     }
 }
