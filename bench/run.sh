@@ -73,10 +73,11 @@ command -v smtp-source >/dev/null || { echo "bench: smtp-source missing: $PEERS/
 
 now() { date +%s.%N; }
 
+# Single-thread fsync rate where Postern's files go (BENCH_DIR, else /tmp).
 disk_probe() {
-  python3 - <<'EOF'
+  PROBE_DIR=${BENCH_DIR:-/tmp} python3 - <<'EOF'
 import os, tempfile, time
-d = tempfile.mkdtemp(dir="/var/tmp")
+d = tempfile.mkdtemp(dir=os.environ["PROBE_DIR"])
 t0 = time.time(); n = 200
 for i in range(n):
     fd = os.open(f"{d}/{i}", os.O_CREAT | os.O_WRONLY, 0o600)
