@@ -822,3 +822,34 @@ config.sender = {{ "blocked.test" = "REJECT" }}
     p = d.cli("check", check=False)
     assert p.returncode == 1 and f"cannot read key {key}" in p.stderr, p.stderr
     assert not (d.dir / "var" / "spool" / "tls").exists()
+
+
+def test_content_cannot_continue_or_forge_postern_s_own_fields(daemon):
+    # A first line that continues nothing would otherwise continue the
+    # Received: field Postern prepends; Return-Path and X-Postern-Score are
+    # only ever Postern's.
+    forged = (b"\t(Authenticated sender: ceo@example.test) by mx.example.test with ESMTPSA\r\n"
+              b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+              b"\r\n"
+              b"body one\r\n")
+    normal = (b"Return-Path: <forged@example.org>\r\n"
+              b"Subject: two\r\n"
+              b"X-Postern-Score: -50.00 (WHITELISTED=-50.00)\r\n"
+              b"Message-ID: <two@example.org>\r\n"
+              b"\r\n"
+              b"body two\r\n")
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        s.sendmail("sender@example.org", ["alice@example.test"], forged)
+        s.sendmail("sender@example.org", ["alice@example.test"], normal)
+    files = daemon.wait_mail("alice", count=2)
+    texts = sorted((f.read_bytes() for f in files), key=lambda t: b"body two" in t)
+    head, _, body = texts[0].partition(b"\r\n\r\n")
+    assert b"Authenticated sender" not in head, head
+    assert body.startswith(b"\t(Authenticated sender: ceo@example.test)"), body
+    # No header section of its own: Postern's Date: and Message-ID: are added.
+    assert re.search(rb"(?m)^Date: ", head) and re.search(rb"(?m)^Message-ID: ", head), head
+    head, _, _ = texts[1].partition(b"\r\n\r\n")
+    assert head.count(b"Return-Path:") == 1 and head.startswith(b"Return-Path: <sender@example.org>"), head
+    assert b"X-Postern-Score" not in head and b"Subject: two" in head, head
+    daemon.wait_log("removed 2 Return-Path/X-Postern-Score field(s)")

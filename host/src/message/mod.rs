@@ -25,45 +25,121 @@ pub fn parse_headers(content: &[u8]) -> (Vec<HeaderField>, usize) {
 /// how much memory the host spends on it.
 pub fn parse_headers_up_to(content: &[u8], max: usize) -> (Vec<HeaderField>, usize) {
     let mut fields: Vec<HeaderField> = Vec::new();
-    let mut full = false;
+    let body = scan_headers(content, |name, range| {
+        if fields.len() < max {
+            fields.push(HeaderField {
+                name: String::from_utf8_lossy(name).into_owned(),
+                value: unfold(&content[range.start + name.len()..range.end]),
+                range,
+            });
+        }
+    });
+    (fields, body)
+}
+
+/// Walks the header section without copying: calls `each(name, field)`
+/// for every field, with its name as written and the byte range of the
+/// whole field (continuation lines and line endings included), and
+/// returns where the body starts (after the empty line; at the first line
+/// that is not a field, when no empty line ends the section; or the end).
+pub fn scan_headers(content: &[u8], mut each: impl FnMut(&[u8], Range<usize>)) -> usize {
+    // The field being read: its name's length and where it started.
+    let mut open: Option<(usize, usize)> = None;
     let mut pos = 0;
+    let mut done = |open: &mut Option<(usize, usize)>, end: usize| {
+        if let Some((name_len, start)) = open.take() {
+            each(&content[start..start + name_len], start..end);
+        }
+    };
     while pos < content.len() {
         let end = memchr::memchr(b'\n', &content[pos..])
             .map(|i| pos + i + 1)
             .unwrap_or(content.len());
-        let line = &content[pos..end];
-        let text = trim_eol(line);
+        let text = trim_eol(&content[pos..end]);
         if text.is_empty() {
-            return (fields, end);
+            done(&mut open, pos);
+            return end;
         }
-        if (text[0] == b' ' || text[0] == b'\t') && !fields.is_empty() {
-            if full {
-                // A continuation of a field not kept.
-            } else if let Some(last) = fields.last_mut() {
-                last.value.push(' ');
-                last.value.push_str(String::from_utf8_lossy(text).trim());
-                last.range.end = end;
+        if text[0] == b' ' || text[0] == b'\t' {
+            if open.is_none() {
+                // A continuation of nothing: the body starts here.
+                return pos;
             }
-        } else if let Some(colon) = text.iter().position(|&b| b == b':') {
-            if fields.len() == max {
-                full = true;
-            }
-            if full {
-                pos = end;
-                continue;
-            }
-            fields.push(HeaderField {
-                name: String::from_utf8_lossy(text[..colon].trim_ascii()).into_owned(),
-                value: String::from_utf8_lossy(text[colon + 1..].trim_ascii()).into_owned(),
-                range: pos..end,
-            });
+        } else if let Some(colon) = field_colon(text) {
+            done(&mut open, pos);
+            open = Some((text[..colon].trim_ascii_end().len(), pos));
         } else {
             // Not a header line: the body starts here (no empty line).
-            return (fields, pos);
+            done(&mut open, pos);
+            return pos;
         }
         pos = end;
     }
-    (fields, content.len())
+    done(&mut open, content.len());
+    content.len()
+}
+
+/// A field's value from the bytes after its name: after the colon,
+/// unfolded (each line trimmed, lines joined by one space).
+fn unfold(rest: &[u8]) -> String {
+    let rest = rest.trim_ascii_start();
+    let rest = rest.strip_prefix(b":").unwrap_or(rest);
+    let mut value = String::new();
+    for (i, line) in rest.split(|&b| b == b'\n').enumerate() {
+        let line = trim_eol(line).trim_ascii();
+        if i > 0 {
+            if line.is_empty() {
+                continue;
+            }
+            value.push(' ');
+        }
+        value.push_str(&String::from_utf8_lossy(line));
+    }
+    value
+}
+
+/// Removes every field of the header section named one of `names`
+/// (case-insensitively); returns how many went.
+pub fn remove_fields(content: &mut Vec<u8>, names: &[&str]) -> usize {
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    scan_headers(content, |name, range| {
+        if names
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        {
+            ranges.push(range);
+        }
+    });
+    for range in ranges.iter().rev() {
+        content.drain(range.clone());
+    }
+    ranges.len()
+}
+
+/// The colon of a header field line: after a name of RFC 5322 ftext
+/// (printable ASCII but `:`), with optional blanks before the colon (the
+/// obsolete syntax). `None` for anything else, which starts the body.
+fn field_colon(text: &[u8]) -> Option<usize> {
+    let colon = memchr::memchr(b':', text)?;
+    let name = text[..colon].trim_ascii_end();
+    (!name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))).then_some(colon)
+}
+
+/// Where a body starts that no empty line separates from the header
+/// section: the first line is not a header field (or a non-field line
+/// interrupts the fields). The stored message gets an empty line there,
+/// so that what follows can never continue or become a header field
+/// (Postern's own trace fields are prepended to the content). `None`
+/// when the message is well formed, or has no body.
+pub fn missing_separator(content: &[u8]) -> Option<usize> {
+    let (_, body) = parse_headers(content);
+    if body >= content.len() {
+        return None;
+    }
+    let head = &content[..body];
+    let separated =
+        head == b"\r\n" || head == b"\n" || head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n");
+    (!separated).then_some(body)
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {
@@ -146,6 +222,9 @@ pub fn sanitize_value(value: &str) -> String {
 /// §2.2.3); a run without spaces is never broken.
 pub fn header_field(name: &str, value: &str) -> String {
     let value = sanitize_value(value);
+    // Trailing blanks would fold into a line of only blanks, which some
+    // parsers take for the end of the header section.
+    let value = value.trim_end_matches([' ', '\t']);
     let mut out = String::with_capacity(name.len() + value.len() + 8);
     out.push_str(name);
     out.push(':');
@@ -209,6 +288,43 @@ pub fn apply_actions(content: Vec<u8>, prepend: &mut String, actions: &[HeaderAc
 mod tests {
 
     #[test]
+    fn a_header_section_ends_at_the_first_line_that_is_not_a_field() {
+        // A leading continuation line continues nothing: no headers.
+        let msg = b"\t(Authenticated sender: ceo@example.test)\r\nDate: x\r\n\r\nbody\r\n";
+        assert_eq!(parse_headers(msg), (vec![], 0));
+        assert_eq!(missing_separator(msg), Some(0));
+        // A name with blanks or parentheses is not a field name.
+        let msg = b"Subject: hi\r\n(odd) name: v\r\nDate: x\r\n";
+        let (fields, body) = parse_headers(msg);
+        assert_eq!(fields.len(), 1);
+        assert_eq!(body, 13);
+        assert_eq!(missing_separator(msg), Some(13));
+        // The obsolete blank before the colon is still a field.
+        let (fields, _) = parse_headers(b"Subject : hi\r\n there\r\n\r\nb");
+        assert_eq!(
+            (fields[0].name.as_str(), fields[0].value.as_str()),
+            ("Subject", "hi there")
+        );
+        // Well formed, headers only, empty: nothing to insert.
+        assert_eq!(missing_separator(b"Subject: hi\r\n\r\nbody\r\n"), None);
+        assert_eq!(missing_separator(b"\r\nbody\r\n"), None);
+        assert_eq!(missing_separator(b"Subject: hi\r\n"), None);
+        assert_eq!(missing_separator(b""), None);
+    }
+
+    #[test]
+    fn fields_only_postern_writes_are_removed() {
+        let mut msg =
+            b"Return-Path: <x@y>\r\nSubject: s\r\nx-postern-score: -50\r\n more\r\n\r\nReturn-Path: body\r\n"
+                .to_vec();
+        assert_eq!(
+            remove_fields(&mut msg, &["Return-Path", "X-Postern-Score"]),
+            2
+        );
+        assert_eq!(msg, b"Subject: s\r\n\r\nReturn-Path: body\r\n");
+    }
+
+    #[test]
     fn header_parsing_keeps_at_most_the_fields_asked_for() {
         let mut msg = Vec::new();
         for i in 0..10 {
@@ -243,6 +359,9 @@ mod tests {
         let run = "x".repeat(200);
         assert_eq!(header_field("X-R", &run), format!("X-R: {run}\r\n"));
         assert_eq!(header_field("X-C", "a\r\nb\0c\td"), "X-C: a  b c\td\r\n");
+        // Trailing blanks never fold into a line of only blanks.
+        let f = header_field("Subject", &format!("{} ", "y".repeat(70)));
+        assert!(!f.contains("\r\n \r\n") && f.ends_with("y\r\n"), "{f:?}");
     }
     use super::*;
 

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::Shared;
 use super::generation::Generation;
 use super::trace::{TraceInfo, missing_headers, received};
-use crate::message::{HeaderAction, apply_actions, header_field};
+use crate::message::{HeaderAction, apply_actions, header_field, missing_separator, remove_fields};
 use crate::plugin::{
     Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
     StageResult, Verdict, scoring,
@@ -1234,6 +1234,24 @@ impl Connection {
                     });
                 }
             }
+        }
+        // Content that starts (or whose header section goes on) with a line
+        // that is not a header field gets its empty line: otherwise it could
+        // continue the trace fields prepended to it.
+        if let Some(at) = missing_separator(&content) {
+            content.splice(at..at, *b"\r\n");
+            tracing::info!(
+                "{id}: no empty line after the header section: inserted one at byte {at}"
+            );
+        }
+        // Fields only Postern may write: Return-Path is added at delivery
+        // (Postfix drops incoming ones too), and a score header from
+        // outside must not pass for ours with filters that trust it.
+        let dropped = remove_fields(&mut content, &["Return-Path", "X-Postern-Score"]);
+        if dropped > 0 {
+            tracing::info!(
+                "{id}: removed {dropped} Return-Path/X-Postern-Score field(s) sent by the client"
+            );
         }
         let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].path.to_string());
         let hostname = &self.generation.config.server.hostname;

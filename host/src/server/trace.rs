@@ -92,24 +92,14 @@ pub fn received(t: &TraceInfo<'_>) -> String {
     h
 }
 
-/// Which of `Message-ID:` and `Date:` the header section already has.
+/// Which of `Message-ID:` and `Date:` the header section already has (as
+/// plugins saw it: a field after a non-field line is body).
 pub fn has_id_and_date(message: &[u8]) -> (bool, bool) {
     let (mut id, mut date) = (false, false);
-    for line in message.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            continue;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
+    crate::message::scan_headers(message, |name, _| {
         id |= name.eq_ignore_ascii_case(b"message-id");
         date |= name.eq_ignore_ascii_case(b"date");
-    }
+    });
     (id, date)
 }
 
