@@ -853,3 +853,19 @@ def test_content_cannot_continue_or_forge_postern_s_own_fields(daemon):
     assert head.count(b"Return-Path:") == 1 and head.startswith(b"Return-Path: <sender@example.org>"), head
     assert b"X-Postern-Score" not in head and b"Subject: two" in head, head
     daemon.wait_log("removed 2 Return-Path/X-Postern-Score field(s)")
+
+
+def test_ipv4_clients_of_an_ipv6_socket_are_ipv4_clients(daemon_factory):
+    # A dual-stack socket sees IPv4 clients as ::ffff:a.b.c.d. Bound to
+    # the mapped loopback address here (tests listen on loopback only),
+    # which shows the same. The client is 127.0.0.1 for its PTR check (the
+    # resolver answers localhost for 127/8), its log line and Received:.
+    d = daemon_factory(config=BASE_CONFIG.replace('address = "127.0.0.1:{port}"',
+                                                  'address = "[::ffff:127.0.0.1]:{port}"'))
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
+        s.ehlo("client.test")
+        s.sendmail("sender@example.org", ["alice@example.test"], message(subject="mapped"))
+    [f] = d.wait_mail("alice")
+    head, _ = headers_of(f)
+    assert "Received: from client.test (localhost [127.0.0.1])" in head, head
+    assert "connect from localhost[127.0.0.1] on mx" in d.log_text()

@@ -73,11 +73,14 @@ impl Dns {
     }
 
     /// The client's forward-confirmed PTR name (FCrDNS), like Postfix's
-    /// `client_name`: `None` when there is no PTR or it does not point back.
+    /// `client_name`: `None` when there is no PTR, it does not point back,
+    /// or the lookup failed (a failure is not remembered, so the next
+    /// connection asks again).
     pub async fn verified_ptr(&self, ip: IpAddr) -> Option<String> {
         if !self.reverse_lookup {
             return None;
         }
+        let ip = ip.to_canonical();
         {
             let cache = self.ptr_cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((name, at)) = cache.get(&ip)
@@ -86,7 +89,9 @@ impl Dns {
                 return name.clone();
             }
         }
-        let name = self.lookup_ptr(ip).await;
+        let Ok(name) = self.lookup_ptr(ip).await else {
+            return None;
+        };
         let mut cache = self.ptr_cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= PTR_CACHE {
             cache.retain(|_, (_, at)| at.elapsed() < PTR_TTL);
@@ -98,21 +103,112 @@ impl Dns {
         name
     }
 
-    async fn lookup_ptr(&self, ip: IpAddr) -> Option<String> {
+    /// `Ok(Some(name))` verified, `Ok(None)` no PTR or none pointing back,
+    /// `Err` a temporary failure (timeout, SERVFAIL). Names are taken in
+    /// their ASCII (punycode) form, and only if they are valid host names.
+    async fn lookup_ptr(&self, ip: IpAddr) -> Result<Option<String>, TempFail> {
+        let absent =
+            |e: &hickory_resolver::ResolveError| e.is_no_records_found() || e.is_nx_domain();
         let budget = self.timeout * 2;
         let work = async {
-            let names = self.resolver.reverse_lookup(ip).await.ok()?;
+            let names = match self.resolver.reverse_lookup(ip).await {
+                Ok(names) => names,
+                Err(e) if absent(&e) => return Ok(None),
+                Err(_) => return Err(TempFail),
+            };
+            let mut failed = false;
             for name in names.iter() {
-                let host = name.0.to_utf8();
-                let host = host.trim_end_matches('.').to_string();
-                if let Ok(ips) = self.resolver.lookup_ip(format!("{host}.")).await
-                    && ips.iter().any(|a| a == ip)
-                {
-                    return Some(host);
+                let host = name.0.to_ascii();
+                let host = host.trim_end_matches('.');
+                if !valid_hostname(host) {
+                    continue;
+                }
+                let fqdn = format!("{host}.");
+                // Only the address family of the client: a name with both
+                // A and AAAA records must verify an IPv6 client too.
+                let back = match ip {
+                    IpAddr::V4(v4) => self
+                        .resolver
+                        .ipv4_lookup(fqdn)
+                        .await
+                        .map(|l| l.iter().any(|a| a.0 == v4)),
+                    IpAddr::V6(v6) => self
+                        .resolver
+                        .ipv6_lookup(fqdn)
+                        .await
+                        .map(|l| l.iter().any(|a| a.0 == v6)),
+                };
+                match back {
+                    Ok(true) => return Ok(Some(host.to_string())),
+                    Ok(false) => {}
+                    Err(e) if absent(&e) => {}
+                    Err(_) => failed = true,
                 }
             }
-            None
+            if failed { Err(TempFail) } else { Ok(None) }
         };
-        tokio::time::timeout(budget, work).await.ok().flatten()
+        tokio::time::timeout(budget, work)
+            .await
+            .unwrap_or(Err(TempFail))
+    }
+}
+
+/// A DNS lookup that failed for now (not "no such record").
+#[derive(Debug)]
+struct TempFail;
+
+/// A host name as Postfix's `valid_hostname` accepts it: labels of ASCII
+/// letters, digits, `-` and `_`, not starting or ending with `-`, at most
+/// 63 bytes each and 253 in all, and not all digits (an address in
+/// disguise). Anything else from a PTR record is no name.
+pub fn valid_hostname(name: &str) -> bool {
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let mut all_numeric = true;
+    for label in name.split('.') {
+        if label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+        all_numeric &= label.bytes().all(|b| b.is_ascii_digit());
+    }
+    !all_numeric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_hostname;
+
+    #[test]
+    fn host_names_as_postfix_accepts_them() {
+        for ok in [
+            "mx.example.test",
+            "a",
+            "xn--bcher-kva.rev.test",
+            "dsl-1_2.isp.test",
+            "1a.test",
+        ] {
+            assert!(valid_hostname(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "192.0.2.1",
+            "a..b",
+            "-a.test",
+            "a-.test",
+            "bücher.test",
+            "a b.test",
+            "a\r\n.test",
+        ] {
+            assert!(!valid_hostname(bad), "{bad:?}");
+        }
+        assert!(!valid_hostname(&format!("{}.test", "a".repeat(64))));
     }
 }

@@ -161,6 +161,10 @@ impl Connection {
         let Some(lgen) = generation.listener(listener) else {
             return;
         };
+        // An IPv4 client of a dual-stack listener is an IPv4 client
+        // (`::ffff:192.0.2.1` is 192.0.2.1): for its PTR, logs, Received:
+        // and plugins alike.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let cfg = lgen.session.clone();
         let ptr = shared.dns.verified_ptr(peer.ip()).await;
         let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
@@ -182,7 +186,7 @@ impl Connection {
             listener: lgen.name.clone(),
             // An IPv4 client on a dual-stack listener arrives as
             // ::ffff:a.b.c.d; plugins match it as the IPv4 address it is.
-            client_ip: peer.ip().to_canonical().to_string(),
+            client_ip: peer.ip().to_string(),
             client_port: peer.port(),
             client_ptr: ptr.clone(),
             trusted: generation.router.is_trusted(peer.ip()),
