@@ -621,6 +621,12 @@ def test_bdat_chunking(daemon):
     assert "queued as" in out
     [f] = daemon.wait_mail("alice")
     assert f.read_bytes().endswith(msg)
+    # A last chunk that ends in a CR leaves it bare: refused, not stored.
+    bad = b"Subject: cr\r\n\r\nbody\r"
+    payload = (b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
+               + b"BDAT %d LAST\r\n" % len(bad) + bad + b"QUIT\r\n")
+    out = raw_session(daemon.port, payload)
+    assert "550 5.6.0" in out and "queued as" not in out, out
 
 
 def test_helo_required_and_strict_envelopes(daemon_factory):

@@ -99,7 +99,8 @@ impl<R> Session<R> {
         if !last {
             return Step::Reply(r(250, 2, 0, 0, format!("{size} octets received")));
         }
-        if body.bare_newline {
+        // A CR at the very end is bare too: no chunk follows with its LF.
+        if body.bare_newline || body.trailing_cr {
             self.reset();
             return self.fail(r(550, 5, 6, 0, "Error: message contains bare <CR> or <LF>"));
         }

@@ -63,6 +63,9 @@ pub struct Body {
     pub received: u64,
     /// A bare CR or LF was seen (only recorded for BDAT).
     pub bare_newline: bool,
+    /// The content so far ends with a CR (BDAT: bare unless the next chunk
+    /// starts with LF).
+    pub trailing_cr: bool,
     /// The shared in-memory budget ran out: content was dropped, the
     /// message must be refused with a 4xx.
     pub over_budget: bool,
@@ -112,7 +115,18 @@ impl Body {
 
     fn push(&mut self, data: &[u8]) {
         self.received += data.len() as u64;
-        if self.received > self.limit || self.over_budget {
+        if self.received > self.limit {
+            // Too big: refused at the end whatever else comes, so nothing
+            // is held meanwhile (the shared budget included).
+            if !self.bytes.is_empty() {
+                if let Some(budget) = &self.charge.budget {
+                    budget.release(std::mem::take(&mut self.charge.bytes));
+                }
+                self.bytes = Vec::new();
+            }
+            return;
+        }
+        if self.over_budget {
             return;
         }
         if let Some(budget) = &self.charge.budget {
@@ -333,6 +347,7 @@ impl Receiver {
         if remaining == 0 {
             self.mode = Mode::Command;
             self.bdat_prev_cr = prev_cr;
+            body.trailing_cr = prev_cr;
             return Some(Event::ChunkEnd);
         }
         if buf.is_empty() {
@@ -351,6 +366,7 @@ impl Receiver {
         if remaining == 0 {
             self.mode = Mode::Command;
             self.bdat_prev_cr = prev_cr;
+            body.trailing_cr = prev_cr;
             Some(Event::ChunkEnd)
         } else {
             self.mode = Mode::Bdat { remaining, prev_cr };
@@ -521,6 +537,43 @@ mod tests {
             rx.next(&mut buf, &mut body),
             Some(Event::Line(b"QUIT".to_vec()))
         );
+    }
+
+    #[test]
+    fn an_oversized_body_holds_nothing_until_its_end() {
+        let budget = Arc::new(Buffered::default());
+        let mut rx = Receiver::new(512);
+        rx.start_data();
+        let mut body = Body::with_budget(8, budget.clone(), 1 << 20);
+        let mut buf = BytesMut::from(&b"0123456"[..]);
+        assert_eq!(rx.next(&mut buf, &mut body), None);
+        assert_eq!(budget.used(), 7);
+        buf.extend_from_slice(b"789");
+        assert_eq!(rx.next(&mut buf, &mut body), None);
+        assert!(body.overflowed() && body.bytes.is_empty());
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn bdat_trailing_cr_is_noted() {
+        let mut rx = Receiver::new(512);
+        let mut body = Body::new(1 << 20);
+        rx.start_bdat(2);
+        let mut buf = BytesMut::from(&b"a\r"[..]);
+        assert_eq!(rx.next(&mut buf, &mut body), Some(Event::ChunkEnd));
+        assert!(body.trailing_cr && !body.bare_newline);
+        // The next chunk brings the LF: not bare after all.
+        rx.start_bdat(1);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(rx.next(&mut buf, &mut body), Some(Event::ChunkEnd));
+        assert!(!body.trailing_cr && !body.bare_newline);
+        // LAST with nothing after a CR: it stays bare.
+        rx.start_bdat(1);
+        buf.extend_from_slice(b"\r");
+        assert_eq!(rx.next(&mut buf, &mut body), Some(Event::ChunkEnd));
+        rx.start_bdat(0);
+        assert_eq!(rx.next(&mut buf, &mut body), Some(Event::ChunkEnd));
+        assert!(body.trailing_cr);
     }
 
     #[test]
