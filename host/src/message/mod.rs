@@ -243,43 +243,47 @@ pub fn header_field(name: &str, value: &str) -> String {
 }
 
 /// Applies header actions: additions go to `prepend` (in order), changes
-/// and removals rewrite the header section of `content`.
+/// and removals rewrite the header section of `content`. Indexes refer to
+/// the message as the plugins saw it, whatever other actions did before:
+/// every field is resolved against the one parse, and when two actions
+/// touch the same field the later one wins.
 pub fn apply_actions(content: Vec<u8>, prepend: &mut String, actions: &[HeaderAction]) -> Vec<u8> {
     let mut content = content;
+    let (fields, _) = parse_headers(&content);
+    let nth = |name: &str| -> Vec<&HeaderField> {
+        fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case(name))
+            .collect()
+    };
+    // Edits by the start of the field they replace (None: removed).
+    let mut edits: std::collections::BTreeMap<usize, (Range<usize>, Option<String>)> =
+        std::collections::BTreeMap::new();
     for action in actions {
         match action {
             HeaderAction::Add { name, value } => {
                 prepend.push_str(&header_field(name, value));
             }
-            HeaderAction::Change { name, index, value } => {
-                let (fields, _) = parse_headers(&content);
-                let hit = fields
-                    .iter()
-                    .filter(|f| f.name.eq_ignore_ascii_case(name))
-                    .nth(*index as usize);
-                match hit {
-                    // Keep the field's own spelling of its name.
-                    Some(f) => {
-                        let line = header_field(&f.name, value);
-                        content.splice(f.range.clone(), line.into_bytes());
-                    }
-                    None => prepend.push_str(&header_field(name, value)),
+            HeaderAction::Change { name, index, value } => match nth(name).get(*index as usize) {
+                // Keep the field's own spelling of its name.
+                Some(f) => {
+                    let line = header_field(&f.name, value);
+                    edits.insert(f.range.start, (f.range.clone(), Some(line)));
                 }
-            }
+                None => prepend.push_str(&header_field(name, value)),
+            },
             HeaderAction::Remove { name, index } => {
-                let (fields, _) = parse_headers(&content);
-                let ranges: Vec<Range<usize>> = fields
-                    .iter()
-                    .filter(|f| f.name.eq_ignore_ascii_case(name))
-                    .enumerate()
-                    .filter(|(i, _)| index.is_none_or(|n| *i == n as usize))
-                    .map(|(_, f)| f.range.clone())
-                    .collect();
-                for range in ranges.into_iter().rev() {
-                    content.drain(range);
+                for (i, f) in nth(name).into_iter().enumerate() {
+                    if index.is_none_or(|n| i == n as usize) {
+                        edits.insert(f.range.start, (f.range.clone(), None));
+                    }
                 }
             }
         }
+    }
+    // Last field first, so that earlier ranges stay valid.
+    for (range, line) in edits.into_values().rev() {
+        content.splice(range, line.map(String::into_bytes).unwrap_or_default());
     }
     content
 }
@@ -420,5 +424,33 @@ mod tests {
             out,
             b"Subject: hello\r\n world\r\nX-A: 2\r\n\r\nbody X-A: 3\r\n"
         );
+        // Indexes are the plugins' view: removing X-A[0] does not make
+        // X-A[1] the first; the later of two actions on one field wins.
+        let out = apply_actions(
+            MSG.to_vec(),
+            &mut prepend,
+            &[
+                HeaderAction::Remove {
+                    name: "X-A".into(),
+                    index: Some(0),
+                },
+                HeaderAction::Change {
+                    name: "X-A".into(),
+                    index: 1,
+                    value: "second".into(),
+                },
+                HeaderAction::Change {
+                    name: "Subject".into(),
+                    index: 0,
+                    value: "first".into(),
+                },
+                HeaderAction::Change {
+                    name: "Subject".into(),
+                    index: 0,
+                    value: "last".into(),
+                },
+            ],
+        );
+        assert_eq!(out, b"Subject: last\r\nX-A: second\r\n\r\nbody X-A: 3\r\n");
     }
 }
