@@ -107,8 +107,7 @@ impl Dns {
     /// `Err` a temporary failure (timeout, SERVFAIL). Names are taken in
     /// their ASCII (punycode) form, and only if they are valid host names.
     async fn lookup_ptr(&self, ip: IpAddr) -> Result<Option<String>, TempFail> {
-        let absent =
-            |e: &hickory_resolver::ResolveError| e.is_no_records_found() || e.is_nx_domain();
+        let absent = answered_none;
         let budget = self.timeout * 2;
         let work = async {
             let names = match self.resolver.reverse_lookup(ip).await {
@@ -153,6 +152,22 @@ impl Dns {
     }
 }
 
+/// True if the server answered that there is no such record (NXDOMAIN,
+/// or NOERROR without one). hickory reports SERVFAIL, REFUSED and the like
+/// as "no records found" too, with their response code: those are
+/// failures, to be asked again, not answers.
+fn answered_none(e: &hickory_resolver::ResolveError) -> bool {
+    use hickory_resolver::proto::ProtoErrorKind;
+    use hickory_resolver::proto::op::ResponseCode;
+    matches!(
+        e.proto().map(|p| p.kind()),
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NoError | ResponseCode::NXDomain,
+            ..
+        })
+    )
+}
+
 /// A DNS lookup that failed for now (not "no such record").
 #[derive(Debug)]
 struct TempFail;
@@ -184,7 +199,33 @@ pub fn valid_hostname(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_hostname;
+    use super::{answered_none, valid_hostname};
+    use hickory_resolver::ResolveError;
+    use hickory_resolver::proto::op::{Query, ResponseCode};
+    use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
+
+    fn no_records(response_code: ResponseCode) -> ResolveError {
+        ResolveError::from(ProtoError::from(ProtoErrorKind::NoRecordsFound {
+            query: Box::new(Query::new()),
+            soa: None,
+            ns: None,
+            negative_ttl: None,
+            response_code,
+            trusted: true,
+            authorities: None,
+        }))
+    }
+
+    #[test]
+    fn only_answers_are_absence_failures_are_not() {
+        assert!(answered_none(&no_records(ResponseCode::NXDomain)));
+        assert!(answered_none(&no_records(ResponseCode::NoError)));
+        assert!(!answered_none(&no_records(ResponseCode::ServFail)));
+        assert!(!answered_none(&no_records(ResponseCode::Refused)));
+        assert!(!answered_none(&ResolveError::from(ProtoError::from(
+            ProtoErrorKind::Timeout
+        ))));
+    }
 
     #[test]
     fn host_names_as_postfix_accepts_them() {
