@@ -91,12 +91,20 @@ fn unfold(rest: &[u8]) -> String {
             if line.is_empty() {
                 continue;
             }
-            value.push(' ');
+            if !value.is_empty() {
+                value.push(' ');
+            }
         }
         value.push_str(&String::from_utf8_lossy(line));
     }
     value
 }
+
+/// Fields only the host writes: incoming ones are removed
+/// ([`remove_fields`]) and plugins may not add, change or remove them.
+/// `Return-Path` is added at delivery; a score field from outside must not
+/// pass for Postern's.
+pub const HOST_ONLY_FIELDS: [&str; 2] = ["Return-Path", "X-Postern-Score"];
 
 /// Removes every field of the header section named one of `names`
 /// (case-insensitively); returns how many went.
@@ -230,7 +238,9 @@ pub fn header_field(name: &str, value: &str) -> String {
     out.push(':');
     let mut line = out.len();
     for (i, word) in value.split(' ').enumerate() {
-        if i > 0 && line + 1 + word.len() > 78 && line > 1 {
+        // Fold only before a word: a fold at an empty word (a run of
+        // blanks) could leave a line of only blanks.
+        if i > 0 && !word.is_empty() && line + 1 + word.len() > 78 && line > 1 {
             out.push_str("\r\n");
             line = 0;
         }
@@ -303,6 +313,9 @@ mod tests {
         assert_eq!(fields.len(), 1);
         assert_eq!(body, 13);
         assert_eq!(missing_separator(msg), Some(13));
+        // A value that starts on a continuation line has no leading blank.
+        let (fields, _) = parse_headers(b"Subject:\r\n  hi\r\n there\r\n\r\nb");
+        assert_eq!(fields[0].value, "hi there");
         // The obsolete blank before the colon is still a field.
         let (fields, _) = parse_headers(b"Subject : hi\r\n there\r\n\r\nb");
         assert_eq!(
@@ -363,9 +376,21 @@ mod tests {
         let run = "x".repeat(200);
         assert_eq!(header_field("X-R", &run), format!("X-R: {run}\r\n"));
         assert_eq!(header_field("X-C", "a\r\nb\0c\td"), "X-C: a  b c\td\r\n");
-        // Trailing blanks never fold into a line of only blanks.
+        // Blanks, trailing or in runs (control characters become blanks),
+        // never fold into a line of only blanks.
         let f = header_field("Subject", &format!("{} ", "y".repeat(70)));
         assert!(!f.contains("\r\n \r\n") && f.ends_with("y\r\n"), "{f:?}");
+        for v in [
+            format!("a{}b", " ".repeat(200)),
+            format!("a{}b", "\r\n".repeat(80)),
+        ] {
+            let f = header_field("X-A", &v);
+            assert!(
+                f.split("\r\n")
+                    .all(|l| l.is_empty() || !l.trim().is_empty()),
+                "{f:?}"
+            );
+        }
     }
     use super::*;
 

@@ -189,13 +189,21 @@ impl Outcome {
                     value.len()
                 ));
             }
-            if valid_header_name(action.name()) {
-                actions.push(action);
-            } else {
+            if !valid_header_name(action.name()) {
                 tracing::warn!(
                     "plugin {entry}: ignoring header action with invalid name {:?}",
                     action.name()
                 );
+            } else if crate::message::HOST_ONLY_FIELDS
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(action.name()))
+            {
+                tracing::warn!(
+                    "plugin {entry}: ignoring header action on {}, which only the host writes",
+                    action.name()
+                );
+            } else {
+                actions.push(action);
             }
         }
         Ok(Outcome {
@@ -259,6 +267,15 @@ mod tests {
                         name: "X-Good".into(),
                         value: "v".into(),
                     }),
+                    // Only the host writes these.
+                    wit::Action::AddHeader(wit::Header {
+                        name: "return-path".into(),
+                        value: "<x@y>".into(),
+                    }),
+                    wit::Action::AddHeader(wit::Header {
+                        name: "X-Postern-Score".into(),
+                        value: "-50".into(),
+                    }),
                 ],
             },
             &entry,
@@ -266,6 +283,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.scores.len(), 1);
         assert_eq!(o.actions.len(), 1);
+        assert_eq!(o.actions[0].name(), "X-Good");
     }
 
     fn add(name: &str, value: String) -> wit::Action {

@@ -18,7 +18,9 @@ use tokio::net::TcpStream;
 use super::Shared;
 use super::generation::Generation;
 use super::trace::{TraceInfo, missing_headers, received};
-use crate::message::{HeaderAction, apply_actions, header_field, missing_separator, remove_fields};
+use crate::message::{
+    HOST_ONLY_FIELDS, HeaderAction, apply_actions, header_field, missing_separator, remove_fields,
+};
 use crate::plugin::{
     Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
     StageResult, Verdict, scoring,
@@ -163,7 +165,7 @@ impl Connection {
         };
         // An IPv4 client of a dual-stack listener is an IPv4 client
         // (`::ffff:192.0.2.1` is 192.0.2.1): for its PTR, logs, Received:
-        // and plugins alike.
+        // and plugins alike (the accept loop passes it so already).
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let cfg = lgen.session.clone();
         let ptr = shared.dns.verified_ptr(peer.ip()).await;
@@ -1251,7 +1253,7 @@ impl Connection {
         // Fields only Postern may write: Return-Path is added at delivery
         // (Postfix drops incoming ones too), and a score header from
         // outside must not pass for ours with filters that trust it.
-        let dropped = remove_fields(&mut content, &["Return-Path", "X-Postern-Score"]);
+        let dropped = remove_fields(&mut content, &HOST_ONLY_FIELDS);
         if dropped > 0 {
             tracing::info!(
                 "{id}: removed {dropped} Return-Path/X-Postern-Score field(s) sent by the client"

@@ -640,6 +640,8 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
             }
         };
         let _ = stream.set_nodelay(true);
+        // ::ffff:192.0.2.1 is 192.0.2.1, for the limits and everything else.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let current = shared.generation.load_full();
         let smtp = &current.config.smtp;
         match shared
