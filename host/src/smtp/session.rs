@@ -276,6 +276,20 @@ impl<R> Session<R> {
             // The caller must not parse commands while content is expected.
             return Step::Close(r(421, 4, 3, 0, "Internal error: command during content"));
         }
+        // tls = "encrypt" (Postfix's level encrypt): before STARTTLS only
+        // EHLO, HELO, STARTTLS, NOOP, RSET and QUIT. MAIL and AUTH give the
+        // same answer themselves; BDAT is left to its own path, which
+        // reads and drops its chunk (a 530 here would leave the chunk to be
+        // read as commands).
+        if self.cfg.tls_required
+            && !self.tls_active
+            && matches!(
+                cmd,
+                Command::Rcpt(_) | Command::Data | Command::Vrfy(_) | Command::Expn | Command::Help
+            )
+        {
+            return self.fail(r(530, 5, 7, 0, "Must issue a STARTTLS command first"));
+        }
         match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
@@ -433,6 +447,17 @@ pub(crate) mod tests {
         let _ = cmd(&mut s, "EHLO client.test");
         let step = cmd(&mut s, "AUTH PLAIN");
         assert!(matches!(&step, Step::Reply(r) if r.code == 530), "{step:?}");
+        // Nor anything else but EHLO, HELO, STARTTLS, NOOP, RSET, QUIT.
+        for line in [
+            "HELP",
+            "VRFY alice",
+            "EXPN list",
+            "RCPT TO:<a@b.test>",
+            "DATA",
+        ] {
+            assert_eq!(code(&cmd(&mut s, line)), 530, "{line}");
+        }
+        assert_eq!(code(&cmd(&mut s, "NOOP")), 250);
         // tls = "may" with auth_only_with_tls: the RFC 4954 reply.
         let mut s = session(cfg(false, true));
         let _ = cmd(&mut s, "EHLO client.test");
