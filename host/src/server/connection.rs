@@ -522,7 +522,6 @@ impl Connection {
                 }
                 Step::Commit => {
                     let result = self.commit().await;
-                    self.receiver.reset_bdat();
                     self.end_transaction();
                     self.session.commit_done(result)
                 }
@@ -815,7 +814,6 @@ impl Connection {
         self.in_transaction = true;
         let id = new_queue_id();
         self.body = self.new_body();
-        self.receiver.reset_bdat();
         tracing::debug!("{id}: client={}, from=<{from}>", self.client);
         if let Some(user) = self.session.auth_user.clone()
             && !self.owns_sender(&user, &from)

@@ -64,7 +64,7 @@ pub struct Body {
     /// A bare CR or LF was seen (only recorded for BDAT).
     pub bare_newline: bool,
     /// The content so far ends with a CR (BDAT: bare unless the next chunk
-    /// starts with LF).
+    /// starts with LF; checked across chunks).
     pub trailing_cr: bool,
     /// The shared in-memory budget ran out: content was dropped, the
     /// message must be refused with a 4xx.
@@ -178,7 +178,7 @@ enum DataState {
 enum Mode {
     Command,
     Data(DataState),
-    Bdat { remaining: u64, prev_cr: bool },
+    Bdat { remaining: u64 },
 }
 
 /// The sans-IO input side of an SMTP session.
@@ -188,8 +188,6 @@ pub struct Receiver {
     max_line: usize,
     /// A too-long line is being skipped up to its LF.
     skipping: bool,
-    /// The previous BDAT chunk ended in CR (checked across chunks).
-    bdat_prev_cr: bool,
 }
 
 impl Receiver {
@@ -199,7 +197,6 @@ impl Receiver {
             mode: Mode::Command,
             max_line,
             skipping: false,
-            bdat_prev_cr: false,
         }
     }
 
@@ -210,15 +207,7 @@ impl Receiver {
 
     /// Switches to BDAT mode for a chunk of `size` octets.
     pub fn start_bdat(&mut self, size: u64) {
-        self.mode = Mode::Bdat {
-            remaining: size,
-            prev_cr: self.bdat_prev_cr,
-        };
-    }
-
-    /// Forgets BDAT state between messages.
-    pub fn reset_bdat(&mut self) {
-        self.bdat_prev_cr = false;
+        self.mode = Mode::Bdat { remaining: size };
     }
 
     /// True while message content (DATA or BDAT) is being received.
@@ -233,7 +222,7 @@ impl Receiver {
         match self.mode {
             Mode::Command => self.next_line(buf),
             Mode::Data(state) => self.data(buf, body, state),
-            Mode::Bdat { remaining, prev_cr } => self.bdat(buf, body, remaining, prev_cr),
+            Mode::Bdat { remaining } => self.bdat(buf, body, remaining),
         }
     }
 
@@ -337,17 +326,12 @@ impl Receiver {
         event
     }
 
-    fn bdat(
-        &mut self,
-        buf: &mut BytesMut,
-        body: &mut Body,
-        remaining: u64,
-        mut prev_cr: bool,
-    ) -> Option<Event> {
+    /// A BDAT chunk's bytes. Whether the content so far ends in CR lives
+    /// in the body (a new one per transaction), so a CR at a chunk's end
+    /// is checked against the next chunk's first byte.
+    fn bdat(&mut self, buf: &mut BytesMut, body: &mut Body, remaining: u64) -> Option<Event> {
         if remaining == 0 {
             self.mode = Mode::Command;
-            self.bdat_prev_cr = prev_cr;
-            body.trailing_cr = prev_cr;
             return Some(Event::ChunkEnd);
         }
         if buf.is_empty() {
@@ -355,21 +339,21 @@ impl Receiver {
         }
         let take = remaining.min(buf.len() as u64) as usize;
         let chunk = buf.split_to(take);
+        let mut prev_cr = body.trailing_cr;
         for &b in chunk.iter() {
             if prev_cr && b != b'\n' || !prev_cr && b == b'\n' {
                 body.bare_newline = true;
             }
             prev_cr = b == b'\r';
         }
+        body.trailing_cr = prev_cr;
         body.push(&chunk);
         let remaining = remaining - take as u64;
         if remaining == 0 {
             self.mode = Mode::Command;
-            self.bdat_prev_cr = prev_cr;
-            body.trailing_cr = prev_cr;
             Some(Event::ChunkEnd)
         } else {
-            self.mode = Mode::Bdat { remaining, prev_cr };
+            self.mode = Mode::Bdat { remaining };
             None
         }
     }
