@@ -107,12 +107,11 @@ impl Dns {
     /// `Err` a temporary failure (timeout, SERVFAIL). Names are taken in
     /// their ASCII (punycode) form, and only if they are valid host names.
     async fn lookup_ptr(&self, ip: IpAddr) -> Result<Option<String>, TempFail> {
-        let absent = answered_none;
         let budget = self.timeout * 2;
         let work = async {
             let names = match self.resolver.reverse_lookup(ip).await {
                 Ok(names) => names,
-                Err(e) if absent(&e) => return Ok(None),
+                Err(e) if answered_none(&e) => return Ok(None),
                 Err(_) => return Err(TempFail),
             };
             let mut failed = false;
@@ -140,7 +139,7 @@ impl Dns {
                 match back {
                     Ok(true) => return Ok(Some(host.to_string())),
                     Ok(false) => {}
-                    Err(e) if absent(&e) => {}
+                    Err(e) if answered_none(&e) => {}
                     Err(_) => failed = true,
                 }
             }

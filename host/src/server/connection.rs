@@ -152,7 +152,10 @@ fn loggable(line: &[u8]) -> String {
 }
 
 impl Connection {
-    /// Runs the session until QUIT, error, timeout or shutdown.
+    /// Runs the session until QUIT, error, timeout or shutdown. `peer` is
+    /// canonical: the accept loop makes an IPv4 client of a dual-stack
+    /// socket (`::ffff:192.0.2.1`) the IPv4 client it is, for the limits,
+    /// its PTR, logs, Received: and plugins alike.
     pub async fn serve(
         stream: TcpStream,
         peer: SocketAddr,
@@ -163,10 +166,6 @@ impl Connection {
         let Some(lgen) = generation.listener(listener) else {
             return;
         };
-        // An IPv4 client of a dual-stack listener is an IPv4 client
-        // (`::ffff:192.0.2.1` is 192.0.2.1): for its PTR, logs, Received:
-        // and plugins alike (the accept loop passes it so already).
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let cfg = lgen.session.clone();
         let ptr = shared.dns.verified_ptr(peer.ip()).await;
         let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
@@ -186,8 +185,6 @@ impl Connection {
         let info = Arc::new(SessionInfo {
             id: new_queue_id(),
             listener: lgen.name.clone(),
-            // An IPv4 client on a dual-stack listener arrives as
-            // ::ffff:a.b.c.d; plugins match it as the IPv4 address it is.
             client_ip: peer.ip().to_string(),
             client_port: peer.port(),
             client_ptr: ptr.clone(),

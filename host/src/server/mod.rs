@@ -316,7 +316,8 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
     let spool = &cfg.server.spool_dir;
     create_dir_durable(spool, 0o700, 0o755)
         .with_context(|| format!("cannot create {}", spool.display()))?;
-    // Again, now that the path resolves (`/var/spool/new/..` did not).
+    // Again, now that the path exists and resolves (through any links in
+    // it): the chown below is recursive.
     refuse_system_spool(cfg, &account)?;
     privileges::chown(spool, &account, true)?;
     // The Maildir template's fixed part ("var/mail/" of
@@ -423,7 +424,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("listener[{i}]: cannot listen on {}", l.address))?;
         sockets.push((i, l.address, sock));
     }
-    let configured_keys = config.tls.certificate.is_some() && config.tls.key.is_some();
+    let configured_keys = config.tls.default_pair().is_some();
     let early_tls = if configured_keys {
         Tls::from_config(&config).context("TLS set-up failed")?
     } else {
@@ -640,7 +641,8 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
             }
         };
         let _ = stream.set_nodelay(true);
-        // ::ffff:192.0.2.1 is 192.0.2.1, for the limits and everything else.
+        // ::ffff:192.0.2.1 is 192.0.2.1, for the limits and everything
+        // after them (Connection::serve relies on it).
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let current = shared.generation.load_full();
         let smtp = &current.config.smtp;
