@@ -168,7 +168,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
     // The daemon reads the certificates as root when a default one is
     // configured, and as the account otherwise; check does the same (and
     // never makes the self-signed certificate a start would).
-    let as_root = config.tls.certificate.is_some() && config.tls.key.is_some();
+    let as_root = config.tls.default_pair().is_some();
     if as_root {
         crate::tls::Tls::check_files(&config).context("TLS set-up failed")?;
     }

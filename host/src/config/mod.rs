@@ -455,6 +455,15 @@ impl Default for Tls {
     }
 }
 
+impl Tls {
+    /// The default certificate and its key, when configured (both or
+    /// neither: a config with one alone is refused). Without them a start
+    /// makes a self-signed certificate.
+    pub fn default_pair(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.certificate.as_ref().zip(self.key.as_ref())
+    }
+}
+
 /// `[[tls.sni]]`: a certificate for some server names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -632,6 +641,11 @@ impl Default for Queue {
 }
 
 impl Config {
+    /// True if any listener speaks TLS (STARTTLS or implicit).
+    pub fn uses_tls(&self) -> bool {
+        self.listeners.iter().any(|l| l.tls != TlsMode::None)
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -179,8 +179,7 @@ pub struct Certificates {
 impl Tls {
     /// Sets up TLS if any listener uses it; `None` otherwise.
     pub fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Tls>>> {
-        use crate::config::TlsMode;
-        if config.listeners.iter().all(|l| l.tls == TlsMode::None) {
+        if !config.uses_tls() {
             return Ok(None);
         }
         let sources = sources(config)?;
@@ -207,8 +206,7 @@ impl Tls {
     /// Reads and checks every certificate and key the config names, as a
     /// start would, but makes no self-signed one (`postern check`).
     pub fn check_files(config: &Config) -> anyhow::Result<()> {
-        use crate::config::TlsMode;
-        if config.listeners.iter().all(|l| l.tls == TlsMode::None) {
+        if !config.uses_tls() {
             return Ok(());
         }
         for source in configured(config) {
@@ -264,7 +262,7 @@ impl Tls {
 fn configured(config: &Config) -> Vec<CertSource> {
     let t = &config.tls;
     let mut sources = Vec::new();
-    if let (Some(cert), Some(key)) = (&t.certificate, &t.key) {
+    if let Some((cert, key)) = t.default_pair() {
         sources.push(CertSource {
             cert: cert.clone(),
             key: key.clone(),
@@ -285,7 +283,7 @@ fn configured(config: &Config) -> Vec<CertSource> {
 /// default made (once) when none is configured.
 fn sources(config: &Config) -> anyhow::Result<Vec<CertSource>> {
     let mut sources = configured(config);
-    if config.tls.certificate.is_none() || config.tls.key.is_none() {
+    if config.tls.default_pair().is_none() {
         let dir = config.server.spool_dir.join("tls");
         sources.insert(0, self_signed(&dir, &config.server.hostname)?);
     }
