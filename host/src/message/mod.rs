@@ -130,7 +130,12 @@ pub fn remove_fields(content: &mut Vec<u8>, names: &[&str]) -> usize {
 fn field_colon(text: &[u8]) -> Option<usize> {
     let colon = memchr::memchr(b':', text)?;
     let name = text[..colon].trim_ascii_end();
-    (!name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))).then_some(colon)
+    (!name.is_empty() && name.iter().all(|&b| ftext(b))).then_some(colon)
+}
+
+/// A byte of a field name (RFC 5322 ftext): printable ASCII but `:`.
+fn ftext(b: u8) -> bool {
+    (33..=126).contains(&b) && b != b':'
 }
 
 /// Where a body starts that no empty line separates from the header
@@ -140,7 +145,7 @@ fn field_colon(text: &[u8]) -> Option<usize> {
 /// (Postern's own trace fields are prepended to the content). `None`
 /// when the message is well formed, or has no body.
 pub fn missing_separator(content: &[u8]) -> Option<usize> {
-    let (_, body) = parse_headers(content);
+    let body = scan_headers(content, |_, _| {});
     if body >= content.len() {
         return None;
     }
@@ -210,9 +215,7 @@ impl HeaderAction {
 /// True if `name` is a valid header field name (RFC 5322 ftext), of a
 /// length that leaves room for a value on its line.
 pub fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 76
-        && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+    !name.is_empty() && name.len() <= 76 && name.bytes().all(ftext)
 }
 
 /// Makes a value safe to put in a header field or a log line: control
