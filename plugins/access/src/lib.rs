@@ -172,12 +172,12 @@ fn check(session: &Session, envelope: Option<&Envelope>, recipient: Option<&str>
     if rules.has_client() {
         let ip = session.client_ip();
         let ptr = session.client_ptr();
-        let name = ptr.as_deref().unwrap_or("unknown");
-        found(
-            rules.client(&ip, ptr.as_deref()),
-            &format!("{name}[{ip}]"),
-            "Client host",
-        );
+        let f = rules.client(&ip, ptr.as_deref());
+        if !f.is_empty() {
+            // Built only on a hit: this runs on every call.
+            let name = ptr.as_deref().unwrap_or("unknown");
+            found(f, &format!("{name}[{ip}]"), "Client host");
+        }
     }
     if rules.has_helo()
         && let Some(helo) = session.helo()

@@ -268,6 +268,11 @@ pub struct Found<'a> {
 }
 
 impl<'a> Found<'a> {
+    /// True if neither table had an entry.
+    pub fn is_empty(self) -> bool {
+        self.exact.is_none() && self.regexp.is_none()
+    }
+
     /// The actions found, exact table first.
     pub fn actions(self) -> impl Iterator<Item = &'a Action> {
         self.exact.into_iter().chain(self.regexp)
