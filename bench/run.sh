@@ -247,11 +247,6 @@ if [ "${BENCH_SETTLE:-1}" = 1 ] && ! [ -w /proc/sys/vm/drop_caches ]; then
   echo "bench: cannot write /proc/sys/vm/drop_caches (root needed; BENCH_SETTLE=0 skips settling)" >&2
   exit 1
 fi
-BASELINE_HOME=
-if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
-  BASELINE_HOME=$(getent passwd testuser | cut -d: -f6) || true
-  [ -n "$BASELINE_HOME" ] || { echo "bench: user testuser missing: $PEERS/install.sh" >&2; exit 1; }
-fi
 echo "bench: $S sessions, $M messages of $L bytes; $(nproc) cpus; disk: $(disk_probe) single-thread fsync/s"
 WORKROOT=$(mktemp -d "${BENCH_DIR:-/tmp}/postern-bench.XXXXXX")
 cleanup() {
@@ -263,7 +258,14 @@ cleanup() {
 }
 trap cleanup EXIT
 "$PEERS/start.sh" dns >/dev/null
-"$PEERS/postfix-baseline/setup.sh" >/dev/null
+# The baseline's setup creates its local user testuser on a fresh machine:
+# look the user up only after it ran.
+BASELINE_HOME=
+if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
+  "$PEERS/postfix-baseline/setup.sh" >/dev/null
+  BASELINE_HOME=$(getent passwd testuser | cut -d: -f6) || true
+  [ -n "$BASELINE_HOME" ] || { echo "bench: the baseline's setup did not create user testuser" >&2; exit 1; }
+fi
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
