@@ -1,5 +1,5 @@
 """Text from clients, end to end: header edits on messages built to be
-worst cases."""
+worst cases, mail loops (`Received:` hop count)."""
 
 import smtplib
 import threading
@@ -116,3 +116,32 @@ def test_worst_case_header_edits_never_hold_up_another_client(daemon_factory, pa
     else:
         assert head.count(b"X-Repeat: rewritten ") == 64
         assert head.count(b"X-Repeat: v\r\n") == 150_000 - 64
+
+
+def hops(n):
+    return "".join(
+        f"Received: from hop{i}.example.org by hop{i + 1}.example.org; Sat, 28 Nov 2026 12:00:00 +0000\r\n"
+        for i in range(n)
+    )
+
+
+@pytest.mark.parametrize("limit", [None, 5])
+def test_too_many_received_fields_is_a_mail_loop(daemon_factory, limit):
+    # Postfix hopcount_limit (default 50): more Received: fields than that
+    # is refused at the end of DATA, with a log line.
+    d = daemon_factory(smtp="" if limit is None else f"hopcount_limit = {limit}")
+    n = limit or 50
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        s.rcpt("alice@example.test")
+        code, resp = s.data(message(subject="loop", extra_headers=hops(n + 1)))
+        assert (code, resp[:5]) == (554, b"5.4.6"), (code, resp)
+        # The session goes on, and a message within the limit passes;
+        # Received: fields in the body are no hops.
+        s.mail("a@example.org")
+        s.rcpt("alice@example.test")
+        assert s.data(message(subject="ok", extra_headers=hops(n), body=hops(9)))[0] == 250
+    d.wait_log_re(rf"reject: END-OF-MESSAGE from .*554 5\.4\.6 .*hopcount exceeded: {n + 1} Received: fields, hopcount_limit {n}")
+    files = d.wait_mail("alice")
+    assert len(files) == 1 and b"Subject: ok" in files[0].read_bytes()

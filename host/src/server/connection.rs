@@ -1185,14 +1185,28 @@ impl Connection {
         // The content's share of the in-memory budget is given back when
         // this returns: the message is on disk (or refused) by then.
         let (content, _charge) = self.body.take();
-        // What the header section holds, in one scan (off the async workers
-        // for a large message).
+        // The header checks of the end of DATA, in one scan (off the async
+        // workers for a large message), before any plugin spends time on
+        // the message.
         let (mut content, found) = offload::by_size(content, |c| {
             let found = message::inspect(&c);
             (c, found)
         })
         .await
         .map_err(|e| self.internal_error(&id, "header scan", &e))?;
+        let hopcount_limit = self.generation.config.smtp.hopcount_limit;
+        if found.received > hopcount_limit {
+            // Postfix cleanup: "message rejected: hopcount exceeded".
+            let reply = r(554, 5, 4, 6, "Error: too many hops");
+            tracing::warn!(
+                "{id}: reject: END-OF-MESSAGE from {}: {}; hopcount exceeded: {} Received: fields, hopcount_limit {hopcount_limit}; from=<{}>",
+                self.client,
+                reply.summary(),
+                found.received,
+                tx.from
+            );
+            return Err(reply);
+        }
         if self.plugins.has(Stage::Data) {
             let envelope = self.plugin_envelope();
             let shared = std::sync::Arc::new(content);
