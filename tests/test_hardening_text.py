@@ -1,5 +1,5 @@
 """Text from clients, end to end: header edits on messages built to be
-worst cases, mail loops (`Received:` hop count)."""
+worst cases, mail loops (`Received:` hop count, `Delivered-To:`)."""
 
 import smtplib
 import threading
@@ -145,3 +145,25 @@ def test_too_many_received_fields_is_a_mail_loop(daemon_factory, limit):
     d.wait_log_re(rf"reject: END-OF-MESSAGE from .*554 5\.4\.6 .*hopcount exceeded: {n + 1} Received: fields, hopcount_limit {n}")
     files = d.wait_mail("alice")
     assert len(files) == 1 and b"Subject: ok" in files[0].read_bytes()
+
+
+def test_delivered_to_naming_the_recipient_is_a_mail_loop(daemon):
+    # Postfix local(8): a message that already went through this mailbox
+    # (a Delivered-To: field names it) is not delivered to it again:
+    # deferred, with a log line; other recipients get it.
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        s.rcpt("alice@example.test")
+        s.rcpt("bob@example.test")
+        s.rcpt("alice+news@example.test")
+        extra = "Delivered-To: ALICE@Example.Test\r\nDelivered-To:\r\n alice+News@example.test\r\n"
+        assert s.data(message(subject="looped", extra_headers=extra, body="Delivered-To: bob@example.test\r\n"))[0] == 250
+    daemon.wait_log_re(r"to=<alice@example\.test>, .*status=deferred \(mail forwarding loop for alice@example\.test\)")
+    daemon.wait_log_re(r"to=<alice\+news@example\.test>, .*status=deferred \(mail forwarding loop for alice\+news@example\.test\)")
+    files = daemon.wait_mail("bob")
+    assert b"Subject: looped" in files[0].read_bytes()
+    # Retried (retry_initial is 1s here): deferred again, never delivered.
+    time.sleep(2.5)
+    assert daemon.new_mail("alice") == []
+    assert daemon.log_text().count("mail forwarding loop for alice@example.test") >= 2
