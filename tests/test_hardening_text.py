@@ -1,13 +1,78 @@
-"""Text from clients, end to end: header edits on messages built to be
-worst cases, mail loops (`Received:` hop count, `Delivered-To:`)."""
+"""Text from clients, end to end: addresses whose case mapping changes
+their length, header edits on messages built to be worst cases, mail loops
+(`Received:` hop count, `Delivered-To:`)."""
 
 import smtplib
+import socket
 import threading
 import time
 
 import pytest
 
 from conftest import message, plugin_path
+
+
+def chat(port, lines, source="127.0.0.1", timeout=10.0):
+    """Sends each line (str, UTF-8) and reads its reply; returns the replies
+    (the last line of each, decoded). A closed connection ends the list."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    f = s.makefile("rb")
+    replies = []
+
+    def reply():
+        while True:
+            line = f.readline()
+            if not line:
+                return None
+            if line[3:4] != b"-":
+                return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+    try:
+        replies.append(reply())
+        for line in lines:
+            s.sendall(line.encode("utf-8") + b"\r\n")
+            r = reply()
+            replies.append(r)
+            if r is None:
+                break
+    finally:
+        f.close()
+        s.close()
+    return replies
+
+
+@pytest.mark.parametrize("tag", ["\u212a", "\u212a\u212ax", "\u0130\u0130\u0130", "a\u212a+b"])
+def test_a_tag_whose_case_mapping_changes_its_length_is_delivered(daemon, tag):
+    # U+212A KELVIN SIGN lower-cases from 3 bytes to 1, U+0130 from 2 to 3:
+    # the tag was cut at an offset measured on the lower-cased copy, and
+    # this exact sequence panicked the session.
+    r = chat(daemon.port, [
+        "EHLO client.test",
+        "MAIL FROM:<> SMTPUTF8",
+        f"RCPT TO:<alice+{tag}@example.test>",
+        "RCPT TO:<bob@example.test>",
+        "DATA",
+    ])
+    assert r[2].startswith("250"), r
+    assert r[3].startswith("250 2.1.5"), r
+    assert r[4].startswith("250 2.1.5"), r
+    assert r[5].startswith("354"), r
+    # The session goes on: the same connection would, and so does the next.
+    r = chat(daemon.port, [
+        "EHLO client.test",
+        "MAIL FROM:<> SMTPUTF8",
+        f"RCPT TO:<alice+{tag}@example.test>",
+        "DATA",
+        "Subject: kelvin\r\n\r\nbody\r\n.",
+        "RSET",
+        "QUIT",
+    ])
+    assert [x[:3] for x in r[2:]] == ["250", "250", "354", "250", "250", "221"], r
+    files = daemon.wait_mail("alice")
+    text = files[0].read_bytes().decode("utf-8")
+    assert f"Delivered-To: alice+{tag}@example.test\r\n" in text
+    daemon.wait_log(f"to=<alice+{tag}@example.test>")
+    assert "panicked" not in daemon.log_text()
 
 
 def big_message(field_line, copies, body_mb):

@@ -233,6 +233,9 @@ impl Router {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::smtp::address::parse_forward_path;

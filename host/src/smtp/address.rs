@@ -333,7 +333,7 @@ mod tests {
                 format!("<{c}@b.test>{c}"),
                 format!("<a@b.test>{c}"),
                 format!("{c}@b.test {c}"),
-                format!("{c}"),
+                c.to_string(),
                 format!("<\"{c}>\"@b.test>"),
             ] {
                 let _ = split_path(&arg, false);
