@@ -55,6 +55,10 @@
 # once, interleaved; the summary uses the medians, because a 2-core VM is
 # noisy and its disk has slow and fast phases.
 #
+# BENCH_EDITS=0 skips the first figures: what the header work at the end
+# of DATA costs for a message at max_message_size, in ms per edit path, each
+# on its worst case (host/benches/header_edits.rs, run through cargo bench).
+#
 # Needs root, the peers kit installed, and target/release/postern built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -248,6 +252,10 @@ if [ "${BENCH_SETTLE:-1}" = 1 ] && ! [ -w /proc/sys/vm/drop_caches ]; then
   exit 1
 fi
 echo "bench: $S sessions, $M messages of $L bytes; $(nproc) cpus; disk: $(disk_probe) single-thread fsync/s"
+if [ "${BENCH_EDITS:-1}" = 1 ]; then
+  (cargo bench --locked -p postern --bench header_edits 2>/dev/null || echo "bench: header_edits failed" >&2) |
+    grep '^header-edits' || true
+fi
 WORKROOT=$(mktemp -d "${BENCH_DIR:-/tmp}/postern-bench.XXXXXX")
 cleanup() {
   if [ -f "$WORKROOT/daemon.pid" ]; then

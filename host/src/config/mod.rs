@@ -355,6 +355,9 @@ pub struct Smtp {
     pub max_connections: usize,
     /// Concurrent sessions per client IP (`smtpd_client_connection_count_limit`).
     pub max_connections_per_ip: usize,
+    /// Most `Received:` fields a message may arrive with (Postfix
+    /// `hopcount_limit`): more means a mail loop, refused with `554 5.4.6`.
+    pub hopcount_limit: usize,
 }
 
 impl Default for Smtp {
@@ -381,6 +384,7 @@ impl Default for Smtp {
             max_auth_failures_per_client: 30,
             max_connections: 1000,
             max_connections_per_ip: 50,
+            hopcount_limit: 50,
         }
     }
 }
@@ -812,6 +816,11 @@ impl Config {
         if s.max_errors < 1 {
             bad("smtp.max_errors", "must be at least 1".into());
         }
+        // Every message carries at least the Received: field of the MTA
+        // that relays it: 0 would refuse all relayed mail.
+        if s.hopcount_limit < 1 {
+            bad("smtp.hopcount_limit", "must be at least 1".into());
+        }
         if s.max_connections < 1 || s.max_connections_per_ip < 1 {
             bad(
                 "smtp.max_connections",
@@ -1082,6 +1091,19 @@ abuse = "alice"
             err.contains("auth[1].name: \"local\" is defined twice"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hopcount_limit_defaults_to_postfix_and_refuses_zero() {
+        assert_eq!(load(MINIMAL).unwrap().smtp.hopcount_limit, 50);
+        let with = |v: &str| format!("{MINIMAL}\n[smtp]\nhopcount_limit = {v}\n");
+        assert_eq!(load(&with("100")).unwrap().smtp.hopcount_limit, 100);
+        let err = load(&with("0")).unwrap_err().to_string();
+        assert!(
+            err.contains("smtp.hopcount_limit: must be at least 1"),
+            "{err}"
+        );
+        assert!(load(&with("-1")).is_err());
     }
 
     #[test]

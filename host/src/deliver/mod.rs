@@ -249,12 +249,35 @@ pub fn deliver_pending(
     let delimiter = router.delimiter();
     let return_path = format!("Return-Path: <{}>\r\n", env.sender);
     let mut deferred: Option<String> = None;
+    let pending = env
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !done.contains(i));
+    let looped = delivered_before(
+        &[env.prepend.as_bytes(), content],
+        pending
+            .filter(|(_, r)| matches!(r.destination, Destination::Local { .. }))
+            .map(|(_, r)| r.destination.address(delimiter)),
+    );
     for (i, rcpt) in env.recipients.iter().enumerate() {
         if done.contains(&i) {
             continue;
         }
         let to = rcpt.destination.address(delimiter);
         match &rcpt.destination {
+            Destination::Local { .. } if looped.contains(&to.to_lowercase()) => {
+                // Postfix local(8): the message already went through this
+                // mailbox, so delivering it again would go round for ever.
+                // Deferred (bounced once bounces exist), never delivered.
+                let why = format!("mail forwarding loop for {to}");
+                tracing::warn!(
+                    "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred ({why})",
+                    rcpt.original,
+                    delay_since(env.arrival)
+                );
+                deferred = Some(why);
+            }
             Destination::Local { user, tag, .. } => {
                 if !router.has_user(user) {
                     tracing::warn!(
@@ -309,6 +332,33 @@ pub fn deliver_pending(
         }
     }
     deferred
+}
+
+/// Which of `addresses` a `Delivered-To:` field of the message names
+/// (ASCII case-insensitively, in lower case), in one scan of the header
+/// section (`parts`: the host's prepended fields, then the content). Only
+/// the matches are kept: memory is bounded by the recipients, time is
+/// linear in the header section, whatever the number of fields.
+pub fn delivered_before(
+    parts: &[&[u8]],
+    addresses: impl Iterator<Item = String>,
+) -> HashSet<String> {
+    let wanted: HashSet<String> = addresses.map(|a| a.to_lowercase()).collect();
+    let mut found = HashSet::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    for part in parts {
+        crate::message::scan_headers(part, |name, range| {
+            if name.eq_ignore_ascii_case(b"delivered-to") {
+                let value = crate::message::field_value(part, name, range).to_lowercase();
+                if wanted.contains(&value) {
+                    found.insert(value);
+                }
+            }
+        });
+    }
+    found
 }
 
 /// One delivery attempt of one message (blocking).
@@ -378,6 +428,27 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivered_to_fields_name_the_recipients_seen_before() {
+        let prepend = b"Received: from x\r\nDelivered-To: carol@example.test\r\n";
+        let content = b"delivered-to:\r\n  Alice+Tag@Example.Test\r\nSubject: s\r\n\r\nDelivered-To: bob@example.test\r\n";
+        let found = delivered_before(
+            &[prepend, content],
+            [
+                "alice+tag@example.test",
+                "bob@example.test",
+                "carol@example.test",
+                "dave@example.test",
+            ]
+            .map(String::from)
+            .into_iter(),
+        );
+        let mut found: Vec<String> = found.into_iter().collect();
+        found.sort();
+        // Not bob: a field in the body is no field.
+        assert_eq!(found, ["alice+tag@example.test", "carol@example.test"]);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -70,6 +70,21 @@ pub struct Router {
 
 const MAX_ALIAS_DEPTH: usize = 10;
 
+/// Splits `user+tag` at the first delimiter of the local part as written
+/// (ASCII or Unicode case-insensitively, for a letter delimiter); `None`
+/// without a delimiter or with nothing before it. Both parts are cut from
+/// `local` itself, never at an offset measured on a case-mapped copy: case
+/// mapping changes UTF-8 lengths (U+212A KELVIN SIGN lower-cases from 3
+/// bytes to 1, U+0130 from 2 to 3).
+pub fn split_tag(local: &str, delimiter: char) -> Option<(&str, &str)> {
+    let (at, c) = local
+        .char_indices()
+        .find(|&(_, c)| c == delimiter || c.to_lowercase().eq(delimiter.to_lowercase()))?;
+    let (base, rest) = local.split_at_checked(at)?;
+    let tag = rest.get(c.len_utf8()..)?;
+    (!base.is_empty()).then_some((base, tag))
+}
+
 impl Router {
     /// Builds the tables from a validated config.
     pub fn new(config: &Config) -> Router {
@@ -171,16 +186,11 @@ impl Router {
         // A quoted local part names the same mailbox as its value.
         let value = local_value(local);
         let local = value.as_ref();
-        let local_lc = local.to_lowercase();
         // Try the whole local part first, then without its +tag (Postfix order).
-        let mut candidates = vec![(local_lc.clone(), inherited_tag.map(str::to_string))];
-        if let Some(d) = self.delimiter
-            && let Some((base, tag)) = local_lc.split_once(d)
-            && !base.is_empty()
-        {
-            // `local_lc` is lower case; keep the tag as the sender wrote it.
-            let tag_orig = &local[local.len() - tag.len()..];
-            candidates.push((base.to_string(), Some(tag_orig.to_string())));
+        let mut candidates = vec![(local.to_lowercase(), inherited_tag.map(str::to_string))];
+        if let Some((base, tag)) = self.delimiter.and_then(|d| split_tag(local, d)) {
+            // The tag as the sender wrote it; only the user is looked up.
+            candidates.push((base.to_lowercase(), Some(tag.to_string())));
         }
         for (name, tag) in &candidates {
             let targets = self
@@ -221,6 +231,9 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
@@ -325,6 +338,39 @@ loop2 = "loop1"
             Err(RouteError::AliasLoop)
         );
         assert_eq!(resolve(&r, "x@remote.test").unwrap(), ["x@remote.test"]);
+    }
+
+    #[test]
+    fn tags_are_cut_from_the_address_as_written() {
+        let r = router();
+        // U+212A KELVIN SIGN lower-cases from 3 bytes to 1, U+0130 from 2
+        // to 3: the tag is where the delimiter is in what the client
+        // wrote, whatever case mapping does to lengths.
+        assert_eq!(
+            resolve(&r, "alice+\u{212A}@example.test").unwrap(),
+            ["alice+\u{212A}@example.test"]
+        );
+        assert_eq!(
+            resolve(&r, "alice+\u{212A}\u{212A}x@example.test").unwrap(),
+            ["alice+\u{212A}\u{212A}x@example.test"]
+        );
+        assert_eq!(
+            resolve(&r, "\u{212A}\u{212A}+tag@example.test"),
+            Err(RouteError::UnknownUser)
+        );
+        assert_eq!(
+            resolve(&r, "alice+\u{130}\u{130}\u{130}@example.test").unwrap(),
+            ["alice+\u{130}\u{130}\u{130}@example.test"]
+        );
+        assert_eq!(
+            resolve(&r, "ALICE+News@example.test").unwrap(),
+            ["alice+News@example.test"]
+        );
+        // The first delimiter ends the user; the rest is the tag.
+        assert_eq!(
+            resolve(&r, "alice+a+b@example.test").unwrap(),
+            ["alice+a+b@example.test"]
+        );
     }
 
     #[test]

@@ -17,10 +17,9 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::generation::Generation;
+use super::offload;
 use super::trace::{TraceInfo, missing_headers, received};
-use crate::message::{
-    HOST_ONLY_FIELDS, HeaderAction, apply_actions, header_field, missing_separator, remove_fields,
-};
+use crate::message::{self, HeaderAction, header_field};
 use crate::plugin::{
     Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
     StageResult, Verdict, scoring,
@@ -1185,7 +1184,29 @@ impl Connection {
         let id = tx.id.clone();
         // The content's share of the in-memory budget is given back when
         // this returns: the message is on disk (or refused) by then.
-        let (mut content, _charge) = self.body.take();
+        let (content, _charge) = self.body.take();
+        // The header checks of the end of DATA, in one scan (off the async
+        // workers for a large message), before any plugin spends time on
+        // the message.
+        let (mut content, found) = offload::by_size(content, |c| {
+            let found = message::inspect(&c);
+            (c, found)
+        })
+        .await
+        .map_err(|e| self.internal_error(&id, "header scan", &e))?;
+        let hopcount_limit = self.generation.config.smtp.hopcount_limit;
+        if found.received > hopcount_limit {
+            // Postfix cleanup: "message rejected: hopcount exceeded".
+            let reply = r(554, 5, 4, 6, "Error: too many hops");
+            tracing::warn!(
+                "{id}: reject: END-OF-MESSAGE from {}: {}; hopcount exceeded: {} Received: fields, hopcount_limit {hopcount_limit}; from=<{}>",
+                self.client,
+                reply.summary(),
+                found.received,
+                tx.from
+            );
+            return Err(reply);
+        }
         if self.plugins.has(Stage::Data) {
             let envelope = self.plugin_envelope();
             let shared = std::sync::Arc::new(content);
@@ -1236,25 +1257,43 @@ impl Connection {
                 }
             }
         }
-        // Content that starts (or whose header section goes on) with a line
-        // that is not a header field gets its empty line: otherwise it could
-        // continue the trace fields prepended to it.
-        if let Some(at) = missing_separator(&content) {
-            content.splice(at..at, *b"\r\n");
+        // In one pass over the header section (off the async workers for a
+        // large message): fields only Postern may write go (Return-Path is
+        // added at delivery, as Postfix drops incoming ones; a score header
+        // from outside must not pass for ours with filters that trust it),
+        // plugins' changes apply, and content that starts (or whose header
+        // section goes on) with a line that is not a header field gets its
+        // empty line, or it could continue the trace fields prepended to it.
+        let actions: Vec<HeaderAction> = self
+            .session_policy
+            .actions
+            .iter()
+            .chain(self.helo_policy.actions.iter())
+            .chain(self.tx_policy.actions.iter())
+            .cloned()
+            .collect();
+        let edited = {
+            let actions = actions.clone();
+            offload::by_size(content, move |c| message::edit(c, &found, &actions))
+                .await
+                .map_err(|e| self.internal_error(&id, "header edit", &e))?
+        };
+        let content = edited.content;
+        if let Some(at) = found.missing_separator {
             tracing::info!(
                 "{id}: no empty line after the header section: inserted one at byte {at}"
             );
         }
-        // Fields only Postern may write: Return-Path is added at delivery
-        // (Postfix drops incoming ones too), and a score header from
-        // outside must not pass for ours with filters that trust it.
-        let dropped = remove_fields(&mut content, &HOST_ONLY_FIELDS);
-        if dropped > 0 {
+        if edited.host_only_removed > 0 {
             tracing::info!(
-                "{id}: removed {dropped} Return-Path/X-Postern-Score field(s) sent by the client"
+                "{id}: removed {} Return-Path/X-Postern-Score field(s) sent by the client",
+                edited.host_only_removed
             );
         }
-        let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].path.to_string());
+        let single = match tx.rcpts.as_slice() {
+            [only] => Some(only.path.to_string()),
+            _ => None,
+        };
         let hostname = &self.generation.config.server.hostname;
         let tls_comment = self.tls.as_ref().map(TlsInfo::received_comment);
         let mut prepend = received(&TraceInfo {
@@ -1282,20 +1321,17 @@ impl Connection {
                 ));
             }
         }
-        let actions: Vec<HeaderAction> = self
-            .session_policy
-            .actions
-            .iter()
-            .chain(self.helo_policy.actions.iter())
-            .chain(self.tx_policy.actions.iter())
-            .cloned()
-            .collect();
+        prepend.push_str(&edited.added);
         if !actions.is_empty() {
-            content = apply_actions(content, &mut prepend, &actions);
             let what: Vec<String> = actions.iter().map(HeaderAction::describe).collect();
             tracing::info!("{id}: header changes by plugins: {}", what.join(", "));
         }
-        prepend.push_str(&missing_headers(&content, &id, hostname));
+        prepend.push_str(&missing_headers(
+            edited.message_id,
+            edited.date,
+            &id,
+            hostname,
+        ));
         let listener = self
             .generation
             .listener(self.listener)
@@ -1359,6 +1395,16 @@ impl Connection {
             }
             Err(e) => Err(self.queue_failed(&id, &e)),
         }
+    }
+
+    /// Logs a failure of the host's own work on a message (a bug: a task
+    /// that panicked); the client gets a 4xx and retries.
+    fn internal_error(&self, id: &str, what: &str, e: &dyn std::fmt::Display) -> Reply {
+        tracing::error!(
+            "{id}: BUG: {what} failed for a message from {}: {e}",
+            self.client
+        );
+        r(451, 4, 3, 0, "Error: internal error, try again later")
     }
 
     /// Logs a spool (or journal) failure; the client gets a 4xx and

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod connection;
 pub mod generation;
 pub mod limits;
+pub mod offload;
 pub mod privileges;
 pub mod trace;
 

@@ -86,37 +86,42 @@ pub enum AddressError {
 pub fn split_path(arg: &str, strict: bool) -> Result<(&str, &str), AddressError> {
     let arg = arg.trim_start_matches(' ');
     if let Some(inner) = arg.strip_prefix('<') {
-        let mut in_quote = false;
-        let mut escaped = false;
-        for (i, c) in inner.char_indices() {
-            if escaped {
-                escaped = false;
-                continue;
-            }
-            match c {
-                '\\' if in_quote => escaped = true,
-                '"' => in_quote = !in_quote,
-                '>' if !in_quote => {
-                    let rest = &inner[i + 1..];
-                    if !rest.is_empty() && !rest.starts_with(' ') {
-                        return Err(AddressError::Syntax("garbage after address"));
-                    }
-                    return Ok((&inner[..i], rest.trim_start_matches(' ')));
-                }
-                _ => {}
-            }
+        let (path, rest) = closing_bracket(inner)
+            .and_then(|i| inner.split_at_checked(i))
+            .ok_or(AddressError::Syntax("missing closing >"))?;
+        let rest = rest.strip_prefix('>').unwrap_or(rest);
+        if !rest.is_empty() && !rest.starts_with(' ') {
+            return Err(AddressError::Syntax("garbage after address"));
         }
-        Err(AddressError::Syntax("missing closing >"))
+        Ok((path, rest.trim_start_matches(' ')))
     } else if strict {
         Err(AddressError::NeedsBrackets)
     } else {
-        let end = arg.find(' ').unwrap_or(arg.len());
-        let path = &arg[..end];
+        let (path, rest) = arg.split_once(' ').unwrap_or((arg, ""));
         if path.contains(['<', '>']) {
             return Err(AddressError::Syntax("unbalanced <>"));
         }
-        Ok((path, arg[end..].trim_start_matches(' ')))
+        Ok((path, rest.trim_start_matches(' ')))
     }
+}
+
+/// Where the `>` that closes a path is: not inside a quoted local part.
+fn closing_bracket(inner: &str) -> Option<usize> {
+    let mut in_quote = false;
+    let mut escaped = false;
+    for (i, c) in inner.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '>' if !in_quote => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Parses a reverse path (without brackets). Empty means `<>`.
@@ -143,18 +148,16 @@ fn strip_source_route(path: &str) -> Result<&str, AddressError> {
     if !path.starts_with('@') {
         return Ok(path);
     }
-    match path.find(':') {
-        Some(i) => {
-            for hop in path[..i].split(',') {
-                let hop = hop
-                    .strip_prefix('@')
-                    .ok_or(AddressError::Syntax("bad source route"))?;
-                check_domain(hop, false)?;
-            }
-            Ok(&path[i + 1..])
-        }
-        None => Err(AddressError::Syntax("bad source route")),
+    let (route, mailbox) = path
+        .split_once(':')
+        .ok_or(AddressError::Syntax("bad source route"))?;
+    for hop in route.split(',') {
+        let hop = hop
+            .strip_prefix('@')
+            .ok_or(AddressError::Syntax("bad source route"))?;
+        check_domain(hop, false)?;
     }
+    Ok(mailbox)
 }
 
 /// Parses `local@domain` with RFC 5321 syntax (RFC 6531 when `utf8`).
@@ -162,10 +165,9 @@ pub fn parse_mailbox(s: &str, utf8: bool) -> Result<Mailbox, AddressError> {
     if !utf8 && !s.is_ascii() {
         return Err(AddressError::NeedsUtf8);
     }
-    let at = s
-        .rfind('@')
+    let (local, domain) = s
+        .rsplit_once('@')
         .ok_or(AddressError::Syntax("missing @domain"))?;
-    let (local, domain) = (&s[..at], &s[at + 1..]);
     if local.len() > 64 {
         return Err(AddressError::Syntax("local part longer than 64 octets"));
     }
@@ -252,9 +254,9 @@ fn check_domain(domain: &str, allow_literal: bool) -> Result<(), AddressError> {
         let lit = lit
             .strip_suffix(']')
             .ok_or(AddressError::Syntax("unterminated address literal"))?;
-        let ok = match lit.get(..5) {
-            Some(p) if p.eq_ignore_ascii_case("IPv6:") => {
-                lit[5..].parse::<std::net::Ipv6Addr>().is_ok()
+        let ok = match lit.split_at_checked(5) {
+            Some((tag, v6)) if tag.eq_ignore_ascii_case("IPv6:") => {
+                v6.parse::<std::net::Ipv6Addr>().is_ok()
             }
             _ => lit.parse::<std::net::Ipv4Addr>().is_ok(),
         };
@@ -265,11 +267,10 @@ fn check_domain(domain: &str, allow_literal: bool) -> Result<(), AddressError> {
         };
     }
     for label in domain.split('.') {
-        let bytes = label.as_bytes();
-        if bytes.is_empty() || label.len() > 63 {
+        if label.is_empty() || label.len() > 63 {
             return Err(AddressError::Syntax("bad domain label"));
         }
-        if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        if label.starts_with('-') || label.ends_with('-') {
             return Err(AddressError::Syntax("domain label starts or ends with -"));
         }
         if !label
@@ -320,6 +321,44 @@ mod tests {
             Err(AddressError::NeedsUtf8)
         );
         assert!(parse_mailbox("jörg@bücher.test", true).is_ok());
+    }
+
+    #[test]
+    fn multibyte_characters_at_every_cut() {
+        // Each place where a path is cut, next to a character of 2, 3 and
+        // 4 bytes: an error or a value, never a panic.
+        for c in ["é", "\u{212A}", "\u{130}", "😀"] {
+            for arg in [
+                format!("<{c}>"),
+                format!("<{c}@b.test>{c}"),
+                format!("<a@b.test>{c}"),
+                format!("{c}@b.test {c}"),
+                c.to_string(),
+                format!("<\"{c}>\"@b.test>"),
+            ] {
+                let _ = split_path(&arg, false);
+                let _ = split_path(&arg, true);
+            }
+            for path in [
+                format!("@{c}:{c}@b.test"),
+                format!("@{c}"),
+                format!("{c}@[IPv{c}:::1]"),
+                format!("{c}@[IPv6:{c}]"),
+                format!("{c}@[{c}"),
+                format!("a@{c}-"),
+                format!("a@-{c}"),
+                format!("{c}@{c}"),
+            ] {
+                let _ = parse_forward_path(&path, true);
+                let _ = parse_reverse_path(&path, true);
+            }
+        }
+        assert_eq!(
+            split_path("<ä@b.test> SMTPUTF8", true),
+            Ok(("ä@b.test", "SMTPUTF8"))
+        );
+        assert!(parse_mailbox("a@-\u{212A}.test", true).is_err());
+        assert!(parse_mailbox("a@\u{212A}.test", true).is_ok());
     }
 
     #[test]

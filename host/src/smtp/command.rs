@@ -160,10 +160,8 @@ pub fn parse(line: &[u8], opts: ParseOptions) -> Result<Command, CommandError> {
         return Err(CommandError::BadCharacters);
     }
     let line = line.trim_end_matches([' ', '\t']);
-    let (verb, arg) = match line.find([' ', '\t']) {
-        Some(i) => (&line[..i], line[i + 1..].trim_start_matches([' ', '\t'])),
-        None => (line, ""),
-    };
+    let (verb, arg) = line.split_once([' ', '\t']).unwrap_or((line, ""));
+    let arg = arg.trim_start_matches([' ', '\t']);
     let upper = verb.to_ascii_uppercase();
     match upper.as_str() {
         "EHLO" | "HELO" => {
@@ -222,8 +220,8 @@ fn no_args(arg: &str, cmd: Command, msg: &'static str) -> Result<Command, Comman
 
 /// Strips a case-insensitive keyword such as `FROM:` from the argument.
 fn keyword<'a>(arg: &'a str, kw: &str) -> Option<&'a str> {
-    let head = arg.get(..kw.len())?;
-    head.eq_ignore_ascii_case(kw).then(|| &arg[kw.len()..])
+    let (head, rest) = arg.split_at_checked(kw.len())?;
+    head.eq_ignore_ascii_case(kw).then_some(rest)
 }
 
 fn parse_mail(arg: &str, opts: ParseOptions) -> Result<Command, CommandError> {

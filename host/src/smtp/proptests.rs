@@ -149,6 +149,14 @@ proptest! {
     }
 
     #[test]
+    fn command_parser_takes_any_utf8_near_command(
+        line in "(MAIL FROM:|RCPT TO:|EHLO |AUTH |VRFY )(\\PC|[<>@.+ :\"\\\\\\[\\]]){0,40}( SMTPUTF8)?"
+    ) {
+        let _ = parse(line.as_bytes(), ParseOptions::default());
+        let _ = parse(line.as_bytes(), ParseOptions { strict_envelopes: true });
+    }
+
+    #[test]
     fn session_survives_any_command_sequence(cmds in prop::collection::vec(command(), 0..40)) {
         let mut s = session(SessionConfig::default());
         for line in cmds {

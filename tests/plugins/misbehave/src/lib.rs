@@ -2,8 +2,10 @@
 //! one 4xx (or is skipped) and never the daemon.
 //!
 //! Config: `mode` = ok | loop | sleep | hog | trap | flood | chatty | reject |
-//! score | header | quarantine | discard | refuse-config | sleep-config; `when_rcpt` = only act when a
-//! recipient starts with this prefix.
+//! score | header | strip | rewrite | quarantine | discard | refuse-config | sleep-config;
+//! `when_rcpt` = only act when a recipient starts with this prefix; `field`
+//! (default `X-Repeat`) = the field `strip` removes every copy of and
+//! `rewrite` changes 64 copies of (the most one call may ask for).
 
 #![allow(missing_docs)]
 
@@ -19,6 +21,8 @@ struct Config {
     mode: String,
     #[serde(default)]
     when_rcpt: Option<String>,
+    #[serde(default)]
+    field: Option<String>,
 }
 
 fn act(rcpts: &[&str]) -> Outcome {
@@ -55,6 +59,23 @@ fn act(rcpts: &[&str]) -> Outcome {
         "reject" => Outcome::reject(550, "5.7.1", "misbehave says no"),
         "score" => Outcome::cont().score("MISBEHAVE", 3.0, Some("test score")),
         "header" => Outcome::cont().add_header("X-Misbehave", "yes"),
+        "strip" => Outcome::cont().remove_header(cfg.field.as_deref().unwrap_or("X-Repeat")),
+        "rewrite" => {
+            let name = cfg.field.as_deref().unwrap_or("X-Repeat");
+            let mut o = Outcome::cont();
+            // Spread over the copies, so that each change moves much of
+            // the message if changes are made one splice at a time.
+            for i in 0..64 {
+                o.actions.push(postern_sdk::Action::ChangeHeader(
+                    postern_sdk::HeaderChange {
+                        name: name.to_string(),
+                        index: i * 997,
+                        value: format!("rewritten {i}"),
+                    },
+                ));
+            }
+            o
+        }
         "chatty" => {
             for i in 0..1000 {
                 postern_sdk::log::info(&format!("chatty line {i}"));
