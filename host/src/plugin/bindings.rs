@@ -10,8 +10,8 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     exports: { default: async },
     with: {
-        "postern:filter/types.message": crate::plugin::state::MessageData,
-        "postern:filter/types.session": crate::plugin::state::SessionData,
-        "postern:filter/types.envelope": crate::plugin::state::EnvelopeData,
+        "postern:filter/types.message": crate::plugin::host::message::MessageData,
+        "postern:filter/types.session": crate::plugin::host::session::SessionData,
+        "postern:filter/types.envelope": crate::plugin::host::envelope::EnvelopeData,
     },
 });
