@@ -5,6 +5,7 @@
 //!
 //! ```toml
 //! plugin = "../target/wasm32-wasip2/plugin/postern_plugin_access.wasm"  # relative to this file
+//! # grants = ["edit"]            # capabilities, as in the [[plugin]] table
 //! [config]                       # the chain entry's config table
 //! sender = { "blocked.test" = "REJECT" }
 //!
@@ -16,6 +17,7 @@
 //! mail_from = "x@blocked.test"
 //! rcpt_to = ["alice@example.test"]   # at rcpt: the last one is being checked
 //! # message = "spam.eml"         # data stage: a file, or message_text = "..."
+//! # config = { mode = "x" }      # this case's config instead of [config]
 //! [case.expect]
 //! verdict = "reject"             # continue, accept, reject, tempfail, discard, quarantine, failure
 //! # failure = "trap"             # with verdict = "failure": trap, time, memory, outcome, overloaded
@@ -33,7 +35,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::config::{Bytes, ChainEntry, Chains as ChainConfig, OnError, PluginDef, Seconds, Wasm};
+use crate::config::{
+    Bytes, ChainEntry, Chains as ChainConfig, Grant, OnError, PluginDef, Seconds, Wasm,
+};
 use crate::message::HeaderAction;
 use crate::plugin::chain::FailureKind;
 use crate::plugin::{Chains, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, Verdict};
@@ -48,6 +52,9 @@ pub(super) struct Fixture {
     time_limit: Option<Seconds>,
     #[serde(default)]
     memory_limit: Option<Bytes>,
+    /// Capabilities granted to the plugin, as in its `[[plugin]]` table.
+    #[serde(default)]
+    grants: Vec<Grant>,
     #[serde(rename = "case")]
     pub(super) cases: Vec<Case>,
 }
@@ -72,6 +79,8 @@ pub(super) struct Case {
     rcpt_to: Vec<String>,
     message: Option<PathBuf>,
     message_text: Option<String>,
+    /// This case's config table, instead of the fixture's `[config]`.
+    config: Option<toml::Table>,
     expect: Expect,
 }
 
@@ -156,6 +165,7 @@ pub(super) fn load(
         time_limit: fixture
             .time_limit
             .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
+        grants: fixture.grants.clone(),
     };
     Ok((fixture, def, runtime))
 }
@@ -217,7 +227,7 @@ pub(super) async fn prepare(
     let entry = ChainEntry {
         plugin: def.name.clone(),
         name: Some("under-test".into()),
-        config: config.clone(),
+        config: case.config.as_ref().unwrap_or(config).clone(),
     };
     let mut chain = ChainConfig::default();
     match st {

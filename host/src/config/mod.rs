@@ -165,6 +165,28 @@ pub struct PluginDef {
     /// CPU time allowed per call (epoch-based, 10 ms granularity).
     #[serde(default = "default_plugin_time")]
     pub time_limit: Seconds,
+    /// Capabilities beyond the base interfaces (`host`, `types`, WASI)
+    /// that the plugin may import; one it imports without a grant is
+    /// refused at load.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// A capability a `[[plugin]]` may be granted (`grants = ["edit"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    /// `postern:filter/edit`: header edits by host call.
+    Edit,
+}
+
+impl Grant {
+    /// Its name in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grant::Edit => "edit",
+        }
+    }
 }
 
 fn default_plugin_memory() -> Bytes {

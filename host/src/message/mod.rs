@@ -161,7 +161,7 @@ fn trim_eol(line: &[u8]) -> &[u8] {
 }
 
 /// A header change requested by a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HeaderAction {
     /// Prepend `name: value`.
     Add {
@@ -195,6 +195,16 @@ impl HeaderAction {
             HeaderAction::Add { name, .. }
             | HeaderAction::Change { name, .. }
             | HeaderAction::Remove { name, .. } => name,
+        }
+    }
+
+    /// Bytes of its name and value (what the host holds for it).
+    pub fn size(&self) -> usize {
+        match self {
+            HeaderAction::Add { name, value } | HeaderAction::Change { name, value, .. } => {
+                name.len() + value.len()
+            }
+            HeaderAction::Remove { name, .. } => name.len(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! (trap, time or memory limit, pool exhausted) becomes a `451 4.3.0` or
 //! is skipped, per the plugin's `on_error`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -19,7 +19,7 @@ use super::host::envelope::EnvelopeData;
 use super::host::message::{MessageData, ParsedMessage};
 use super::host::session::SessionData;
 use super::input::{EnvelopeInfo, Input, SessionInfo};
-use super::outcome::{Outcome, Score, Verdict};
+use super::outcome::{Outcome, OverLimit, Score, Verdict};
 use super::runtime::{Live, LoadedPlugin, Runtime, bounded, budget};
 use super::state::{EntryConf, MemoryLimitExceeded};
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
@@ -232,6 +232,9 @@ fn classify(e: &wasmtime::Error) -> Failure {
     if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return Failure::Overloaded;
     }
+    if let Some(over) = e.downcast_ref::<OverLimit>() {
+        return Failure::BadOutcome(over.to_string());
+    }
     // One log line: the trap or root cause, never a backtrace.
     let text = match e.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
@@ -402,11 +405,84 @@ async fn check_config(
     }
 }
 
+/// Different header edits all the plugins of one transaction may ask
+/// for (an RCPT hook runs once per recipient: 64 per outcome is not a
+/// bound on a transaction). More is a plugin failure.
+pub const MAX_TX_EDITS: usize = 256;
+
+/// Bytes of names and values those edits may hold together (a DKIM or ARC
+/// set is a few kilobytes): the host keeps them until the message is
+/// queued.
+pub const MAX_TX_EDIT_BYTES: usize = 256 << 10;
+
+/// Different scores (chain entry and symbol) of one transaction.
+pub const MAX_TX_SCORES: usize = 256;
+
+/// What the plugins of the current transaction asked for, for the
+/// per-transaction bounds: hashes of the different edits and scores, so
+/// that a repeat (the same answer for every recipient) counts once.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Keyed per transaction: no one can aim at collisions.
+    hasher: std::hash::RandomState,
+    edits: HashSet<u64>,
+    edit_bytes: usize,
+    scores: HashSet<u64>,
+}
+
+impl Tally {
+    /// Counts an outcome's edits and scores; an error says which bound it
+    /// would pass (nothing of it is counted then).
+    fn admit(&mut self, o: &Outcome) -> Result<(), String> {
+        use std::hash::BuildHasher;
+        let hasher = &self.hasher;
+        let new_edits: HashSet<u64> = o
+            .actions
+            .iter()
+            .map(|a| hasher.hash_one(a))
+            .filter(|h| !self.edits.contains(h))
+            .collect();
+        let new_bytes: usize = o
+            .actions
+            .iter()
+            .filter(|a| new_edits.contains(&hasher.hash_one(a)))
+            .map(HeaderAction::size)
+            .sum();
+        let new_scores: HashSet<u64> = o
+            .scores
+            .iter()
+            .map(|s| hasher.hash_one((&*s.entry, &s.symbol)))
+            .filter(|h| !self.scores.contains(h))
+            .collect();
+        if self.edits.len() + new_edits.len() > MAX_TX_EDITS {
+            return Err(format!(
+                "the plugins of this transaction asked for more than {MAX_TX_EDITS} different header edits"
+            ));
+        }
+        if self.edit_bytes + new_bytes > MAX_TX_EDIT_BYTES {
+            return Err(format!(
+                "the plugins of this transaction asked for header edits of more than {MAX_TX_EDIT_BYTES} bytes"
+            ));
+        }
+        if self.scores.len() + new_scores.len() > MAX_TX_SCORES {
+            return Err(format!(
+                "the plugins of this transaction gave more than {MAX_TX_SCORES} different scores"
+            ));
+        }
+        self.edits.extend(new_edits);
+        self.edit_bytes += new_bytes;
+        self.scores.extend(new_scores);
+        Ok(())
+    }
+}
+
 /// Calls the chains for one SMTP session.
 pub struct PluginSession {
     chains: Arc<Chains>,
     /// Instances of the current transaction, by slot ID.
     live: HashMap<usize, (Arc<Slot>, Live)>,
+    /// What the current transaction's plugins asked for.
+    tally: Tally,
 }
 
 impl PluginSession {
@@ -415,6 +491,7 @@ impl PluginSession {
         PluginSession {
             chains,
             live: HashMap::new(),
+            tally: Tally::default(),
         }
     }
 
@@ -442,8 +519,17 @@ impl PluginSession {
         // The instances this stage uses, each with the session, envelope
         // (and message) lent to it once for all its entries' calls.
         let mut held: Vec<Held> = Vec::new();
+        // The stage's actions, each once (a hash, not a scan: an RCPT
+        // stage of many entries each asking for many).
+        let mut seen: HashSet<HeaderAction> = HashSet::new();
         for entry in entries {
             let call = self.call(runtime, entry, &args, &mut held).await;
+            let call = call.and_then(|o| {
+                self.tally
+                    .admit(&o)
+                    .map(|()| o)
+                    .map_err(Failure::BadOutcome)
+            });
             let outcome = match call {
                 Ok(o) => o,
                 Err(failure) => {
@@ -483,7 +569,8 @@ impl PluginSession {
             };
             result.scores.extend(outcome.scores);
             for a in outcome.actions {
-                if !result.actions.contains(&a) {
+                if !seen.contains(&a) {
+                    seen.insert(a.clone());
                     result.actions.push(a);
                 }
             }
@@ -505,6 +592,7 @@ impl PluginSession {
     /// back to their pool after each stage). Instances created at connect
     /// or HELO serve the session's first transaction.
     pub fn end_transaction(&mut self) {
+        self.tally = Tally::default();
         for (_, (slot, live)) in self.live.drain() {
             recycle(&slot, live);
         }
@@ -580,7 +668,17 @@ impl PluginSession {
         data.ticks_left = budget(plugin);
         h.live.store.set_epoch_deadline(1);
         match bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await {
-            Ok(o) => Outcome::from_wit(o, entry.label()).map_err(Failure::BadOutcome),
+            Ok(o) => {
+                // Edits by host call come first: they were asked for
+                // before the outcome was returned.
+                let edits = h.live.store.data_mut().take_edits();
+                let mut outcome =
+                    Outcome::from_wit(o, entry.label()).map_err(Failure::BadOutcome)?;
+                if !edits.is_empty() {
+                    outcome.actions.splice(0..0, edits);
+                }
+                Ok(outcome)
+            }
             Err(e) => {
                 // A trapped instance is poisoned: it is dropped here.
                 held.swap_remove(i);

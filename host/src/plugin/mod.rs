@@ -2,6 +2,7 @@
 //!
 //! - [`runtime`]: one wasmtime engine (pooling allocator, epoch ticker),
 //!   the compile cache, and loading with WIT checks and hook detection.
+//! - [`contract`]: which components load: WIT version, interfaces, grants.
 //! - [`state`]: what a plugin instance's store holds.
 //! - [`host`]: the host side of each WIT interface a plugin may import.
 //! - [`input`]: what a hook is called with, in host terms.
@@ -12,6 +13,7 @@
 
 mod bindings;
 pub mod chain;
+pub mod contract;
 pub mod host;
 pub mod input;
 pub mod outcome;

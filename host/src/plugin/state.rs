@@ -9,6 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::postern::filter::types;
+use crate::message::HeaderAction;
 
 /// A plugin asked for more memory than its limit.
 #[derive(Debug)]
@@ -111,6 +112,8 @@ pub struct HostState {
     pub(super) ticks_left: u32,
     /// `host.log` lines of the current call.
     pub(super) logged: u32,
+    /// Header edits the current call asked for by host call (`edit`).
+    pub(super) edits: Vec<HeaderAction>,
 }
 
 impl HostState {
@@ -127,6 +130,7 @@ impl HostState {
             context: None,
             ticks_left: 0,
             logged: 0,
+            edits: Vec::new(),
         }
     }
 
@@ -134,6 +138,14 @@ impl HostState {
     pub(super) fn set_current(&mut self, index: usize) {
         self.current = index;
         self.logged = 0;
+        // Edits asked for outside a call (while the guest started) or by
+        // a call that failed are nobody's.
+        self.edits.clear();
+    }
+
+    /// Takes the edits the call asked for by host call.
+    pub(super) fn take_edits(&mut self) -> Vec<HeaderAction> {
+        std::mem::take(&mut self.edits)
     }
 
     /// The current call's chain entry.

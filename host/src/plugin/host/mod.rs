@@ -3,6 +3,7 @@
 //! capabilities get their own file here and their own grant
 //! (`[[plugin]] grants`).
 
+pub mod edit;
 pub mod envelope;
 pub mod log;
 pub mod message;
