@@ -16,6 +16,7 @@
 //! helo = "client.test"           #   trusted, auth_user, listener
 //! mail_from = "x@blocked.test"
 //! rcpt_to = ["alice@example.test"]   # at rcpt: the last one is being checked
+//! # rcpt_params = ["NOTIFY=SUCCESS"] # its RCPT TO parameters
 //! # message = "spam.eml"         # data stage: a file, or message_text = "..."
 //! # config = { mode = "x" }      # this case's config instead of [config]
 //! [case.expect]
@@ -77,6 +78,9 @@ pub(super) struct Case {
     mail_from: String,
     #[serde(default)]
     rcpt_to: Vec<String>,
+    /// RCPT TO parameters of the recipient checked, `KEYWORD[=value]`.
+    #[serde(default)]
+    rcpt_params: Vec<String>,
     message: Option<PathBuf>,
     message_text: Option<String>,
     /// This case's config table, instead of the fixture's `[config]`.
@@ -200,6 +204,7 @@ pub(super) struct Prepared {
     pub(super) session: Arc<SessionInfo>,
     pub(super) envelope: Arc<EnvelopeInfo>,
     pub(super) recipient: Option<String>,
+    pub(super) rcpt_params: Vec<(String, Option<String>)>,
     pub(super) message: Option<Arc<Vec<u8>>>,
 }
 
@@ -211,6 +216,7 @@ impl Prepared {
             envelope: (!matches!(self.stage, Stage::Connect | Stage::Helo))
                 .then(|| self.envelope.clone()),
             recipient: self.recipient.as_deref(),
+            rcpt_params: &self.rcpt_params,
             message: self.message.clone(),
         }
     }
@@ -272,6 +278,14 @@ pub(super) async fn prepare(
         session: Arc::new(session),
         envelope: Arc::new(envelope),
         recipient,
+        rcpt_params: case
+            .rcpt_params
+            .iter()
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.to_ascii_uppercase(), Some(v.to_string())),
+                None => (p.to_ascii_uppercase(), None),
+            })
+            .collect(),
         message: message.map(Arc::new),
     })
 }

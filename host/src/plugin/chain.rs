@@ -829,7 +829,16 @@ async fn invoke(
         Stage::Rcpt => {
             let g = hook!(live, h, rcpt, missing);
             let rcpt = args.input.recipient.unwrap_or("");
-            g.call_on_rcpt(&mut live.store, s, e, rcpt, &[]).await
+            let params: Vec<wit::Param> = args
+                .input
+                .rcpt_params
+                .iter()
+                .map(|(name, value)| wit::Param {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect();
+            g.call_on_rcpt(&mut live.store, s, e, rcpt, &params).await
         }
         Stage::Data => {
             let g = hook!(live, h, data, missing);

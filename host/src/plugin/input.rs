@@ -49,6 +49,9 @@ pub struct Input<'a> {
     pub envelope: Option<Arc<EnvelopeInfo>>,
     /// The recipient being checked (rcpt).
     pub recipient: Option<&'a str>,
+    /// Its RCPT TO parameters (keyword, value), as the SMTP parser kept
+    /// them.
+    pub rcpt_params: &'a [(String, Option<String>)],
     /// The message content (data).
     pub message: Option<Arc<Vec<u8>>>,
 }

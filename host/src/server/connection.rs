@@ -28,7 +28,7 @@ use crate::plugin::{
 use crate::route::{Destination, RouteError};
 use crate::sasl::{AuthContext, AuthError, Exchange};
 use crate::smtp::address::{ForwardPath, ReversePath};
-use crate::smtp::command::{self, MailParams, ParseOptions};
+use crate::smtp::command::{self, EsmtpParams, MailParams, ParseOptions};
 use crate::smtp::receiver::{Body, Event, Receiver};
 use crate::smtp::reply::{Reply, r};
 use crate::smtp::session::{Decision, Session, Step};
@@ -470,9 +470,9 @@ impl Connection {
                     self.session.helo_done(greeting, decision)
                 }
                 Step::Mail(from, params) => self.mail(from, params).await,
-                Step::Rcpt(to) => {
+                Step::Rcpt(to, params) => {
                     self.rcpt_plugin = None;
-                    let decision = self.rcpt_decision(&to).await;
+                    let decision = self.rcpt_decision(&to, &params).await;
                     if let Decision::Reject(reply) = &decision {
                         let by = self
                             .rcpt_plugin
@@ -928,13 +928,13 @@ impl Connection {
     }
 
     /// Calls a stage's chain with the session and, when given, envelope,
-    /// recipient and message.
+    /// recipient (with its RCPT parameters) and message.
     async fn run_chain(
         &mut self,
         stage: Stage,
         context: &str,
         envelope: Option<Arc<EnvelopeInfo>>,
-        recipient: Option<&str>,
+        recipient: Option<(&str, &EsmtpParams)>,
         message: Option<std::sync::Arc<Vec<u8>>>,
     ) -> StageResult {
         if self.info.auth_user != self.session.auth_user {
@@ -943,7 +943,8 @@ impl Connection {
         let input = Input {
             session: Some(self.info.clone()),
             envelope,
-            recipient,
+            recipient: recipient.map(|(to, _)| to),
+            rcpt_params: recipient.map_or(&[], |(_, params)| params),
             message,
         };
         self.plugins.run(stage, &input, context).await
@@ -1090,7 +1091,11 @@ impl Connection {
     /// Relay control and routing for one recipient. Relay control comes
     /// first and is not configurable away: only trusted networks and
     /// authenticated clients may send to domains that are not ours.
-    async fn rcpt_decision(&mut self, to: &ForwardPath) -> Decision<Vec<Destination>> {
+    async fn rcpt_decision(
+        &mut self,
+        to: &ForwardPath,
+        params: &EsmtpParams,
+    ) -> Decision<Vec<Destination>> {
         let decision = self.route(to);
         let Decision::Accept(dests) = decision else {
             return decision;
@@ -1103,7 +1108,7 @@ impl Connection {
             let envelope = self.plugin_envelope();
             let rcpt = to.to_string();
             let result = self
-                .run_chain(Stage::Rcpt, &id, envelope, Some(&rcpt), None)
+                .run_chain(Stage::Rcpt, &id, envelope, Some((&rcpt, params)), None)
                 .await;
             if let Some(reply) = self.absorb(Stage::Rcpt, &id, result) {
                 return Decision::Reject(reply);
