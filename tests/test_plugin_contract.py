@@ -8,9 +8,8 @@ import subprocess
 import pytest
 
 from conftest import BIN, ROOT, message, plugin_path
-from test_plugins import access_plugin
+from test_plugins import access_plugin, python_plugin
 
-PYTHON_PLUGIN = ROOT / "examples" / "plugins" / "python-subject-score" / "subject_score.wasm"
 CACHE = ROOT / "target" / "test-plugin-cache"
 
 
@@ -72,3 +71,48 @@ def test_plugin_test_applies_the_header_limits():
                     ROOT / "tests" / "fixtures" / "header-flood-allowed.toml")
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("ok   - ") == 2
+
+
+def python_and_access():
+    return python_plugin() + header_checks()
+
+
+def test_a_huge_subject_never_reaches_a_plugin_whole(daemon_factory):
+    # A 10 MB Subject made the Python example fail its memory limit
+    # (wanted 222625792, limit 134217728) and access at ~40 MB: a 451,
+    # or a skipped filter with on_error = "continue".
+    d = daemon_factory(extra=python_and_access())
+    code, resp = data_reply(d, message(subject="x" * 10_000_000 + " viagra"))
+    assert (code, resp[:5]) == (552, b"5.3.4"), (code, resp[:200])
+    # At the largest header a config may allow, both plugins read it
+    # whole, within their limits: Python scores, access rejects.
+    d2 = daemon_factory(name="ceiling", smtp='max_header_size = "1M"', extra=python_and_access())
+    code, resp = data_reply(d2, message(subject="x" * 1_000_000 + " viagra"))
+    assert code == 554 and b"Message header rejected: spam" in resp, (code, resp[:200])
+    d2.wait_log_re(r"reject: END-OF-MESSAGE .*plugin=access")
+    for daemon in (d, d2):
+        assert "failed at data" not in daemon.log_text()
+
+
+def test_edits_are_bounded_per_transaction(daemon_factory):
+    # 64 different header edits per recipient are within the per-outcome
+    # bound; the transaction's bound (256) stops the fifth recipient.
+    d = daemon_factory(extra=f"""
+[[plugin]]
+name = "flood"
+path = "{plugin_path('misbehave')}"
+
+[[chain.rcpt]]
+plugin = "flood"
+config = {{ mode = "header-flood", when_rcpt = "alice+" }}
+""")
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        codes = [s.rcpt(f"alice+{i}@example.test")[0] for i in range(5)]
+        assert codes == [250, 250, 250, 250, 451], codes
+        assert s.data(message(subject="flooded"))[0] == 250
+    f = d.wait_mail("alice")[0]
+    assert f.read_text().count("X-Flood-") == 256
+    d.wait_log("plugin flood failed at rcpt: outcome refused: the plugins of this transaction "
+               "asked for more than 256 different header edits")

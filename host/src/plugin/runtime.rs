@@ -20,7 +20,7 @@ use super::bindings::Full as PluginWorld;
 use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
-use super::state::{EntryConf, HostState};
+use super::state::{EntryConf, HOSTCALL_FUEL, HostState};
 use crate::config::{PluginDef, Wasm};
 
 /// Epoch tick: the granularity of plugin time limits.
@@ -429,6 +429,7 @@ impl Runtime {
         let memory = usize::try_from(plugin.def.memory_limit.0).unwrap_or(usize::MAX);
         let state = HostState::new(confs, current, memory);
         let mut store = Store::new(&self.engine, state);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
         store.limiter(|s| &mut s.limits);
         // Yield to tokio on every tick; interrupt when the budget is spent.
         store.epoch_deadline_callback(|mut ctx| {

@@ -11,6 +11,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::postern::filter::types;
 use crate::message::HeaderAction;
 
+/// Bytes a guest may hand the host in one host call or in one hook's
+/// result (wasmtime's "hostcall fuel", 128 MiB by default). The largest
+/// legitimate transfer is an outcome of 64 scores and 64 header values of
+/// 16 KiB (~1 MiB); 16 times that fails the call instead of making the
+/// host allocate whatever a guest sends. (Copies into a guest are bounded
+/// by the host interfaces themselves.)
+pub const HOSTCALL_FUEL: usize = 16 << 20;
+
 /// A plugin asked for more memory than its limit.
 #[derive(Debug)]
 pub struct MemoryLimitExceeded {

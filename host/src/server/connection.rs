@@ -5,6 +5,7 @@
 //! Replies are buffered while pipelined input is pending and flushed before
 //! every read, which is exactly what RFC 2920 asks of a server.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +104,10 @@ struct Policy {
     scores: Vec<Score>,
     actions: Vec<HeaderAction>,
     disposition: Option<Disposition>,
+    /// Where each (entry, symbol) is in `scores`, and the actions taken:
+    /// looked up by hash, not by scan (an RCPT stage runs per recipient).
+    score_at: HashMap<(Arc<str>, String), usize>,
+    seen: HashSet<HeaderAction>,
 }
 
 impl Policy {
@@ -112,18 +117,18 @@ impl Policy {
     /// DNSBL hit on the client) by the number of recipients.
     fn take(&mut self, scores: Vec<Score>, actions: Vec<HeaderAction>) {
         for s in scores {
-            match self
-                .scores
-                .iter_mut()
-                .find(|o| o.entry == s.entry && o.symbol == s.symbol)
-            {
-                Some(o) if s.points.abs() > o.points.abs() => *o = s,
+            match self.score_at.get(&(s.entry.clone(), s.symbol.clone())) {
+                Some(&i) if s.points.abs() > self.scores[i].points.abs() => self.scores[i] = s,
                 Some(_) => {}
-                None => self.scores.push(s),
+                None => {
+                    let key = (s.entry.clone(), s.symbol.clone());
+                    self.score_at.insert(key, self.scores.len());
+                    self.scores.push(s);
+                }
             }
         }
         for a in actions {
-            if !self.actions.contains(&a) {
+            if self.seen.insert(a.clone()) {
                 self.actions.push(a);
             }
         }
