@@ -33,9 +33,28 @@ def data_reply(d, msg, rcpt="alice@example.test"):
         return s.data(msg)
 
 
+def rcpt_code(d, rcpt):
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        return s.rcpt(rcpt)[0]
+
+
 def plugin_test(*fixtures):
     return subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(CACHE), *map(str, fixtures)],
                           capture_output=True, text=True, cwd=ROOT)
+
+
+def misbehave_entry(mode, when, name="bad"):
+    return f"""
+[[plugin]]
+name = "{name}"
+path = "{plugin_path('misbehave')}"
+
+[[chain.rcpt]]
+plugin = "{name}"
+config = {{ mode = "{mode}", when_rcpt = "{when}" }}
+"""
 
 
 def test_a_header_over_the_limits_is_refused_never_seen_in_part(daemon_factory):
@@ -97,15 +116,7 @@ def test_a_huge_subject_never_reaches_a_plugin_whole(daemon_factory):
 def test_edits_are_bounded_per_transaction(daemon_factory):
     # 64 different header edits per recipient are within the per-outcome
     # bound; the transaction's bound (256) stops the fifth recipient.
-    d = daemon_factory(extra=f"""
-[[plugin]]
-name = "flood"
-path = "{plugin_path('misbehave')}"
-
-[[chain.rcpt]]
-plugin = "flood"
-config = {{ mode = "header-flood", when_rcpt = "alice+" }}
-""")
+    d = daemon_factory(extra=misbehave_entry("header-flood", "alice+", name="flood"))
     with d.smtp() as s:
         s.ehlo("client.test")
         s.mail("a@example.org")
@@ -116,3 +127,22 @@ config = {{ mode = "header-flood", when_rcpt = "alice+" }}
     assert f.read_text().count("X-Flood-") == 256
     d.wait_log("plugin flood failed at rcpt: outcome refused: the plugins of this transaction "
                "asked for more than 256 different header edits")
+
+
+def test_a_panic_message_reaches_the_log(daemon_factory):
+    # WASI stderr was discarded: a panic logged only "wasm `unreachable`
+    # instruction executed". The SDK's panic hook writes the message to
+    # stderr, and the host logs stderr with the entry's name.
+    d = daemon_factory(extra=misbehave_entry("trap", "trap@"))
+    assert rcpt_code(d, "trap@example.test") == 451
+    m = d.wait_log_re(r"(\S+): plugin bad: stderr: panicked at tests/plugins/misbehave/src/lib\.rs:\d+:\d+: "
+                      r"misbehave: trap on purpose")
+    assert m.group(1) != "-"  # the queue ID
+    d.wait_log("plugin bad failed at rcpt: trapped")
+
+
+def test_guest_stderr_is_logged_a_line_per_line(daemon_factory):
+    d = daemon_factory(extra=misbehave_entry("stderr", "alice"))
+    assert rcpt_code(d, "alice@example.test") == 250
+    d.wait_log("plugin bad: stderr: misbehave: first line")
+    d.wait_log("plugin bad: stderr: misbehave: second line")

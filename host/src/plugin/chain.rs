@@ -319,12 +319,11 @@ impl Chains {
                     .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
                 let config: Arc<str> = Arc::from(json.as_str());
                 let known = configs.get(&(e.plugin.clone(), config.clone())).copied();
-                let conf = EntryConf {
-                    label: Arc::from(e.label()),
+                let conf = EntryConf::new(
+                    Arc::from(e.label()),
                     config,
-                    config_id: known
-                        .unwrap_or_else(|| u32::try_from(configs.len()).unwrap_or(u32::MAX)),
-                };
+                    known.unwrap_or_else(|| u32::try_from(configs.len()).unwrap_or(u32::MAX)),
+                );
                 if known.is_none() {
                     check_config(&runtime, plugin, &conf)
                         .await
@@ -667,7 +666,10 @@ impl PluginSession {
         data.set_current(entry.index);
         data.ticks_left = budget(plugin);
         h.live.store.set_epoch_deadline(1);
-        match bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await {
+        let result = bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await;
+        // Before the failure's own line: a panic message says why.
+        h.live.store.data().flush_stderr();
+        match result {
             Ok(o) => {
                 // Edits by host call come first: they were asked for
                 // before the outcome was returned.

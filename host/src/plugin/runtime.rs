@@ -377,11 +377,7 @@ impl Runtime {
             // of this trial config.
             .instantiate(
                 &plugin,
-                Arc::from([EntryConf {
-                    label: "load".into(),
-                    config: "{}".into(),
-                    config_id: u32::MAX,
-                }]),
+                Arc::from([EntryConf::new("load".into(), "{}".into(), u32::MAX)]),
                 0,
             )
             .await

@@ -9,6 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::postern::filter::types;
+use super::host::stderr::{Rate, Stderr};
 use crate::message::HeaderAction;
 
 /// Bytes a guest may hand the host in one host call or in one hook's
@@ -100,6 +101,20 @@ pub struct EntryConf {
     pub config: Arc<str>,
     /// Its ID (equal IDs, equal configs) within the generation.
     pub config_id: u32,
+    /// How fast its instances' stderr may reach the log, all together.
+    pub stderr_rate: Arc<Rate>,
+}
+
+impl EntryConf {
+    /// An entry with its own stderr rate.
+    pub fn new(label: Arc<str>, config: Arc<str>, config_id: u32) -> EntryConf {
+        EntryConf {
+            label,
+            config,
+            config_id,
+            stderr_rate: Arc::default(),
+        }
+    }
 }
 
 /// `T` of `Store<T>`.
@@ -122,15 +137,18 @@ pub struct HostState {
     pub(super) logged: u32,
     /// Header edits the current call asked for by host call (`edit`).
     pub(super) edits: Vec<HeaderAction>,
+    /// What the guest writes to stderr, until it is logged.
+    stderr: Stderr,
 }
 
 impl HostState {
     /// State for a new store serving `confs`, with `confs[current]` current.
     pub fn new(confs: Arc<[EntryConf]>, current: usize, memory: usize) -> HostState {
+        let stderr = Stderr::default();
         HostState {
             // No environment, arguments, preopens or network: the guest's
-            // libc may ask, and gets nothing.
-            wasi: WasiCtx::builder().build(),
+            // libc may ask, and gets nothing. Its stderr goes to the log.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
             limits: Limits { memory, used: 0 },
             confs,
@@ -139,6 +157,7 @@ impl HostState {
             ticks_left: 0,
             logged: 0,
             edits: Vec::new(),
+            stderr,
         }
     }
 
@@ -151,6 +170,15 @@ impl HostState {
         self.edits.clear();
     }
 
+    /// Logs what the guest wrote to stderr, as the current entry's.
+    pub(super) fn flush_stderr(&self) {
+        let context = self.context.as_deref().unwrap_or("-");
+        match self.conf() {
+            Some(c) => self.stderr.flush(context, &c.label, &c.stderr_rate),
+            None => self.stderr.flush(context, "?", &Rate::default()),
+        }
+    }
+
     /// Takes the edits the call asked for by host call.
     pub(super) fn take_edits(&mut self) -> Vec<HeaderAction> {
         std::mem::take(&mut self.edits)
@@ -159,6 +187,14 @@ impl HostState {
     /// The current call's chain entry.
     pub(super) fn conf(&self) -> Option<&EntryConf> {
         self.confs.get(self.current)
+    }
+}
+
+impl Drop for HostState {
+    /// What the guest wrote since the last call (while starting, or in a
+    /// call that trapped: a panic message) is logged before it goes.
+    fn drop(&mut self) {
+        self.flush_stderr();
     }
 }
 

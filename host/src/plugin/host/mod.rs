@@ -8,3 +8,4 @@ pub mod envelope;
 pub mod log;
 pub mod message;
 pub mod session;
+pub mod stderr;
