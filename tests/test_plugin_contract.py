@@ -146,3 +146,74 @@ def test_guest_stderr_is_logged_a_line_per_line(daemon_factory):
     assert rcpt_code(d, "alice@example.test") == 250
     d.wait_log("plugin bad: stderr: misbehave: first line")
     d.wait_log("plugin bad: stderr: misbehave: second line")
+
+
+def test_a_plugin_built_against_0_2_0_runs_in_this_host(daemon_factory):
+    # tests/plugins/frozen is built against wit/ frozen at 0.2.0; the host
+    # speaks 0.2.1 (a new interface, new methods on message).
+    d = daemon_factory(extra=f"""
+[[plugin]]
+name = "frozen"
+path = "{plugin_path('frozen')}"
+
+[[chain.rcpt]]
+plugin = "frozen"
+
+[[chain.data]]
+plugin = "frozen"
+""")
+    assert rcpt_code(d, "frozen-reject@example.test") == 550
+    assert data_reply(d, message(subject="old plugin", body="hello\r\n"))[0] == 250
+    text = d.wait_mail("alice")[0].read_text()
+    assert "X-Frozen: fields=5 subject=old plugin body=hello" in text
+    assert "X-Postern-Score: 0.50 (FROZEN_RCPT=0.50)" in text
+    d.wait_log("plugin frozen: rcpt alice@example.test after 0 others")
+
+
+def edit_plugin(grants):
+    return f"""
+[[plugin]]
+name = "editor"
+path = "{plugin_path('edit')}"
+{grants}
+
+[[chain.rcpt]]
+plugin = "editor"
+config.mode = "edit"
+
+[[chain.data]]
+plugin = "editor"
+config.mode = "edit"
+
+[[chain.data]]
+plugin = "editor"
+config.mode = "both"
+"""
+
+
+def test_a_capability_needs_a_grant_and_check_names_who_lacks_it(daemon_factory):
+    d = daemon_factory(start=False, extra=edit_plugin(grants=""))
+    p = d.cli("check", check=False)
+    assert p.returncode == 1
+    assert ('plugin[0] "editor"' in p.stderr
+            and "it imports `postern:filter/edit@0.2.1`, which its grants do not cover" in p.stderr
+            and 'grants = ["edit"]' in p.stderr), p.stderr
+    d.start(wait=False)
+    assert d.proc.wait(timeout=20) != 0
+    d.wait_log("which its grants do not cover")
+    # Granted: the edits by host call are applied like outcome actions.
+    d2 = daemon_factory(name="granted", extra=edit_plugin(grants='grants = ["edit"]'))
+    assert "editor [connect,helo,mail,rcpt,data]" in d2.cli("check").stdout
+    code, _ = data_reply(d2, message(subject="original", extra_headers="X-Remove-Me: 1\r\n"))
+    assert code == 250
+    text = d2.wait_mail("alice")[0].read_text()
+    assert "X-Edit: by host call" in text and "X-Edit-Rcpt: alice@example.test" in text
+    assert "Subject: edited" in text and "original" not in text and "X-Remove-Me" not in text
+    assert text.count("X-Both: yes") == 1
+
+
+def test_plugin_test_fixtures_of_the_contract():
+    fixtures = ["frozen.toml", "edit.toml", "misbehave-huge.toml"]
+    p = plugin_test(*(ROOT / "tests" / "fixtures" / f for f in fixtures))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("ok   - ") == 4 + 4 + 1
