@@ -435,18 +435,14 @@ impl Tally {
     fn admit(&mut self, o: &Outcome) -> Result<(), String> {
         use std::hash::BuildHasher;
         let hasher = &self.hasher;
-        let new_edits: HashSet<u64> = o
-            .actions
-            .iter()
-            .map(|a| hasher.hash_one(a))
-            .filter(|h| !self.edits.contains(h))
-            .collect();
-        let new_bytes: usize = o
-            .actions
-            .iter()
-            .filter(|a| new_edits.contains(&hasher.hash_one(a)))
-            .map(HeaderAction::size)
-            .sum();
+        let mut new_edits: HashSet<u64> = HashSet::new();
+        let mut new_bytes = 0usize;
+        for a in &o.actions {
+            let h = hasher.hash_one(a);
+            if !self.edits.contains(&h) && new_edits.insert(h) {
+                new_bytes += a.size();
+            }
+        }
         let new_scores: HashSet<u64> = o
             .scores
             .iter()
@@ -568,8 +564,7 @@ impl PluginSession {
             };
             result.scores.extend(outcome.scores);
             for a in outcome.actions {
-                if !seen.contains(&a) {
-                    seen.insert(a.clone());
+                if seen.insert(a.clone()) {
                     result.actions.push(a);
                 }
             }
@@ -851,5 +846,63 @@ async fn invoke(
             let m = Resource::<MessageData>::new_borrow(own.rep());
             g.call_on_data(&mut live.store, s, e, m).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(edits: impl IntoIterator<Item = String>, scores: &[&str]) -> Outcome {
+        Outcome {
+            verdict: Verdict::Continue,
+            scores: scores
+                .iter()
+                .map(|s| Score {
+                    symbol: s.to_string(),
+                    points: 1.0,
+                    detail: None,
+                    entry: Arc::from("e"),
+                })
+                .collect(),
+            actions: edits
+                .into_iter()
+                .map(|name| HeaderAction::Add {
+                    name,
+                    value: "v".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_transaction_counts_each_different_edit_and_score_once() {
+        let mut t = Tally::default();
+        let names = |from: usize, n: usize| (from..from + n).map(|i| format!("X-{i}"));
+        // The same 64 edits for 100 recipients: 64 in all.
+        for _ in 0..100 {
+            t.admit(&outcome(names(0, 64), &["S"])).unwrap();
+        }
+        t.admit(&outcome(names(64, MAX_TX_EDITS - 64), &[]))
+            .unwrap();
+        let e = t.admit(&outcome(names(1000, 1), &[])).unwrap_err();
+        assert!(e.contains("more than 256 different header edits"), "{e}");
+        // A refused outcome counted nothing; a known edit still passes.
+        t.admit(&outcome(names(0, 1), &[])).unwrap();
+        let scores: Vec<String> = (0..MAX_TX_SCORES).map(|i| format!("S{i}")).collect();
+        let refs: Vec<&str> = scores.iter().map(String::as_str).collect();
+        let e = t.admit(&outcome(names(0, 0), &refs)).unwrap_err();
+        assert!(e.contains("more than 256 different scores"), "{e}");
+        // Bytes: 16 edits of 16 KiB and their names pass 256 KiB.
+        let mut t = Tally::default();
+        let big = |i: usize| HeaderAction::Add {
+            name: format!("X-{i}"),
+            value: "v".repeat(16 << 10),
+        };
+        let mut o = outcome(names(0, 0), &[]);
+        o.actions = (0..15).map(big).collect();
+        t.admit(&o).unwrap();
+        o.actions = vec![big(15)];
+        assert!(t.admit(&o).unwrap_err().contains("bytes"));
     }
 }
