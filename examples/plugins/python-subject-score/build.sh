@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py==0.25.1
-componentize-py -d ../../../wit -w postern:filter/content-filter@0.2.0 componentize app -o subject_score.wasm
+componentize-py -d ../../../wit -w postern:filter/content-filter@0.2.1 componentize app -o subject_score.wasm

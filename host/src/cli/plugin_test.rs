@@ -5,6 +5,7 @@
 //!
 //! ```toml
 //! plugin = "../target/wasm32-wasip2/plugin/postern_plugin_access.wasm"  # relative to this file
+//! # grants = ["edit"]            # capabilities, as in the [[plugin]] table
 //! [config]                       # the chain entry's config table
 //! sender = { "blocked.test" = "REJECT" }
 //!
@@ -15,7 +16,11 @@
 //! helo = "client.test"           #   trusted, auth_user, listener
 //! mail_from = "x@blocked.test"
 //! rcpt_to = ["alice@example.test"]   # at rcpt: the last one is being checked
+//! # rcpt_params = ["NOTIFY=SUCCESS"] # its RCPT TO parameters
 //! # message = "spam.eml"         # data stage: a file, or message_text = "..."
+//! # config = { mode = "x" }      # this case's config instead of [config]
+//! # (the daemon's smtp.max_header_fields/max_header_size apply, and may be
+//! #  set at the top: a message over them is refused with 552 5.3.4)
 //! [case.expect]
 //! verdict = "reject"             # continue, accept, reject, tempfail, discard, quarantine, failure
 //! # failure = "trap"             # with verdict = "failure": trap, time, memory, outcome, overloaded
@@ -33,10 +38,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::config::{Bytes, ChainEntry, Chains as ChainConfig, OnError, PluginDef, Seconds, Wasm};
+use crate::config::{
+    Bytes, ChainEntry, Chains as ChainConfig, Grant, OnError, PluginDef, Seconds, Wasm,
+};
 use crate::message::HeaderAction;
+use crate::message::limits::{HeaderLimits, check_header};
 use crate::plugin::chain::FailureKind;
-use crate::plugin::{Chains, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, Verdict};
+use crate::plugin::{
+    Chains, Decision, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, StageResult, Verdict,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +58,13 @@ pub(super) struct Fixture {
     time_limit: Option<Seconds>,
     #[serde(default)]
     memory_limit: Option<Bytes>,
+    /// Capabilities granted to the plugin, as in its `[[plugin]]` table.
+    #[serde(default)]
+    grants: Vec<Grant>,
+    /// `smtp.max_header_fields` (default as in the daemon).
+    max_header_fields: Option<usize>,
+    /// `smtp.max_header_size` (default as in the daemon).
+    max_header_size: Option<Bytes>,
     #[serde(rename = "case")]
     pub(super) cases: Vec<Case>,
 }
@@ -70,8 +87,13 @@ pub(super) struct Case {
     mail_from: String,
     #[serde(default)]
     rcpt_to: Vec<String>,
+    /// RCPT TO parameters of the recipient checked, `KEYWORD[=value]`.
+    #[serde(default)]
+    rcpt_params: Vec<String>,
     message: Option<PathBuf>,
     message_text: Option<String>,
+    /// This case's config table, instead of the fixture's `[config]`.
+    config: Option<toml::Table>,
     expect: Expect,
 }
 
@@ -156,6 +178,7 @@ pub(super) fn load(
         time_limit: fixture
             .time_limit
             .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
+        grants: fixture.grants.clone(),
     };
     Ok((fixture, def, runtime))
 }
@@ -171,7 +194,13 @@ async fn run_fixture(
     println!("# {} with {}", path.display(), wasm.display());
     let mut failed = 0;
     for case in &fixture.cases {
-        match run_case(&runtime, &def, &fixture.config, case, base).await {
+        let smtp = crate::config::Smtp::default();
+        let limits = HeaderLimits {
+            fields: fixture.max_header_fields.unwrap_or(smtp.max_header_fields),
+            bytes: usize::try_from(fixture.max_header_size.unwrap_or(smtp.max_header_size).0)
+                .unwrap_or(usize::MAX),
+        };
+        match run_case(&runtime, &def, &fixture.config, case, base, limits).await {
             Ok(()) => println!("ok   - {}", case.name),
             Err(e) => {
                 failed += 1;
@@ -190,6 +219,7 @@ pub(super) struct Prepared {
     pub(super) session: Arc<SessionInfo>,
     pub(super) envelope: Arc<EnvelopeInfo>,
     pub(super) recipient: Option<String>,
+    pub(super) rcpt_params: Vec<(String, Option<String>)>,
     pub(super) message: Option<Arc<Vec<u8>>>,
 }
 
@@ -201,6 +231,7 @@ impl Prepared {
             envelope: (!matches!(self.stage, Stage::Connect | Stage::Helo))
                 .then(|| self.envelope.clone()),
             recipient: self.recipient.as_deref(),
+            rcpt_params: &self.rcpt_params,
             message: self.message.clone(),
         }
     }
@@ -217,7 +248,7 @@ pub(super) async fn prepare(
     let entry = ChainEntry {
         plugin: def.name.clone(),
         name: Some("under-test".into()),
-        config: config.clone(),
+        config: case.config.as_ref().unwrap_or(config).clone(),
     };
     let mut chain = ChainConfig::default();
     match st {
@@ -262,6 +293,14 @@ pub(super) async fn prepare(
         session: Arc::new(session),
         envelope: Arc::new(envelope),
         recipient,
+        rcpt_params: case
+            .rcpt_params
+            .iter()
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.to_ascii_uppercase(), Some(v.to_string())),
+                None => (p.to_ascii_uppercase(), None),
+            })
+            .collect(),
         message: message.map(Arc::new),
     })
 }
@@ -272,10 +311,28 @@ async fn run_case(
     config: &toml::Table,
     case: &Case,
     base: &Path,
+    limits: HeaderLimits,
 ) -> anyhow::Result<()> {
     let prepared = prepare(runtime, def, config, case, base).await?;
-    let mut runner = PluginSession::new(prepared.chains.clone());
-    let result = runner.run(prepared.stage, &prepared.input(), "TEST").await;
+    // What the daemon refuses at the end of data never reaches a filter.
+    let refused = prepared
+        .message
+        .as_deref()
+        .and_then(|m| check_header(m, limits).err())
+        .map(|e| Decision {
+            entry: Arc::from("host"),
+            verdict: Verdict::Reject(e.reply()),
+        });
+    let result = match refused {
+        Some(decision) => StageResult {
+            decision: Some(decision),
+            ..StageResult::default()
+        },
+        None => {
+            let mut runner = PluginSession::new(prepared.chains.clone());
+            runner.run(prepared.stage, &prepared.input(), "TEST").await
+        }
+    };
     let (verdict, reply_code, enhanced, text) = match result.decision.map(|d| d.verdict) {
         None => ("continue", None, None, String::new()),
         Some(Verdict::Continue) => ("continue", None, None, String::new()),

@@ -165,6 +165,28 @@ pub struct PluginDef {
     /// CPU time allowed per call (epoch-based, 10 ms granularity).
     #[serde(default = "default_plugin_time")]
     pub time_limit: Seconds,
+    /// Capabilities beyond the base interfaces (`host`, `types`, WASI)
+    /// that the plugin may import; one it imports without a grant is
+    /// refused at load.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// A capability a `[[plugin]]` may be granted (`grants = ["edit"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    /// `postern:filter/edit`: header edits by host call.
+    Edit,
+}
+
+impl Grant {
+    /// Its name in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grant::Edit => "edit",
+        }
+    }
 }
 
 fn default_plugin_memory() -> Bytes {
@@ -358,6 +380,13 @@ pub struct Smtp {
     /// Most `Received:` fields a message may arrive with (Postfix
     /// `hopcount_limit`): more means a mail loop, refused with `554 5.4.6`.
     pub hopcount_limit: usize,
+    /// Header fields a message may have; more is refused at the end of
+    /// data (`552 5.3.4`), so that content filters see every field.
+    pub max_header_fields: usize,
+    /// Octets a message's header section may have (Postfix
+    /// `header_size_limit`, which cuts instead of refusing); more is
+    /// `552 5.3.4`. At most 1 MiB: plugins copy the header whole.
+    pub max_header_size: Bytes,
 }
 
 impl Default for Smtp {
@@ -385,6 +414,11 @@ impl Default for Smtp {
             max_connections: 1000,
             max_connections_per_ip: 50,
             hopcount_limit: 50,
+            // Real mail has tens of fields and a few kilobytes of header
+            // (long ARC and Received chains reach ~100 fields, ~50 KiB);
+            // 1000 is also what plugins saw before these limits existed.
+            max_header_fields: 1000,
+            max_header_size: Bytes(256 << 10),
         }
     }
 }
@@ -820,6 +854,16 @@ impl Config {
         // that relays it: 0 would refuse all relayed mail.
         if s.hopcount_limit < 1 {
             bad("smtp.hopcount_limit", "must be at least 1".into());
+        }
+        if s.max_header_fields < 1 {
+            bad("smtp.max_header_fields", "must be at least 1".into());
+        }
+        let ceiling = crate::message::limits::MAX_HEADER_SIZE_CEILING;
+        if s.max_header_size.0 < 1024 || s.max_header_size.0 > ceiling {
+            bad(
+                "smtp.max_header_size",
+                format!("must be between 1024 and {ceiling} bytes (plugins copy the header whole)"),
+            );
         }
         if s.max_connections < 1 || s.max_connections_per_ip < 1 {
             bad(

@@ -17,7 +17,7 @@ use super::header::{header_field, scan_headers};
 pub const HOST_ONLY_FIELDS: [&str; 2] = ["Return-Path", "X-Postern-Score"];
 
 /// A header change requested by a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HeaderAction {
     /// Prepend `name: value`.
     Add {
@@ -54,6 +54,16 @@ impl HeaderAction {
         }
     }
 
+    /// Bytes of its name and value (what the host holds for it).
+    pub fn size(&self) -> usize {
+        match self {
+            HeaderAction::Add { name, value } | HeaderAction::Change { name, value, .. } => {
+                name.len() + value.len()
+            }
+            HeaderAction::Remove { name, .. } => name.len(),
+        }
+    }
+
     /// A short description for logs.
     pub fn describe(&self) -> String {
         match self {
@@ -72,6 +82,11 @@ impl HeaderAction {
 /// the end of DATA, before any plugin sees the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Inspection {
+    /// Header fields in all (`smtp.max_header_fields`).
+    pub fields: usize,
+    /// Octets of the header section, up to and including the empty line
+    /// (`smtp.max_header_size`).
+    pub header_size: usize,
     /// `Received:` fields (the hop count, Postfix `hopcount_limit`).
     pub received: usize,
     /// Fields only the host writes ([`HOST_ONLY_FIELDS`]).
@@ -93,6 +108,7 @@ pub struct Inspection {
 pub fn inspect(content: &[u8]) -> Inspection {
     let mut found = Inspection::default();
     let body = scan_headers(content, |name, _| {
+        found.fields += 1;
         if name.eq_ignore_ascii_case(b"received") {
             found.received += 1;
         } else if name.eq_ignore_ascii_case(b"message-id") {
@@ -114,6 +130,7 @@ pub fn inspect(content: &[u8]) -> Inspection {
             || head.ends_with(b"\n\n")
     });
     found.missing_separator = (!separated).then_some(body);
+    found.header_size = body;
     found
 }
 

@@ -3,6 +3,7 @@
 
 mod edit;
 mod header;
+pub mod limits;
 
 pub use edit::{Edited, HOST_ONLY_FIELDS, HeaderAction, Inspection, edit, inspect};
 pub use header::{

@@ -7,7 +7,7 @@
 //! (trap, time or memory limit, pool exhausted) becomes a `451 4.3.0` or
 //! is skipped, per the plugin's `on_error`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -15,11 +15,13 @@ use wasmtime::component::Resource;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 
 use super::bindings::postern::filter::types as wit;
-use super::outcome::{Outcome, Score, Verdict};
+use super::host::envelope::EnvelopeData;
+use super::host::message::{MessageData, ParsedMessage};
+use super::host::session::SessionData;
+use super::input::{EnvelopeInfo, Input, SessionInfo};
+use super::outcome::{Outcome, OverLimit, Score, Verdict};
 use super::runtime::{Live, LoadedPlugin, Runtime, bounded, budget};
-use super::state::{
-    EntryConf, EnvelopeData, MemoryLimitExceeded, MessageData, ParsedMessage, SessionData,
-};
+use super::state::{EntryConf, MemoryLimitExceeded};
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
 use crate::smtp::reply::r;
@@ -128,55 +130,6 @@ impl std::fmt::Debug for Chains {
     }
 }
 
-/// Host-side view of the session, converted for each call.
-#[derive(Debug, Clone, Default)]
-pub struct SessionInfo {
-    /// Unique session ID.
-    pub id: String,
-    /// Listener name.
-    pub listener: String,
-    /// Client IP.
-    pub client_ip: String,
-    /// Client port.
-    pub client_port: u16,
-    /// Verified PTR.
-    pub client_ptr: Option<String>,
-    /// In trusted networks.
-    pub trusted: bool,
-    /// HELO name.
-    pub helo: Option<String>,
-    /// TLS version and cipher.
-    pub tls: Option<(String, String)>,
-    /// SASL identity.
-    pub auth_user: Option<String>,
-}
-
-/// Host-side view of the envelope.
-#[derive(Debug, Clone, Default)]
-pub struct EnvelopeInfo {
-    /// Queue ID.
-    pub queue_id: String,
-    /// Sender (empty for `<>`).
-    pub mail_from: String,
-    /// MAIL parameters.
-    pub mail_params: Vec<(String, Option<String>)>,
-    /// Recipients so far.
-    pub rcpt_to: Vec<String>,
-}
-
-/// What a hook is called with.
-#[derive(Debug, Default)]
-pub struct Input<'a> {
-    /// The session.
-    pub session: Option<Arc<SessionInfo>>,
-    /// The envelope (mail, rcpt, data), shared with the plugins' calls.
-    pub envelope: Option<Arc<EnvelopeInfo>>,
-    /// The recipient being checked (rcpt).
-    pub recipient: Option<&'a str>,
-    /// The message content (data).
-    pub message: Option<Arc<Vec<u8>>>,
-}
-
 /// The first definitive verdict of a stage and who gave it.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -279,6 +232,9 @@ fn classify(e: &wasmtime::Error) -> Failure {
     if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return Failure::Overloaded;
     }
+    if let Some(over) = e.downcast_ref::<OverLimit>() {
+        return Failure::BadOutcome(over.to_string());
+    }
     // One log line: the trap or root cause, never a backtrace.
     let text = match e.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
@@ -363,12 +319,11 @@ impl Chains {
                     .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
                 let config: Arc<str> = Arc::from(json.as_str());
                 let known = configs.get(&(e.plugin.clone(), config.clone())).copied();
-                let conf = EntryConf {
-                    label: Arc::from(e.label()),
+                let conf = EntryConf::new(
+                    Arc::from(e.label()),
                     config,
-                    config_id: known
-                        .unwrap_or_else(|| u32::try_from(configs.len()).unwrap_or(u32::MAX)),
-                };
+                    known.unwrap_or_else(|| u32::try_from(configs.len()).unwrap_or(u32::MAX)),
+                );
                 if known.is_none() {
                     check_config(&runtime, plugin, &conf)
                         .await
@@ -449,11 +404,80 @@ async fn check_config(
     }
 }
 
+/// Different header edits all the plugins of one transaction may ask
+/// for (an RCPT hook runs once per recipient: 64 per outcome is not a
+/// bound on a transaction). More is a plugin failure.
+pub const MAX_TX_EDITS: usize = 256;
+
+/// Bytes of names and values those edits may hold together (a DKIM or ARC
+/// set is a few kilobytes): the host keeps them until the message is
+/// queued.
+pub const MAX_TX_EDIT_BYTES: usize = 256 << 10;
+
+/// Different scores (chain entry and symbol) of one transaction.
+pub const MAX_TX_SCORES: usize = 256;
+
+/// What the plugins of the current transaction asked for, for the
+/// per-transaction bounds: hashes of the different edits and scores, so
+/// that a repeat (the same answer for every recipient) counts once.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Keyed per transaction: no one can aim at collisions.
+    hasher: std::hash::RandomState,
+    edits: HashSet<u64>,
+    edit_bytes: usize,
+    scores: HashSet<u64>,
+}
+
+impl Tally {
+    /// Counts an outcome's edits and scores; an error says which bound it
+    /// would pass (nothing of it is counted then).
+    fn admit(&mut self, o: &Outcome) -> Result<(), String> {
+        use std::hash::BuildHasher;
+        let hasher = &self.hasher;
+        let mut new_edits: HashSet<u64> = HashSet::new();
+        let mut new_bytes = 0usize;
+        for a in &o.actions {
+            let h = hasher.hash_one(a);
+            if !self.edits.contains(&h) && new_edits.insert(h) {
+                new_bytes += a.size();
+            }
+        }
+        let new_scores: HashSet<u64> = o
+            .scores
+            .iter()
+            .map(|s| hasher.hash_one((&*s.entry, &s.symbol)))
+            .filter(|h| !self.scores.contains(h))
+            .collect();
+        if self.edits.len() + new_edits.len() > MAX_TX_EDITS {
+            return Err(format!(
+                "the plugins of this transaction asked for more than {MAX_TX_EDITS} different header edits"
+            ));
+        }
+        if self.edit_bytes + new_bytes > MAX_TX_EDIT_BYTES {
+            return Err(format!(
+                "the plugins of this transaction asked for header edits of more than {MAX_TX_EDIT_BYTES} bytes"
+            ));
+        }
+        if self.scores.len() + new_scores.len() > MAX_TX_SCORES {
+            return Err(format!(
+                "the plugins of this transaction gave more than {MAX_TX_SCORES} different scores"
+            ));
+        }
+        self.edits.extend(new_edits);
+        self.edit_bytes += new_bytes;
+        self.scores.extend(new_scores);
+        Ok(())
+    }
+}
+
 /// Calls the chains for one SMTP session.
 pub struct PluginSession {
     chains: Arc<Chains>,
     /// Instances of the current transaction, by slot ID.
     live: HashMap<usize, (Arc<Slot>, Live)>,
+    /// What the current transaction's plugins asked for.
+    tally: Tally,
 }
 
 impl PluginSession {
@@ -462,6 +486,7 @@ impl PluginSession {
         PluginSession {
             chains,
             live: HashMap::new(),
+            tally: Tally::default(),
         }
     }
 
@@ -489,8 +514,17 @@ impl PluginSession {
         // The instances this stage uses, each with the session, envelope
         // (and message) lent to it once for all its entries' calls.
         let mut held: Vec<Held> = Vec::new();
+        // The stage's actions, each once (a hash, not a scan: an RCPT
+        // stage of many entries each asking for many).
+        let mut seen: HashSet<HeaderAction> = HashSet::new();
         for entry in entries {
             let call = self.call(runtime, entry, &args, &mut held).await;
+            let call = call.and_then(|o| {
+                self.tally
+                    .admit(&o)
+                    .map(|()| o)
+                    .map_err(Failure::BadOutcome)
+            });
             let outcome = match call {
                 Ok(o) => o,
                 Err(failure) => {
@@ -530,7 +564,7 @@ impl PluginSession {
             };
             result.scores.extend(outcome.scores);
             for a in outcome.actions {
-                if !result.actions.contains(&a) {
+                if seen.insert(a.clone()) {
                     result.actions.push(a);
                 }
             }
@@ -552,6 +586,7 @@ impl PluginSession {
     /// back to their pool after each stage). Instances created at connect
     /// or HELO serve the session's first transaction.
     pub fn end_transaction(&mut self) {
+        self.tally = Tally::default();
         for (_, (slot, live)) in self.live.drain() {
             recycle(&slot, live);
         }
@@ -626,8 +661,21 @@ impl PluginSession {
         data.set_current(entry.index);
         data.ticks_left = budget(plugin);
         h.live.store.set_epoch_deadline(1);
-        match bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await {
-            Ok(o) => Outcome::from_wit(o, entry.label()).map_err(Failure::BadOutcome),
+        let result = bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await;
+        // Before the failure's own line: a panic message says why.
+        h.live.store.data().flush_stderr();
+        match result {
+            Ok(o) => {
+                // Edits by host call come first: they were asked for
+                // before the outcome was returned.
+                let edits = h.live.store.data_mut().take_edits();
+                let mut outcome =
+                    Outcome::from_wit(o, entry.label()).map_err(Failure::BadOutcome)?;
+                if !edits.is_empty() {
+                    outcome.actions.splice(0..0, edits);
+                }
+                Ok(outcome)
+            }
             Err(e) => {
                 // A trapped instance is poisoned: it is dropped here.
                 held.swap_remove(i);
@@ -778,7 +826,16 @@ async fn invoke(
         Stage::Rcpt => {
             let g = hook!(live, h, rcpt, missing);
             let rcpt = args.input.recipient.unwrap_or("");
-            g.call_on_rcpt(&mut live.store, s, e, rcpt, &[]).await
+            let params: Vec<wit::Param> = args
+                .input
+                .rcpt_params
+                .iter()
+                .map(|(name, value)| wit::Param {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect();
+            g.call_on_rcpt(&mut live.store, s, e, rcpt, &params).await
         }
         Stage::Data => {
             let g = hook!(live, h, data, missing);
@@ -789,5 +846,63 @@ async fn invoke(
             let m = Resource::<MessageData>::new_borrow(own.rep());
             g.call_on_data(&mut live.store, s, e, m).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(edits: impl IntoIterator<Item = String>, scores: &[&str]) -> Outcome {
+        Outcome {
+            verdict: Verdict::Continue,
+            scores: scores
+                .iter()
+                .map(|s| Score {
+                    symbol: s.to_string(),
+                    points: 1.0,
+                    detail: None,
+                    entry: Arc::from("e"),
+                })
+                .collect(),
+            actions: edits
+                .into_iter()
+                .map(|name| HeaderAction::Add {
+                    name,
+                    value: "v".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_transaction_counts_each_different_edit_and_score_once() {
+        let mut t = Tally::default();
+        let names = |from: usize, n: usize| (from..from + n).map(|i| format!("X-{i}"));
+        // The same 64 edits for 100 recipients: 64 in all.
+        for _ in 0..100 {
+            t.admit(&outcome(names(0, 64), &["S"])).unwrap();
+        }
+        t.admit(&outcome(names(64, MAX_TX_EDITS - 64), &[]))
+            .unwrap();
+        let e = t.admit(&outcome(names(1000, 1), &[])).unwrap_err();
+        assert!(e.contains("more than 256 different header edits"), "{e}");
+        // A refused outcome counted nothing; a known edit still passes.
+        t.admit(&outcome(names(0, 1), &[])).unwrap();
+        let scores: Vec<String> = (0..MAX_TX_SCORES).map(|i| format!("S{i}")).collect();
+        let refs: Vec<&str> = scores.iter().map(String::as_str).collect();
+        let e = t.admit(&outcome(names(0, 0), &refs)).unwrap_err();
+        assert!(e.contains("more than 256 different scores"), "{e}");
+        // Bytes: 16 edits of 16 KiB and their names pass 256 KiB.
+        let mut t = Tally::default();
+        let big = |i: usize| HeaderAction::Add {
+            name: format!("X-{i}"),
+            value: "v".repeat(16 << 10),
+        };
+        let mut o = outcome(names(0, 0), &[]);
+        o.actions = (0..15).map(big).collect();
+        t.admit(&o).unwrap();
+        o.actions = vec![big(15)];
+        assert!(t.admit(&o).unwrap_err().contains("bytes"));
     }
 }

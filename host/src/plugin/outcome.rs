@@ -180,30 +180,12 @@ impl Outcome {
                     index: h.index,
                 },
             };
-            if let HeaderAction::Add { value, .. } | HeaderAction::Change { value, .. } = &action
-                && value.len() > MAX_HEADER_VALUE
-            {
-                return Err(format!(
-                    "header {}: value of {} bytes (at most {MAX_HEADER_VALUE})",
-                    action.name(),
-                    value.len()
-                ));
-            }
-            if !valid_header_name(action.name()) {
-                tracing::warn!(
-                    "plugin {entry}: ignoring header action with invalid name {:?}",
-                    action.name()
-                );
-            } else if crate::message::HOST_ONLY_FIELDS
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(action.name()))
-            {
-                tracing::warn!(
-                    "plugin {entry}: ignoring header action on {}, which only the host writes",
-                    action.name()
-                );
-            } else {
-                actions.push(action);
+            match check_action(action, entry) {
+                Ok(action) => actions.push(action),
+                // An outcome has no way to say which item it refuses: a
+                // value too long refuses the outcome, as it always did.
+                Err(EditRefused::ValueTooLong(why)) => return Err(why),
+                Err(_) => {}
             }
         }
         Ok(Outcome {
@@ -212,6 +194,64 @@ impl Outcome {
             actions,
         })
     }
+}
+
+/// A plugin asked for more than the host takes from one call or one
+/// transaction: a plugin failure like an outcome the host refuses.
+#[derive(Debug)]
+pub struct OverLimit(pub String);
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+/// Why a header edit was not taken (logged where it happens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditRefused {
+    /// Not a field name.
+    InvalidName,
+    /// A field only the host writes.
+    HostOnly,
+    /// A value over [`MAX_HEADER_VALUE`], with the reason.
+    ValueTooLong(String),
+}
+
+/// The checks every header edit passes, whether an `outcome.actions` item
+/// (0.2.0) or an `edit` host call (0.2.1): a valid field name, not one
+/// only the host writes, a value of at most [`MAX_HEADER_VALUE`]. The
+/// first two are logged here.
+pub fn check_action(action: HeaderAction, entry: &str) -> Result<HeaderAction, EditRefused> {
+    if let HeaderAction::Add { value, .. } | HeaderAction::Change { value, .. } = &action
+        && value.len() > MAX_HEADER_VALUE
+    {
+        return Err(EditRefused::ValueTooLong(format!(
+            "header {}: value of {} bytes (at most {MAX_HEADER_VALUE})",
+            action.name(),
+            value.len()
+        )));
+    }
+    if !valid_header_name(action.name()) {
+        tracing::warn!(
+            "plugin {entry}: ignoring header action with invalid name {:?}",
+            action.name()
+        );
+        return Err(EditRefused::InvalidName);
+    }
+    if crate::message::HOST_ONLY_FIELDS
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(action.name()))
+    {
+        tracing::warn!(
+            "plugin {entry}: ignoring header action on {}, which only the host writes",
+            action.name()
+        );
+        return Err(EditRefused::HostOnly);
+    }
+    Ok(action)
 }
 
 #[cfg(test)]

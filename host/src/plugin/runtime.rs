@@ -10,25 +10,21 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline, WasmBacktraceDetails,
 };
 
-use super::bindings::Plugin as PluginWorld;
+use super::bindings::Full as PluginWorld;
 use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
-use super::state::{EntryConf, HostState};
+use super::state::{EntryConf, HOSTCALL_FUEL, HostState};
 use crate::config::{PluginDef, Wasm};
 
 /// Epoch tick: the granularity of plugin time limits.
 pub const TICK: Duration = Duration::from_millis(10);
-
-/// The WIT package and versions this host speaks.
-const PACKAGE: &str = "postern:filter/";
 
 /// File extension of compiled artifacts in the cache directory.
 const ARTIFACT: &str = "cwasm";
@@ -36,16 +32,6 @@ const ARTIFACT: &str = "cwasm";
 /// How long an artifact no generation uses stays in the cache (a rollback
 /// within this time loads instead of compiling).
 pub const CACHE_KEEP_UNUSED: Duration = Duration::from_secs(7 * 24 * 3600);
-const COMPATIBLE: &str = "0.2.";
-const EXPORTS: &[&str] = &[
-    "connect-hook",
-    "helo-hook",
-    "mail-hook",
-    "rcpt-hook",
-    "data-hook",
-    "configure",
-];
-const IMPORTS: &[&str] = &["host", "types"];
 
 /// The hook interfaces a component exports.
 #[derive(Clone, Default)]
@@ -359,7 +345,7 @@ impl Runtime {
         let rt = self.clone();
         let (component, digest, artifact) =
             tokio::task::spawn_blocking(move || rt.component(&bytes)).await??;
-        check_wit(&self.engine, &component)?;
+        super::contract::check(&self.engine, &component, def)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -391,11 +377,7 @@ impl Runtime {
             // of this trial config.
             .instantiate(
                 &plugin,
-                Arc::from([EntryConf {
-                    label: "load".into(),
-                    config: "{}".into(),
-                    config_id: u32::MAX,
-                }]),
+                Arc::from([EntryConf::new("load".into(), "{}".into(), u32::MAX)]),
                 0,
             )
             .await
@@ -443,6 +425,7 @@ impl Runtime {
         let memory = usize::try_from(plugin.def.memory_limit.0).unwrap_or(usize::MAX);
         let state = HostState::new(confs, current, memory);
         let mut store = Store::new(&self.engine, state);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
         store.limiter(|s| &mut s.limits);
         // Yield to tokio on every tick; interrupt when the budget is spent.
         store.epoch_deadline_callback(|mut ctx| {
@@ -517,38 +500,6 @@ pub async fn bounded<T>(
 pub fn budget(plugin: &LoadedPlugin) -> u32 {
     let ticks = plugin.def.time_limit.0.as_millis() / TICK.as_millis();
     u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
-}
-
-/// Refuses components built against another major version of the WIT, or
-/// that import or export unknown `postern:filter` interfaces, with a
-/// message naming the interface.
-fn check_wit(engine: &Engine, component: &Component) -> anyhow::Result<()> {
-    let ty = component.component_type();
-    let check = |dir: &str, name: &str, known: &[&str]| -> anyhow::Result<()> {
-        let Some(rest) = name.strip_prefix(PACKAGE) else {
-            return Ok(());
-        };
-        let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
-        if !version.starts_with(COMPATIBLE) {
-            anyhow::bail!(
-                "it {dir}s `{name}`: built against postern:filter@{version}, this host speaks @{COMPATIBLE}x"
-            );
-        }
-        if !known.contains(&iface) {
-            anyhow::bail!("it {dir}s `{name}`, which this host does not know");
-        }
-        Ok(())
-    };
-    for (name, item) in ty.exports(engine) {
-        if name.starts_with(PACKAGE) && !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
-            anyhow::bail!("it exports `{name}` as something other than an interface");
-        }
-        check("export", name, EXPORTS)?;
-    }
-    for (name, _) in ty.imports(engine) {
-        check("import", name, IMPORTS)?;
-    }
-    Ok(())
 }
 
 /// True if only this user (or root) can have written `path`: a regular

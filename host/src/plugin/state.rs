@@ -1,56 +1,24 @@
 //! The data of one plugin instance's store: WASI with nothing granted, the
-//! resource table, limits, and the host imports' implementation.
+//! resource table, limits, and the current call's entry. The host
+//! interfaces' implementations are in [`super::host`].
 
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::postern::filter::{host, types};
-use super::chain::{EnvelopeInfo, SessionInfo};
-use crate::message::parse_headers_up_to;
+use super::bindings::postern::filter::types;
+use super::host::stderr::{Rate, Stderr};
+use crate::message::HeaderAction;
 
-/// Largest body chunk handed out by one `read-body` call.
-const MAX_READ: usize = 1 << 20;
-
-/// Header fields plugins see (the first ones; `read-body` still starts
-/// after the whole header section). Real mail has tens; a message of
-/// millions of tiny fields must not cost the host gigabytes.
-pub const MAX_FIELDS: usize = 1000;
-
-/// Message content with its header section parsed: once per stage,
-/// whatever the number of plugins that read it.
-#[derive(Debug)]
-pub struct ParsedMessage {
-    content: Arc<Vec<u8>>,
-    headers: Vec<(String, String)>,
-    body_start: usize,
-}
-
-impl ParsedMessage {
-    /// Parses message content (header section and body).
-    pub fn new(content: Arc<Vec<u8>>) -> ParsedMessage {
-        let (fields, body_start) = parse_headers_up_to(&content, MAX_FIELDS);
-        ParsedMessage {
-            headers: fields.into_iter().map(|f| (f.name, f.value)).collect(),
-            content,
-            body_start,
-        }
-    }
-}
-
-/// The message behind a `message` resource handle (lent to one call).
-#[derive(Debug)]
-pub struct MessageData(pub Arc<ParsedMessage>);
-
-/// The session behind a `session` resource handle (lent to one call).
-#[derive(Debug)]
-pub struct SessionData(pub Arc<SessionInfo>);
-
-/// The envelope behind an `envelope` resource handle (lent to one call).
-#[derive(Debug)]
-pub struct EnvelopeData(pub Arc<EnvelopeInfo>);
+/// Bytes a guest may hand the host in one host call or in one hook's
+/// result (wasmtime's "hostcall fuel", 128 MiB by default). The largest
+/// legitimate transfer is an outcome of 64 scores and 64 header values of
+/// 16 KiB (~1 MiB); 16 times that fails the call instead of making the
+/// host allocate whatever a guest sends. (Copies into a guest are bounded
+/// by the host interfaces themselves.)
+pub const HOSTCALL_FUEL: usize = 16 << 20;
 
 /// A plugin asked for more memory than its limit.
 #[derive(Debug)]
@@ -133,6 +101,20 @@ pub struct EntryConf {
     pub config: Arc<str>,
     /// Its ID (equal IDs, equal configs) within the generation.
     pub config_id: u32,
+    /// How fast its instances' stderr may reach the log, all together.
+    pub stderr_rate: Arc<Rate>,
+}
+
+impl EntryConf {
+    /// An entry with its own stderr rate.
+    pub fn new(label: Arc<str>, config: Arc<str>, config_id: u32) -> EntryConf {
+        EntryConf {
+            label,
+            config,
+            config_id,
+            stderr_rate: Arc::default(),
+        }
+    }
 }
 
 /// `T` of `Store<T>`.
@@ -152,20 +134,21 @@ pub struct HostState {
     /// Epoch ticks left for the current call.
     pub(super) ticks_left: u32,
     /// `host.log` lines of the current call.
-    logged: u32,
+    pub(super) logged: u32,
+    /// Header edits the current call asked for by host call (`edit`).
+    pub(super) edits: Vec<HeaderAction>,
+    /// What the guest writes to stderr, until it is logged.
+    stderr: Stderr,
 }
-
-/// `host.log` lines one call may write; then one line says the rest are
-/// dropped. A plugin must not be able to flood the log.
-const MAX_LOG_LINES: u32 = 100;
 
 impl HostState {
     /// State for a new store serving `confs`, with `confs[current]` current.
     pub fn new(confs: Arc<[EntryConf]>, current: usize, memory: usize) -> HostState {
+        let stderr = Stderr::default();
         HostState {
             // No environment, arguments, preopens or network: the guest's
-            // libc may ask, and gets nothing.
-            wasi: WasiCtx::builder().build(),
+            // libc may ask, and gets nothing. Its stderr goes to the log.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
             limits: Limits { memory, used: 0 },
             confs,
@@ -173,6 +156,8 @@ impl HostState {
             context: None,
             ticks_left: 0,
             logged: 0,
+            edits: Vec::new(),
+            stderr,
         }
     }
 
@@ -180,10 +165,36 @@ impl HostState {
     pub(super) fn set_current(&mut self, index: usize) {
         self.current = index;
         self.logged = 0;
+        // Edits asked for outside a call (while the guest started) or by
+        // a call that failed are nobody's.
+        self.edits.clear();
     }
 
-    fn conf(&self) -> Option<&EntryConf> {
+    /// Logs what the guest wrote to stderr, as the current entry's.
+    pub(super) fn flush_stderr(&self) {
+        let context = self.context.as_deref().unwrap_or("-");
+        match self.conf() {
+            Some(c) => self.stderr.flush(context, &c.label, &c.stderr_rate),
+            None => self.stderr.flush(context, "?", &Rate::default()),
+        }
+    }
+
+    /// Takes the edits the call asked for by host call.
+    pub(super) fn take_edits(&mut self) -> Vec<HeaderAction> {
+        std::mem::take(&mut self.edits)
+    }
+
+    /// The current call's chain entry.
+    pub(super) fn conf(&self) -> Option<&EntryConf> {
         self.confs.get(self.current)
+    }
+}
+
+impl Drop for HostState {
+    /// What the guest wrote since the last call (while starting, or in a
+    /// call that trapped: a panic message) is logged before it goes.
+    fn drop(&mut self) {
+        self.flush_stderr();
     }
 }
 
@@ -193,187 +204,6 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-impl host::Host for HostState {
-    fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
-        self.logged = self.logged.saturating_add(1);
-        let ctx = self.context.as_deref().unwrap_or("-");
-        let entry = self.conf().map_or("?", |c| &*c.label);
-        if self.logged > MAX_LOG_LINES {
-            if self.logged == MAX_LOG_LINES + 1 {
-                tracing::warn!(
-                    "{ctx}: plugin {entry}: more than {MAX_LOG_LINES} log lines in one call; dropping the rest"
-                );
-            }
-            return Ok(());
-        }
-        let message: String = message
-            .chars()
-            .take(2000)
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        match level {
-            host::Level::Trace => tracing::trace!("{ctx}: plugin {entry}: {message}"),
-            host::Level::Debug => tracing::debug!("{ctx}: plugin {entry}: {message}"),
-            host::Level::Info => tracing::info!("{ctx}: plugin {entry}: {message}"),
-            host::Level::Warn => tracing::warn!("{ctx}: plugin {entry}: {message}"),
-            host::Level::Error => tracing::error!("{ctx}: plugin {entry}: {message}"),
-        }
-        Ok(())
-    }
-
-    fn config(&mut self) -> wasmtime::Result<String> {
-        Ok(self
-            .conf()
-            .map_or_else(|| "{}".to_string(), |c| c.config.to_string()))
-    }
-
-    fn config_id(&mut self) -> wasmtime::Result<u32> {
-        Ok(self.conf().map_or(u32::MAX, |c| c.config_id))
-    }
-}
-
-impl types::HostMessage for HostState {
-    fn headers(&mut self, m: Resource<MessageData>) -> wasmtime::Result<Vec<types::Header>> {
-        let m = &self.table.get(&m)?.0;
-        Ok(m.headers
-            .iter()
-            .map(|(name, value)| types::Header {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect())
-    }
-
-    fn header(&mut self, m: Resource<MessageData>, name: String) -> wasmtime::Result<Vec<String>> {
-        let m = &self.table.get(&m)?.0;
-        Ok(m.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-            .map(|(_, v)| v.clone())
-            .collect())
-    }
-
-    fn size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&m)?.0.content.len() as u64)
-    }
-
-    fn body_size(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u64> {
-        let m = &self.table.get(&m)?.0;
-        Ok((m.content.len() - m.body_start) as u64)
-    }
-
-    fn read_body(
-        &mut self,
-        m: Resource<MessageData>,
-        offset: u64,
-        len: u32,
-    ) -> wasmtime::Result<Vec<u8>> {
-        let m = &self.table.get(&m)?.0;
-        let body = &m.content[m.body_start..];
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(body.len());
-        let end = start
-            .saturating_add((len as usize).min(MAX_READ))
-            .min(body.len());
-        Ok(body[start..end].to_vec())
-    }
-
-    fn drop(&mut self, m: Resource<MessageData>) -> wasmtime::Result<()> {
-        self.table.delete(m)?;
-        Ok(())
-    }
-}
-
-impl types::HostSession for HostState {
-    fn id(&mut self, s: Resource<SessionData>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&s)?.0.id.clone())
-    }
-
-    fn listener(&mut self, s: Resource<SessionData>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&s)?.0.listener.clone())
-    }
-
-    fn client_ip(&mut self, s: Resource<SessionData>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&s)?.0.client_ip.clone())
-    }
-
-    fn client_port(&mut self, s: Resource<SessionData>) -> wasmtime::Result<u16> {
-        Ok(self.table.get(&s)?.0.client_port)
-    }
-
-    fn client_ptr(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&s)?.0.client_ptr.clone())
-    }
-
-    fn trusted(&mut self, s: Resource<SessionData>) -> wasmtime::Result<bool> {
-        Ok(self.table.get(&s)?.0.trusted)
-    }
-
-    fn helo(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&s)?.0.helo.clone())
-    }
-
-    fn tls(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<types::TlsInfo>> {
-        Ok(self
-            .table
-            .get(&s)?
-            .0
-            .tls
-            .as_ref()
-            .map(|(version, cipher)| types::TlsInfo {
-                version: version.clone(),
-                cipher: cipher.clone(),
-            }))
-    }
-
-    fn auth_user(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&s)?.0.auth_user.clone())
-    }
-
-    fn drop(&mut self, s: Resource<SessionData>) -> wasmtime::Result<()> {
-        self.table.delete(s)?;
-        Ok(())
-    }
-}
-
-impl types::HostEnvelope for HostState {
-    fn queue_id(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&e)?.0.queue_id.clone())
-    }
-
-    fn mail_from(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&e)?.0.mail_from.clone())
-    }
-
-    fn mail_params(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<Vec<types::Param>> {
-        Ok(self
-            .table
-            .get(&e)?
-            .0
-            .mail_params
-            .iter()
-            .map(|(name, value)| types::Param {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect())
-    }
-
-    fn rcpt_count(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<u32> {
-        Ok(u32::try_from(self.table.get(&e)?.0.rcpt_to.len()).unwrap_or(u32::MAX))
-    }
-
-    fn rcpt_to(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<Vec<String>> {
-        Ok(self.table.get(&e)?.0.rcpt_to.clone())
-    }
-
-    fn drop(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<()> {
-        self.table.delete(e)?;
-        Ok(())
     }
 }
 

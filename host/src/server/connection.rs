@@ -5,6 +5,7 @@
 //! Replies are buffered while pipelined input is pending and flushed before
 //! every read, which is exactly what RFC 2920 asks of a server.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use super::Shared;
 use super::generation::Generation;
 use super::offload;
 use super::trace::{TraceInfo, missing_headers, received};
-use crate::message::{self, HeaderAction, header_field};
+use crate::message::{self, HeaderAction, header_field, limits};
 use crate::plugin::{
     Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
     StageResult, Verdict, scoring,
@@ -27,7 +28,7 @@ use crate::plugin::{
 use crate::route::{Destination, RouteError};
 use crate::sasl::{AuthContext, AuthError, Exchange};
 use crate::smtp::address::{ForwardPath, ReversePath};
-use crate::smtp::command::{self, MailParams, ParseOptions};
+use crate::smtp::command::{self, EsmtpParams, MailParams, ParseOptions};
 use crate::smtp::receiver::{Body, Event, Receiver};
 use crate::smtp::reply::{Reply, r};
 use crate::smtp::session::{Decision, Session, Step};
@@ -101,6 +102,10 @@ struct Policy {
     scores: Vec<Score>,
     actions: Vec<HeaderAction>,
     disposition: Option<Disposition>,
+    /// Where each (entry, symbol) is in `scores`, and the actions taken:
+    /// looked up by hash, not by scan (an RCPT stage runs per recipient).
+    score_at: HashMap<(Arc<str>, String), usize>,
+    seen: HashSet<HeaderAction>,
 }
 
 impl Policy {
@@ -110,18 +115,18 @@ impl Policy {
     /// DNSBL hit on the client) by the number of recipients.
     fn take(&mut self, scores: Vec<Score>, actions: Vec<HeaderAction>) {
         for s in scores {
-            match self
-                .scores
-                .iter_mut()
-                .find(|o| o.entry == s.entry && o.symbol == s.symbol)
-            {
-                Some(o) if s.points.abs() > o.points.abs() => *o = s,
+            match self.score_at.get(&(s.entry.clone(), s.symbol.clone())) {
+                Some(&i) if s.points.abs() > self.scores[i].points.abs() => self.scores[i] = s,
                 Some(_) => {}
-                None => self.scores.push(s),
+                None => {
+                    let key = (s.entry.clone(), s.symbol.clone());
+                    self.score_at.insert(key, self.scores.len());
+                    self.scores.push(s);
+                }
             }
         }
         for a in actions {
-            if !self.actions.contains(&a) {
+            if self.seen.insert(a.clone()) {
                 self.actions.push(a);
             }
         }
@@ -469,9 +474,9 @@ impl Connection {
                     self.session.helo_done(greeting, decision)
                 }
                 Step::Mail(from, params) => self.mail(from, params).await,
-                Step::Rcpt(to) => {
+                Step::Rcpt(to, params) => {
                     self.rcpt_plugin = None;
-                    let decision = self.rcpt_decision(&to).await;
+                    let decision = self.rcpt_decision(&to, &params).await;
                     if let Decision::Reject(reply) = &decision {
                         let by = self
                             .rcpt_plugin
@@ -927,13 +932,13 @@ impl Connection {
     }
 
     /// Calls a stage's chain with the session and, when given, envelope,
-    /// recipient and message.
+    /// recipient (with its RCPT parameters) and message.
     async fn run_chain(
         &mut self,
         stage: Stage,
         context: &str,
         envelope: Option<Arc<EnvelopeInfo>>,
-        recipient: Option<&str>,
+        recipient: Option<(&str, &EsmtpParams)>,
         message: Option<std::sync::Arc<Vec<u8>>>,
     ) -> StageResult {
         if self.info.auth_user != self.session.auth_user {
@@ -942,7 +947,8 @@ impl Connection {
         let input = Input {
             session: Some(self.info.clone()),
             envelope,
-            recipient,
+            recipient: recipient.map(|(to, _)| to),
+            rcpt_params: recipient.map_or(&[], |(_, params)| params),
             message,
         };
         self.plugins.run(stage, &input, context).await
@@ -1089,7 +1095,11 @@ impl Connection {
     /// Relay control and routing for one recipient. Relay control comes
     /// first and is not configurable away: only trusted networks and
     /// authenticated clients may send to domains that are not ours.
-    async fn rcpt_decision(&mut self, to: &ForwardPath) -> Decision<Vec<Destination>> {
+    async fn rcpt_decision(
+        &mut self,
+        to: &ForwardPath,
+        params: &EsmtpParams,
+    ) -> Decision<Vec<Destination>> {
         let decision = self.route(to);
         let Decision::Accept(dests) = decision else {
             return decision;
@@ -1102,7 +1112,7 @@ impl Connection {
             let envelope = self.plugin_envelope();
             let rcpt = to.to_string();
             let result = self
-                .run_chain(Stage::Rcpt, &id, envelope, Some(&rcpt), None)
+                .run_chain(Stage::Rcpt, &id, envelope, Some((&rcpt, params)), None)
                 .await;
             if let Some(reply) = self.absorb(Stage::Rcpt, &id, result) {
                 return Decision::Reject(reply);
@@ -1194,6 +1204,7 @@ impl Connection {
         })
         .await
         .map_err(|e| self.internal_error(&id, "header scan", &e))?;
+        limits::enforce(&found, &self.generation.config.smtp, &id, &self.client)?;
         let hopcount_limit = self.generation.config.smtp.hopcount_limit;
         if found.received > hopcount_limit {
             // Postfix cleanup: "message rejected: hopcount exceeded".

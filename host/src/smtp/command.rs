@@ -38,8 +38,8 @@ pub enum Command {
     Helo(String),
     /// `MAIL FROM:<path> params`.
     Mail(ReversePath, MailParams),
-    /// `RCPT TO:<path>`.
-    Rcpt(ForwardPath),
+    /// `RCPT TO:<path> params` (only the parameters in [`RCPT_PARAMS`]).
+    Rcpt(ForwardPath, EsmtpParams),
     /// `DATA`.
     Data,
     /// `BDAT size [LAST]` (RFC 3030).
@@ -79,7 +79,7 @@ impl Command {
             Command::Ehlo(_) => "EHLO",
             Command::Helo(_) => "HELO",
             Command::Mail(..) => "MAIL",
-            Command::Rcpt(_) => "RCPT",
+            Command::Rcpt(..) => "RCPT",
             Command::Data => "DATA",
             Command::Bdat { .. } => "BDAT",
             Command::Rset => "RSET",
@@ -263,16 +263,43 @@ fn parse_mail(arg: &str, opts: ParseOptions) -> Result<Command, CommandError> {
     Ok(Command::Mail(from, mp))
 }
 
+/// ESMTP parameters as given: keyword (upper case) and value.
+pub type EsmtpParams = Vec<(String, Option<String>)>;
+
+/// RCPT TO parameters Postern accepts: none yet. DSN's NOTIFY and ORCPT
+/// (RFC 3461) come with delivery status notifications, which the EHLO
+/// reply will then advertise; the parameters accepted reach the RCPT
+/// hook of the plugins.
+pub const RCPT_PARAMS: &[&str] = &[];
+
 fn parse_rcpt(arg: &str, opts: ParseOptions) -> Result<Command, CommandError> {
     let rest = keyword(arg, "TO:").ok_or(CommandError::Syntax("RCPT TO:<address>"))?;
     let (path, params) =
         split_path(rest, opts.strict_envelopes).map_err(CommandError::Recipient)?;
-    if let Some(p) = params.split(' ').find(|p| !p.is_empty()) {
-        return Err(CommandError::Parameter(p.to_string()));
-    }
+    let params = esmtp_params(params, RCPT_PARAMS)?;
     // The session rejects non-ASCII recipients later unless MAIL had SMTPUTF8.
     let to = parse_forward_path(path, true).map_err(CommandError::Recipient)?;
-    Ok(Command::Rcpt(to))
+    Ok(Command::Rcpt(to, params))
+}
+
+/// The `KEYWORD[=value]` parameters after a path, each of `known` at most
+/// once; any other keyword is refused (RFC 5321 §4.1.1.11: `555`).
+fn esmtp_params(text: &str, known: &[&str]) -> Result<EsmtpParams, CommandError> {
+    let mut out: EsmtpParams = Vec::new();
+    for param in text.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k.to_ascii_uppercase(), Some(v.to_string())),
+            None => (param.to_ascii_uppercase(), None),
+        };
+        if !known.contains(&key.as_str()) {
+            return Err(CommandError::Parameter(param.to_string()));
+        }
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(CommandError::Syntax("each RCPT parameter once"));
+        }
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
@@ -408,11 +435,33 @@ mod tests {
     fn rcpt_postmaster_and_params() {
         assert_eq!(
             p("RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt(ForwardPath::Postmaster))
+            Ok(Command::Rcpt(ForwardPath::Postmaster, vec![]))
         );
         assert_eq!(
             p("RCPT TO:<a@b.test> NOTIFY=NEVER"),
             Err(CommandError::Parameter("NOTIFY=NEVER".into()))
+        );
+    }
+
+    #[test]
+    fn rcpt_parameters_that_are_known_are_kept_in_order() {
+        // What parse_rcpt does once DSN adds NOTIFY and ORCPT.
+        let known = ["NOTIFY", "ORCPT"];
+        assert_eq!(
+            esmtp_params(" notify=SUCCESS,DELAY  ORCPT=rfc822;a@b.test", &known),
+            Ok(vec![
+                ("NOTIFY".into(), Some("SUCCESS,DELAY".into())),
+                ("ORCPT".into(), Some("rfc822;a@b.test".into())),
+            ])
+        );
+        assert_eq!(esmtp_params("", &known), Ok(vec![]));
+        assert_eq!(
+            esmtp_params("NOTIFY=NEVER NOTIFY=NEVER", &known),
+            Err(CommandError::Syntax("each RCPT parameter once"))
+        );
+        assert_eq!(
+            esmtp_params("NOTIFY=NEVER RET=HDRS", &known),
+            Err(CommandError::Parameter("RET=HDRS".into()))
         );
     }
 }

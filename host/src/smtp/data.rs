@@ -147,7 +147,7 @@ mod tests {
             MailParams::default(),
             Decision::Accept(None),
         );
-        let Step::Rcpt(to) = cmd(&mut s, "RCPT TO:<a@b.test>") else {
+        let Step::Rcpt(to, _) = cmd(&mut s, "RCPT TO:<a@b.test>") else {
             panic!("expected Rcpt step");
         };
         let _ = s.rcpt_done(to, Decision::Accept(()));

@@ -1,12 +1,12 @@
 //! RCPT TO (RFC 5321 §4.1.1.3): sequence, recipient limit, delayed rejects.
 
 use super::address::ForwardPath;
-use super::command::check_rcpt_utf8;
+use super::command::{EsmtpParams, check_rcpt_utf8};
 use super::reply::r;
 use super::session::{AcceptedRcpt, Decision, Session, Step};
 
 impl<R> Session<R> {
-    pub(super) fn rcpt(&mut self, to: ForwardPath) -> Step {
+    pub(super) fn rcpt(&mut self, to: ForwardPath, params: EsmtpParams) -> Step {
         let Some(tx) = &self.tx else {
             return self.fail(r(503, 5, 5, 1, "Error: need MAIL command"));
         };
@@ -28,7 +28,7 @@ impl<R> Session<R> {
         {
             return self.fail(reply);
         }
-        Step::Rcpt(to)
+        Step::Rcpt(to, params)
     }
 
     /// Completes RCPT TO with the caller's routing decision.
@@ -68,7 +68,7 @@ mod tests {
             Decision::Accept(None),
         );
         for _ in 0..2 {
-            let Step::Rcpt(to) = cmd(&mut s, "RCPT TO:<a@b.test>") else {
+            let Step::Rcpt(to, _) = cmd(&mut s, "RCPT TO:<a@b.test>") else {
                 panic!("expected Rcpt step");
             };
             assert_eq!(code(&s.rcpt_done(to, Decision::Accept(()))), 250);

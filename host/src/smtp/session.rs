@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::address::{ForwardPath, ReversePath};
-use super::command::{Command, CommandError, MailParams};
+use super::command::{Command, CommandError, EsmtpParams, MailParams};
 use super::reply::{Reply, r};
 
 /// Protocol settings of one listener; the caller builds it from the config.
@@ -122,8 +122,9 @@ pub enum Step {
     Helo(Greeting),
     /// Check the sender, then call [`Session::mail_done`].
     Mail(ReversePath, MailParams),
-    /// Route and check the recipient, then call [`Session::rcpt_done`].
-    Rcpt(ForwardPath),
+    /// Route and check the recipient (with its ESMTP parameters), then
+    /// call [`Session::rcpt_done`].
+    Rcpt(ForwardPath, EsmtpParams),
     /// Send this 354 reply and switch the receiver to DATA mode.
     StartData(Reply),
     /// Switch the receiver to BDAT mode for `size` octets (no reply yet).
@@ -285,7 +286,11 @@ impl<R> Session<R> {
             && !self.tls_active
             && matches!(
                 cmd,
-                Command::Rcpt(_) | Command::Data | Command::Vrfy(_) | Command::Expn | Command::Help
+                Command::Rcpt(..)
+                    | Command::Data
+                    | Command::Vrfy(_)
+                    | Command::Expn
+                    | Command::Help
             )
         {
             return self.fail(r(530, 5, 7, 0, "Must issue a STARTTLS command first"));
@@ -294,7 +299,7 @@ impl<R> Session<R> {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail(from, params) => self.mail(from, params),
-            Command::Rcpt(to) => self.rcpt(to),
+            Command::Rcpt(to, params) => self.rcpt(to, params),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {

@@ -101,6 +101,15 @@
 //! - One instance serves every chain entry of your plugin, and entries
 //!   have their own configs: read the config per call ([`config`]), or
 //!   parse it once per config with [`config_cached`].
+//! - Anything written to stderr reaches the host log, a line per line
+//!   (bounded and rate-limited), with the entry's name; a panic's message
+//!   goes there before the call fails ([`panic_to_stderr`]).
+//! - A capability beyond `host` and `types` (header edits by host call,
+//!   [`edit`]) is imported only if your code calls it, and must then be
+//!   granted in the `[[plugin]]` table (`grants = ["edit"]`).
+//! - The message header is complete (the host refuses messages over its
+//!   limits) and at most `smtp.max_header_size` (1 MiB at most);
+//!   [`each_header`] reads it in bounded batches.
 
 #![allow(missing_docs)] // the generated bindings carry the WIT docs
 
@@ -113,32 +122,56 @@ wit_bindgen::generate!({
     pub_export_macro: false,
 });
 
+/// Header edits by host call (since 0.2.1): `edit::add_header(name,
+/// value)` and friends. A plugin that calls them imports `edit`, and
+/// needs `grants = ["edit"]` in its `[[plugin]]` table; the
+/// [`Outcome`] builders (`add_header`, ...) need no grant.
+pub use postern::filter::edit;
 pub use postern::filter::host;
 pub use postern::filter::types;
 pub use types::{
-    Action, Envelope, Header, HeaderChange, HeaderRef, Message, Outcome, Param, Reply, Score,
-    Session, TlsInfo, Verdict,
+    Action, Envelope, Header, HeaderChange, HeaderPart, HeaderRef, Message, Outcome, Param, Reply,
+    Score, Session, TlsInfo, Verdict,
 };
 
-/// Generates the bindings for a plugin world, sharing this crate's types.
-///
-/// `path` is the `wit/` directory relative to your crate's `Cargo.toml`;
-/// `world` is a world of `postern:filter`, or one of your own that
-/// includes them. Brings an `export!` macro and an `exports` module into
-/// scope.
-#[macro_export]
-macro_rules! bindings {
-    (path: $path:literal, world: $world:literal $(,)?) => {
-        $crate::__wit_bindgen::generate!({
-            path: $path,
-            world: $world,
-            with: {
-                "postern:filter/types@0.2.0": ::postern_sdk::types,
-                "postern:filter/host@0.2.0": ::postern_sdk::host,
-            },
-            runtime_path: "postern_sdk::__wit_bindgen::rt",
-        });
-    };
+include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+
+/// The runtime the generated bindings call into: wit-bindgen's, with one
+/// addition. Every export of a plugin starts by running its static
+/// constructors once; the SDK then also installs its panic hook, so that
+/// a panic's message reaches the host log (through stderr) before the
+/// trap ends the call.
+#[doc(hidden)]
+pub mod __rt {
+    pub use wit_bindgen::rt::*;
+
+    /// wit-bindgen's `run_ctors_once`, then [`crate::panic_to_stderr`].
+    #[cfg(target_arch = "wasm32")]
+    pub fn run_ctors_once() {
+        wit_bindgen::rt::run_ctors_once();
+        crate::panic_to_stderr();
+    }
+}
+
+/// Installs (once) a panic hook that writes `panicked at FILE:LINE:
+/// MESSAGE` to stderr, which the host logs with the plugin entry's name.
+/// The bindings made by [`bindings!`] call this before any hook runs.
+pub fn panic_to_stderr() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            match info.location() {
+                Some(at) => eprintln!("panicked at {at}: {message}"),
+                None => eprintln!("panicked: {message}"),
+            }
+        }));
+    });
 }
 
 impl Outcome {
@@ -226,6 +259,48 @@ fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> Reply {
         enhanced: (!enhanced.is_empty()).then(|| enhanced.to_string()),
         text: text.into(),
     }
+}
+
+/// Calls `f(index, name, value)` for every header field in order, with
+/// whole values, copying at most `batch` fields and 64 KiB of each value
+/// into the plugin's memory per host call (long values are read in
+/// chunks). Stops early when `f` returns `false`.
+pub fn each_header(message: &Message, batch: u32, mut f: impl FnMut(u32, &str, &str) -> bool) {
+    const PART: u32 = 64 << 10;
+    let mut start = 0u32;
+    loop {
+        let parts = message.header_list(start, batch.max(1), PART);
+        if parts.is_empty() {
+            return;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let index = start + i as u32;
+            let whole;
+            let value = if (part.value.len() as u32) < part.size {
+                whole = read_header(message, index, part);
+                whole.as_str()
+            } else {
+                part.value.as_str()
+            };
+            if !f(index, &part.name, value) {
+                return;
+            }
+        }
+        start += parts.len() as u32;
+    }
+}
+
+/// The whole value of a field `header-list` gave cut.
+fn read_header(message: &Message, index: u32, part: &HeaderPart) -> String {
+    let mut bytes = part.value.clone().into_bytes();
+    while (bytes.len() as u32) < part.size {
+        let chunk = message.read_header(index, bytes.len() as u32, 64 << 10);
+        if chunk.is_empty() {
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Writing to the host log (prefixed with the plugin entry and queue ID).

@@ -2,10 +2,14 @@
 //! one 4xx (or is skipped) and never the daemon.
 //!
 //! Config: `mode` = ok | loop | sleep | hog | trap | flood | chatty | reject |
-//! score | header | strip | rewrite | quarantine | discard | refuse-config | sleep-config;
-//! `when_rcpt` = only act when a recipient starts with this prefix; `field`
-//! (default `X-Repeat`) = the field `strip` removes every copy of and
-//! `rewrite` changes 64 copies of (the most one call may ask for).
+//! score | header | strip | rewrite | quarantine | discard | refuse-config |
+//! sleep-config | header-flood (64 different header edits per recipient:
+//! the transaction's bound stops it) | huge (a 32 MiB value in its outcome:
+//! more than a guest may hand the host at once) | stderr (writes lines to
+//! stderr); `when_rcpt` = only act when a recipient starts with this
+//! prefix; `field` (default `X-Repeat`) = the field `strip` removes every
+//! copy of and `rewrite` changes 64 copies of (the most one call may ask
+//! for).
 
 #![allow(missing_docs)]
 
@@ -85,10 +89,30 @@ fn act(rcpts: &[&str]) -> Outcome {
         "flood" => (0..100_000).fold(Outcome::cont(), |o, i| {
             o.add_header(&format!("X-Flood-{i}"), "yes")
         }),
+        "header-flood" => header_flood(rcpts),
+        "huge" => huge(),
+        "stderr" => {
+            eprintln!("misbehave: first line\nmisbehave: second line");
+            Outcome::cont()
+        }
         "quarantine" => Outcome::quarantine("misbehave holds it"),
         "discard" => Outcome::discard("misbehave drops it"),
         _ => Outcome::cont(),
     }
+}
+
+/// 64 header edits named after the recipient: each call is within the
+/// per-outcome bound, a transaction of several recipients is not.
+fn header_flood(rcpts: &[&str]) -> Outcome {
+    let who = rcpts.last().copied().unwrap_or("data");
+    (0..64).fold(Outcome::cont(), |o, i| {
+        o.add_header(&format!("X-Flood-{who}-{i}"), "yes")
+    })
+}
+
+/// An outcome carrying 32 MiB: lifting it would cost the host as much.
+fn huge() -> Outcome {
+    Outcome::cont().score("HUGE", 1.0, Some(&"x".repeat(32 << 20)))
 }
 
 struct Misbehave;
