@@ -5,8 +5,10 @@ pub mod admin;
 pub mod connection;
 pub mod generation;
 pub mod limits;
-pub mod privileges;
 pub mod trace;
+
+/// Kept at its old path for callers written before it moved to the crate root.
+pub use crate::privileges;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -12,7 +12,6 @@
 //! `queue/`, and `queue/` itself is fsynced ([`dirsync`] batches that last
 //! step across concurrent sessions).
 
-pub mod dirsync;
 pub mod format;
 pub mod journal;
 mod queue_id;
@@ -26,6 +25,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// Kept at its old path: the group commit moved to [`crate::durable`].
+pub use crate::durable::dirsync;
 pub use dirsync::{DirSyncer, SyncMode};
 pub use format::{Client, Envelope, Recipient};
 pub use queue_id::{is_queue_id, new_queue_id};

@@ -1,0 +1,7 @@
+//! Making files durable, shared by the spool, the journal and the delivery
+//! agents: group commit of fsyncs ([`dirsync`]).
+//!
+//! These are operating-system helpers, not the spool's: a Maildir copy is
+//! made durable by the same code as a queue file.
+
+pub mod dirsync;
