@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::spool::DirSyncer;
 use crate::spool::dirsync::{create_dir_durable, wait_until_durable};
-use crate::spool::journal::{Touched, device_of};
+use crate::spool::journal::Touched;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -336,12 +336,11 @@ pub fn deliver(
 fn secure_file(how: Durability<'_>, f: &File, path: &Path, dir: &Path) -> Result<(), MaildirError> {
     match how {
         Durability::Synced(syncer) | Durability::Requeued(syncer) => syncer
-            .sync_file_blocking(f, path)
+            .sync_file_blocking(f, syncer.filesystems().ticket())
             .map_err(err("fsync", path)),
-        Durability::Journaled { touched, .. } => {
-            let dev = device_of(f).map_err(err("stat", path))?;
-            touched.add(dev, dir).map_err(err("open", dir))
-        }
+        Durability::Journaled { touched, .. } => File::open(dir)
+            .and_then(|d| touched.add(std::os::fd::AsFd::as_fd(&d)))
+            .map_err(err("open", dir)),
     }
 }
 

@@ -465,7 +465,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut recovered = spool.recover().context("spool recovery failed")?;
     // The journal is read (and what it holds delivered) even when it is
     // switched off now: it may hold messages from a run that used it.
-    let touched = Arc::new(Touched::default());
+    // The journal's bulk sync and the spool's group commit share one
+    // descriptor per file system, so that neither misses an error the
+    // other collected.
+    let touched = Arc::new(Touched::new(syncer.filesystems().clone()));
     let journal_dir = cfg.server.spool_dir.join("journal");
     let (journal, leftovers) =
         Journal::open(&journal_dir, touched.clone(), cfg.queue.journal_seal_idle.0)

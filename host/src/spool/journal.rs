@@ -23,15 +23,18 @@
 //! names, so a copy that did reach the mailbox is recognised (and repaired
 //! if it is not intact) instead of duplicated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+use crate::durable::filesystems::{Filesystems, Ticket};
 
 const MAGIC: &[u8; 8] = b"PSTRNJ01";
 const HEADER: usize = 16;
@@ -53,63 +56,81 @@ fn ctx<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Er
 
 #[derive(Debug, Default)]
 struct TouchedState {
-    /// One open directory per file system: syncfs through a descriptor
-    /// held since before the writes reports their write-back errors, and
-    /// keeps working if that directory is later removed.
-    dirs: HashMap<u64, (Arc<File>, PathBuf)>,
+    /// The file systems written to.
+    devs: std::collections::BTreeSet<u64>,
     /// The first sync error. After it, no sync succeeds until restart: a
     /// lost write-back must not be forgotten by the next syncfs.
     failed: Option<String>,
 }
 
 /// The file systems that hold Maildir copies not yet synced.
-#[derive(Debug, Default)]
+///
+/// Their syncfs goes through the descriptors of [`Filesystems`], shared
+/// with the spool's group commit, and an error any syncfs of the daemon
+/// collected since this was made counts here: it may have been a copy's.
+#[derive(Debug)]
 pub struct Touched {
+    filesystems: Arc<Filesystems>,
+    since: Ticket,
     state: Mutex<TouchedState>,
 }
 
+impl Default for Touched {
+    fn default() -> Self {
+        Touched::new(Arc::new(Filesystems::new()))
+    }
+}
+
 impl Touched {
-    /// Records that a new file was written below `dir`, on file system
-    /// `dev` (blocking: opens `dir` the first time a file system is seen).
-    pub fn add(&self, dev: u64, dir: &Path) -> io::Result<()> {
-        if lock(&self.state).dirs.contains_key(&dev) {
-            return Ok(());
+    /// Nothing touched yet; syncs go through `filesystems`.
+    pub fn new(filesystems: Arc<Filesystems>) -> Touched {
+        Touched {
+            since: filesystems.ticket(),
+            filesystems,
+            state: Mutex::default(),
         }
-        let f = File::open(dir).map_err(ctx("open", dir))?;
-        lock(&self.state)
-            .dirs
-            .entry(dev)
-            .or_insert_with(|| (Arc::new(f), dir.to_path_buf()));
+    }
+
+    /// Records that a new file is about to be written into the directory
+    /// `dir` (blocking). Call it before the write: the file system's
+    /// descriptor must be open before the data it is to report on.
+    pub fn add(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
+        let dev = self.filesystems.register(dir)?;
+        lock(&self.state).devs.insert(dev);
         Ok(())
     }
 
     /// syncfs(2) on every file system recorded (blocking).
     pub fn sync(&self) -> io::Result<()> {
-        let dirs: Vec<(Arc<File>, PathBuf)> = {
+        let devs: Vec<u64> = {
             let st = lock(&self.state);
             if let Some(why) = &st.failed {
                 return Err(io::Error::other(why.clone()));
             }
-            st.dirs.values().cloned().collect()
+            st.devs.iter().copied().collect()
         };
-        for (f, dir) in dirs {
-            if let Err(e) = rustix::fs::syncfs(&*f) {
-                let why = format!(
-                    "syncfs on the file system of {}: {}",
-                    dir.display(),
-                    io::Error::from(e)
-                );
-                lock(&self.state).failed.get_or_insert(why.clone());
-                return Err(io::Error::other(why));
-            }
-        }
-        Ok(())
+        let res = devs
+            .iter()
+            .try_for_each(|&dev| {
+                self.filesystems
+                    .syncfs(dev)
+                    .map_err(|e| format!("syncfs on file system {dev:#x}: {e}"))
+            })
+            .and_then(|()| {
+                self.filesystems
+                    .check(self.since)
+                    .map_err(|e| e.to_string())
+            });
+        res.map_err(|why| {
+            lock(&self.state).failed.get_or_insert(why.clone());
+            io::Error::other(why)
+        })
     }
 
-    /// A sync has failed: nothing may rely on the journal's bulk sync
-    /// until restart.
+    /// A sync has failed, or syncfs cannot report errors on this kernel:
+    /// nothing may rely on the journal's bulk sync until restart.
     pub fn failed(&self) -> bool {
-        lock(&self.state).failed.is_some()
+        !self.filesystems.reports_errors() || lock(&self.state).failed.is_some()
     }
 
     #[cfg(test)]
@@ -624,11 +645,6 @@ fn write_loop(inner: &Inner, first: u64) {
     }
 }
 
-/// The device of a file (for [`Touched`]).
-pub fn device_of(f: &File) -> io::Result<u64> {
-    f.metadata().map(|m| m.dev())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,6 +742,31 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn an_error_the_spool_collected_fails_the_journal_sync() {
+        use crate::durable::dirsync::{DirSyncer, SyncMode};
+        let fs = Arc::new(Filesystems::new());
+        if !fs.reports_errors() {
+            return; // Before Linux 5.8 the journal is not used at all.
+        }
+        let dir = temp_dir("shared-fd");
+        fs::create_dir_all(&dir).unwrap();
+        let touched = Touched::new(fs.clone());
+        let syncer = DirSyncer::with_filesystems(SyncMode::Filesystem, fs.clone());
+        touched
+            .add(std::os::fd::AsFd::as_fd(&File::open(&dir).unwrap()))
+            .unwrap();
+        touched.sync().unwrap();
+        // The spool's batch collects the write-back error of the shared
+        // file system; the journal's next syncfs succeeds, and still the
+        // journal must not let go of its copies.
+        fs.fail_next_syncfs(1);
+        assert!(syncer.sync_blocking(&dir).is_err());
+        assert!(touched.sync().is_err());
+        assert!(touched.failed());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn idle_seal_and_sync_failure_keeps_segments() {
         let dir = temp_dir("idle");
@@ -734,8 +775,9 @@ mod tests {
         fs::create_dir_all(&mailbox).unwrap();
         let jdir = dir.join("j");
         let (j, _) = Journal::open(&jdir, touched.clone(), Duration::from_millis(20)).unwrap();
-        let dev = device_of(&File::open(&mailbox).unwrap()).unwrap();
-        touched.add(dev, &mailbox).unwrap();
+        touched
+            .add(std::os::fd::AsFd::as_fd(&File::open(&mailbox).unwrap()))
+            .unwrap();
         // Sealed when idle, reclaimed once released.
         let s = j.append(framed(b"a")).await.unwrap();
         tokio::task::block_in_place(|| j.release(s));

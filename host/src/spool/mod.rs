@@ -161,6 +161,13 @@ impl Spool {
         for d in [&spool.incoming, &spool.queue, &spool.hold, &spool.corrupt] {
             dirsync::create_dir_durable(d, 0o700, 0o755).map_err(io_err("create", d))?;
         }
+        // In filesystem mode, each file system's syncfs descriptor is
+        // opened now, before anything is written that it must cover.
+        for d in [&spool.incoming, &spool.queue, &spool.hold, &spool.corrupt] {
+            dirsync::open_dir(d)
+                .and_then(|f| syncer.prepare(std::os::fd::AsFd::as_fd(&f)))
+                .map_err(io_err("open", d))?;
+        }
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -522,6 +529,7 @@ fn write_queue_file(
 ) -> Result<(), SpoolError> {
     let incoming = &paths.incoming;
     let tail = format::encode_tail(content, env);
+    let since = syncer.filesystems().ticket();
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -533,7 +541,7 @@ fn write_queue_file(
         f.write_all(content).map_err(io_err("write", incoming))?;
         f.write_all(&tail).map_err(io_err("write", incoming))?;
         syncer
-            .sync_file_blocking(&f, incoming)
+            .sync_file_blocking(&f, since)
             .map_err(io_err("fsync", incoming))?;
         if let Some(state) = state {
             write_state(&paths.state, &state)?;
@@ -551,8 +559,8 @@ fn write_queue_file(
         }
         return Err(e);
     }
-    syncer
-        .sync_blocking(&paths.dir)
+    dirsync::open_dir(&paths.dir)
+        .and_then(|d| syncer.sync_dir_blocking(&d, since))
         .map_err(io_err("fsync", &paths.dir))
 }
 
