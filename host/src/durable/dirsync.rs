@@ -299,6 +299,24 @@ pub fn wait_until_durable() {
     }
 }
 
+/// A directory creation in progress: counted in [`MAKING`] (before any
+/// mkdir, so that whoever sees one of ours waits) and holding
+/// [`MAKE_LOCK`] (creations are serialised within the process).
+struct Making(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+impl Making {
+    fn start() -> Making {
+        MAKING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Making(lock(&MAKE_LOCK))
+    }
+}
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        MAKING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Creates `dir` with `mode` and its missing ancestors with
 /// `parents_mode`, and makes them durable: a new directory's entry lives
 /// in its parent, which is synced, so that a file synced into it later
@@ -308,21 +326,11 @@ pub fn wait_until_durable() {
 /// (by another process too) syncs its parent all the same.
 pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    use std::sync::atomic::Ordering;
     if dir.is_dir() {
         wait_until_durable();
         return Ok(());
     }
-    // Counted before any mkdir, so that whoever sees one of ours waits.
-    struct Making;
-    impl Drop for Making {
-        fn drop(&mut self) {
-            MAKING.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-    MAKING.fetch_add(1, Ordering::SeqCst);
-    let _making = Making;
-    let _one_at_a_time = MAKE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _making = Making::start();
     // The directories to make, innermost first.
     let mut missing = Vec::new();
     let mut p = dir;
@@ -359,6 +367,27 @@ pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Resul
         fsync_dir(parent).map_err(|e| undo(&made_here, e))?;
     }
     Ok(())
+}
+
+/// Creates `name` in the open directory `parent` with `mode` unless it
+/// exists, and makes its entry durable (fsync of `parent`); like
+/// [`create_dir_durable`], for a tree walked by descriptor. Another
+/// process's directory found there is synced all the same.
+pub fn create_dir_at(parent: &File, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
+    let _making = Making::start();
+    let made = match rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(mode)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
+        Err(e) => return Err(e.into()),
+    };
+    rustix::fs::fsync(parent).map_err(|e| {
+        // Made but not durable: gone again, so that the next attempt
+        // makes (and syncs) it instead of taking it as durable.
+        if made {
+            let _ = rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::REMOVEDIR);
+        }
+        io::Error::from(e)
+    })
 }
 
 /// One sync per directory (or per file system), several in parallel, and

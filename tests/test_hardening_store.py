@@ -1,0 +1,154 @@
+"""Durable storage and local delivery against a hostile local user and a
+failing disk (issue 19, items 5-8): Maildir links never followed, queue IDs
+never reused, journal recovery record by record, a full disk answered at
+once."""
+
+import json
+import os
+import pathlib
+import pwd
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import message
+
+NOBODY = pwd.getpwnam("nobody")
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ownership, mounts)")
+
+
+def give(path, uid=NOBODY.pw_uid, gid=NOBODY.pw_gid):
+    os.lchown(path, uid, gid)
+
+
+def users_maildir(d, user="alice"):
+    """A Maildir the way a local user has it: the tree is theirs."""
+    home = d.dir / "var" / "mail" / user
+    md = home / "Maildir"
+    for sub in ("tmp", "cur", "new"):
+        (md / sub).mkdir(parents=True, exist_ok=True)
+    for p in (home, md, md / "tmp", md / "cur", md / "new"):
+        give(p)
+    return md
+
+
+def plant(target, at):
+    """A link the mailbox's user made."""
+    at.symlink_to(target)
+    give(at)
+
+
+def send(d, rcpt="alice@example.test", subject="test"):
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("sender@example.org")[0] == 250
+        assert s.rcpt(rcpt)[0] == 250
+        code, resp = s.data(message(subject=subject))
+        assert code == 250, (code, resp)
+    return re.search(rb"queued as ([0-9A-F]{16})", resp).group(1).decode()
+
+
+def files_below(path):
+    return sorted(str(p) for p in pathlib.Path(path).rglob("*") if p.is_file())
+
+
+@root_only
+@pytest.mark.parametrize("component", ["Maildir", "tmp", "new", ".news"])
+def test_maildir_links_are_never_followed(daemon_factory, tmp_path, component):
+    d = daemon_factory()
+    md = users_maildir(d)
+    victim = tmp_path / "victim"
+    for sub in ("tmp", "cur", "new", ".news/tmp", ".news/cur", ".news/new"):
+        (victim / sub).mkdir(parents=True)
+    if component == "Maildir":
+        shutil.rmtree(md)
+        plant(victim, md)
+    elif component == ".news":
+        plant(victim / ".news", md / ".news")
+    else:
+        (md / component).rmdir()
+        plant(victim / component, md / component)
+    rcpt = "alice+news@example.test" if component == ".news" else "alice@example.test"
+    qid = send(d, rcpt, subject="planted")
+    d.wait_log_re(rf"{qid}: to=<{re.escape(rcpt)}>.*status=deferred \(refusing to deliver "
+                  rf"through \S*{re.escape(component)}: a symbolic link, not followed\)")
+    # Deferred, kept for a retry, and nothing went where the link leads.
+    deadline = time.time() + 10
+    while time.time() < deadline and d.queue_files() != [qid]:
+        time.sleep(0.05)
+    assert d.queue_files() == [qid]
+    assert files_below(victim) == []
+    # The link gone, the retry delivers, as the mailbox's owner.
+    at = md if component == "Maildir" else md / component
+    at.unlink()
+    at.mkdir()
+    give(at)
+    for sub in ("tmp", "cur", "new"):
+        (md / sub).mkdir(exist_ok=True)
+        give(md / sub)
+    folder = ".news" if component == ".news" else ""
+    if folder:
+        for sub in ("tmp", "cur", "new"):
+            (at / sub).mkdir()
+            give(at / sub)
+    [f] = d.wait_mail("alice", folder=folder)
+    assert f.stat().st_uid == NOBODY.pw_uid
+    assert "Subject: planted" in f.read_text()
+    assert files_below(victim) == []
+
+
+@root_only
+def test_link_at_the_temporary_name_of_a_retry_is_not_written_through(daemon_factory, tmp_path):
+    """The derived name of a retry is known in advance: the user makes one
+    attempt fail, plants tmp/NAME -> a file of root's, and lets the retry
+    come. It must replace the link, never write through it."""
+    d = daemon_factory()
+    md = users_maildir(d)
+    (md / "new").rmdir()
+    (md / "new").write_text("not a directory")
+    give(md / "new")
+    qid = send(d, subject="retried")
+    d.wait_log_re(rf"{qid}: to=<alice@example.test>.*status=deferred")
+    queued = d.dir / "var" / "spool" / "queue" / qid
+    deadline = time.time() + 10
+    while time.time() < deadline and not queued.exists():
+        time.sleep(0.05)
+    arrival = int(float(re.search(rb'"arrival":([0-9.]+)', queued.read_bytes()).group(1)))
+    name = f"{arrival}.J{qid}_0.mx.example.test"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    plant(victim, md / "tmp" / name)
+    (md / "new").unlink()
+    (md / "new").mkdir()
+    give(md / "new")
+    [f] = d.wait_mail("alice")
+    assert victim.read_text() == "precious"
+    assert f.name.startswith(name)
+    assert "Subject: retried" in f.read_text()
+    assert f.stat().st_uid == NOBODY.pw_uid
+    assert not os.path.lexists(md / "tmp" / name)
+    d.wait_log("in place of a delivery's temporary file (not followed)")
+
+
+@root_only
+def test_delivery_is_made_as_the_mailbox_owner_and_not_through_a_third_accounts_tree(daemon_factory):
+    d = daemon_factory()
+    md = users_maildir(d)
+    send(d, subject="owned")
+    [f] = d.wait_mail("alice")
+    assert (f.stat().st_uid, f.stat().st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
+    # bob's directory belongs to a third account ("daemon"), his Maildir
+    # to nobody: that account could swap bob's Maildir at any moment.
+    home = d.dir / "var" / "mail" / "bob"
+    (home / "Maildir").mkdir(parents=True)
+    give(home, 1, 1)
+    give(home / "Maildir")
+    qid = send(d, "bob@example.test", subject="third")
+    d.wait_log_re(rf"{qid}: to=<bob@example.test>.*status=deferred \(refusing to deliver "
+                  rf"through \S*var/mail/bob: owned by uid 1, which is neither root nor the "
+                  rf"mailbox owner \(uid {NOBODY.pw_uid}\)\)")
+    assert files_below(home) == []
+    assert md.is_dir()
