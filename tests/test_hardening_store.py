@@ -152,3 +152,83 @@ def test_delivery_is_made_as_the_mailbox_owner_and_not_through_a_third_accounts_
                   rf"mailbox owner \(uid {NOBODY.pw_uid}\)\)")
     assert files_below(home) == []
     assert md.is_dir()
+
+
+FROZEN_CLOCK_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* The wall clock stands still at $FROZEN_REALTIME (seconds since the
+   epoch); the monotonic clock, which timers use, runs on. */
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(id, ts);
+    const char *at = getenv("FROZEN_REALTIME");
+    if (r == 0 && at && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) {
+        ts->tv_sec = atol(at);
+        ts->tv_nsec = 0;
+    }
+    return r;
+}
+"""
+
+
+@pytest.fixture
+def frozen_clock(tmp_path, monkeypatch):
+    """Runs the daemons of the test with a wall clock that stands still:
+    two runs see the same time, as when a clock set back at boot returns
+    to where the last run was."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler for the clock shim")
+    src = tmp_path / "frozen.c"
+    src.write_text(FROZEN_CLOCK_C)
+    lib = tmp_path / "frozen.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
+    monkeypatch.setenv("LD_PRELOAD", str(lib))
+    monkeypatch.setenv("FROZEN_REALTIME", str(int(time.time())))
+
+
+def test_a_clock_set_back_across_a_restart_reissues_no_queue_id(daemon_factory, frozen_clock):
+    """Both runs see the same wall clock. Before IDs were kept unique across
+    restarts, the second run handed out the first run's IDs again: its
+    message replaced a queued one (lost) and inherited its delivery state
+    (recipients skipped)."""
+    d = daemon_factory()
+    blocker = d.dir / "var" / "mail" / "bob"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    first = [send_to(d, ["alice@example.test", "bob@example.test"], f"run1-{i}") for i in range(3)]
+    d.wait_mail("alice", count=3)
+    for qid in first:
+        d.wait_log(f"{qid}: queued for retry")
+    assert sorted(d.queue_files()) == sorted(first)
+    assert d.stop() == 0
+    d.start()
+    second = [send_to(d, ["alice@example.test", "bob@example.test"], f"run2-{i}") for i in range(3)]
+    assert not set(first) & set(second), (first, second)
+    assert min(second) > max(first)
+    d.wait_mail("alice", count=6)
+    blocker.unlink()
+    d.stop()
+    d.start()
+    bob = d.wait_mail("bob", count=6, timeout=20)
+    time.sleep(1)
+    got = sorted(re.search(r"Subject: (run\d-\d)", f.read_text()).group(1) for f in d.new_mail("bob"))
+    assert got == sorted([f"run1-{i}" for i in range(3)] + [f"run2-{i}" for i in range(3)]), got
+    got = sorted(re.search(r"Subject: (run\d-\d)", f.read_text()).group(1) for f in d.new_mail("alice"))
+    assert got == sorted([f"run1-{i}" for i in range(3)] + [f"run2-{i}" for i in range(3)]), got
+    assert len(bob) == 6
+
+
+def send_to(d, rcpts, subject):
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("sender@example.org")[0] == 250
+        for r in rcpts:
+            assert s.rcpt(r)[0] == 250
+        code, resp = s.data(message(subject=subject))
+        assert code == 250, (code, resp)
+    return re.search(rb"queued as ([0-9A-F]{16})", resp).group(1).decode()

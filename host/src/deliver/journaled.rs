@@ -262,9 +262,27 @@ fn deliver(
         source,
     })?;
     let state = DeliveryState::after_first_attempt(last_error, done);
-    spool.commit_blocking(content, env, state)?;
-    tracing::info!("{}: queued for retry", env.id);
-    Ok(Some(env.id.clone()))
+    match spool.commit_blocking(content, env, state.clone()) {
+        Ok(()) => {
+            tracing::info!("{}: queued for retry", env.id);
+            Ok(Some(env.id.clone()))
+        }
+        Err(SpoolError::Taken(_)) => {
+            // Another message holds the ID (one reissued before IDs were
+            // kept unique across restarts): this one gets a new ID rather
+            // than replace it. Its copies made so far keep their names.
+            let mut renamed = env.clone();
+            renamed.id = crate::spool::new_queue_id();
+            spool.commit_blocking(content, &renamed, state)?;
+            tracing::warn!(
+                "{}: queue ID taken by another message; queued for retry as {}",
+                env.id,
+                renamed.id
+            );
+            Ok(Some(renamed.id))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Start-up: delivers the messages of journal segments an earlier run left
@@ -311,8 +329,15 @@ pub fn recover(
                 continue;
             }
         };
-        if spool.contains(&env.id) {
-            continue;
+        crate::spool::note_used(&env.id);
+        match spool.holds(&env.id, &rec.file) {
+            // Handed to the spool before the crash: the spool delivers it.
+            Some(true) => continue,
+            Some(false) => tracing::warn!(
+                "{}: a different message is queued under this ID; delivering the journal's all the same",
+                env.id
+            ),
+            None => {}
         }
         if let Some(id) = deliver(
             router,
