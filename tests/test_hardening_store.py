@@ -232,3 +232,167 @@ def send_to(d, rcpts, subject):
         code, resp = s.data(message(subject=subject))
         assert code == 250, (code, resp)
     return re.search(rb"queued as ([0-9A-F]{16})", resp).group(1).decode()
+
+
+def mount_tmpfs(path, size):
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+
+
+def umount(*paths):
+    for p in paths:
+        subprocess.run(["umount", "-l", str(p)])
+
+
+def fill(fs_root):
+    """Takes every free byte of the file system at fs_root."""
+    with open(fs_root / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def with_spool(d, spool, queue_extra=""):
+    d.config.write_text(d.config_text.replace('spool_dir = "var/spool"', f'spool_dir = "{spool}"').replace(
+        'retry_max = "1s"', f'retry_max = "1s"\n{queue_extra}'))
+
+
+def big_message(subject, size):
+    return message(subject=subject) + (b"y" * 998 + b"\r\n") * (size // 1000)
+
+
+@root_only
+def test_full_disk_is_answered_452_at_once_on_the_journal_path(daemon_factory, tmp_path):
+    spool = tmp_path / "spool"
+    mount_tmpfs(spool, "1m")
+    try:
+        d = daemon_factory(start=False)
+        with_spool(d, spool)
+        d.start()
+        with d.smtp() as s:
+            s.ehlo("client.test")
+            assert s.mail("a@example.org")[0] == 250
+            assert s.rcpt("alice@example.test")[0] == 250
+            started = time.time()
+            code, resp = s.data(big_message("too big", 1_500_000))
+            assert (code, resp[:5]) == (452, b"4.3.1"), (code, resp)
+            assert time.time() - started < 5
+            for i in range(3):
+                assert s.sendmail("a@example.org", ["alice@example.test"], message(subject=f"small {i}")) == {}
+        assert len(d.wait_mail("alice", count=3)) == 3
+        d.wait_log_re(r"[0-9A-F]{16}: cannot queue message from \S+: journal: No space left on device")
+        assert list((spool / "incoming").iterdir()) == []
+        assert d.stop() == 0
+    finally:
+        umount(spool)
+
+
+@root_only
+def test_sessions_get_452_promptly_while_the_journal_cannot_empty(daemon_factory, tmp_path):
+    """The spool's file system is full and a mailbox cannot take mail: the
+    journal (on a file system of its own) keeps the messages, and their
+    budget stays spent. A new session gets 452 4.3.1 within seconds instead
+    of waiting for ever; once mail can leave, mail is taken again."""
+    spool = tmp_path / "spool"
+    mount_tmpfs(spool, "2m")
+    mount_tmpfs(spool / "journal", "160m")
+    try:
+        d = daemon_factory(start=False)
+        with_spool(d, spool)
+        d.start()
+        blocker = d.dir / "var" / "mail" / "alice"
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("in the way")
+        fill(spool)
+        body = 9_600_000
+        with d.smtp() as s:
+            for i in range(6):
+                assert s.sendmail("a@example.org", ["alice@example.test"], big_message(f"big {i}", body)) == {}
+        d.wait_log("cannot deliver or queue for retry")
+        with d.smtp() as s:
+            s.ehlo("client.test")
+            assert s.mail("a@example.org")[0] == 250
+            assert s.rcpt("alice@example.test")[0] == 250
+            started = time.time()
+            code, resp = s.data(big_message("waits", body))
+            waited = time.time() - started
+            assert (code, resp[:5]) == (452, b"4.3.1"), (code, resp)
+            assert waited < 15, waited
+        d.wait_log("journal: no room for")
+        blocker.unlink()
+        assert len(d.wait_mail("alice", count=6, timeout=30)) == 6
+        with d.smtp() as s:
+            assert s.sendmail("a@example.org", ["alice@example.test"], message(subject="after")) == {}
+        d.wait_mail("alice", count=7)
+        assert d.stop() == 0
+    finally:
+        umount(spool / "journal", spool)
+
+
+@root_only
+def test_recovery_goes_on_when_the_spool_refuses_a_commit(daemon_factory, tmp_path):
+    """Two messages wait in the journal at a crash. At the restart the
+    spool takes the first (small) and refuses the second (no room): the
+    first is scheduled, the second tried again while running, and both
+    arrive without another restart."""
+    spool = tmp_path / "spool"
+    mount_tmpfs(spool, "1m")
+    mount_tmpfs(spool / "journal", "32m")
+    try:
+        d = daemon_factory(start=False)
+        with_spool(d, spool, 'journal_seal_idle = "1h"')
+        d.start()
+        blocker = d.dir / "var" / "mail" / "alice"
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("in the way")
+        fill(spool)
+        with d.smtp() as s:
+            assert s.sendmail("a@example.org", ["alice@example.test"], message(subject="small one")) == {}
+            assert s.sendmail("a@example.org", ["alice@example.test"], big_message("big one", 1_500_000)) == {}
+        d.wait_log("cannot deliver or queue for retry")
+        d.kill9()
+        (spool / "filler").unlink()
+        d.start()
+        d.wait_log("journal: recovery done (2 messages, 1 spooled for retry, 1 left to retry")
+        blocker.unlink()
+        files = d.wait_mail("alice", count=2, timeout=20)
+        subjects = sorted(re.search(r"Subject: (\w+ one)", f.read_text()).group(1) for f in files)
+        assert subjects == ["big one", "small one"]
+        assert d.stop() == 0
+    finally:
+        umount(spool / "journal", spool)
+
+
+def test_a_segment_damaged_in_the_middle_loses_only_the_damaged_record(daemon_factory):
+    d = daemon_factory(start=False)
+    d.config.write_text(d.config_text.replace(
+        'retry_max = "1s"', 'retry_max = "1s"\njournal_seal_idle = "1h"'))
+    d.start()
+    subjects = ["first", "second", "third"]
+    with d.smtp() as s:
+        for subj in subjects:
+            assert s.sendmail("sender@example.org", ["bob@example.test"], message(subject=subj)) == {}
+    files = d.wait_mail("bob", count=3)
+    d.kill9()
+    # A power loss took the copies the journal had not synced yet ...
+    for f in files:
+        f.unlink()
+    # ... and damaged the framing of the second record (its length).
+    [seg] = (d.dir / "var" / "spool" / "journal").iterdir()
+    data = bytearray(seg.read_bytes())
+    starts = [m.start() for m in re.finditer(rb"PJRECORD|PSTRNJ01", bytes(data))]
+    assert len(starts) == 3, starts
+    data[starts[1] + 9] ^= 0x55
+    seg.write_bytes(bytes(data))
+    d.start()
+    d.wait_log("journal: recovery done (2 messages")
+    got = sorted(re.search(r"Subject: (\w+)", f.read_text()).group(1) for f in d.wait_mail("bob", count=2))
+    assert got == ["first", "third"]
+    d.wait_log_re(r"journal segment [0-9a-f]+: \d+ bytes at offset \d+ failed their checks \(damage\); kept in \S+corrupt/journal-")
+    [kept] = (d.dir / "var" / "spool" / "corrupt").iterdir()
+    assert b"Subject: second" in kept.read_bytes()
+    assert d.stop() == 0

@@ -64,6 +64,22 @@ pub enum SpoolError {
     Taken(PathBuf),
 }
 
+impl SpoolError {
+    /// The file system is full (or the quota spent): nothing to write the
+    /// message to, rather than a fault (`452 4.3.1`).
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if is_storage_full(source))
+    }
+}
+
+/// True for ENOSPC and EDQUOT.
+pub fn is_storage_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
     move |source| SpoolError::Io {
         op,

@@ -21,23 +21,27 @@
 //! After a crash, [`Journal::open`] returns the records of every segment
 //! left; they are delivered again under the same deterministic Maildir
 //! names, so a copy that did reach the mailbox is recognised (and repaired
-//! if it is not intact) instead of duplicated.
+//! if it is not intact) instead of duplicated. Each record has checksums
+//! of its own ([`segment`]): damage costs the records it hits, and their
+//! bytes are returned to be kept for the operator.
+
+mod segment;
+mod touched;
+
+#[cfg(test)]
+pub(crate) use segment::tests::segment as segment_for_test;
+pub use segment::{Parsed, Record, parse};
+pub use touched::Touched;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::BorrowedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-
-use crate::durable::filesystems::{Filesystems, Ticket};
-
-const MAGIC: &[u8; 8] = b"PSTRNJ01";
-const HEADER: usize = 16;
 
 /// A segment is sealed once it holds this much.
 const SEGMENT_BYTES: u64 = 16 << 20;
@@ -54,91 +58,6 @@ fn ctx<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Er
     move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
 }
 
-#[derive(Debug, Default)]
-struct TouchedState {
-    /// The file systems written to.
-    devs: std::collections::BTreeSet<u64>,
-    /// The first sync error. After it, no sync succeeds until restart: a
-    /// lost write-back must not be forgotten by the next syncfs.
-    failed: Option<String>,
-}
-
-/// The file systems that hold Maildir copies not yet synced.
-///
-/// Their syncfs goes through the descriptors of [`Filesystems`], shared
-/// with the spool's group commit, and an error any syncfs of the daemon
-/// collected since this was made counts here: it may have been a copy's.
-#[derive(Debug)]
-pub struct Touched {
-    filesystems: Arc<Filesystems>,
-    since: Ticket,
-    state: Mutex<TouchedState>,
-}
-
-impl Default for Touched {
-    fn default() -> Self {
-        Touched::new(Arc::new(Filesystems::new()))
-    }
-}
-
-impl Touched {
-    /// Nothing touched yet; syncs go through `filesystems`.
-    pub fn new(filesystems: Arc<Filesystems>) -> Touched {
-        Touched {
-            since: filesystems.ticket(),
-            filesystems,
-            state: Mutex::default(),
-        }
-    }
-
-    /// Records that a new file is about to be written into the directory
-    /// `dir` (blocking). Call it before the write: the file system's
-    /// descriptor must be open before the data it is to report on.
-    pub fn add(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
-        let dev = self.filesystems.register(dir)?;
-        lock(&self.state).devs.insert(dev);
-        Ok(())
-    }
-
-    /// syncfs(2) on every file system recorded (blocking).
-    pub fn sync(&self) -> io::Result<()> {
-        let devs: Vec<u64> = {
-            let st = lock(&self.state);
-            if let Some(why) = &st.failed {
-                return Err(io::Error::other(why.clone()));
-            }
-            st.devs.iter().copied().collect()
-        };
-        let res = devs
-            .iter()
-            .try_for_each(|&dev| {
-                self.filesystems
-                    .syncfs(dev)
-                    .map_err(|e| format!("syncfs on file system {dev:#x}: {e}"))
-            })
-            .and_then(|()| {
-                self.filesystems
-                    .check(self.since)
-                    .map_err(|e| e.to_string())
-            });
-        res.map_err(|why| {
-            lock(&self.state).failed.get_or_insert(why.clone());
-            io::Error::other(why)
-        })
-    }
-
-    /// A sync has failed, or syncfs cannot report errors on this kernel:
-    /// nothing may rely on the journal's bulk sync until restart.
-    pub fn failed(&self) -> bool {
-        !self.filesystems.reports_errors() || lock(&self.state).failed.is_some()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn fail_for_test(&self) {
-        lock(&self.state).failed = Some("injected".into());
-    }
-}
-
 /// What earlier runs left in the journal.
 #[derive(Debug, Default)]
 pub struct Leftovers {
@@ -146,10 +65,9 @@ pub struct Leftovers {
     pub segments: Vec<u64>,
     /// Their complete records, in order.
     pub records: Vec<Leftover>,
-    /// Segments that end in an incomplete record (a crash while it was
-    /// written, never acknowledged; or a running daemon writing it), with
-    /// the bytes after the last complete one.
-    pub torn: Vec<(u64, usize)>,
+    /// Bytes of the segments that are no record: damage, or (at the end
+    /// of a segment) a batch whose write was cut short.
+    pub damaged: Vec<Damaged>,
 }
 
 /// One record found in a segment left by an earlier run.
@@ -163,9 +81,23 @@ pub struct Leftover {
     pub file: Vec<u8>,
 }
 
+/// Bytes of a segment left by an earlier run that are no record.
+#[derive(Debug)]
+pub struct Damaged {
+    /// The segment.
+    pub segment: u64,
+    /// Where the bytes start.
+    pub offset: usize,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// They end the segment (a write cut short, never acknowledged, or
+    /// damage at the end); otherwise a record follows them.
+    pub at_end: bool,
+}
+
 /// An append waiting for the writer.
 struct Pending {
-    record: Vec<u8>,
+    record: Record,
     done: oneshot::Sender<io::Result<u64>>,
 }
 
@@ -227,16 +159,22 @@ pub fn read(dir: &Path) -> io::Result<Leftovers> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(ctx("read", &path)(e)),
         };
-        let (records, used) = parse(&bytes);
-        if used < bytes.len() {
-            left.torn.push((seq, bytes.len() - used));
-        }
+        let parsed = parse(&bytes);
         left.records
-            .extend(records.into_iter().map(|(offset, r)| Leftover {
+            .extend(parsed.records.iter().map(|&(offset, r)| Leftover {
                 segment: seq,
                 offset,
                 file: r.to_vec(),
             }));
+        let ends = parsed.torn.iter().map(|r| (r, true));
+        for (range, at_end) in parsed.damaged.iter().map(|r| (r, false)).chain(ends) {
+            left.damaged.push(Damaged {
+                segment: seq,
+                offset: range.start,
+                bytes: bytes[range.clone()].to_vec(),
+                at_end,
+            });
+        }
     }
     Ok(left)
 }
@@ -273,35 +211,6 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}"))
 }
 
-/// Frames a queue file as a journal record: the header, to which the
-/// caller appends the `file_len` bytes of the queue file.
-pub fn record(file_len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + file_len);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(file_len as u64).to_le_bytes());
-    out
-}
-
-/// Splits a segment into its records (offset, bytes); stops where the
-/// framing ends (a batch whose write was cut short: never acknowledged).
-fn parse(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= HEADER && &bytes[at..at + 8] == MAGIC {
-        let len = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or([0xff; 8]));
-        let Some(end) = usize::try_from(len)
-            .ok()
-            .and_then(|l| (at + HEADER).checked_add(l))
-            .filter(|&e| e <= bytes.len())
-        else {
-            break;
-        };
-        out.push((at, &bytes[at + HEADER..end]));
-        at = end;
-    }
-    (out, at)
-}
-
 impl Journal {
     /// Opens (creating) the journal under `dir`, reads what earlier runs
     /// left, and starts the writer and reclaimer threads. Segments left
@@ -315,12 +224,6 @@ impl Journal {
     ) -> io::Result<(Journal, Leftovers)> {
         super::dirsync::create_dir_durable(dir, 0o700, 0o755).map_err(ctx("create", dir))?;
         let left = read(dir)?;
-        for &(seq, bytes) in &left.torn {
-            tracing::warn!(
-                "journal segment {}: ignoring {bytes} bytes after the last complete record (never acknowledged)",
-                segment_path(dir, seq).display()
-            );
-        }
         let first = left.segments.last().map_or(1, |s| s + 1);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -382,10 +285,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends a record (from [`record`] plus the queue file) and returns
-    /// once it is durable, with its segment, to be [`Journal::release`]d
-    /// once the message is safe elsewhere.
-    pub async fn append(&self, record: Vec<u8>) -> io::Result<u64> {
+    /// Appends a record and returns once it is durable, with its segment,
+    /// to be [`Journal::release`]d once the message is safe elsewhere.
+    pub async fn append(&self, record: Record) -> io::Result<u64> {
         let (done, rx) = oneshot::channel();
         {
             let mut st = lock(&self.inner.state);
@@ -397,6 +299,23 @@ impl Journal {
         self.inner.work.notify_one();
         rx.await
             .unwrap_or_else(|_| Err(io::Error::other("journal writer gone")))
+    }
+
+    /// Takes charge of a segment an earlier run left, with `outstanding`
+    /// of its records still to be delivered (each then
+    /// [`Journal::release`]d): once none is, the segment is reclaimed like
+    /// one of this run's.
+    pub fn adopt(&self, segment: u64, outstanding: usize) {
+        lock(&self.inner.state).segments.insert(
+            segment,
+            Segment {
+                outstanding: outstanding + 1,
+                sealed: true,
+            },
+        );
+        // The extra count taken above, so that a segment with nothing
+        // outstanding goes to the reclaimer through the one path.
+        self.release(segment);
     }
 
     /// The message of one record of `segment` is in its mailboxes (not
@@ -441,20 +360,27 @@ impl Journal {
     }
 }
 
-/// Creates an empty segment and makes its directory entry durable before
-/// any record is acknowledged in it.
-fn new_segment(dir: &Path, seq: u64) -> io::Result<File> {
+/// Creates a segment with its header (a new random salt, which is
+/// returned) and makes it and its directory entry durable before any
+/// record is acknowledged in it.
+fn new_segment(dir: &Path, seq: u64) -> io::Result<(File, u64)> {
     let path = segment_path(dir, seq);
-    let f = OpenOptions::new()
+    let mut salt = [0u8; 8];
+    getrandom::fill(&mut salt).map_err(|e| io::Error::other(format!("random salt: {e}")))?;
+    let salt = u64::from_le_bytes(salt);
+    let mut f = OpenOptions::new()
         .append(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)
         .map_err(ctx("create", &path))?;
+    f.write_all(&segment::segment_header(salt))
+        .and_then(|()| f.sync_data())
+        .map_err(ctx("write", &path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(ctx("fsync", dir))?;
-    Ok(f)
+    Ok((f, salt))
 }
 
 /// Queues a sealed segment with nothing outstanding for the reclaimer.
@@ -504,6 +430,7 @@ fn max_age(inner: &Inner) -> Duration {
 /// The segment being appended to.
 struct Active {
     seq: u64,
+    salt: u64,
     file: File,
     size: u64,
     opened: Instant,
@@ -576,14 +503,15 @@ fn write_loop(inner: &Inner, first: u64) {
         }
         if active.is_none() {
             match new_segment(&inner.dir, next_seq) {
-                Ok(file) => {
+                Ok((file, salt)) => {
                     lock(&inner.state)
                         .segments
                         .insert(next_seq, Segment::default());
                     active = Some(Active {
                         seq: next_seq,
+                        salt,
                         file,
-                        size: 0,
+                        size: segment::SEGMENT_HEADER as u64,
                         opened: Instant::now(),
                     });
                     next_seq += 1;
@@ -604,8 +532,9 @@ fn write_loop(inner: &Inner, first: u64) {
         }
         let Some(a) = active.as_mut() else { continue };
         buf.clear();
+        buf.reserve(batch.iter().map(|p| p.record.framed_len()).sum());
         for p in &batch {
-            buf.extend_from_slice(&p.record);
+            segment::frame(a.salt, &p.record, &mut buf);
         }
         match a.file.write_all(&buf).and_then(|()| a.file.sync_data()) {
             Ok(()) => {
@@ -649,10 +578,8 @@ fn write_loop(inner: &Inner, first: u64) {
 mod tests {
     use super::*;
 
-    fn framed(payload: &[u8]) -> Vec<u8> {
-        let mut r = record(payload.len());
-        r.extend_from_slice(payload);
-        r
+    fn framed(payload: &[u8]) -> Record {
+        Record::from_payload(payload.to_vec())
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -677,21 +604,6 @@ mod tests {
         true
     }
 
-    #[test]
-    fn parse_stops_at_a_torn_record() {
-        let mut bytes = framed(b"one");
-        bytes.extend(framed(b"two"));
-        let whole = bytes.len();
-        bytes.extend(&framed(b"three")[..10]);
-        let (recs, used) = parse(&bytes);
-        assert_eq!(recs, vec![(0, &b"one"[..]), (HEADER + 3, &b"two"[..])]);
-        assert_eq!(used, whole);
-        // A length that runs past the end is not a record.
-        let mut bad = framed(b"x");
-        bad[8] = 0xff;
-        assert!(parse(&bad).0.is_empty());
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn append_release_reclaim_and_leftovers() {
         let dir = temp_dir("cycle");
@@ -708,7 +620,7 @@ mod tests {
         let names: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1);
         let bytes = fs::read(names[0].path()).unwrap();
-        let recs: Vec<&[u8]> = parse(&bytes).0.into_iter().map(|r| r.1).collect();
+        let recs: Vec<&[u8]> = parse(&bytes).records.into_iter().map(|r| r.1).collect();
         assert_eq!(recs, vec![&b"a"[..], &b"b"[..]]);
         tokio::task::block_in_place(|| {
             j.release(b);
@@ -721,10 +633,16 @@ mod tests {
         assert!(j.append(framed(b"c")).await.is_err(), "closed");
 
         // A segment left by a crash is returned by the next open.
-        fs::write(segment_path(&dir, 7), framed(b"left")).unwrap();
+        let mut seven = segment::tests::segment(5, &[b"left", b"lost"]);
+        // The second record damaged: its bytes come back as such.
+        let n = seven.len();
+        seven[n - 1] ^= 1;
+        fs::write(segment_path(&dir, 7), seven).unwrap();
         fs::write(segment_path(&dir, 8), b"").unwrap();
         let (j2, left) = Journal::open(&dir, touched, long).unwrap();
         assert_eq!(left.segments, vec![7, 8]);
+        assert_eq!(left.damaged.len(), 1);
+        assert!(left.damaged[0].at_end && left.damaged[0].bytes.ends_with(b"losu"));
         assert_eq!(left.records.len(), 1);
         assert_eq!(
             (left.records[0].segment, &left.records[0].file[..]),
@@ -732,38 +650,20 @@ mod tests {
         );
         let seq = j2.append(framed(b"d")).await.unwrap();
         assert_eq!(seq, 9, "new segments come after the leftovers");
-        j2.forget(left.segments).unwrap();
-        assert!(!segment_path(&dir, 7).exists() && !segment_path(&dir, 8).exists());
+        j2.forget([8]).unwrap();
+        assert!(!segment_path(&dir, 8).exists());
+        // A leftover adopted with a record still to deliver stays until
+        // that one is released.
         tokio::task::block_in_place(|| {
+            j2.adopt(7, 1);
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(segment_path(&dir, 7).exists());
+            j2.release(7);
+            assert!(wait_until(|| !segment_path(&dir, 7).exists()));
             j2.release(seq);
             j2.close();
             j2.finish();
         });
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn an_error_the_spool_collected_fails_the_journal_sync() {
-        use crate::durable::dirsync::{DirSyncer, SyncMode};
-        let fs = Arc::new(Filesystems::new());
-        if !fs.reports_errors() {
-            return; // Before Linux 5.8 the journal is not used at all.
-        }
-        let dir = temp_dir("shared-fd");
-        fs::create_dir_all(&dir).unwrap();
-        let touched = Touched::new(fs.clone());
-        let syncer = DirSyncer::with_filesystems(SyncMode::Filesystem, fs.clone());
-        touched
-            .add(std::os::fd::AsFd::as_fd(&File::open(&dir).unwrap()))
-            .unwrap();
-        touched.sync().unwrap();
-        // The spool's batch collects the write-back error of the shared
-        // file system; the journal's next syncfs succeeds, and still the
-        // journal must not let go of its copies.
-        fs.fail_next_syncfs(1);
-        assert!(syncer.sync_blocking(&dir).is_err());
-        assert!(touched.sync().is_err());
-        assert!(touched.failed());
         let _ = fs::remove_dir_all(&dir);
     }
 
