@@ -393,7 +393,9 @@ pub fn create_dir_at(parent: &File, name: &std::ffi::OsStr, mode: u32) -> io::Re
 /// One sync per directory (or per file system), several in parallel, and
 /// every request told its result.
 fn run_batch(filesystems: &Filesystems, batch: Vec<Request>) {
-    let mut groups: HashMap<Key, (Target, Vec<(Ticket, Arc<Slot>)>)> = HashMap::new();
+    /// The requests one sync serves, and what each took before writing.
+    type Waiters = Vec<(Ticket, Arc<Slot>)>;
+    let mut groups: HashMap<Key, (Target, Waiters)> = HashMap::new();
     for req in batch {
         groups
             .entry(req.key)
@@ -401,7 +403,7 @@ fn run_batch(filesystems: &Filesystems, batch: Vec<Request>) {
             .1
             .push((req.since, req.slot));
     }
-    let results: Vec<(Vec<(Ticket, Arc<Slot>)>, io::Result<()>)> = if groups.len() == 1 {
+    let results: Vec<(Waiters, io::Result<()>)> = if groups.len() == 1 {
         groups
             .into_values()
             .map(|(target, slots)| {

@@ -99,16 +99,11 @@ impl Filesystems {
     /// before writing what a later syncfs must cover). Returns the device.
     pub fn register(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
         let dev = device_of(fd)?;
-        let mut map = lock(&self.by_dev);
-        if !map.contains_key(&dev) {
-            let file = File::from(fd.try_clone_to_owned()?);
-            map.insert(
-                dev,
-                Arc::new(Fs {
-                    file,
-                    turn: Mutex::new(()),
-                }),
-            );
+        if let std::collections::hash_map::Entry::Vacant(e) = lock(&self.by_dev).entry(dev) {
+            e.insert(Arc::new(Fs {
+                file: File::from(fd.try_clone_to_owned()?),
+                turn: Mutex::new(()),
+            }));
         }
         Ok(dev)
     }

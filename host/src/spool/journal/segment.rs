@@ -233,7 +233,7 @@ pub(crate) mod tests {
         bad[at_three + 9] ^= 0x40;
         let p = parse(&bad);
         assert_eq!(payloads(&p), [&b"one"[..], b"four"]);
-        assert_eq!(p.damaged, [at_two..at_three + RECORD_HEADER + 5]);
+        assert_eq!(p.damaged, vec![at_two..at_three + RECORD_HEADER + 5]);
         assert_eq!(p.torn, None);
         // A batch cut short at the end.
         let mut cut = seg.clone();
@@ -284,6 +284,6 @@ pub(crate) mod tests {
         bad[at_b + 15] ^= 0x10;
         let p = parse(&bad);
         assert_eq!(payloads(&p), [&a[..], &c[..]]);
-        assert_eq!(p.damaged, [at_b..at_b + V1_HEADER + b.len()]);
+        assert_eq!(p.damaged, vec![at_b..at_b + V1_HEADER + b.len()]);
     }
 }
