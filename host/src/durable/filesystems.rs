@@ -99,13 +99,21 @@ impl Filesystems {
     /// before writing what a later syncfs must cover). Returns the device.
     pub fn register(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
         let dev = device_of(fd)?;
+        self.register_on(dev, fd)?;
+        Ok(dev)
+    }
+
+    /// [`Filesystems::register`] for a descriptor whose device the caller
+    /// knows already (from its own fstat): no system call once the file
+    /// system has its descriptor.
+    pub fn register_on(&self, dev: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
         if let std::collections::hash_map::Entry::Vacant(e) = lock(&self.by_dev).entry(dev) {
             e.insert(Arc::new(Fs {
                 file: File::from(fd.try_clone_to_owned()?),
                 turn: Mutex::new(()),
             }));
         }
-        Ok(dev)
+        Ok(())
     }
 
     /// syncfs(2) on the file system `dev` through its descriptor

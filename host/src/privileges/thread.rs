@@ -37,7 +37,7 @@ struct Saved {
 /// nothing. Blocking-thread code only: a tokio worker must never carry
 /// another identity into the next task it runs.
 pub fn act_as(uid: u32, gid: u32) -> io::Result<ActingAs> {
-    let euid = super::euid();
+    let euid = if uid == 0 { 0 } else { super::euid() };
     if euid != 0 || uid == 0 {
         return Ok(ActingAs {
             saved: None,

@@ -108,7 +108,7 @@ impl Durability<'_> {
             Durability::Journaled { touched, .. } => {
                 for dir in [&folder.tmp, &folder.new] {
                     touched
-                        .add(dir.file.as_fd())
+                        .add_on(dir.dev, dir.file.as_fd())
                         .map_err(err("open the file system of", &dir.path))?;
                 }
                 Ok(Securing::Bulk)
@@ -163,13 +163,15 @@ pub fn deliver(
     let _acting = crate::privileges::thread::act_as(trust.owner, trust.group)
         .map_err(err("act as the owner of", maildir))?;
     let dir = walked.make_missing(&trust)?;
+    // cur/ only where an earlier copy is looked for.
+    let with_cur = how.look_for_earlier_copy();
     let tagged = match tag {
-        Some(t) => walk::tag_folder(&dir, t, &trust)?,
+        Some(t) => walk::tag_folder(&dir, t, &trust, with_cur)?,
         None => None,
     };
     let folder = match tagged {
         Some(folder) => folder,
-        None => walk::open_folder(&dir, &trust, true)?
+        None => walk::open_folder(&dir, &trust, true, with_cur)?
             .ok_or_else(|| err("open", &maildir.join("new"))(io::ErrorKind::NotFound.into()))?,
     };
     deliver_into(&folder, parts, name, how)
@@ -198,12 +200,21 @@ fn deliver_into(
     }
     let tmp = &folder.tmp;
     let tmp_path = tmp.path.join(name);
-    if how.derived_names() {
-        clear_stale(tmp, name)?;
+    let create = || {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat(&tmp.file, name, flags, Mode::from_raw_mode(0o600))
+    };
+    let fd = match create() {
+        // A derived name may find something left by a crash or a failed
+        // attempt, or planted: removed, never written through.
+        Err(Errno::EXIST) if how.derived_names() => {
+            clear_stale(tmp, name)?;
+            create()
+        }
+        r => r,
     }
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(&tmp.file, name, flags, Mode::from_raw_mode(0o600))
-        .map_err(|e| err("create", &tmp_path)(e.into()))?;
+    .map_err(|e| err("create", &tmp_path)(e.into()))?;
     let mut f = File::from(fd);
     let written = f
         .write_all(&whole)

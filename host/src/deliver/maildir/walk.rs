@@ -38,6 +38,8 @@ pub(super) struct Dir {
     pub uid: u32,
     /// Its group.
     pub gid: u32,
+    /// Its file system.
+    pub dev: u64,
     /// Where it is, for messages.
     pub path: PathBuf,
 }
@@ -45,10 +47,13 @@ pub(super) struct Dir {
 impl Dir {
     fn new(file: File, path: PathBuf) -> Result<Dir, MaildirError> {
         let st = rustix::fs::fstat(&file).map_err(|e| err("stat", &path)(e.into()))?;
+        #[allow(clippy::unnecessary_cast)] // c_ulong on some targets
+        let dev = st.st_dev as u64;
         Ok(Dir {
             file,
             uid: st.st_uid,
             gid: st.st_gid,
+            dev,
             path,
         })
     }
@@ -269,13 +274,15 @@ pub(super) struct Folder {
     pub cur: Option<Dir>,
 }
 
-/// Opens `tmp/ new/ cur/` of the folder `dir`. When `new/` is missing and
-/// `create` is set, makes them first (`new/` last: concurrent deliveries
-/// take its existence for "complete"); otherwise `None`.
+/// Opens `tmp/ new/` of the folder `dir`, and `cur/` if `with_cur`. When
+/// `new/` is missing and `create` is set, makes them first (`new/` last:
+/// concurrent deliveries take its existence for "complete"); otherwise
+/// `None`.
 pub(super) fn open_folder(
     dir: &Dir,
     trust: &Trust,
     create: bool,
+    with_cur: bool,
 ) -> Result<Option<Folder>, MaildirError> {
     let new = match open_dir_at(dir, OsStr::new("new"))? {
         Some(new) => {
@@ -295,7 +302,10 @@ pub(super) fn open_folder(
     let tmp = open_dir_at(dir, OsStr::new("tmp"))?
         .ok_or_else(|| err("open", &dir.path.join("tmp"))(io::ErrorKind::NotFound.into()))?;
     trust.check(&tmp)?;
-    let cur = open_dir_at(dir, OsStr::new("cur"))?;
+    let cur = match with_cur {
+        true => open_dir_at(dir, OsStr::new("cur"))?,
+        false => None,
+    };
     if let Some(cur) = &cur {
         trust.check(cur)?;
     }
@@ -308,6 +318,7 @@ pub(super) fn tag_folder(
     maildir: &Dir,
     tag: &str,
     trust: &Trust,
+    with_cur: bool,
 ) -> Result<Option<Folder>, MaildirError> {
     if tag.is_empty() || tag.contains(['/', '\0']) || tag.starts_with('.') {
         return Ok(None);
@@ -318,7 +329,7 @@ pub(super) fn tag_folder(
             return Ok(None);
         };
         trust.check(&dir)?;
-        open_folder(&dir, trust, false)
+        open_folder(&dir, trust, false, with_cur)
     };
     if let Some(found) = open(&exact)? {
         return Ok(Some(found));

@@ -54,6 +54,13 @@ impl Touched {
         Ok(())
     }
 
+    /// [`Touched::add`] for a directory whose device the caller knows.
+    pub fn add_on(&self, dev: u64, dir: BorrowedFd<'_>) -> io::Result<()> {
+        self.filesystems.register_on(dev, dir)?;
+        lock(&self.state).devs.insert(dev);
+        Ok(())
+    }
+
     /// syncfs(2) on every file system recorded (blocking).
     pub fn sync(&self) -> io::Result<()> {
         let devs: Vec<u64> = {
