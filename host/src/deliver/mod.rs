@@ -220,7 +220,7 @@ async fn run(
 }
 
 /// Backoff for the n-th attempt: initial × 2^(n-1), capped.
-fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
+pub(crate) fn backoff(cfg: &DeliveryConfig, attempts: u32) -> Duration {
     let factor = 1u32 << attempts.saturating_sub(1).min(16);
     cfg.retry_initial.saturating_mul(factor).min(cfg.retry_max)
 }

@@ -1462,6 +1462,7 @@ impl Connection {
             .await
         {
             Ok(()) => Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}"))),
+            Err(e) if spool::is_storage_full(&e) => Err(self.storage_full(&id, &e)),
             Err(e) => Err(self.queue_failed(&id, &e)),
         }
     }
@@ -1516,8 +1517,17 @@ impl Connection {
                 self.shared.queue.queued(id.clone());
                 Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")))
             }
+            Err(e) if e.is_storage_full() => Err(self.storage_full(&id, &e)),
             Err(e) => Err(self.queue_failed(&id, &e)),
         }
+    }
+
+    /// No room on disk for the message (or for the journal's messages in
+    /// waiting): the client is told to come back later, as Postfix does
+    /// when its queue file system is full.
+    fn storage_full(&self, id: &str, e: &dyn std::fmt::Display) -> Reply {
+        tracing::warn!("{id}: cannot queue message from {}: {e}", self.client);
+        r(452, 4, 3, 1, "Error: insufficient system storage")
     }
 }
 

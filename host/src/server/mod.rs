@@ -6,8 +6,10 @@ pub mod connection;
 pub mod generation;
 pub mod limits;
 pub mod offload;
-pub mod privileges;
 pub mod trace;
+
+/// Kept at its old path for callers written before it moved to the crate root.
+pub use crate::privileges;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -464,16 +466,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut recovered = spool.recover().context("spool recovery failed")?;
     // The journal is read (and what it holds delivered) even when it is
     // switched off now: it may hold messages from a run that used it.
-    let touched = Arc::new(Touched::default());
+    // The journal's bulk sync and the spool's group commit share one
+    // descriptor per file system, so that neither misses an error the
+    // other collected.
+    let touched = Arc::new(Touched::new(syncer.filesystems().clone()));
     let journal_dir = cfg.server.spool_dir.join("journal");
     let (journal, leftovers) =
         Journal::open(&journal_dir, touched.clone(), cfg.queue.journal_seal_idle.0)
             .with_context(|| format!("cannot open the journal {}", journal_dir.display()))?;
-    // Maildir copies are made as the mail user, never as root.
+    // Maildir copies are made as the mail user, never as root. Record by
+    // record: what can be neither delivered nor spooled now stays in the
+    // journal and is tried again while running; the rest is scheduled.
     let router_now = current.router.clone();
     let hostname = cfg.server.hostname.clone();
-    let (spool2, touched2, journal2) = (spool.clone(), touched.clone(), journal.clone());
-    let respooled = tokio::task::spawn_blocking(move || {
+    let (spool2, touched2, journal2, syncer2) = (
+        spool.clone(),
+        touched.clone(),
+        journal.clone(),
+        syncer.clone(),
+    );
+    let recovery = tokio::task::spawn_blocking(move || {
         journaled::recover(
             &journal2,
             leftovers,
@@ -481,19 +493,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             &hostname,
             &spool2,
             &touched2,
+            &syncer2,
         )
     })
-    .await?
-    .unwrap_or_else(|e| {
-        // A full or failing disk must not keep the MTA down: what the
-        // journal holds stays there (its segments are kept) and is
-        // replayed at the next start, finding whatever copies got made.
-        tracing::error!(
-            "journal recovery failed: {e:#}; its messages stay in the journal until the next start"
-        );
-        Vec::new()
-    });
-    recovered.extend(respooled);
+    .await?;
+    recovered.extend(recovery.spooled);
     recovered.sort();
     recovered.dedup();
     if !recovered.is_empty() {
@@ -505,30 +509,43 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let router = Arc::new(ArcSwap::from(current.router.clone()));
+    let delivery_cfg = DeliveryConfig {
+        hostname: cfg.server.hostname.clone(),
+        concurrency: cfg.queue.delivery_concurrency,
+        retry_initial: cfg.queue.retry_initial.0,
+        retry_max: cfg.queue.retry_max.0,
+        max_lifetime: cfg.queue.max_lifetime.0,
+    };
     let (queue, delivery) = deliver::start(
         spool.clone(),
         router.clone(),
         syncer.clone(),
-        DeliveryConfig {
-            hostname: cfg.server.hostname.clone(),
-            concurrency: cfg.queue.delivery_concurrency,
-            retry_initial: cfg.queue.retry_initial.0,
-            retry_max: cfg.queue.retry_max.0,
-            max_lifetime: cfg.queue.max_lifetime.0,
-        },
+        delivery_cfg.clone(),
         recovered,
         shutdown_rx.clone(),
     );
-    let journaled = if cfg.queue.journal && cfg.queue.direct_delivery {
-        Some(Arc::new(
-            Journaled::start(journal, spool.clone(), queue.clone(), touched)
-                .context("cannot start the delivery threads")?,
-        ))
-    } else {
-        journal.close();
-        journal.finish();
-        None
-    };
+    // The delivery threads run even with the journal off for new mail:
+    // they retry what recovery left, and reclaim its segments.
+    let journaled = Arc::new(
+        Journaled::start(
+            journal,
+            spool.clone(),
+            queue.clone(),
+            touched,
+            syncer.clone(),
+            delivery_cfg,
+        )
+        .context("cannot start the delivery threads")?,
+    );
+    if !recovery.unfinished.is_empty() {
+        journaled.retry_recovered(
+            recovery.unfinished,
+            current.router.clone(),
+            &cfg.server.hostname,
+        );
+    }
+    let journaled_for_sessions =
+        (cfg.queue.journal && cfg.queue.direct_delivery).then(|| journaled.clone());
     let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
     if let Some(tls) = &tls {
         let tls = tls.clone();
@@ -549,7 +566,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .collect();
     let shared = Arc::new(Shared {
         spool,
-        journaled,
+        journaled: journaled_for_sessions,
         syncer,
         queue,
         dns,
@@ -611,10 +628,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             shared.limits.total()
         );
     }
-    if let Some(j) = shared.journaled.clone() {
-        // Every session is done: deliver what the journal holds.
-        let _ = tokio::task::spawn_blocking(move || j.close()).await;
-    }
+    // Every session is done: deliver what the journal holds.
+    let _ = tokio::task::spawn_blocking(move || journaled.close()).await;
     if tokio::time::timeout(grace, delivery).await.is_err() {
         tracing::warn!(
             "deliveries still running after the grace period; they will be retried on the next start"

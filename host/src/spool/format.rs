@@ -83,18 +83,25 @@ pub enum FormatError {
 
 /// The bytes that follow the content in the file: envelope and trailer.
 pub fn encode_tail(content: &[u8], env: &Envelope) -> Vec<u8> {
+    encode_tail_crc(content, env).0
+}
+
+/// [`encode_tail`], and the CRC-32 of the whole file (content and tail),
+/// taken on the same pass over the content (the journal's record checksum).
+pub fn encode_tail_crc(content: &[u8], env: &Envelope) -> (Vec<u8>, u32) {
     let json = serde_json::to_vec(env).unwrap_or_default();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(content);
     hasher.update(&json);
-    let crc = hasher.finalize();
+    let crc = hasher.clone().finalize();
     let mut out = Vec::with_capacity(json.len() + TRAILER);
     out.extend_from_slice(&json);
     out.extend_from_slice(&(content.len() as u64).to_le_bytes());
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(MAGIC);
-    out
+    hasher.update(&out[json.len()..]);
+    (out, hasher.finalize())
 }
 
 /// Serialises content + envelope into the on-disk form.
@@ -162,6 +169,8 @@ pub(crate) mod tests {
     fn roundtrip_and_damage() {
         let env = sample();
         let file = encode(b"Subject: hi\r\n\r\nbody\r\n", &env);
+        let (_, crc) = encode_tail_crc(b"Subject: hi\r\n\r\nbody\r\n", &env);
+        assert_eq!(crc, crc32fast::hash(&file));
         let (back, range) = decode(&file).unwrap();
         assert_eq!(back, env);
         assert_eq!(&file[range], b"Subject: hi\r\n\r\nbody\r\n");

@@ -12,7 +12,6 @@
 //! `queue/`, and `queue/` itself is fsynced ([`dirsync`] batches that last
 //! step across concurrent sessions).
 
-pub mod dirsync;
 pub mod format;
 pub mod journal;
 mod queue_id;
@@ -26,9 +25,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// Kept at its old path: the group commit moved to [`crate::durable`].
+pub use crate::durable::dirsync;
 pub use dirsync::{DirSyncer, SyncMode};
+
+use crate::durable::noreplace::rename_noreplace;
 pub use format::{Client, Envelope, Recipient};
-pub use queue_id::{is_queue_id, new_queue_id};
+pub use queue_id::{is_queue_id, new_queue_id, note_used};
+use rustix::fs::CWD;
 
 /// Spool failures, with the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,26 @@ pub enum SpoolError {
     /// Another process holds the spool lock.
     #[error("spool {0} is locked by another postern process")]
     Locked(PathBuf),
+    /// A different message holds this queue ID already: nothing was
+    /// replaced, and this one was not queued.
+    #[error("{0}: a different message is queued under this ID already")]
+    Taken(PathBuf),
+}
+
+impl SpoolError {
+    /// The file system is full (or the quota spent): nothing to write the
+    /// message to, rather than a fault (`452 4.3.1`).
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if is_storage_full(source))
+    }
+}
+
+/// True for ENOSPC and EDQUOT.
+pub fn is_storage_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -160,6 +184,13 @@ impl Spool {
         for d in [&spool.incoming, &spool.queue, &spool.hold, &spool.corrupt] {
             dirsync::create_dir_durable(d, 0o700, 0o755).map_err(io_err("create", d))?;
         }
+        // In filesystem mode, each file system's syncfs descriptor is
+        // opened now, before anything is written that it must cover.
+        for d in [&spool.incoming, &spool.queue, &spool.hold, &spool.corrupt] {
+            dirsync::open_dir(d)
+                .and_then(|f| syncer.prepare(std::os::fd::AsFd::as_fd(&f)))
+                .map_err(io_err("open", d))?;
+        }
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -172,6 +203,19 @@ impl Spool {
         }
         spool._lock = Some(lock);
         spool.syncer = Some(syncer);
+        // Queue IDs go on above every ID an earlier run handed out, even
+        // if the clock was set back meanwhile: the mark in the spool, and
+        // the names in it in case the mark was lost.
+        let mut used = Vec::new();
+        for d in [&spool.queue, &spool.hold] {
+            used.extend(list_names(d)?);
+        }
+        if let Err(e) = queue_id::keep_floor_in(root, used.iter().map(String::as_str)) {
+            tracing::error!(
+                "queue IDs: cannot keep their high-water mark in {} ({e}); IDs may repeat after a restart with the clock set back",
+                root.display()
+            );
+        }
         Ok(spool)
     }
 
@@ -275,6 +319,7 @@ impl Spool {
         let syncer = self.syncer().map_err(io_err("fsync", dir))?.clone();
         let paths = CommitPaths {
             incoming: self.incoming.join(&env.id),
+            incoming_state: self.incoming.join(format!("{}.state", env.id)),
             target: dir.join(&env.id),
             state: dir.join(format!("{}.state", env.id)),
             dir: dir.clone(),
@@ -283,19 +328,60 @@ impl Spool {
     }
 
     /// Keeps bytes that failed their checksum in `corrupt/` for the
-    /// operator (blocking); returns where.
+    /// operator (blocking); returns where. Never over an earlier file of
+    /// the same name: that one gets a suffix.
     pub fn quarantine(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
-        let path = self.corrupt.join(name);
-        let mut f = File::create(&path).map_err(io_err("create", &path))?;
-        f.write_all(bytes).map_err(io_err("write", &path))?;
-        f.sync_data().map_err(io_err("fsync", &path))?;
+        let tmp = self.incoming.join(format!("corrupt-{name}"));
+        let mut f = create_new(&tmp, true)?;
+        let written = f
+            .write_all(bytes)
+            .map_err(io_err("write", &tmp))
+            .and_then(|()| f.sync_data().map_err(io_err("fsync", &tmp)));
+        drop(f);
+        let placed = written.and_then(|()| self.aside(&tmp, name));
+        if placed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        let path = placed?;
         self.sync_dir(&self.corrupt)?;
         Ok(path)
+    }
+
+    /// Moves `from` into `corrupt/` as `name`, or `name.1`, `name.2`, ...
+    /// if that is taken.
+    fn aside(&self, from: &Path, name: &str) -> Result<PathBuf, SpoolError> {
+        for n in 0..1000 {
+            let to = match n {
+                0 => self.corrupt.join(name),
+                n => self.corrupt.join(format!("{name}.{n}")),
+            };
+            match rename_noreplace(CWD, from, CWD, &to) {
+                Ok(()) => return Ok(to),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("rename", &to)(e)),
+            }
+        }
+        Err(SpoolError::Taken(self.corrupt.join(name)))
     }
 
     /// The message is in `queue/` or `hold/`.
     pub fn contains(&self, id: &str) -> bool {
         self.queue.join(id).exists() || self.hold.join(id).exists()
+    }
+
+    /// Whether the queue file bytes `file` are queued or held under
+    /// `id`: `None` if nothing is, `Some(false)` if a different message
+    /// is (an ID reissued, say after the clock was set back).
+    pub fn holds(&self, id: &str, file: &[u8]) -> Option<bool> {
+        let mut found = None;
+        for dir in [&self.queue, &self.hold] {
+            match fs::read(dir.join(id)) {
+                Ok(bytes) if bytes == file => return Some(true),
+                Ok(_) => found = Some(false),
+                Err(_) => {}
+            }
+        }
+        found
     }
 
     /// Reads a queued message (blocking).
@@ -327,6 +413,7 @@ impl Spool {
         let path = self.state_path(id);
         let tmp = self.queue.join(format!("{id}.state.tmp"));
         write_state(&tmp, state)?;
+        // Replaces the message's own earlier state, as it should.
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
         self.sync_dir(&self.queue)
     }
@@ -346,10 +433,14 @@ impl Spool {
 
     /// Moves a message to `hold/` with a reason (blocking).
     pub fn hold(&self, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
-        write_state(&self.hold.join(format!("{id}.state")), state)?;
         let from = self.queue.join(id);
         let to = self.hold.join(id);
-        fs::rename(&from, &to).map_err(io_err("rename", &to))?;
+        // Never over a held message: neither its state nor itself.
+        if fs::symlink_metadata(&to).is_ok() {
+            return Err(SpoolError::Taken(to));
+        }
+        write_state(&self.hold.join(format!("{id}.state")), state)?;
+        place(&from, &to)?;
         let _ = fs::remove_file(self.state_path(id));
         self.sync_dir(&self.hold)?;
         self.sync_dir(&self.queue)
@@ -366,11 +457,14 @@ impl Spool {
         let mut state = read_state(&held)?.unwrap_or_default();
         state.hold_reason = None;
         state.next_attempt = 0;
+        let to = self.queue.join(id);
+        if fs::symlink_metadata(&to).is_ok() {
+            return Err(SpoolError::Taken(to));
+        }
         // The new state first: a crash before the move leaves an orphan
         // state in queue/ (removed at start), never a message without one.
         write_state(&self.state_path(id), &state)?;
-        let to = self.queue.join(id);
-        fs::rename(self.hold.join(id), &to).map_err(io_err("rename", &to))?;
+        place(&self.hold.join(id), &to)?;
         self.sync_dir(&self.queue)?;
         let _ = fs::remove_file(&held);
         self.sync_dir(&self.hold)?;
@@ -433,12 +527,11 @@ impl Spool {
             match self.read(&name) {
                 Ok(_) => ids.push(name),
                 Err(SpoolError::Format { source, .. }) => {
-                    tracing::error!("{name}: {source}; moved to {}", self.corrupt.display());
-                    let to = self.corrupt.join(&name);
-                    fs::rename(self.queue.join(&name), &to).map_err(io_err("rename", &to))?;
+                    let to = self.aside(&self.queue.join(&name), &name)?;
+                    tracing::error!("{name}: {source}; moved to {}", to.display());
                     // With the record of whom it reached already.
                     let state = format!("{name}.state");
-                    let _ = fs::rename(self.queue.join(&state), self.corrupt.join(&state));
+                    let _ = self.aside(&self.queue.join(&state), &state);
                 }
                 // One unreadable file must not keep the MTA down: it is
                 // tried (and logged) with the others, with backoff.
@@ -505,13 +598,17 @@ impl Spool {
 /// Where a commit writes.
 struct CommitPaths {
     incoming: PathBuf,
+    incoming_state: PathBuf,
     target: PathBuf,
     state: PathBuf,
     dir: PathBuf,
 }
 
 /// Writes a queue file durably (blocking): into `incoming/`, fdatasync,
-/// state file, rename into place, group commit of the directory.
+/// state file, rename into place, group commit of the directory. Nothing
+/// in `queue/` is ever replaced: a queue file already there under this ID
+/// is this message's own from an earlier attempt (the journal's hand-off
+/// retried: then it stands), or another message's ([`SpoolError::Taken`]).
 fn write_queue_file(
     paths: &CommitPaths,
     syncer: &DirSyncer,
@@ -521,44 +618,116 @@ fn write_queue_file(
 ) -> Result<(), SpoolError> {
     let incoming = &paths.incoming;
     let tail = format::encode_tail(content, env);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(incoming)
-        .map_err(io_err("create", incoming))?;
-    let has_state = state.is_some();
+    let since = syncer.filesystems().ticket();
+    let mut f = create_new(incoming, false)?;
+    let mut placed_state = false;
     let written = (|| {
         f.write_all(content).map_err(io_err("write", incoming))?;
         f.write_all(&tail).map_err(io_err("write", incoming))?;
         syncer
-            .sync_file_blocking(&f, incoming)
+            .sync_file_blocking(&f, since)
             .map_err(io_err("fsync", incoming))?;
         if let Some(state) = state {
-            write_state(&paths.state, &state)?;
+            write_state(&paths.incoming_state, &state)?;
+            placed_state = place_state(paths)?;
         }
-        fs::rename(incoming, &paths.target).map_err(io_err("rename", &paths.target))
+        match rename_noreplace(CWD, incoming, CWD, &paths.target) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if is_file_of(&paths.target, content, &tail) {
+                    let _ = fs::remove_file(incoming);
+                    Ok(())
+                } else {
+                    Err(SpoolError::Taken(paths.target.clone()))
+                }
+            }
+            r => r.map_err(io_err("rename", &paths.target)),
+        }
     })();
     drop(f);
+    let _ = fs::remove_file(&paths.incoming_state);
     if let Err(e) = written {
         // Nothing half-written stays: a retry of the same queue ID (the
         // journal's hand-off) must find the way clear, and a full disk
-        // must not stay full of partial files.
+        // must not stay full of partial files. A state file goes only if
+        // this commit put it there.
         let _ = fs::remove_file(incoming);
-        if has_state {
+        if placed_state {
             let _ = fs::remove_file(&paths.state);
         }
         return Err(e);
     }
-    syncer
-        .sync_blocking(&paths.dir)
+    dirsync::open_dir(&paths.dir)
+        .and_then(|d| syncer.sync_dir_blocking(&d, since))
         .map_err(io_err("fsync", &paths.dir))
 }
 
-/// Writes a state file and fdatasyncs it (its directory is the caller's).
+/// Moves a commit's state file from `incoming/` into place, never over
+/// another: one there without its queue file is a leftover (removed, and
+/// the move made again); one with its queue file is that message's (not
+/// ours to touch: the queue file's rename decides). True if placed.
+fn place_state(paths: &CommitPaths) -> Result<bool, SpoolError> {
+    for _ in 0..2 {
+        match rename_noreplace(CWD, &paths.incoming_state, CWD, &paths.state) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if fs::symlink_metadata(&paths.target).is_ok() {
+                    return Ok(false);
+                }
+                tracing::warn!(
+                    "{}: removing a state file left without its message",
+                    paths.state.display()
+                );
+                fs::remove_file(&paths.state).map_err(io_err("remove", &paths.state))?;
+            }
+            Err(e) => return Err(io_err("rename", &paths.state)(e)),
+        }
+    }
+    Err(SpoolError::Taken(paths.state.clone()))
+}
+
+/// True if the file at `path` holds exactly `content` then `tail`.
+fn is_file_of(path: &Path, content: &[u8], tail: &[u8]) -> bool {
+    fs::read(path).is_ok_and(|b| {
+        b.len() == content.len() + tail.len() && b.starts_with(content) && b.ends_with(tail)
+    })
+}
+
+/// Moves a queue file from one area to another, never over a message.
+fn place(from: &Path, to: &Path) -> Result<(), SpoolError> {
+    rename_noreplace(CWD, from, CWD, to).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            SpoolError::Taken(to.to_path_buf())
+        } else {
+            io_err("rename", to)(e)
+        }
+    })
+}
+
+/// Creates a new file (mode 600), never opening one that is there: with
+/// `leftover`, one of the same name is removed first; without, it is an
+/// error (a queue file in `incoming/` is this commit's alone).
+fn create_new(path: &Path, leftover: bool) -> Result<File, SpoolError> {
+    if leftover {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("remove", path)(e));
+            }
+            _ => {}
+        }
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create", path))
+}
+
+/// Writes a state file as a new file and fdatasyncs it (its directory is
+/// the caller's).
 fn write_state(path: &Path, state: &DeliveryState) -> Result<(), SpoolError> {
     let json = serde_json::to_vec(state).unwrap_or_default();
-    let mut f = File::create(path).map_err(io_err("create", path))?;
+    let mut f = create_new(path, true)?;
     f.write_all(&json).map_err(io_err("write", path))?;
     f.sync_data().map_err(io_err("fsync", path))
 }
@@ -626,6 +795,81 @@ mod tests {
         assert_eq!(spool.list().unwrap().len(), 1);
         tokio::task::block_in_place(|| spool.remove(&env.id)).unwrap();
         assert!(spool.list().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn nothing_queued_is_ever_replaced() {
+        let (dir, spool) = temp_spool("noreplace");
+        let mut env = format::tests::sample();
+        env.id = new_queue_id();
+        let state = DeliveryState::after_first_attempt("x".into(), BTreeSet::from([0]));
+        spool
+            .commit_with_state(b"first\r\n".to_vec(), env.clone(), state.clone())
+            .await
+            .unwrap();
+        let first = fs::read(dir.join("queue").join(&env.id)).unwrap();
+        // The same message again (the journal's hand-off retried): fine.
+        tokio::task::block_in_place(|| spool.commit_blocking(b"first\r\n", &env, state.clone()))
+            .unwrap();
+        assert_eq!(spool.holds(&env.id, &first), Some(true));
+        // Another message under the same ID: refused, nothing replaced,
+        // the first one's state untouched.
+        let other = DeliveryState::default();
+        let e = spool
+            .commit_with_state(b"second\r\n".to_vec(), env.clone(), other)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SpoolError::Taken(_)), "{e}");
+        assert!(
+            spool
+                .commit(b"second\r\n".to_vec(), env.clone())
+                .await
+                .is_err()
+        );
+        assert_eq!(fs::read(dir.join("queue").join(&env.id)).unwrap(), first);
+        assert_eq!(spool.load_state(&env.id).unwrap(), Some(state));
+        assert_eq!(spool.holds(&env.id, b"other"), Some(false));
+        assert_eq!(fs::read_dir(dir.join("incoming")).unwrap().count(), 0);
+        // A state file left without its message does not apply to a new
+        // message of that ID.
+        let mut env2 = env.clone();
+        env2.id = new_queue_id();
+        fs::write(dir.join("queue").join(format!("{}.state", env2.id)), b"{}").unwrap();
+        let fresh = DeliveryState::after_first_attempt("y".into(), BTreeSet::new());
+        tokio::task::block_in_place(|| spool.commit_blocking(b"third\r\n", &env2, fresh.clone()))
+            .unwrap();
+        assert_eq!(spool.load_state(&env2.id).unwrap(), Some(fresh));
+        // Holding never replaces a held message, nor its state.
+        let held = DeliveryState {
+            hold_reason: Some("held".into()),
+            ..DeliveryState::default()
+        };
+        tokio::task::block_in_place(|| spool.hold(&env.id, &held)).unwrap();
+        fs::copy(
+            dir.join("hold").join(&env.id),
+            dir.join("queue").join(&env.id),
+        )
+        .unwrap();
+        let e = tokio::task::block_in_place(|| spool.hold(&env.id, &DeliveryState::default()));
+        assert!(matches!(e, Err(SpoolError::Taken(_))));
+        let kept: DeliveryState = serde_json::from_slice(
+            &fs::read(dir.join("hold").join(format!("{}.state", env.id))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kept.hold_reason.as_deref(), Some("held"));
+        assert!(matches!(
+            tokio::task::block_in_place(|| spool.release(&env.id)),
+            Err(SpoolError::Taken(_))
+        ));
+        // Bytes kept aside never replace bytes kept before.
+        let a = spool.quarantine("journal-1-0", b"a").unwrap();
+        let b = spool.quarantine("journal-1-0", b"b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            (fs::read(&a).unwrap(), fs::read(&b).unwrap()),
+            (b"a".to_vec(), b"b".to_vec())
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -21,20 +21,27 @@
 //! After a crash, [`Journal::open`] returns the records of every segment
 //! left; they are delivered again under the same deterministic Maildir
 //! names, so a copy that did reach the mailbox is recognised (and repaired
-//! if it is not intact) instead of duplicated.
+//! if it is not intact) instead of duplicated. Each record has checksums
+//! of its own ([`segment`]): damage costs the records it hits, and their
+//! bytes are returned to be kept for the operator.
 
-use std::collections::{BTreeMap, HashMap};
+mod segment;
+mod touched;
+
+#[cfg(test)]
+pub(crate) use segment::tests::segment as segment_for_test;
+pub use segment::{Parsed, Record, parse};
+pub use touched::Touched;
+
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-
-const MAGIC: &[u8; 8] = b"PSTRNJ01";
-const HEADER: usize = 16;
 
 /// A segment is sealed once it holds this much.
 const SEGMENT_BYTES: u64 = 16 << 20;
@@ -51,73 +58,6 @@ fn ctx<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Er
     move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
 }
 
-#[derive(Debug, Default)]
-struct TouchedState {
-    /// One open directory per file system: syncfs through a descriptor
-    /// held since before the writes reports their write-back errors, and
-    /// keeps working if that directory is later removed.
-    dirs: HashMap<u64, (Arc<File>, PathBuf)>,
-    /// The first sync error. After it, no sync succeeds until restart: a
-    /// lost write-back must not be forgotten by the next syncfs.
-    failed: Option<String>,
-}
-
-/// The file systems that hold Maildir copies not yet synced.
-#[derive(Debug, Default)]
-pub struct Touched {
-    state: Mutex<TouchedState>,
-}
-
-impl Touched {
-    /// Records that a new file was written below `dir`, on file system
-    /// `dev` (blocking: opens `dir` the first time a file system is seen).
-    pub fn add(&self, dev: u64, dir: &Path) -> io::Result<()> {
-        if lock(&self.state).dirs.contains_key(&dev) {
-            return Ok(());
-        }
-        let f = File::open(dir).map_err(ctx("open", dir))?;
-        lock(&self.state)
-            .dirs
-            .entry(dev)
-            .or_insert_with(|| (Arc::new(f), dir.to_path_buf()));
-        Ok(())
-    }
-
-    /// syncfs(2) on every file system recorded (blocking).
-    pub fn sync(&self) -> io::Result<()> {
-        let dirs: Vec<(Arc<File>, PathBuf)> = {
-            let st = lock(&self.state);
-            if let Some(why) = &st.failed {
-                return Err(io::Error::other(why.clone()));
-            }
-            st.dirs.values().cloned().collect()
-        };
-        for (f, dir) in dirs {
-            if let Err(e) = rustix::fs::syncfs(&*f) {
-                let why = format!(
-                    "syncfs on the file system of {}: {}",
-                    dir.display(),
-                    io::Error::from(e)
-                );
-                lock(&self.state).failed.get_or_insert(why.clone());
-                return Err(io::Error::other(why));
-            }
-        }
-        Ok(())
-    }
-
-    /// A sync has failed: nothing may rely on the journal's bulk sync
-    /// until restart.
-    pub fn failed(&self) -> bool {
-        lock(&self.state).failed.is_some()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn fail_for_test(&self) {
-        lock(&self.state).failed = Some("injected".into());
-    }
-}
-
 /// What earlier runs left in the journal.
 #[derive(Debug, Default)]
 pub struct Leftovers {
@@ -125,10 +65,9 @@ pub struct Leftovers {
     pub segments: Vec<u64>,
     /// Their complete records, in order.
     pub records: Vec<Leftover>,
-    /// Segments that end in an incomplete record (a crash while it was
-    /// written, never acknowledged; or a running daemon writing it), with
-    /// the bytes after the last complete one.
-    pub torn: Vec<(u64, usize)>,
+    /// Bytes of the segments that are no record: damage, or (at the end
+    /// of a segment) a batch whose write was cut short.
+    pub damaged: Vec<Damaged>,
 }
 
 /// One record found in a segment left by an earlier run.
@@ -142,9 +81,23 @@ pub struct Leftover {
     pub file: Vec<u8>,
 }
 
+/// Bytes of a segment left by an earlier run that are no record.
+#[derive(Debug)]
+pub struct Damaged {
+    /// The segment.
+    pub segment: u64,
+    /// Where the bytes start.
+    pub offset: usize,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// They end the segment (a write cut short, never acknowledged, or
+    /// damage at the end); otherwise a record follows them.
+    pub at_end: bool,
+}
+
 /// An append waiting for the writer.
 struct Pending {
-    record: Vec<u8>,
+    record: Record,
     done: oneshot::Sender<io::Result<u64>>,
 }
 
@@ -206,16 +159,22 @@ pub fn read(dir: &Path) -> io::Result<Leftovers> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(ctx("read", &path)(e)),
         };
-        let (records, used) = parse(&bytes);
-        if used < bytes.len() {
-            left.torn.push((seq, bytes.len() - used));
-        }
+        let parsed = parse(&bytes);
         left.records
-            .extend(records.into_iter().map(|(offset, r)| Leftover {
+            .extend(parsed.records.iter().map(|&(offset, r)| Leftover {
                 segment: seq,
                 offset,
                 file: r.to_vec(),
             }));
+        let ends = parsed.torn.iter().map(|r| (r, true));
+        for (range, at_end) in parsed.damaged.iter().map(|r| (r, false)).chain(ends) {
+            left.damaged.push(Damaged {
+                segment: seq,
+                offset: range.start,
+                bytes: bytes[range.clone()].to_vec(),
+                at_end,
+            });
+        }
     }
     Ok(left)
 }
@@ -252,35 +211,6 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}"))
 }
 
-/// Frames a queue file as a journal record: the header, to which the
-/// caller appends the `file_len` bytes of the queue file.
-pub fn record(file_len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + file_len);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(file_len as u64).to_le_bytes());
-    out
-}
-
-/// Splits a segment into its records (offset, bytes); stops where the
-/// framing ends (a batch whose write was cut short: never acknowledged).
-fn parse(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= HEADER && &bytes[at..at + 8] == MAGIC {
-        let len = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or([0xff; 8]));
-        let Some(end) = usize::try_from(len)
-            .ok()
-            .and_then(|l| (at + HEADER).checked_add(l))
-            .filter(|&e| e <= bytes.len())
-        else {
-            break;
-        };
-        out.push((at, &bytes[at + HEADER..end]));
-        at = end;
-    }
-    (out, at)
-}
-
 impl Journal {
     /// Opens (creating) the journal under `dir`, reads what earlier runs
     /// left, and starts the writer and reclaimer threads. Segments left
@@ -294,12 +224,6 @@ impl Journal {
     ) -> io::Result<(Journal, Leftovers)> {
         super::dirsync::create_dir_durable(dir, 0o700, 0o755).map_err(ctx("create", dir))?;
         let left = read(dir)?;
-        for &(seq, bytes) in &left.torn {
-            tracing::warn!(
-                "journal segment {}: ignoring {bytes} bytes after the last complete record (never acknowledged)",
-                segment_path(dir, seq).display()
-            );
-        }
         let first = left.segments.last().map_or(1, |s| s + 1);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -361,10 +285,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends a record (from [`record`] plus the queue file) and returns
-    /// once it is durable, with its segment, to be [`Journal::release`]d
-    /// once the message is safe elsewhere.
-    pub async fn append(&self, record: Vec<u8>) -> io::Result<u64> {
+    /// Appends a record and returns once it is durable, with its segment,
+    /// to be [`Journal::release`]d once the message is safe elsewhere.
+    pub async fn append(&self, record: Record) -> io::Result<u64> {
         let (done, rx) = oneshot::channel();
         {
             let mut st = lock(&self.inner.state);
@@ -376,6 +299,23 @@ impl Journal {
         self.inner.work.notify_one();
         rx.await
             .unwrap_or_else(|_| Err(io::Error::other("journal writer gone")))
+    }
+
+    /// Takes charge of a segment an earlier run left, with `outstanding`
+    /// of its records still to be delivered (each then
+    /// [`Journal::release`]d): once none is, the segment is reclaimed like
+    /// one of this run's.
+    pub fn adopt(&self, segment: u64, outstanding: usize) {
+        lock(&self.inner.state).segments.insert(
+            segment,
+            Segment {
+                outstanding: outstanding + 1,
+                sealed: true,
+            },
+        );
+        // The extra count taken above, so that a segment with nothing
+        // outstanding goes to the reclaimer through the one path.
+        self.release(segment);
     }
 
     /// The message of one record of `segment` is in its mailboxes (not
@@ -420,20 +360,27 @@ impl Journal {
     }
 }
 
-/// Creates an empty segment and makes its directory entry durable before
-/// any record is acknowledged in it.
-fn new_segment(dir: &Path, seq: u64) -> io::Result<File> {
+/// Creates a segment with its header (a new random salt, which is
+/// returned) and makes it and its directory entry durable before any
+/// record is acknowledged in it.
+fn new_segment(dir: &Path, seq: u64) -> io::Result<(File, u64)> {
     let path = segment_path(dir, seq);
-    let f = OpenOptions::new()
+    let mut salt = [0u8; 8];
+    getrandom::fill(&mut salt).map_err(|e| io::Error::other(format!("random salt: {e}")))?;
+    let salt = u64::from_le_bytes(salt);
+    let mut f = OpenOptions::new()
         .append(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)
         .map_err(ctx("create", &path))?;
+    f.write_all(&segment::segment_header(salt))
+        .and_then(|()| f.sync_data())
+        .map_err(ctx("write", &path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(ctx("fsync", dir))?;
-    Ok(f)
+    Ok((f, salt))
 }
 
 /// Queues a sealed segment with nothing outstanding for the reclaimer.
@@ -483,6 +430,7 @@ fn max_age(inner: &Inner) -> Duration {
 /// The segment being appended to.
 struct Active {
     seq: u64,
+    salt: u64,
     file: File,
     size: u64,
     opened: Instant,
@@ -555,14 +503,15 @@ fn write_loop(inner: &Inner, first: u64) {
         }
         if active.is_none() {
             match new_segment(&inner.dir, next_seq) {
-                Ok(file) => {
+                Ok((file, salt)) => {
                     lock(&inner.state)
                         .segments
                         .insert(next_seq, Segment::default());
                     active = Some(Active {
                         seq: next_seq,
+                        salt,
                         file,
-                        size: 0,
+                        size: segment::SEGMENT_HEADER as u64,
                         opened: Instant::now(),
                     });
                     next_seq += 1;
@@ -583,8 +532,9 @@ fn write_loop(inner: &Inner, first: u64) {
         }
         let Some(a) = active.as_mut() else { continue };
         buf.clear();
+        buf.reserve(batch.iter().map(|p| p.record.framed_len()).sum());
         for p in &batch {
-            buf.extend_from_slice(&p.record);
+            segment::frame(a.salt, &p.record, &mut buf);
         }
         match a.file.write_all(&buf).and_then(|()| a.file.sync_data()) {
             Ok(()) => {
@@ -624,19 +574,12 @@ fn write_loop(inner: &Inner, first: u64) {
     }
 }
 
-/// The device of a file (for [`Touched`]).
-pub fn device_of(f: &File) -> io::Result<u64> {
-    f.metadata().map(|m| m.dev())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn framed(payload: &[u8]) -> Vec<u8> {
-        let mut r = record(payload.len());
-        r.extend_from_slice(payload);
-        r
+    fn framed(payload: &[u8]) -> Record {
+        Record::from_payload(payload.to_vec())
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -661,21 +604,6 @@ mod tests {
         true
     }
 
-    #[test]
-    fn parse_stops_at_a_torn_record() {
-        let mut bytes = framed(b"one");
-        bytes.extend(framed(b"two"));
-        let whole = bytes.len();
-        bytes.extend(&framed(b"three")[..10]);
-        let (recs, used) = parse(&bytes);
-        assert_eq!(recs, vec![(0, &b"one"[..]), (HEADER + 3, &b"two"[..])]);
-        assert_eq!(used, whole);
-        // A length that runs past the end is not a record.
-        let mut bad = framed(b"x");
-        bad[8] = 0xff;
-        assert!(parse(&bad).0.is_empty());
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn append_release_reclaim_and_leftovers() {
         let dir = temp_dir("cycle");
@@ -692,7 +620,7 @@ mod tests {
         let names: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1);
         let bytes = fs::read(names[0].path()).unwrap();
-        let recs: Vec<&[u8]> = parse(&bytes).0.into_iter().map(|r| r.1).collect();
+        let recs: Vec<&[u8]> = parse(&bytes).records.into_iter().map(|r| r.1).collect();
         assert_eq!(recs, vec![&b"a"[..], &b"b"[..]]);
         tokio::task::block_in_place(|| {
             j.release(b);
@@ -705,10 +633,16 @@ mod tests {
         assert!(j.append(framed(b"c")).await.is_err(), "closed");
 
         // A segment left by a crash is returned by the next open.
-        fs::write(segment_path(&dir, 7), framed(b"left")).unwrap();
+        let mut seven = segment::tests::segment(5, &[b"left", b"lost"]);
+        // The second record damaged: its bytes come back as such.
+        let n = seven.len();
+        seven[n - 1] ^= 1;
+        fs::write(segment_path(&dir, 7), seven).unwrap();
         fs::write(segment_path(&dir, 8), b"").unwrap();
         let (j2, left) = Journal::open(&dir, touched, long).unwrap();
         assert_eq!(left.segments, vec![7, 8]);
+        assert_eq!(left.damaged.len(), 1);
+        assert!(left.damaged[0].at_end && left.damaged[0].bytes.ends_with(b"losu"));
         assert_eq!(left.records.len(), 1);
         assert_eq!(
             (left.records[0].segment, &left.records[0].file[..]),
@@ -716,9 +650,16 @@ mod tests {
         );
         let seq = j2.append(framed(b"d")).await.unwrap();
         assert_eq!(seq, 9, "new segments come after the leftovers");
-        j2.forget(left.segments).unwrap();
-        assert!(!segment_path(&dir, 7).exists() && !segment_path(&dir, 8).exists());
+        j2.forget([8]).unwrap();
+        assert!(!segment_path(&dir, 8).exists());
+        // A leftover adopted with a record still to deliver stays until
+        // that one is released.
         tokio::task::block_in_place(|| {
+            j2.adopt(7, 1);
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(segment_path(&dir, 7).exists());
+            j2.release(7);
+            assert!(wait_until(|| !segment_path(&dir, 7).exists()));
             j2.release(seq);
             j2.close();
             j2.finish();
@@ -734,8 +675,9 @@ mod tests {
         fs::create_dir_all(&mailbox).unwrap();
         let jdir = dir.join("j");
         let (j, _) = Journal::open(&jdir, touched.clone(), Duration::from_millis(20)).unwrap();
-        let dev = device_of(&File::open(&mailbox).unwrap()).unwrap();
-        touched.add(dev, &mailbox).unwrap();
+        touched
+            .add(std::os::fd::AsFd::as_fd(&File::open(&mailbox).unwrap()))
+            .unwrap();
         // Sealed when idle, reclaimed once released.
         let s = j.append(framed(b"a")).await.unwrap();
         tokio::task::block_in_place(|| j.release(s));

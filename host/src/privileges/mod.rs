@@ -2,6 +2,8 @@
 //! then gives root up before it talks to any client or delivers any mail
 //! (`[server] user`, like Postfix's `mail_owner`).
 
+pub mod thread;
+
 use std::ffi::CString;
 use std::path::Path;
 

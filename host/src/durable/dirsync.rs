@@ -12,27 +12,48 @@
 //!   directory) joins a batch that one `syncfs(2)` makes durable. One
 //!   flush of the whole file system covers dozens of messages, at the price
 //!   of also flushing unrelated dirty data on that file system: for a
-//!   spool and mailboxes on their own file system.
+//!   spool and mailboxes on their own file system. Every syncfs goes
+//!   through the one descriptor [`Filesystems`] keeps per file system, and
+//!   a write-back error fails every request that was writing when it was
+//!   reported, whichever syncfs collected it. On a kernel whose syncfs
+//!   cannot report errors (before 5.8) this mode works as `File`.
 //!
 //! There is no sync thread: the first writer to ask becomes the leader and
 //! runs the batch itself; requests that arrive meanwhile queue up, and when
 //! the leader is done the first of them leads the next batch. Measured on
 //! this project's 2-vCPU VM, a dedicated thread cost two wake-ups (context
 //! switches, each a VM exit) per batch and per waiter.
+//!
+//! Requests carry descriptors their callers opened, never paths: the
+//! leader may be a thread acting as a mailbox owner ([`crate::privileges`])
+//! and must not need to open anything of another's.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+pub use super::filesystems::{Filesystems, Ticket};
+
 /// What a request wants synced.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 enum Target {
     /// fsync this directory.
-    Dir(PathBuf),
-    /// syncfs the file system holding this path.
-    Filesystem(PathBuf),
+    Dir(Arc<File>),
+    /// syncfs this file system (by device).
+    Filesystem(u64),
+}
+
+/// What requests served by one sync share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    /// A directory: device and inode.
+    Dir(u64, u64),
+    /// A file system.
+    Filesystem(u64),
 }
 
 /// How new files are made durable.
@@ -72,9 +93,19 @@ impl Slot {
     }
 }
 
+/// One request in a batch.
+#[derive(Debug)]
+struct Request {
+    key: Key,
+    target: Target,
+    /// Taken before the caller wrote what this request covers.
+    since: Ticket,
+    slot: Arc<Slot>,
+}
+
 #[derive(Debug, Default)]
 struct Queue {
-    pending: Vec<(Target, Arc<Slot>)>,
+    pending: Vec<Request>,
     /// A thread is syncing a batch right now.
     busy: bool,
 }
@@ -88,39 +119,111 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct DirSyncer {
     queue: Arc<Mutex<Queue>>,
     mode: SyncMode,
+    filesystems: Arc<Filesystems>,
 }
 
 impl DirSyncer {
-    /// A syncer in the given mode.
+    /// A syncer in the given mode, with file systems of its own.
     pub fn new(mode: SyncMode) -> DirSyncer {
+        DirSyncer::with_filesystems(mode, Arc::new(Filesystems::new()))
+    }
+
+    /// A syncer in the given mode that syncs file systems through
+    /// `filesystems` (shared with the journal's bulk sync).
+    pub fn with_filesystems(mode: SyncMode, filesystems: Arc<Filesystems>) -> DirSyncer {
+        let mode = if mode == SyncMode::Filesystem && !filesystems.reports_errors() {
+            tracing::warn!(
+                "queue.sync = \"filesystem\": this kernel's syncfs cannot report write errors (Linux 5.8 and later can); syncing each file instead"
+            );
+            SyncMode::File
+        } else {
+            mode
+        };
         DirSyncer {
             queue: Arc::new(Mutex::new(Queue::default())),
             mode,
+            filesystems,
         }
     }
 
-    /// The sync mode.
+    /// The sync mode in effect.
     pub fn mode(&self) -> SyncMode {
         self.mode
     }
 
-    fn target(&self, dir: &Path) -> Target {
+    /// The file systems this syncer syncs through.
+    pub fn filesystems(&self) -> &Arc<Filesystems> {
+        &self.filesystems
+    }
+
+    /// Call before writing into the directory `dir`: its file system gets
+    /// its descriptor now (before the writes a syncfs must cover), and the
+    /// ticket returned fails the syncs of this write if an error is
+    /// reported meanwhile.
+    pub fn prepare(&self, dir: BorrowedFd<'_>) -> io::Result<Ticket> {
+        let ticket = self.filesystems.ticket();
+        if self.mode == SyncMode::Filesystem {
+            self.filesystems.register(dir)?;
+        }
+        Ok(ticket)
+    }
+
+    /// Returns once a sync of the directory at `dir` that started after
+    /// this call has completed. Blocking: call it from a blocking thread.
+    /// For directories of Postern's own (the spool); the writes it covers
+    /// must not have started before the last [`DirSyncer::prepare`] of
+    /// their directory.
+    pub fn sync_blocking(&self, dir: &Path) -> io::Result<()> {
+        let since = self.filesystems.ticket();
+        let f = open_dir(dir)?;
+        self.sync_dir_blocking(&f, since)
+    }
+
+    /// Returns once a sync of directory `dir` (an open descriptor) that
+    /// started after this call has completed, and no write-back error was
+    /// reported since `since` (filesystem mode). Blocking.
+    pub fn sync_dir_blocking(&self, dir: &File, since: Ticket) -> io::Result<()> {
+        let (key, target) = match self.mode {
+            SyncMode::File => {
+                let m = dir.metadata()?;
+                (
+                    Key::Dir(m.dev(), m.ino()),
+                    Target::Dir(Arc::new(dir.try_clone()?)),
+                )
+            }
+            SyncMode::Filesystem => {
+                let dev = self.filesystems.register(dir.as_fd())?;
+                (Key::Filesystem(dev), Target::Filesystem(dev))
+            }
+        };
+        self.request(key, target, since)
+    }
+
+    /// Makes a just-written file's data durable (blocking): its own
+    /// fdatasync, or a place in the next shared syncfs.
+    pub fn sync_file_blocking(&self, file: &File, since: Ticket) -> io::Result<()> {
         match self.mode {
-            SyncMode::File => Target::Dir(dir.to_path_buf()),
-            SyncMode::Filesystem => Target::Filesystem(dir.to_path_buf()),
+            SyncMode::File => file.sync_data(),
+            SyncMode::Filesystem => {
+                let dev = self.filesystems.register(file.as_fd())?;
+                self.request(Key::Filesystem(dev), Target::Filesystem(dev), since)
+            }
         }
     }
 
-    /// Returns once a sync of `dir` that started after this call has
-    /// completed. Blocking: call it from a blocking thread.
-    pub fn sync_blocking(&self, dir: &Path) -> io::Result<()> {
+    fn request(&self, key: Key, target: Target, since: Ticket) -> io::Result<()> {
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState::Waiting),
             cv: Condvar::new(),
         });
         let mut lead = {
             let mut q = lock(&self.queue);
-            q.pending.push((self.target(dir), slot.clone()));
+            q.pending.push(Request {
+                key,
+                target,
+                since,
+                slot: slot.clone(),
+            });
             !std::mem::replace(&mut q.busy, true)
         };
         loop {
@@ -150,35 +253,36 @@ impl DirSyncer {
             fn drop(&mut self) {
                 let mut q = lock(self.0);
                 match q.pending.first() {
-                    Some((_, next)) => next.set(SlotState::Lead),
+                    Some(next) => next.slot.set(SlotState::Lead),
                     None => q.busy = false,
                 }
             }
         }
         let _handoff = Handoff(&self.queue);
         let batch = std::mem::take(&mut lock(&self.queue).pending);
-        run_batch(batch);
-    }
-
-    /// Makes a just-written file's data durable (blocking): its own
-    /// fdatasync, or a place in the next shared syncfs.
-    pub fn sync_file_blocking(&self, file: &File, path: &Path) -> io::Result<()> {
-        match self.mode {
-            SyncMode::File => file.sync_data(),
-            SyncMode::Filesystem => self.sync_blocking(path.parent().unwrap_or(path)),
-        }
+        run_batch(&self.filesystems, batch);
     }
 }
 
-fn sync_target(target: &Target) -> io::Result<()> {
+/// Opens a directory for fsync (never a FIFO or device someone put in its
+/// place: that open could block).
+pub fn open_dir(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+}
+
+fn sync_target(filesystems: &Filesystems, target: &Target) -> io::Result<()> {
     match target {
-        Target::Dir(dir) => fsync_dir(dir),
-        Target::Filesystem(path) => rustix::fs::syncfs(File::open(path)?).map_err(io::Error::from),
+        Target::Dir(dir) => dir.sync_all(),
+        Target::Filesystem(dev) => filesystems.syncfs(*dev),
     }
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    open_dir(dir)?.sync_all()
 }
 
 /// Directory creations of this process between their first mkdir and
@@ -195,6 +299,24 @@ pub fn wait_until_durable() {
     }
 }
 
+/// A directory creation in progress: counted in [`MAKING`] (before any
+/// mkdir, so that whoever sees one of ours waits) and holding
+/// [`MAKE_LOCK`] (creations are serialised within the process).
+struct Making(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+impl Making {
+    fn start() -> Making {
+        MAKING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Making(lock(&MAKE_LOCK))
+    }
+}
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        MAKING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Creates `dir` with `mode` and its missing ancestors with
 /// `parents_mode`, and makes them durable: a new directory's entry lives
 /// in its parent, which is synced, so that a file synced into it later
@@ -204,21 +326,11 @@ pub fn wait_until_durable() {
 /// (by another process too) syncs its parent all the same.
 pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    use std::sync::atomic::Ordering;
     if dir.is_dir() {
         wait_until_durable();
         return Ok(());
     }
-    // Counted before any mkdir, so that whoever sees one of ours waits.
-    struct Making;
-    impl Drop for Making {
-        fn drop(&mut self) {
-            MAKING.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-    MAKING.fetch_add(1, Ordering::SeqCst);
-    let _making = Making;
-    let _one_at_a_time = MAKE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _making = Making::start();
     // The directories to make, innermost first.
     let mut missing = Vec::new();
     let mut p = dir;
@@ -257,40 +369,58 @@ pub fn create_dir_durable(dir: &Path, mode: u32, parents_mode: u32) -> io::Resul
     Ok(())
 }
 
+/// Creates `name` in the open directory `parent` with `mode` unless it
+/// exists, and makes its entry durable (fsync of `parent`); like
+/// [`create_dir_durable`], for a tree walked by descriptor. Another
+/// process's directory found there is synced all the same.
+pub fn create_dir_at(parent: &File, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
+    let _making = Making::start();
+    let made = match rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(mode)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
+        Err(e) => return Err(e.into()),
+    };
+    rustix::fs::fsync(parent).map_err(|e| {
+        // Made but not durable: gone again, so that the next attempt
+        // makes (and syncs) it instead of taking it as durable.
+        if made {
+            let _ = rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::REMOVEDIR);
+        }
+        io::Error::from(e)
+    })
+}
+
 /// One sync per directory (or per file system), several in parallel, and
 /// every request told its result.
-fn run_batch(batch: Vec<(Target, Arc<Slot>)>) {
-    let mut groups: HashMap<Target, Vec<Arc<Slot>>> = HashMap::new();
-    let mut filesystems: HashMap<u64, Target> = HashMap::new();
-    for (target, slot) in batch {
-        // One syncfs per file system, whichever path asked for it.
-        let key = match &target {
-            Target::Filesystem(p) => {
-                use std::os::unix::fs::MetadataExt;
-                match std::fs::metadata(p) {
-                    Ok(m) => filesystems.entry(m.dev()).or_insert(target.clone()).clone(),
-                    Err(_) => target,
-                }
-            }
-            Target::Dir(_) => target,
-        };
-        groups.entry(key).or_default().push(slot);
-    }
-    let results: Vec<(Vec<Arc<Slot>>, io::Result<()>)> = if groups.len() == 1 {
+fn run_batch(filesystems: &Filesystems, batch: Vec<Request>) {
+    /// The requests one sync serves, and what each took before writing.
+    type Waiters = Vec<(Ticket, Arc<Slot>)>;
+    let mut groups: HashMap<Key, (Target, Waiters)> = HashMap::new();
+    for req in batch {
         groups
-            .into_iter()
-            .map(|(target, slots)| (slots, sync_target(&target)))
+            .entry(req.key)
+            .or_insert_with(|| (req.target.clone(), Vec::new()))
+            .1
+            .push((req.since, req.slot));
+    }
+    let results: Vec<(Waiters, io::Result<()>)> = if groups.len() == 1 {
+        groups
+            .into_values()
+            .map(|(target, slots)| {
+                let res = sync_target(filesystems, &target);
+                (slots, res)
+            })
             .collect()
     } else {
         // Several directories (several mailboxes): fsync them in parallel
         // (inline if no thread can be started).
         std::thread::scope(|s| {
             let handles: Vec<_> = groups
-                .into_iter()
+                .into_values()
                 .map(|(target, slots)| {
                     let job = std::thread::Builder::new().spawn_scoped(s, {
                         let target = target.clone();
-                        move || sync_target(&target)
+                        move || sync_target(filesystems, &target)
                     });
                     (slots, target, job)
                 })
@@ -302,7 +432,7 @@ fn run_batch(batch: Vec<(Target, Arc<Slot>)>) {
                         Ok(h) => h
                             .join()
                             .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked"))),
-                        Err(_) => sync_target(&target),
+                        Err(_) => sync_target(filesystems, &target),
                     };
                     (w, res)
                 })
@@ -310,9 +440,11 @@ fn run_batch(batch: Vec<(Target, Arc<Slot>)>) {
         })
     };
     for (slots, res) in results {
-        for slot in slots {
+        for (since, slot) in slots {
             let r = match &res {
-                Ok(()) => Ok(()),
+                // A syncfs error collected by another batch (or by the
+                // journal's bulk sync) may have been this request's data.
+                Ok(()) => filesystems.check(since),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             slot.set(SlotState::Done(r));
@@ -354,8 +486,40 @@ mod tests {
         let fs = DirSyncer::new(SyncMode::Filesystem);
         fs.sync_blocking(&dir).unwrap();
         let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        fs.sync_file_blocking(&file, &dir.join("x")).unwrap();
+        fs.sync_file_blocking(&file, fs.filesystems().ticket())
+            .unwrap();
         assert!(fs.sync_blocking(&missing).is_err());
+    }
+
+    #[test]
+    fn a_syncfs_error_fails_every_request_that_was_writing() {
+        let syncer = DirSyncer::new(SyncMode::Filesystem);
+        if syncer.mode() != SyncMode::Filesystem {
+            return; // A kernel before 5.8: per-file syncs, nothing to test.
+        }
+        let base = std::env::temp_dir().join(format!("postern-syncfs-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = open_dir(&base).unwrap();
+        // A writer prepares, writes, and has not asked for its sync yet
+        // when another batch (or the journal's bulk sync, which shares the
+        // descriptor) collects the error its data caused.
+        let writing = syncer.prepare(dir.as_fd()).unwrap();
+        std::fs::write(base.join("data"), b"x").unwrap();
+        let file = File::open(base.join("data")).unwrap();
+        syncer.filesystems().fail_next_syncfs(1);
+        assert!(
+            syncer.sync_blocking(&base).is_err(),
+            "the batch that saw it"
+        );
+        // Its own syncfs succeeds now, and still it is told.
+        let err = syncer.sync_file_blocking(&file, writing).unwrap_err();
+        assert!(err.to_string().contains("write-back error"), "{err}");
+        assert!(syncer.sync_dir_blocking(&dir, writing).is_err());
+        // Writes that start after the error are not failed by it.
+        let later = syncer.prepare(dir.as_fd()).unwrap();
+        syncer.sync_file_blocking(&file, later).unwrap();
+        syncer.sync_dir_blocking(&dir, later).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
