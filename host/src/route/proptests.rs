@@ -125,7 +125,7 @@ proptest! {
         }
         let local = if quote { quoted(&local) } else { local };
         let line = format!("RCPT TO:<{local}@{domain}>");
-        let Ok(Command::Rcpt(path)) = parse(line.as_bytes(), ParseOptions::default()) else {
+        let Ok(Command::Rcpt(path, _)) = parse(line.as_bytes(), ParseOptions::default()) else {
             return Ok(());
         };
         prop_assert!(check_rcpt_utf8(&path, true).is_ok());
