@@ -7,6 +7,7 @@ pub mod generation;
 pub mod limits;
 pub mod privileges;
 pub mod trace;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -390,6 +391,12 @@ pub fn check_account(cfg: &Config, account: &privileges::Account) -> anyhow::Res
     Ok(warnings)
 }
 
+/// Kernel send buffer of every session's socket (accepted sockets inherit
+/// the listener's). A session sends only replies, a few hundred bytes at a
+/// time, so this costs nothing; without it Linux grows the buffer of a
+/// client that never reads up to `tcp_wmem`'s 4 MiB of unsent replies.
+const SESSION_SEND_BUFFER: u32 = 64 * 1024;
+
 /// A socket bound to `address` (with SO_REUSEADDR, as `TcpListener::bind`
 /// does), not yet listening.
 fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
@@ -399,6 +406,7 @@ fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
         TcpSocket::new_v6()?
     };
     sock.set_reuseaddr(true)?;
+    sock.set_send_buffer_size(SESSION_SEND_BUFFER)?;
     sock.bind(address)?;
     Ok(sock)
 }
@@ -666,9 +674,15 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
                     ),
                 };
                 tracing::warn!("refused connection from [{}]: {what} reached", peer.ip());
+                // Bounded like every write to a client: a refused client
+                // that does not read must not keep a task.
+                let deadline = smtp.command_timeout.0;
                 tokio::spawn(async move {
-                    let _ = stream.write_all(&r(421, 4, 7, 0, text).to_bytes()).await;
-                    let _ = stream.shutdown().await;
+                    let _ = tokio::time::timeout(deadline, async {
+                        stream.write_all(&r(421, 4, 7, 0, text).to_bytes()).await?;
+                        stream.shutdown().await
+                    })
+                    .await;
                 });
             }
         }
