@@ -1,5 +1,6 @@
 """Hostile clients against the session: writes with deadlines and unsent
-replies bounded. Real binary, real sockets."""
+replies bounded, and sessions with an age and command limit. Real binary,
+real sockets."""
 
 import signal
 import socket
@@ -126,3 +127,27 @@ def test_shutdown_does_not_wait_the_grace_for_clients_that_never_read(daemon_fac
             s.close()
     assert elapsed < 15, elapsed
     assert "postern stopped" in d.log_text()
+
+
+# --- 11. Limits a client cannot sidestep: age and commands -----------------
+
+def test_a_session_ends_after_its_command_limit_and_age(daemon_factory):
+    d = daemon_factory(smtp="max_session_commands = 5")
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        for _ in range(4):
+            assert s.noop()[0] == 250
+        code, resp = s.docmd("NOOP")
+        assert code == 421 and resp.startswith(b"4.7.0"), (code, resp)
+    d.wait_log("reached smtp.max_session_commands (5) after 6 commands")
+    d2 = daemon_factory(name="age", smtp='max_session_age = "2s"')
+    with d2.smtp() as s:
+        s.ehlo("client.test")
+        assert s.noop()[0] == 250
+        time.sleep(3)
+        code, resp = s.docmd("NOOP")
+        assert code == 421 and resp.startswith(b"4.7.0"), (code, resp)
+    d2.wait_log("reached smtp.max_session_age (2s)")
+    # A new session is served as usual.
+    with d2.smtp() as s:
+        assert s.sendmail("a@example.org", ["alice@example.test"], message(subject="after")) == {}

@@ -355,6 +355,16 @@ pub struct Smtp {
     pub max_connections: usize,
     /// Concurrent sessions per client IP (`smtpd_client_connection_count_limit`).
     pub max_connections_per_ip: usize,
+    /// IPv6 clients are one client per network of this prefix length, for
+    /// `max_connections_per_ip` and the AUTH failure limits: a subscriber
+    /// has a /64 or more to hop through (Postfix's
+    /// `smtpd_client_ipv6_prefix_length`, as its anvil counts).
+    pub ipv6_client_prefix: u8,
+    /// A session this old ends with `421 4.7.0` at its next command (the
+    /// client reconnects), so none stays on old settings indefinitely.
+    pub max_session_age: Seconds,
+    /// A session that sent this many commands ends likewise.
+    pub max_session_commands: u32,
 }
 
 impl Default for Smtp {
@@ -381,6 +391,9 @@ impl Default for Smtp {
             max_auth_failures_per_client: 30,
             max_connections: 1000,
             max_connections_per_ip: 50,
+            ipv6_client_prefix: 64,
+            max_session_age: Seconds(Duration::from_secs(3600)),
+            max_session_commands: 10_000,
         }
     }
 }
@@ -818,6 +831,18 @@ impl Config {
                 "connection limits must be at least 1".into(),
             );
         }
+        if !(1..=128).contains(&s.ipv6_client_prefix) {
+            bad(
+                "smtp.ipv6_client_prefix",
+                "must be between 1 and 128 (bits of an IPv6 address)".into(),
+            );
+        }
+        if s.max_session_age.0.is_zero() {
+            bad("smtp.max_session_age", "must be more than 0".into());
+        }
+        if s.max_session_commands < 1 {
+            bad("smtp.max_session_commands", "must be at least 1".into());
+        }
         for (i, d) in self.local.domains.iter().enumerate() {
             if !is_hostname(d) {
                 bad(
@@ -1082,6 +1107,23 @@ abuse = "alice"
             err.contains("auth[1].name: \"local\" is defined twice"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn session_limits_are_validated() {
+        let smtp = |line: &str| load(&format!("{MINIMAL}\n[smtp]\n{line}\n"));
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.smtp.ipv6_client_prefix, 64);
+        for (line, key) in [
+            ("ipv6_client_prefix = 0", "smtp.ipv6_client_prefix"),
+            ("ipv6_client_prefix = 129", "smtp.ipv6_client_prefix"),
+            ("max_session_age = \"0s\"", "smtp.max_session_age"),
+            ("max_session_commands = 0", "smtp.max_session_commands"),
+        ] {
+            let err = smtp(line).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        assert!(smtp("ipv6_client_prefix = 128").is_ok());
     }
 
     #[test]

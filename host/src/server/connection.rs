@@ -4,9 +4,11 @@
 //!
 //! Replies are buffered while pipelined input is pending and flushed before
 //! every read, which is exactly what RFC 2920 asks of a server. Every write
-//! has a deadline and unsent replies a bound ([`super::wire`]).
+//! has a deadline and unsent replies a bound ([`super::wire`]); the session
+//! has a maximum age and command count ([`super::limits`]).
 
 mod auth;
+mod guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::generation::Generation;
+use super::limits::Lifetime;
 use super::trace::{TraceInfo, missing_headers, received};
 use super::wire::{Wire, WriteError};
 use crate::message::{
@@ -80,6 +83,8 @@ pub struct Connection {
     plugin_envelope: Option<Arc<EnvelopeInfo>>,
     /// A MAIL FROM was accepted and its transaction not yet ended.
     in_transaction: bool,
+    /// The session's age and commands, against its limits.
+    lifetime: Lifetime,
 }
 
 /// What a message will be, besides delivered.
@@ -161,6 +166,7 @@ impl Connection {
         let Some(lgen) = generation.listener(listener) else {
             return;
         };
+        let started = Instant::now();
         let cfg = lgen.session.clone();
         let ptr = shared.dns.verified_ptr(peer.ip()).await;
         let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
@@ -210,6 +216,7 @@ impl Connection {
             rcpt_plugin: None,
             in_transaction: false,
             plugin_envelope: None,
+            lifetime: Lifetime::since(started),
         };
         if conn.tls.is_some() {
             conn.session.tls_started();
@@ -240,8 +247,14 @@ impl Connection {
             // Handle everything already buffered (pipelining).
             while let Some(event) = self.receiver.next(&mut self.wire.inbuf, &mut self.body) {
                 line_started = None;
-                let step = self.on_event(event);
-                if let Flow::Close = self.drive(step).await {
+                let flow = match self.on_event(event) {
+                    Ok(step) => self.drive(step).await,
+                    Err(hangup) => {
+                        self.wire.push(&hangup);
+                        Flow::Close
+                    }
+                };
+                if let Flow::Close = flow {
                     let _ = self.flush().await;
                     return;
                 }
@@ -374,11 +387,20 @@ impl Connection {
             .unwrap_or("NOQUEUE")
     }
 
-    /// Turns a receiver event into the session's next step.
-    fn on_event(&mut self, event: Event) -> Step {
-        match event {
+    /// Turns a receiver event into the session's next step, or into a
+    /// reply that ends the session which the driver decided (and logged)
+    /// itself.
+    fn on_event(&mut self, event: Event) -> Result<Step, Reply> {
+        Ok(match event {
             Event::Line(line) => {
                 let smtp = &self.generation.config.smtp;
+                if let Some(expired) = self.lifetime.command(
+                    Instant::now(),
+                    smtp.max_session_age.0,
+                    smtp.max_session_commands,
+                ) {
+                    return Err(self.expire(expired));
+                }
                 let opts = ParseOptions {
                     strict_envelopes: smtp.strict_envelopes,
                 };
@@ -447,7 +469,7 @@ impl Connection {
                 );
                 self.session.bare_newline()
             }
-        }
+        })
     }
 
     /// Carries out steps until one produces a reply.

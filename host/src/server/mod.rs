@@ -35,7 +35,7 @@ use crate::spool::{DirSyncer, Spool};
 use crate::tls::{Stream, Tls};
 use connection::Connection;
 use generation::Generation;
-use limits::{ConnLimits, Refused};
+use limits::{ConnLimits, Refused, client_key};
 
 /// State shared by every session of the daemon.
 pub struct Shared {
@@ -72,9 +72,10 @@ pub struct Shared {
     auth_failures: std::sync::Mutex<AuthFailures>,
 }
 
-/// Recent AUTH failures by client: an IPv4 address, or an IPv6 /64 (one
-/// subscriber's, which a client can otherwise hop through for free).
-/// Forgotten after ten quiet minutes; bounded in size.
+/// Recent AUTH failures by client ([`client_key`]: an IPv4 address, or an
+/// IPv6 network, a /64 by default: one subscriber's, which a client could
+/// otherwise hop through for free). Forgotten after ten quiet minutes;
+/// bounded in size.
 #[derive(Debug, Default)]
 pub struct AuthFailures {
     by_client: std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
@@ -88,26 +89,17 @@ const AUTH_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
 const AUTH_CLIENTS: usize = 100_000;
 
 impl AuthFailures {
-    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
-        match ip.to_canonical() {
-            std::net::IpAddr::V6(v6) => {
-                let s = v6.segments();
-                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        }
-    }
-
-    /// Recent failures of the client.
-    pub fn recent(&self, ip: std::net::IpAddr, now: std::time::Instant) -> u32 {
+    /// Recent failures of the client (a [`client_key`]).
+    pub fn recent(&self, client: std::net::IpAddr, now: std::time::Instant) -> u32 {
         self.by_client
-            .get(&Self::key(ip))
+            .get(&client)
             .filter(|(_, last)| now.duration_since(*last) < AUTH_MEMORY)
             .map_or(0, |(n, _)| *n)
     }
 
-    /// Records a failure; returns the client's recent failures.
-    pub fn record(&mut self, ip: std::net::IpAddr, now: std::time::Instant) -> u32 {
+    /// Records a failure of the client (a [`client_key`]); returns its
+    /// recent failures.
+    pub fn record(&mut self, client: std::net::IpAddr, now: std::time::Instant) -> u32 {
         // Forget the quiet ones once a minute (not on every failure: the
         // sweep reads the whole map), or at once when the map is full.
         let full = self.by_client.len() >= AUTH_CLIENTS;
@@ -120,7 +112,7 @@ impl AuthFailures {
                 .retain(|_, (_, last)| now.duration_since(*last) < AUTH_MEMORY);
             self.swept = Some(now);
         }
-        let key = Self::key(ip);
+        let key = client;
         if self.by_client.len() >= AUTH_CLIENTS && !self.by_client.contains_key(&key) {
             // Full of active clients: this one is not tracked.
             return 1;
@@ -129,7 +121,7 @@ impl AuthFailures {
         if now.duration_since(e.1) >= AUTH_MEMORY {
             e.0 = 0;
         }
-        e.0 += 1;
+        e.0 = e.0.saturating_add(1);
         e.1 = now;
         e.0
     }
@@ -163,16 +155,16 @@ impl Shared {
     }
 
     /// Records an AUTH failure; returns the recent failures of that
-    /// client (forgotten after ten quiet minutes).
-    pub fn auth_failed(&self, ip: std::net::IpAddr) -> u32 {
+    /// client (a [`client_key`]; forgotten after ten quiet minutes).
+    pub fn auth_failed(&self, client: std::net::IpAddr) -> u32 {
         let mut map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.record(ip, std::time::Instant::now())
+        map.record(client, std::time::Instant::now())
     }
 
-    /// The recent AUTH failures of a client.
-    pub fn auth_recent(&self, ip: std::net::IpAddr) -> u32 {
+    /// The recent AUTH failures of a client (a [`client_key`]).
+    pub fn auth_recent(&self, client: std::net::IpAddr) -> u32 {
         let map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.recent(ip, std::time::Instant::now())
+        map.recent(client, std::time::Instant::now())
     }
 
     /// Loads the config again, builds the new generation beside the
@@ -654,9 +646,10 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let current = shared.generation.load_full();
         let smtp = &current.config.smtp;
+        let client = client_key(peer.ip(), smtp.ipv6_client_prefix);
         match shared
             .limits
-            .acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip)
+            .acquire(client, smtp.max_connections, smtp.max_connections_per_ip)
         {
             Ok(slot) => {
                 let shared = shared.clone();
@@ -691,22 +684,23 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
 
 #[cfg(test)]
 mod tests {
-    use super::AuthFailures;
+    use super::{AuthFailures, client_key};
     use std::time::{Duration, Instant};
 
     #[test]
     fn auth_failures_are_counted_per_client_and_forgotten() {
         let mut f = AuthFailures::default();
         let t = Instant::now();
-        let a = "2001:db8:1:2::1".parse().unwrap();
-        let b = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let other = "2001:db8:1:3::1".parse().unwrap();
+        let key = |s: &str| client_key(s.parse().unwrap(), 64);
+        let a = key("2001:db8:1:2::1");
+        let b = key("2001:db8:1:2:ffff::9");
+        let other = key("2001:db8:1:3::1");
         assert_eq!(f.record(a, t), 1);
         // Another address of the same /64 is the same client.
         assert_eq!(f.record(b, t), 2);
         assert_eq!(f.recent(other, t), 0);
-        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let v4 = key("192.0.2.1");
+        let mapped = key("::ffff:192.0.2.1");
         assert_eq!(f.record(v4, t), 1);
         assert_eq!(f.record(mapped, t), 2);
         // Ten quiet minutes later, forgotten.

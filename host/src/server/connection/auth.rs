@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::Connection;
 use crate::sasl::{AuthContext, AuthError, Exchange};
+use crate::server::limits::client_key;
 use crate::smtp::receiver::{Event, Receiver};
 use crate::smtp::reply::r;
 use crate::smtp::session::Step;
@@ -45,7 +46,8 @@ impl Connection {
                 .fail(r(502, 5, 5, 1, "Error: authentication not enabled"));
         };
         let smtp = &self.generation.config.smtp;
-        let before = self.shared.auth_recent(self.peer.ip());
+        let client = client_key(self.peer.ip(), smtp.ipv6_client_prefix);
+        let before = self.shared.auth_recent(client);
         if before >= smtp.max_auth_failures_per_client {
             tracing::warn!(
                 "{}: AUTH {mechanism} refused: {before} recent failures from this client",
@@ -134,7 +136,7 @@ impl Connection {
                 }
                 Ok(Exchange::Failure(reason)) => {
                     self.auth_failures += 1;
-                    let recent = self.shared.auth_failed(self.peer.ip());
+                    let recent = self.shared.auth_failed(client);
                     tracing::warn!(
                         "{}: AUTH {mechanism} failed ({reason}); failures: {} this session, {recent} recent from this address",
                         self.client,
