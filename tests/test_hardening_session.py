@@ -1,6 +1,6 @@
 """Hostile clients against the session: writes with deadlines and unsent
-replies bounded, and sessions with an age and command limit. Real binary,
-real sockets."""
+replies bounded, sessions with an age and command limit, and a session
+that panics contained. Real binary, real sockets."""
 
 import signal
 import socket
@@ -151,3 +151,30 @@ def test_a_session_ends_after_its_command_limit_and_age(daemon_factory):
     # A new session is served as usual.
     with d2.smtp() as s:
         assert s.sendmail("a@example.org", ["alice@example.test"], message(subject="after")) == {}
+
+
+# --- 1. A session that panics anyway is contained ----------------------------
+
+def test_a_session_that_panics_answers_421_and_the_daemon_goes_on(daemon_factory):
+    """U+212A KELVIN SIGN in a +tag panicked the router (issue 19, item 1).
+    Whatever the router does with it, the client gets a reply: either the
+    recipient's (once the router cannot panic), or, from a panic, 421 4.3.0
+    with a BUG line in the log naming the queue ID; never a silent hang-up.
+    The containment itself is unit-tested in server/contain.rs."""
+    d = daemon_factory()
+    s, f = greeted(d.port)
+    s.sendall(b"MAIL FROM:<> SMTPUTF8\r\n")
+    assert read_reply(f).startswith(b"250")
+    s.sendall("RCPT TO:<alice+\u212a@example.test>\r\n".encode())
+    reply = read_reply(f)
+    s.close()
+    assert reply, "connection dropped without a reply"
+    if reply.startswith(b"421"):
+        assert reply.startswith(b"421 4.3.0"), reply
+        d.wait_log_re(r"[0-9A-F]{16}: BUG: session with \S+ panicked after RCPT: ")
+    else:
+        assert reply[:3] in (b"250", b"550"), reply
+    # The daemon and other sessions go on.
+    with d.smtp() as c:
+        assert c.sendmail("a@example.org", ["bob@example.test"], message(subject="still here")) == {}
+    d.wait_mail("bob")

@@ -5,7 +5,8 @@
 //! Replies are buffered while pipelined input is pending and flushed before
 //! every read, which is exactly what RFC 2920 asks of a server. Every write
 //! has a deadline and unsent replies a bound ([`super::wire`]); the session
-//! has a maximum age and command count ([`super::limits`]).
+//! has a maximum age and command count ([`super::limits`]); a panic ends the
+//! session alone ([`super::contain`]).
 
 mod auth;
 mod guard;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::Shared;
+use super::contain::catch_panic;
 use super::generation::Generation;
 use super::limits::Lifetime;
 use super::trace::{TraceInfo, missing_headers, received};
@@ -225,8 +227,8 @@ impl Connection {
                 .as_ref()
                 .map(|t| (t.version.clone(), t.cipher.clone()));
         }
-        if conn.connect_stage().await {
-            conn.run().await;
+        if let Err(why) = catch_panic(conn.session()).await {
+            conn.contain(&why).await;
         }
         tracing::info!(
             "disconnect from {} messages={} errors={}",
@@ -234,6 +236,34 @@ impl Connection {
             conn.session.messages,
             conn.session.errors()
         );
+    }
+
+    /// The session proper: the connect stage, then the commands.
+    async fn session(&mut self) {
+        if self.connect_stage().await {
+            self.run().await;
+        }
+    }
+
+    /// After a panic (a bug, whatever the client sent): logs it with the
+    /// queue ID, answers `421 4.3.0` after the replies already due, and
+    /// lets the session end. The message in progress, if any, got no 250:
+    /// the client sends it again.
+    async fn contain(&mut self, why: &str) {
+        tracing::error!(
+            "{}: BUG: session with {} panicked after {}: {why}; answering 421 4.3.0 and disconnecting",
+            self.qid(),
+            self.client,
+            self.last_verb
+        );
+        self.reply_and_close(r(
+            421,
+            4,
+            3,
+            0,
+            "Error: internal error, closing transmission channel",
+        ))
+        .await;
     }
 
     async fn run(&mut self) {

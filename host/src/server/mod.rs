@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod connection;
+pub mod contain;
 pub mod generation;
 pub mod limits;
 pub mod privileges;
@@ -654,7 +655,16 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
             Ok(slot) => {
                 let shared = shared.clone();
                 tracker.spawn(async move {
-                    Connection::serve(stream, peer, index, current, shared).await;
+                    // The session answers its own panics; this catches
+                    // one before it has a session (the PTR lookup, the
+                    // implicit TLS handshake).
+                    let session = Connection::serve(stream, peer, index, current, shared);
+                    if let Err(why) = contain::catch_panic(session).await {
+                        tracing::error!(
+                            "NOQUEUE: BUG: connection from [{}] panicked: {why}",
+                            peer.ip()
+                        );
+                    }
                     drop(slot);
                 });
             }
