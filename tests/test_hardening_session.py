@@ -1,13 +1,18 @@
 """Hostile clients against the session: writes with deadlines and unsent
-replies bounded, sessions with an age and command limit, and a session
-that panics contained. Real binary, real sockets."""
+replies bounded, sessions with an age and command limit, a session that
+panics contained, and unauthenticated pipelining refused. Real binary,
+real sockets, swaks and Postfix's smtp-source."""
 
+import base64
 import signal
 import socket
+import subprocess
 import threading
 import time
 
-from conftest import BASE_CONFIG, message
+import pytest
+
+from conftest import BASE_CONFIG, BIN, message, swaks
 
 
 def connect(port, source="127.0.0.1", rcvbuf=None, timeout=10):
@@ -41,6 +46,43 @@ def greeted(port, source="127.0.0.1", **kw):
     s.sendall(b"EHLO client.test\r\n")
     assert read_reply(f).startswith(b"250")
     return s, f
+
+
+def read_all(s, quiet=1.0):
+    """Everything until the server closes (or says nothing for `quiet` s)."""
+    s.settimeout(quiet)
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (socket.timeout, ConnectionResetError):
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def untrusted(smtp="", extra=""):
+    """BASE_CONFIG with no trusted network: every loopback client is an
+    ordinary unauthenticated client (local recipients need no relaying)."""
+    return dict(config=BASE_CONFIG.replace('trusted_networks = ["127.0.0.1/32"]', "trusted_networks = []"),
+                smtp=smtp, extra=extra)
+
+
+def auth_daemon(daemon_factory, name="auth", smtp="", sender_logins=""):
+    """AUTH against a password file on the (loopback) mx listener, no TLS
+    needed, nobody trusted; users alice and bob."""
+    cfg = untrusted(smtp=smtp,
+                    extra='\n[[auth]]\nname = "local"\nbackend = "passwd"\npath = "var/passwd"\n' + sender_logins)
+    cfg["config"] = cfg["config"].replace('name = "mx"', 'name = "mx"\nauth = "local"\nauth_only_with_tls = false')
+    d = daemon_factory(name=name, start=False, **cfg)
+    (d.dir / "var").mkdir(parents=True, exist_ok=True)
+    for user, pw in [("alice@example.test", "alice-secret"), ("bob@example.test", "bob-secret")]:
+        p = subprocess.run([str(BIN), "user", "--config", str(d.config), "add", user, "--password-stdin"],
+                           input=pw + "\n", capture_output=True, text=True, cwd=d.dir)
+        assert p.returncode == 0, p.stderr
+    d.start()
+    return d
 
 
 # --- 3. Every write has a deadline; unsent replies are bounded --------------
@@ -178,3 +220,125 @@ def test_a_session_that_panics_answers_421_and_the_daemon_goes_on(daemon_factory
     with d.smtp() as c:
         assert c.sendmail("a@example.org", ["bob@example.test"], message(subject="still here")) == {}
     d.wait_mail("bob")
+
+
+# --- 4. Unauthenticated pipelining abuse is refused --------------------------
+
+def test_published_pipelining_sequence_is_refused(daemon_factory):
+    # Mail 1 ends, and MAIL/RCPT/DATA with mail 2 follow without waiting
+    # for the 354: what an SMTP smuggling test sends. Mail 1 is accepted
+    # (its end may be followed by commands), mail 2 never.
+    d = daemon_factory(**untrusted())
+    s, f = greeted(d.port, source="127.0.0.2")
+    s.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert read_reply(f).startswith(b"250")
+    assert read_reply(f).startswith(b"250")
+    assert read_reply(f).startswith(b"354")
+    s.sendall(b"Subject: one\r\n\r\nfirst\r\n.\r\n"
+              b"MAIL FROM:<b@example.org>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+              b"Subject: two\r\n\r\nsecond\r\n.\r\nQUIT\r\n")
+    out = read_all(s, quiet=5.0).decode()
+    s.close()
+    codes = [line[:3] for line in out.split("\r\n") if line]
+    assert codes == ["250", "250", "250", "554"], out
+    assert "554 5.5.0 Error: SMTP protocol synchronization" in out
+    d.wait_log_re(r"reject: improper command pipelining after DATA from \S+\[127\.0\.0\.2\]: "
+                  r"\"\[\.\.\.\] \(12 bytes\)\" \(\d+ bytes sent before the reply\); disconnecting")
+    [f1] = d.wait_mail("alice")
+    assert "Subject: one" in f1.read_text()
+    time.sleep(0.5)
+    assert d.new_mail("bob") == []
+
+
+@pytest.mark.parametrize("after, payload", [
+    ("CONNECT", None),
+    ("EHLO", b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\n"),
+    ("HELO", b"HELO client.test\r\n"),
+    ("QUIT", b"EHLO client.test\r\n"),
+    ("BDAT LAST", b"EHLO client.test\r\n"),
+    ("NOOP", b"EHLO client.test\r\n"),
+])
+def test_what_must_wait_for_its_reply(daemon_factory, after, payload):
+    d = daemon_factory(**untrusted())
+    s = connect(d.port, source="127.0.0.2")
+    f = s.makefile("rb")
+    if after == "CONNECT":
+        # Talking before the greeting: refused instead of greeted.
+        s.sendall(b"EHLO client.test\r\n")
+        out = read_all(s, quiet=5.0)
+        assert out.startswith(b"554 5.5.0") and b"220" not in out, out
+    else:
+        assert read_reply(f).startswith(b"220")
+        s.sendall(payload)
+        if after in ("EHLO",):
+            out = read_all(s, quiet=5.0)
+            assert out.startswith(b"554 5.5.0"), out
+        else:
+            assert read_reply(f).startswith(b"250")
+            follow = {
+                # Without EHLO's PIPELINING nothing may be pipelined.
+                "HELO": b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\n",
+                "QUIT": b"QUIT\r\nNOOP\r\n",
+                "BDAT LAST": b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
+                             b"BDAT 16 LAST\r\nSubject: x\r\n\r\nx\r\nMAIL FROM:<b@example.org>\r\n",
+                "NOOP": b"NOOP\r\nNOOP\r\n",
+            }[after]
+            s.sendall(follow)
+            out = read_all(s, quiet=5.0).decode()
+            codes = [line[:3] for line in out.split("\r\n") if line]
+            assert codes[-1] == "554" and "554 5.5.0" in out, out
+            assert "221" not in codes and "queued as" not in out, out
+    s.close()
+    # After HELO the MAIL is what the client did not wait for.
+    logged = {"HELO": "MAIL", "BDAT LAST": "BDAT LAST"}.get(after, after)
+    d.wait_log(f"improper command pipelining after {logged} from unknown[127.0.0.2]")
+    assert d.new_mail("alice") == []
+
+
+def test_trusted_authenticated_and_permitted_clients_may_pipeline(daemon_factory):
+    seq = (b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+           b"Subject: piped\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    # A trusted network (BASE_CONFIG trusts 127.0.0.1).
+    d = daemon_factory()
+    s = connect(d.port)
+    s.recv(1024)
+    s.sendall(seq)
+    assert b"queued as" in read_all(s, quiet=5.0)
+    s.close()
+    d.wait_mail("alice")
+    # A listener that does not forbid it.
+    off = untrusted()
+    off["config"] = off["config"].replace('name = "mx"', 'name = "mx"\nforbid_unauth_pipelining = false')
+    d2 = daemon_factory(name="off", **off)
+    s = connect(d2.port, source="127.0.0.2")
+    s.recv(1024)
+    s.sendall(seq)
+    assert b"queued as" in read_all(s, quiet=5.0)
+    s.close()
+    d2.wait_mail("alice")
+    # An authenticated client.
+    d3 = auth_daemon(daemon_factory)
+    s, f = greeted(d3.port, source="127.0.0.2")
+    s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.test\0alice-secret") + b"\r\n")
+    assert read_reply(f).startswith(b"235")
+    s.sendall(seq.replace(b"EHLO client.test\r\n", b"").replace(b"a@example.org", b"alice@example.test"))
+    assert b"queued as" in read_all(s, quiet=5.0)
+    s.close()
+    d3.wait_mail("alice")
+
+
+def test_swaks_pipeline_and_smtp_source_are_not_refused(daemon_factory):
+    d = daemon_factory(**untrusted())
+    rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--local-interface", "127.0.0.2",
+                    "--helo", "client.test", "--from", "a@example.org", "--to", "alice@example.test",
+                    "--pipeline", "--header", "Subject: swaks pipelined")
+    assert rc == 0, out
+    assert "PIPELINING" in out and "554" not in out, out
+    d.wait_mail("alice")
+    # smtp-source pipelines MAIL/RCPT/DATA (and its QUIT) when offered.
+    p = subprocess.run(["smtp-source", "-s", "2", "-m", "4", "-f", "a@example.org",
+                        "-t", "bob@example.test", "-M", "source.test", f"127.0.0.1:{d.port}"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    d.wait_mail("bob", count=4)
+    assert "improper command pipelining" not in d.log_text()

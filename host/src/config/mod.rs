@@ -433,6 +433,14 @@ pub struct Listener {
     /// always so with `tls = "encrypt"`).
     #[serde(default = "yes")]
     pub auth_only_with_tls: bool,
+    /// A client neither trusted nor authenticated that sends what RFC 2920
+    /// says must wait for a reply (after EHLO/HELO, DATA, BDAT LAST, NOOP,
+    /// QUIT; anything before the greeting or before EHLO offered
+    /// PIPELINING) gets `554 5.5.0` and is disconnected (Postfix ≥ 3.9
+    /// `smtpd_forbid_unauth_pipelining`: SMTP smuggling through other
+    /// servers, and bots, do that).
+    #[serde(default = "yes")]
+    pub forbid_unauth_pipelining: bool,
 }
 
 fn yes() -> bool {
@@ -1114,6 +1122,7 @@ abuse = "alice"
         let smtp = |line: &str| load(&format!("{MINIMAL}\n[smtp]\n{line}\n"));
         let c = load(MINIMAL).unwrap();
         assert_eq!(c.smtp.ipv6_client_prefix, 64);
+        assert!(c.listeners[0].forbid_unauth_pipelining);
         for (line, key) in [
             ("ipv6_client_prefix = 0", "smtp.ipv6_client_prefix"),
             ("ipv6_client_prefix = 129", "smtp.ipv6_client_prefix"),
@@ -1124,6 +1133,11 @@ abuse = "alice"
             assert!(err.contains(key), "{line}: {err}");
         }
         assert!(smtp("ipv6_client_prefix = 128").is_ok());
+        let off = MINIMAL.replace(
+            "address = \"127.0.0.1:2525\"",
+            "address = \"127.0.0.1:2525\"\nforbid_unauth_pipelining = false",
+        );
+        assert!(!load(&off).unwrap().listeners[0].forbid_unauth_pipelining);
     }
 
     #[test]

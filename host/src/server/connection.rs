@@ -5,8 +5,9 @@
 //! Replies are buffered while pipelined input is pending and flushed before
 //! every read, which is exactly what RFC 2920 asks of a server. Every write
 //! has a deadline and unsent replies a bound ([`super::wire`]); the session
-//! has a maximum age and command count ([`super::limits`]); a panic ends the
-//! session alone ([`super::contain`]).
+//! has a maximum age and command count ([`super::limits`]); a client that is
+//! neither trusted nor authenticated may pipeline only what RFC 2920 allows;
+//! a panic ends the session alone ([`super::contain`]).
 
 mod auth;
 mod guard;
@@ -267,6 +268,14 @@ impl Connection {
     }
 
     async fn run(&mut self) {
+        // Talking before the greeting is pipelining too (Postfix's check,
+        // which does not apply to implicit TLS).
+        if self.tls.is_none()
+            && let Some(reply) = self.pipelining_violation("CONNECT")
+        {
+            self.reply_and_close(reply).await;
+            return;
+        }
         let greeting = self.session.greeting_reply();
         self.wire.push(&greeting);
         let mut line_started: Option<Instant> = None;
@@ -437,6 +446,11 @@ impl Connection {
                 match command::parse(&line, opts) {
                     Ok(cmd) => {
                         self.last_verb = cmd.verb();
+                        if self.session.must_wait(&cmd)
+                            && let Some(reply) = self.pipelining_violation(cmd.verb())
+                        {
+                            return Err(reply);
+                        }
                         // The session's own refusals (sequence, limits,
                         // TLS or AUTH required); the steps it passes on
                         // log theirs where they are decided.
@@ -471,6 +485,13 @@ impl Connection {
                 self.session.line_too_long()
             }
             Event::DataEnd | Event::ChunkEnd => {
+                // After the last chunk the client waits for the reply.
+                if event == Event::ChunkEnd
+                    && self.session.in_last_chunk()
+                    && let Some(reply) = self.pipelining_violation("BDAT LAST")
+                {
+                    return Err(reply);
+                }
                 // The queue ID is gone once the session resets on refusal.
                 let qid = self.qid().to_string();
                 let step = if event == Event::DataEnd {
