@@ -1,7 +1,8 @@
 """Hostile clients against the session: writes with deadlines and unsent
 replies bounded, sessions with an age and command limit, a session that
-panics contained, and unauthenticated pipelining refused. Real binary,
-real sockets, swaks and Postfix's smtp-source."""
+panics contained, unauthenticated pipelining refused, and no session
+relaying under a reload's old rules. Real binary, real sockets, swaks and
+Postfix's smtp-source."""
 
 import base64
 import signal
@@ -342,3 +343,58 @@ def test_swaks_pipeline_and_smtp_source_are_not_refused(daemon_factory):
     assert p.returncode == 0, p.stdout + p.stderr
     d.wait_mail("bob", count=4)
     assert "improper command pipelining" not in d.log_text()
+
+
+# --- 11. No session relays under a reload's old rules ----------------------
+
+def test_a_reload_that_removes_a_trusted_network_stops_relaying_at_the_next_transaction(daemon_factory):
+    two = BASE_CONFIG.replace('trusted_networks = ["127.0.0.1/32"]',
+                              'trusted_networks = ["127.0.0.1/32", "127.0.0.2/32"]')
+    d = daemon_factory(config=two)
+    with d.smtp(source="127.0.0.2") as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("someone@dest.test")[0] == 250
+        s.rset()
+        assert s.mail("a@example.org")[0] == 250
+        d.config.write_text(d.config_text.replace('"127.0.0.1/32", "127.0.0.2/32"', '"127.0.0.1/32"'))
+        assert "generation 2" in d.cli("reload").stdout
+        # The transaction under way keeps the rules it started with ...
+        assert s.rcpt("someone@dest.test")[0] == 250
+        s.rset()
+        # ... the next one runs on the new generation.
+        assert s.mail("a@example.org")[0] == 250
+        code, resp = s.rcpt("someone@dest.test")
+        assert code == 554 and b"Relay access denied" in resp, (code, resp)
+    d.wait_log_re(r"\[127\.0\.0\.2\]: session moves from generation 1 to 2")
+
+
+def test_a_reload_that_changes_sender_logins_applies_at_the_next_transaction(daemon_factory):
+    d = auth_daemon(daemon_factory, sender_logins='\n[sender_logins]\n"alice@example.test" = ["boss@example.test"]\n')
+    with d.smtp(source="127.0.0.2") as s:
+        s.ehlo("client.test")
+        s.login("alice@example.test", "alice-secret")
+        assert s.mail("boss@example.test")[0] == 250
+        s.rset()
+        d.config.write_text(d.config_text.replace('"alice@example.test" = ["boss@example.test"]', ""))
+        assert "generation 2" in d.cli("reload").stdout
+        code, resp = s.docmd("MAIL FROM:<boss@example.test>")
+        assert code == 553 and b"not owned by user alice@example.test" in resp, (code, resp)
+        assert s.mail("alice@example.test")[0] == 250
+
+
+def test_a_deleted_user_stops_relaying_at_the_next_transaction(daemon_factory):
+    d = auth_daemon(daemon_factory)
+    with d.smtp(source="127.0.0.2") as s:
+        s.ehlo("client.test")
+        s.login("bob@example.test", "bob-secret")
+        assert s.mail("bob@example.test")[0] == 250
+        assert s.rcpt("friend@dest.test")[0] == 250
+        s.rset()
+        p = subprocess.run([str(BIN), "user", "--config", str(d.config), "del", "bob@example.test"],
+                           capture_output=True, text=True, cwd=d.dir)
+        assert p.returncode == 0, p.stderr
+        assert s.mail("bob@example.test")[0] == 250
+        code, resp = s.rcpt("friend@dest.test")
+        assert code == 554 and b"Relay access denied" in resp, (code, resp)
+    d.wait_log("authentication of bob@example.test withdrawn: the user no longer exists")

@@ -286,17 +286,21 @@ def test_hot_swap_under_load(daemon_factory):
     for w in workers:
         w.start()
     time.sleep(0.5)
-    # A session opened before the reload keeps generation 1 ...
+    # A transaction under way at the reload keeps generation 1 ...
     old = d.smtp()
     old.ehlo("client.test")
+    old.mail("x@a.test")
     d.rewrite(smtp="max_connections_per_ip = 200", extra=access_plugin('{ "b.test" = "REJECT" }'))
     p = d.cli("reload")
     assert "generation 2" in p.stdout
-    old.mail("x@a.test")
     assert old.rcpt("alice@example.test")[0] == 554
     old.rset()
-    old.mail("x@b.test")
+    # ... and the session's next transaction runs on generation 2.
+    old.mail("x@a.test")
     assert old.rcpt("alice@example.test")[0] == 250
+    old.rset()
+    old.mail("x@b.test")
+    assert old.rcpt("alice@example.test")[0] == 554
     old.quit()
     # ... new sessions get generation 2.
     assert send(d, "x@a.test", "alice@example.test") == (250, 250)

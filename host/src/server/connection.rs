@@ -7,7 +7,8 @@
 //! has a deadline and unsent replies a bound ([`super::wire`]); the session
 //! has a maximum age and command count ([`super::limits`]); a client that is
 //! neither trusted nor authenticated may pipeline only what RFC 2920 allows;
-//! a panic ends the session alone ([`super::contain`]).
+//! each new transaction takes the current configuration generation; a panic
+//! ends the session alone ([`super::contain`]).
 
 mod auth;
 mod guard;
@@ -33,7 +34,7 @@ use crate::plugin::{
 };
 use crate::route::{Destination, RouteError};
 use crate::smtp::address::{ForwardPath, ReversePath};
-use crate::smtp::command::{self, MailParams, ParseOptions};
+use crate::smtp::command::{self, Command, MailParams, ParseOptions};
 use crate::smtp::receiver::{Body, Event, Receiver};
 use crate::smtp::reply::{Reply, r};
 use crate::smtp::session::{Decision, Session, Step};
@@ -55,6 +56,7 @@ pub struct Connection {
     /// Failed AUTH attempts in this session.
     auth_failures: u32,
     peer: SocketAddr,
+    /// The configuration generation of the current (or next) transaction.
     generation: Arc<Generation>,
     listener: usize,
     shared: Arc<Shared>,
@@ -446,6 +448,10 @@ impl Connection {
                 match command::parse(&line, opts) {
                     Ok(cmd) => {
                         self.last_verb = cmd.verb();
+                        if matches!(cmd, Command::Mail(..)) && self.session.transaction().is_none()
+                        {
+                            self.renew_generation();
+                        }
                         if self.session.must_wait(&cmd)
                             && let Some(reply) = self.pipelining_violation(cmd.verb())
                         {

@@ -249,7 +249,7 @@ impl Shared {
         }
         self.generation.store(Arc::new(next));
         tracing::info!(
-            "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {}",
+            "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {} until their next transaction",
             current.id
         );
         Ok(id)

@@ -200,6 +200,12 @@ impl<R> Session<R> {
         &self.cfg
     }
 
+    /// Takes the settings of a new configuration generation (between
+    /// transactions: what a transaction was accepted under stays).
+    pub fn set_config(&mut self, cfg: Arc<SessionConfig>) {
+        self.cfg = cfg;
+    }
+
     /// True when the client must wait for the reply to `cmd` before it
     /// sends anything more (RFC 2920 §3.1): EHLO, HELO, DATA, VRFY, EXPN,
     /// NOOP and QUIT end a pipelined group; and before an EHLO reply has
