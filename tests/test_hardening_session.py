@@ -1,8 +1,9 @@
 """Hostile clients against the session: writes with deadlines and unsent
 replies bounded, sessions with an age and command limit, a session that
-panics contained, unauthenticated pipelining refused, and no session
-relaying under a reload's old rules. Real binary, real sockets, swaks and
-Postfix's smtp-source."""
+panics contained, unauthenticated pipelining refused, no session relaying
+under a reload's old rules, and AUTH lines that cannot be stretched,
+answered after one delay. Real binary, real sockets, swaks and Postfix's
+smtp-source."""
 
 import base64
 import signal
@@ -398,3 +399,56 @@ def test_a_deleted_user_stops_relaying_at_the_next_transaction(daemon_factory):
         code, resp = s.rcpt("friend@dest.test")
         assert code == 554 and b"Relay access denied" in resp, (code, resp)
     d.wait_log("authentication of bob@example.test withdrawn: the user no longer exists")
+
+
+# --- 10. AUTH lines cannot be stretched; success and failure take as long ---
+
+def test_an_auth_answer_trickled_byte_by_byte_is_cut_off(daemon_factory):
+    d = auth_daemon(daemon_factory, smtp='command_timeout = "2s"')
+    s, f = greeted(d.port, source="127.0.0.2")
+    s.sendall(b"AUTH LOGIN\r\n")
+    assert read_reply(f).startswith(b"334")
+    started = time.monotonic()
+    reply = b""
+    s.settimeout(0.5)
+    try:
+        # Each byte well within command_timeout of the last: the line as
+        # a whole is not.
+        for b in base64.b64encode(b"alice@example.test" * 4):
+            s.sendall(bytes([b]))
+            try:
+                reply += s.recv(1024)
+            except socket.timeout:
+                pass
+            if reply:
+                break
+            if time.monotonic() - started > 15:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    elapsed = time.monotonic() - started
+    s.close()
+    assert reply.startswith(b"421 4.4.2"), reply
+    assert elapsed < 8, elapsed
+    d.wait_log("timeout after AUTH from")
+
+
+def test_auth_success_and_failure_are_answered_after_the_same_delay(daemon_factory):
+    d = auth_daemon(daemon_factory, smtp='auth_failure_delay = "1s"')
+
+    def attempt(password):
+        with d.smtp(source="127.0.0.2") as s:
+            s.ehlo("client.test")
+            cred = base64.b64encode(b"\0alice@example.test\0" + password).decode()
+            t0 = time.monotonic()
+            code = s.docmd("AUTH", "PLAIN " + cred)[0]
+            return code, time.monotonic() - t0
+
+    # One failure makes this client one that failed recently ...
+    assert attempt(b"wrong")[0] == 535
+    # ... and then a right and a wrong guess take as long as each other.
+    ok_code, ok_time = attempt(b"alice-secret")
+    bad_code, bad_time = attempt(b"wrong")
+    assert (ok_code, bad_code) == (235, 535)
+    assert ok_time >= 0.9 and bad_time >= 0.9, (ok_time, bad_time)
+    assert abs(ok_time - bad_time) < 0.5, (ok_time, bad_time)

@@ -90,6 +90,9 @@ pub struct Connection {
     in_transaction: bool,
     /// The session's age and commands, against its limits.
     lifetime: Lifetime,
+    /// The next error reply has had its delay already (an AUTH failure
+    /// waits as long as a success would, no more).
+    reply_delayed: bool,
 }
 
 /// What a message will be, besides delivered.
@@ -222,6 +225,7 @@ impl Connection {
             in_transaction: false,
             plugin_envelope: None,
             lifetime: Lifetime::since(started),
+            reply_delayed: false,
         };
         if conn.tls.is_some() {
             conn.session.tls_started();
@@ -719,7 +723,8 @@ impl Connection {
     /// errors (Postfix `smtpd_error_sleep_time`).
     async fn push_reply(&mut self, reply: Reply) {
         let smtp = &self.generation.config.smtp;
-        if !reply.is_positive() && self.session.errors() > smtp.error_delay_after {
+        let delayed = std::mem::take(&mut self.reply_delayed);
+        if !reply.is_positive() && !delayed && self.session.errors() > smtp.error_delay_after {
             let delay: Duration = smtp.error_delay.0;
             let _ = self.flush().await;
             tokio::time::sleep(delay).await;
