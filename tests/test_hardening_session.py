@@ -262,14 +262,22 @@ def test_published_pipelining_sequence_is_refused(daemon_factory):
 ])
 def test_what_must_wait_for_its_reply(daemon_factory, after, payload):
     d = daemon_factory(**untrusted())
-    s = connect(d.port, source="127.0.0.2")
-    f = s.makefile("rb")
     if after == "CONNECT":
-        # Talking before the greeting: refused instead of greeted.
-        s.sendall(b"EHLO client.test\r\n")
-        out = read_all(s, quiet=5.0)
+        # Talking before the greeting: refused instead of greeted. The
+        # server looks once, after its PTR lookup; should this client be
+        # descheduled between connect and send for that long, it is
+        # greeted: try again (unfixed, every attempt is greeted).
+        for _ in range(5):
+            s = connect(d.port, source="127.0.0.2")
+            s.sendall(b"EHLO client.test\r\n")
+            out = read_all(s, quiet=5.0)
+            s.close()
+            if not out.startswith(b"220"):
+                break
         assert out.startswith(b"554 5.5.0") and b"220" not in out, out
     else:
+        s = connect(d.port, source="127.0.0.2")
+        f = s.makefile("rb")
         assert read_reply(f).startswith(b"220")
         s.sendall(payload)
         if after in ("EHLO",):
@@ -434,7 +442,7 @@ def test_an_auth_answer_trickled_byte_by_byte_is_cut_off(daemon_factory):
 
 
 def test_auth_success_and_failure_are_answered_after_the_same_delay(daemon_factory):
-    d = auth_daemon(daemon_factory, smtp='auth_failure_delay = "1s"')
+    d = auth_daemon(daemon_factory, smtp='auth_failure_delay = "2s"')
 
     def attempt(password):
         with d.smtp(source="127.0.0.2") as s:
@@ -450,5 +458,6 @@ def test_auth_success_and_failure_are_answered_after_the_same_delay(daemon_facto
     ok_code, ok_time = attempt(b"alice-secret")
     bad_code, bad_time = attempt(b"wrong")
     assert (ok_code, bad_code) == (235, 535)
-    assert ok_time >= 0.9 and bad_time >= 0.9, (ok_time, bad_time)
-    assert abs(ok_time - bad_time) < 0.5, (ok_time, bad_time)
+    # Unfixed: 2 s and 4 s (the failure counted itself).
+    assert ok_time >= 1.8 and bad_time >= 1.8, (ok_time, bad_time)
+    assert abs(ok_time - bad_time) < 1.0, (ok_time, bad_time)
