@@ -124,11 +124,6 @@ pub struct Lifetime {
 }
 
 impl Lifetime {
-    /// A session that starts now.
-    pub fn start() -> Lifetime {
-        Lifetime::since(Instant::now())
-    }
-
     /// A session that started at `started`.
     pub fn since(started: Instant) -> Lifetime {
         Lifetime {
