@@ -286,17 +286,21 @@ def test_hot_swap_under_load(daemon_factory):
     for w in workers:
         w.start()
     time.sleep(0.5)
-    # A session opened before the reload keeps generation 1 ...
+    # A transaction under way at the reload keeps generation 1 ...
     old = d.smtp()
     old.ehlo("client.test")
+    old.mail("x@a.test")
     d.rewrite(smtp="max_connections_per_ip = 200", extra=access_plugin('{ "b.test" = "REJECT" }'))
     p = d.cli("reload")
     assert "generation 2" in p.stdout
-    old.mail("x@a.test")
     assert old.rcpt("alice@example.test")[0] == 554
     old.rset()
-    old.mail("x@b.test")
+    # ... and the session's next transaction runs on generation 2.
+    old.mail("x@a.test")
     assert old.rcpt("alice@example.test")[0] == 250
+    old.rset()
+    old.mail("x@b.test")
+    assert old.rcpt("alice@example.test")[0] == 554
     old.quit()
     # ... new sessions get generation 2.
     assert send(d, "x@a.test", "alice@example.test") == (250, 250)
@@ -349,9 +353,13 @@ plugin = "access"
 config.client = {{ "127.0.0.2" = "REJECT" }}
 """.format(path=plugin_path("access"))
     d = daemon_factory(extra=rules)
-    out = raw_session(d.port, b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<alice@example.test>\r\nQUIT\r\n",
-                      source="127.0.0.2")
-    assert "250 2.1.0" in out and "554 5.7.1" in out and "Client host rejected" in out
+    # Step by step: 127.0.0.2 is not trusted, and an untrusted client
+    # that pipelines its EHLO is refused before any of this.
+    with d.smtp(source="127.0.0.2") as s:
+        assert s.ehlo("c.test")[0] == 250
+        assert s.mail("a@x.test") == (250, b"2.1.0 Ok")
+        code, resp = s.rcpt("alice@example.test")
+        assert code == 554 and resp.startswith(b"5.7.1") and b"Client host rejected" in resp, resp
     assert send(d, "a@x.test", "alice@example.test") == (250, 250)
     d2 = daemon_factory(name="nodelay", smtp="delay_reject = false", extra=rules)
     out = raw_session(d2.port, b"EHLO c.test\r\n", source="127.0.0.2")

@@ -387,6 +387,16 @@ pub struct Smtp {
     /// `header_size_limit`, which cuts instead of refusing); more is
     /// `552 5.3.4`. At most 1 MiB: plugins copy the header whole.
     pub max_header_size: Bytes,
+    /// IPv6 clients are one client per network of this prefix length, for
+    /// `max_connections_per_ip` and the AUTH failure limits: a subscriber
+    /// has a /64 or more to hop through (Postfix's
+    /// `smtpd_client_ipv6_prefix_length`, as its anvil counts).
+    pub ipv6_client_prefix: u8,
+    /// A session this old ends with `421 4.7.0` at its next command (the
+    /// client reconnects), so none stays on old settings indefinitely.
+    pub max_session_age: Seconds,
+    /// A session that sent this many commands ends likewise.
+    pub max_session_commands: u32,
 }
 
 impl Default for Smtp {
@@ -419,6 +429,9 @@ impl Default for Smtp {
             // 1000 is also what plugins saw before these limits existed.
             max_header_fields: 1000,
             max_header_size: Bytes(256 << 10),
+            ipv6_client_prefix: 64,
+            max_session_age: Seconds(Duration::from_secs(3600)),
+            max_session_commands: 10_000,
         }
     }
 }
@@ -458,6 +471,14 @@ pub struct Listener {
     /// always so with `tls = "encrypt"`).
     #[serde(default = "yes")]
     pub auth_only_with_tls: bool,
+    /// A client neither trusted nor authenticated that sends what RFC 2920
+    /// says must wait for a reply (after EHLO/HELO, DATA, BDAT LAST, NOOP,
+    /// QUIT; anything before the greeting or before EHLO offered
+    /// PIPELINING) gets `554 5.5.0` and is disconnected (Postfix ≥ 3.9
+    /// `smtpd_forbid_unauth_pipelining`: SMTP smuggling through other
+    /// servers, and bots, do that).
+    #[serde(default = "yes")]
+    pub forbid_unauth_pipelining: bool,
 }
 
 fn yes() -> bool {
@@ -871,6 +892,18 @@ impl Config {
                 "connection limits must be at least 1".into(),
             );
         }
+        if !(1..=128).contains(&s.ipv6_client_prefix) {
+            bad(
+                "smtp.ipv6_client_prefix",
+                "must be between 1 and 128 (bits of an IPv6 address)".into(),
+            );
+        }
+        if s.max_session_age.0.is_zero() {
+            bad("smtp.max_session_age", "must be more than 0".into());
+        }
+        if s.max_session_commands < 1 {
+            bad("smtp.max_session_commands", "must be at least 1".into());
+        }
         for (i, d) in self.local.domains.iter().enumerate() {
             if !is_hostname(d) {
                 bad(
@@ -1148,6 +1181,29 @@ abuse = "alice"
             "{err}"
         );
         assert!(load(&with("-1")).is_err());
+    }
+
+    #[test]
+    fn session_limits_are_validated() {
+        let smtp = |line: &str| load(&format!("{MINIMAL}\n[smtp]\n{line}\n"));
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.smtp.ipv6_client_prefix, 64);
+        assert!(c.listeners[0].forbid_unauth_pipelining);
+        for (line, key) in [
+            ("ipv6_client_prefix = 0", "smtp.ipv6_client_prefix"),
+            ("ipv6_client_prefix = 129", "smtp.ipv6_client_prefix"),
+            ("max_session_age = \"0s\"", "smtp.max_session_age"),
+            ("max_session_commands = 0", "smtp.max_session_commands"),
+        ] {
+            let err = smtp(line).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        assert!(smtp("ipv6_client_prefix = 128").is_ok());
+        let off = MINIMAL.replace(
+            "address = \"127.0.0.1:2525\"",
+            "address = \"127.0.0.1:2525\"\nforbid_unauth_pipelining = false",
+        );
+        assert!(!load(&off).unwrap().listeners[0].forbid_unauth_pipelining);
     }
 
     #[test]

@@ -144,6 +144,16 @@ impl Backend {
         }
     }
 
+    /// Whether an identity this backend authenticated still exists:
+    /// `None` when the backend cannot tell (saslauthd and Dovecot answer
+    /// only to credentials) or cannot be read just now.
+    pub fn knows(&self, identity: &str) -> Option<bool> {
+        match self {
+            Backend::Passwd(b) => b.knows(identity),
+            Backend::Saslauthd(_) | Backend::Dovecot(_) => None,
+        }
+    }
+
     /// Starts an exchange for `mechanism` (upper case).
     pub async fn start(&self, mechanism: &str, ctx: &AuthContext) -> Result<Session, AuthError> {
         match self {

@@ -3,40 +3,43 @@
 //! session asks for (routing, relay control, spooling) and writes replies.
 //!
 //! Replies are buffered while pipelined input is pending and flushed before
-//! every read, which is exactly what RFC 2920 asks of a server.
+//! every read, which is exactly what RFC 2920 asks of a server. Every write
+//! has a deadline and unsent replies a bound ([`super::wire`]); the session
+//! has a maximum age and command count ([`super::limits`]); a client that is
+//! neither trusted nor authenticated may pipeline only what RFC 2920 allows;
+//! each new transaction takes the current configuration generation; a panic
+//! ends the session alone ([`super::contain`]).
+
+mod auth;
+mod guard;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Shared;
+use super::contain::catch_panic;
 use super::generation::Generation;
+use super::limits::Lifetime;
 use super::offload;
 use super::trace::{TraceInfo, missing_headers, received};
+use super::wire::{Wire, WriteError};
 use crate::message::{self, HeaderAction, header_field, limits};
 use crate::plugin::{
     Decision as PluginDecision, EnvelopeInfo, Input, PluginSession, Score, SessionInfo, Stage,
     StageResult, Verdict, scoring,
 };
 use crate::route::{Destination, RouteError};
-use crate::sasl::{AuthContext, AuthError, Exchange};
 use crate::smtp::address::{ForwardPath, ReversePath};
-use crate::smtp::command::{self, EsmtpParams, MailParams, ParseOptions};
+use crate::smtp::command::{self, Command, EsmtpParams, MailParams, ParseOptions};
 use crate::smtp::receiver::{Body, Event, Receiver};
 use crate::smtp::reply::{Reply, r};
 use crate::smtp::session::{Decision, Session, Step};
 use crate::spool::{self, Client, Envelope, Recipient, new_queue_id};
 use crate::tls::{Stream, TlsInfo};
-
-/// Size of one socket read.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// What the driver does after a step.
 enum Flow {
@@ -46,20 +49,20 @@ enum Flow {
 
 /// One client connection.
 pub struct Connection {
-    stream: Stream,
+    /// The socket, what was read of it and the replies not yet written.
+    wire: Wire,
     /// Negotiated TLS, once active.
     tls: Option<TlsInfo>,
     /// Failed AUTH attempts in this session.
     auth_failures: u32,
     peer: SocketAddr,
+    /// The configuration generation of the current (or next) transaction.
     generation: Arc<Generation>,
     listener: usize,
     shared: Arc<Shared>,
     session: Session<Vec<Destination>>,
     receiver: Receiver,
     body: Body,
-    inbuf: BytesMut,
-    out: Vec<u8>,
     /// `name[ip]` for log lines, like Postfix.
     client: String,
     /// The last command verb, for "lost connection after X" lines.
@@ -85,6 +88,11 @@ pub struct Connection {
     plugin_envelope: Option<Arc<EnvelopeInfo>>,
     /// A MAIL FROM was accepted and its transaction not yet ended.
     in_transaction: bool,
+    /// The session's age and commands, against its limits.
+    lifetime: Lifetime,
+    /// The next error reply has had its delay already (an AUTH failure
+    /// waits as long as a success would, no more).
+    reply_delayed: bool,
 }
 
 /// What a message will be, besides delivered.
@@ -170,6 +178,7 @@ impl Connection {
         let Some(lgen) = generation.listener(listener) else {
             return;
         };
+        let started = Instant::now();
         let cfg = lgen.session.clone();
         let ptr = shared.dns.verified_ptr(peer.ip()).await;
         let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
@@ -197,7 +206,7 @@ impl Connection {
         });
         let plugins = PluginSession::new(generation.chains.clone());
         let mut conn = Connection {
-            stream,
+            wire: Wire::new(stream),
             tls,
             auth_failures: 0,
             peer,
@@ -206,8 +215,6 @@ impl Connection {
             session: Session::new(cfg, peer.ip(), ptr),
             receiver: Receiver::new(max_line),
             body: Body::new(0),
-            inbuf: BytesMut::with_capacity(READ_CHUNK),
-            out: Vec::with_capacity(1024),
             client,
             last_verb: "CONNECT",
             generation,
@@ -221,6 +228,8 @@ impl Connection {
             rcpt_plugin: None,
             in_transaction: false,
             plugin_envelope: None,
+            lifetime: Lifetime::since(started),
+            reply_delayed: false,
         };
         if conn.tls.is_some() {
             conn.session.tls_started();
@@ -229,8 +238,8 @@ impl Connection {
                 .as_ref()
                 .map(|t| (t.version.clone(), t.cipher.clone()));
         }
-        if conn.connect_stage().await {
-            conn.run().await;
+        if let Err(why) = catch_panic(conn.session()).await {
+            conn.contain(&why).await;
         }
         tracing::info!(
             "disconnect from {} messages={} errors={}",
@@ -240,41 +249,81 @@ impl Connection {
         );
     }
 
-    async fn run(&mut self) {
-        let greeting = self.session.greeting_reply();
-        greeting.write_to(&mut self.out);
-        let smtp = &self.generation.config.smtp;
-        let (idle, command_timeout, data_timeout, min_rate) = (
-            smtp.idle_timeout.0,
-            smtp.command_timeout.0,
-            smtp.data_timeout.0,
-            smtp.min_data_rate,
+    /// The session proper: the connect stage, then the commands.
+    async fn session(&mut self) {
+        if self.connect_stage().await {
+            self.run().await;
+        }
+    }
+
+    /// After a panic (a bug, whatever the client sent): logs it with the
+    /// queue ID, answers `421 4.3.0` after the replies already due, and
+    /// lets the session end. The message in progress, if any, got no 250:
+    /// the client sends it again.
+    async fn contain(&mut self, why: &str) {
+        tracing::error!(
+            "{}: BUG: session with {} panicked after {}: {why}; answering 421 4.3.0 and disconnecting",
+            self.qid(),
+            self.client,
+            self.last_verb
         );
+        self.reply_and_close(r(
+            421,
+            4,
+            3,
+            0,
+            "Error: internal error, closing transmission channel",
+        ))
+        .await;
+    }
+
+    async fn run(&mut self) {
+        // Talking before the greeting is pipelining too (Postfix's check,
+        // which does not apply to implicit TLS).
+        if self.tls.is_none()
+            && let Some(reply) = self.pipelining_violation("CONNECT")
+        {
+            self.reply_and_close(reply).await;
+            return;
+        }
+        let greeting = self.session.greeting_reply();
+        self.wire.push(&greeting);
         let mut line_started: Option<Instant> = None;
         // When the current content (DATA, or a BDAT chunk) started, and the
         // bytes received before it.
         let mut content_started: Option<(Instant, u64)> = None;
         loop {
             // Handle everything already buffered (pipelining).
-            while let Some(event) = self.receiver.next(&mut self.inbuf, &mut self.body) {
+            while let Some(event) = self.receiver.next(&mut self.wire.inbuf, &mut self.body) {
                 line_started = None;
-                let step = self.on_event(event);
-                match self.drive(step).await {
-                    Flow::Continue => {}
-                    Flow::Close => {
-                        let _ = self.flush().await;
-                        return;
+                let flow = match self.on_event(event) {
+                    Ok(step) => self.drive(step).await,
+                    Err(hangup) => {
+                        self.wire.push(&hangup);
+                        Flow::Close
                     }
+                };
+                if let Flow::Close = flow {
+                    let _ = self.flush().await;
+                    return;
+                }
+                // Backpressure: a client that pipelines without reading
+                // gets no further command read until it takes its
+                // replies (within the write deadline).
+                if self.wire.over_bound() && self.flush().await.is_err() {
+                    return;
                 }
             }
             if self.flush().await.is_err() {
-                tracing::info!(
-                    "lost connection after {} from {}",
-                    self.last_verb,
-                    self.client
-                );
                 return;
             }
+            let smtp = &self.generation.config.smtp;
+            let (idle, command_timeout, data_timeout, min_rate) = (
+                smtp.idle_timeout.0,
+                smtp.command_timeout.0,
+                smtp.data_timeout.0,
+                smtp.min_data_rate,
+            );
             // Choose the timeout for the next read.
             if !self.receiver.in_content() {
                 content_started = None;
@@ -291,11 +340,11 @@ impl Connection {
                 {
                     None => data_timeout,
                     Some(earned) => {
-                        let deadline = data_timeout + Duration::from_secs(earned);
+                        let deadline = data_timeout.saturating_add(Duration::from_secs(earned));
                         data_timeout.min(deadline.saturating_sub(started.elapsed()))
                     }
                 }
-            } else if self.inbuf.is_empty() {
+            } else if self.wire.inbuf.is_empty() {
                 idle
             } else {
                 let started = *line_started.get_or_insert_with(Instant::now);
@@ -314,9 +363,8 @@ impl Connection {
                 .await;
                 return;
             }
-            self.inbuf.reserve(READ_CHUNK);
             let read = tokio::select! {
-                res = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf)) => res,
+                res = tokio::time::timeout(timeout, self.wire.read()) => res,
                 _ = shutdown.changed(), if !busy => {
                     self.reply_and_close(r(421, 4, 3, 2, "Service shutting down, closing transmission channel")).await;
                     return;
@@ -330,7 +378,7 @@ impl Connection {
                     return;
                 }
                 Ok(Ok(0)) => {
-                    if self.session.transaction().is_some() || !self.inbuf.is_empty() {
+                    if self.session.transaction().is_some() || !self.wire.inbuf.is_empty() {
                         tracing::info!(
                             "lost connection after {} from {}",
                             self.last_verb,
@@ -353,17 +401,32 @@ impl Connection {
     }
 
     async fn reply_and_close(&mut self, reply: Reply) {
-        reply.write_to(&mut self.out);
+        self.wire.push(&reply);
         let _ = self.flush().await;
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
+    /// Writes the queued replies, within `command_timeout` (Postfix's
+    /// `smtpd_timeout` covers writes as well). A failure is logged here,
+    /// once: the session ends, and no later write is tried.
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        let deadline = self.generation.config.smtp.command_timeout.0;
+        let unsent = self.wire.unsent();
+        let result = self.wire.flush(deadline).await;
+        match &result {
+            Err(WriteError::Timeout(t)) => tracing::info!(
+                "timeout after {} from {}: {unsent} bytes of replies not taken within {}",
+                self.last_verb,
+                self.client,
+                humantime::format_duration(*t)
+            ),
+            Err(WriteError::Io(e)) => tracing::info!(
+                "lost connection after {} from {}: {e}",
+                self.last_verb,
+                self.client
+            ),
+            Ok(()) | Err(WriteError::Broken) => {}
         }
-        let res = self.stream.write_all(&self.out).await;
-        self.out.clear();
-        res
+        result
     }
 
     fn qid(&self) -> &str {
@@ -373,16 +436,35 @@ impl Connection {
             .unwrap_or("NOQUEUE")
     }
 
-    /// Turns a receiver event into the session's next step.
-    fn on_event(&mut self, event: Event) -> Step {
-        match event {
+    /// Turns a receiver event into the session's next step, or into a
+    /// reply that ends the session which the driver decided (and logged)
+    /// itself.
+    fn on_event(&mut self, event: Event) -> Result<Step, Reply> {
+        Ok(match event {
             Event::Line(line) => {
+                let smtp = &self.generation.config.smtp;
+                if let Some(expired) = self.lifetime.command(
+                    Instant::now(),
+                    smtp.max_session_age.0,
+                    smtp.max_session_commands,
+                ) {
+                    return Err(self.expire(expired));
+                }
                 let opts = ParseOptions {
-                    strict_envelopes: self.generation.config.smtp.strict_envelopes,
+                    strict_envelopes: smtp.strict_envelopes,
                 };
                 match command::parse(&line, opts) {
                     Ok(cmd) => {
                         self.last_verb = cmd.verb();
+                        if matches!(cmd, Command::Mail(..)) && self.session.transaction().is_none()
+                        {
+                            self.renew_generation();
+                        }
+                        if self.session.must_wait(&cmd)
+                            && let Some(reply) = self.pipelining_violation(cmd.verb())
+                        {
+                            return Err(reply);
+                        }
                         // The session's own refusals (sequence, limits,
                         // TLS or AUTH required); the steps it passes on
                         // log theirs where they are decided.
@@ -417,6 +499,13 @@ impl Connection {
                 self.session.line_too_long()
             }
             Event::DataEnd | Event::ChunkEnd => {
+                // After the last chunk the client waits for the reply.
+                if event == Event::ChunkEnd
+                    && self.session.in_last_chunk()
+                    && let Some(reply) = self.pipelining_violation("BDAT LAST")
+                {
+                    return Err(reply);
+                }
                 // The queue ID is gone once the session resets on refusal.
                 let qid = self.qid().to_string();
                 let step = if event == Event::DataEnd {
@@ -445,7 +534,7 @@ impl Connection {
                 );
                 self.session.bare_newline()
             }
-        }
+        })
     }
 
     /// Carries out steps until one produces a reply.
@@ -466,7 +555,7 @@ impl Connection {
                             reply.summary()
                         );
                     }
-                    reply.write_to(&mut self.out);
+                    self.wire.push(&reply);
                     return Flow::Close;
                 }
                 Step::Helo(greeting) => {
@@ -506,7 +595,7 @@ impl Connection {
                 Step::StartData(reply) => {
                     self.body = self.new_body();
                     self.receiver.start_data();
-                    reply.write_to(&mut self.out);
+                    self.wire.push(&reply);
                     return Flow::Continue;
                 }
                 Step::StartBdat(size) => {
@@ -546,24 +635,24 @@ impl Connection {
     /// after the command (it was sent in plaintext and must not be
     /// executed under TLS), handshake, and forget the session state.
     async fn starttls(&mut self, reply: Reply) -> bool {
-        reply.write_to(&mut self.out);
+        self.wire.push(&reply);
         if self.flush().await.is_err() {
             return false;
         }
-        if !self.inbuf.is_empty() {
+        if !self.wire.inbuf.is_empty() {
             tracing::warn!(
                 "{}: discarding {} bytes pipelined after STARTTLS (command injection attempt?)",
                 self.client,
-                self.inbuf.len()
+                self.wire.inbuf.len()
             );
-            self.inbuf.clear();
+            self.wire.inbuf.clear();
         }
-        let plain = std::mem::replace(&mut self.stream, Stream::Upgrading);
+        let plain = std::mem::replace(&mut self.wire.stream, Stream::Upgrading);
         let Some(upgraded) = self.shared.handshake(plain, &self.client).await else {
             return false;
         };
         self.tls = upgraded.tls_info();
-        self.stream = upgraded;
+        self.wire.stream = upgraded;
         self.session.tls_started();
         // The greeting is forgotten (RFC 3207), with what plugins said of
         // it; what they said of the connection stands, a delayed reject
@@ -583,168 +672,8 @@ impl Connection {
         true
     }
 
-    /// Reads one line during an AUTH exchange (RFC 4954 allows 12288 octets).
-    async fn read_auth_line(&mut self) -> Option<Vec<u8>> {
-        let timeout = self.generation.config.smtp.command_timeout.0;
-        let mut rx = Receiver::new(12288);
-        loop {
-            match rx.next(&mut self.inbuf, &mut self.body) {
-                Some(Event::Line(line)) => return Some(line),
-                Some(_) => return None,
-                None => {}
-            }
-            self.inbuf.reserve(READ_CHUNK);
-            match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            }
-        }
-    }
-
-    /// SMTP AUTH (RFC 4954): runs the SASL exchange with the listener's
-    /// backend. Failures are logged without any credential, delayed more
-    /// for clients that fail often, and end the session after
-    /// `max_auth_failures`.
-    async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Step {
-        let Some(backend) = self
-            .generation
-            .listener(self.listener)
-            .and_then(|l| l.auth.clone())
-        else {
-            return self
-                .session
-                .fail(r(502, 5, 5, 1, "Error: authentication not enabled"));
-        };
-        let smtp = &self.generation.config.smtp;
-        let before = self.shared.auth_recent(self.peer.ip());
-        if before >= smtp.max_auth_failures_per_client {
-            tracing::warn!(
-                "{}: AUTH {mechanism} refused: {before} recent failures from this client",
-                self.client
-            );
-            return self.session.fail(r(
-                454,
-                4,
-                7,
-                0,
-                "Too many authentication failures from your address, try again later",
-            ));
-        }
-        // A client that failed recently waits before any answer, a success
-        // included: hanging up early must not tell it the guess was wrong.
-        let tarpit = smtp.auth_failure_delay.0 * before.min(5);
-        let ctx = AuthContext {
-            client_ip: self.peer.ip(),
-            local_ip: self.local_ip(),
-            secured: self.tls.is_some(),
-            service: "smtp".into(),
-        };
-        let mut exchange = match backend.start(&mechanism, &ctx).await {
-            Ok(x) => x,
-            Err(AuthError::UnsupportedMechanism(_)) => {
-                return self
-                    .session
-                    .fail(r(504, 5, 5, 4, "Unrecognized authentication type"));
-            }
-            Err(e) => {
-                tracing::error!("{}: AUTH {mechanism}: {e}", self.client);
-                return self
-                    .session
-                    .fail(r(454, 4, 7, 0, "Temporary authentication failure"));
-            }
-        };
-        let mut response: Option<Vec<u8>> = match initial.as_deref() {
-            None => None,
-            Some("=") => Some(Vec::new()),
-            Some(b64) => match BASE64.decode(b64) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    return self
-                        .session
-                        .fail(r(501, 5, 5, 2, "Cannot decode AUTH parameter"));
-                }
-            },
-        };
-        loop {
-            match exchange.step(response.as_deref()).await {
-                Ok(Exchange::Challenge(challenge)) => {
-                    let line = format!("334 {}\r\n", BASE64.encode(&challenge));
-                    self.out.extend_from_slice(line.as_bytes());
-                    if self.flush().await.is_err() {
-                        return Step::Close(r(421, 4, 4, 2, "Error: lost connection"));
-                    }
-                    let Some(answer) = self.read_auth_line().await else {
-                        return Step::Close(r(
-                            421,
-                            4,
-                            4,
-                            2,
-                            "Error: timeout or bad line during AUTH",
-                        ));
-                    };
-                    if answer == b"*" {
-                        return self.session.fail(r(501, 5, 0, 0, "Authentication aborted"));
-                    }
-                    match BASE64.decode(answer.trim_ascii()) {
-                        Ok(v) => response = Some(v),
-                        Err(_) => {
-                            return self.session.fail(r(501, 5, 5, 2, "Cannot decode response"));
-                        }
-                    }
-                }
-                Ok(Exchange::Success(user)) => {
-                    let _ = self.flush().await;
-                    tokio::time::sleep(tarpit).await;
-                    tracing::info!(
-                        "{}: AUTH {mechanism} ok, sasl_username={}",
-                        self.client,
-                        crate::sasl::mechanism::printable(&user)
-                    );
-                    Arc::make_mut(&mut self.info).auth_user = Some(user.clone());
-                    return Step::Reply(self.session.authenticated(user));
-                }
-                Ok(Exchange::Failure(reason)) => {
-                    self.auth_failures += 1;
-                    let recent = self.shared.auth_failed(self.peer.ip());
-                    tracing::warn!(
-                        "{}: AUTH {mechanism} failed ({reason}); failures: {} this session, {recent} recent from this address",
-                        self.client,
-                        self.auth_failures
-                    );
-                    let smtp = &self.generation.config.smtp;
-                    let delay = smtp.auth_failure_delay.0 * recent.min(5);
-                    let max = smtp.max_auth_failures;
-                    let _ = self.flush().await;
-                    tokio::time::sleep(delay).await;
-                    if self.auth_failures >= max {
-                        return Step::Close(r(
-                            421,
-                            4,
-                            7,
-                            0,
-                            "Error: too many authentication failures",
-                        ));
-                    }
-                    return self.session.fail(r(
-                        535,
-                        5,
-                        7,
-                        8,
-                        "Authentication credentials invalid",
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!("{}: AUTH {mechanism}: {e}", self.client);
-                    return self
-                        .session
-                        .fail(r(454, 4, 7, 0, "Temporary authentication failure"));
-                }
-            }
-        }
-    }
-
     fn local_ip(&self) -> std::net::IpAddr {
-        let local = match &self.stream {
+        let local = match &self.wire.stream {
             Stream::Plain(s) => s.local_addr().ok(),
             Stream::Tls(s) => s.get_ref().0.local_addr().ok(),
             Stream::Upgrading => None,
@@ -798,12 +727,13 @@ impl Connection {
     /// errors (Postfix `smtpd_error_sleep_time`).
     async fn push_reply(&mut self, reply: Reply) {
         let smtp = &self.generation.config.smtp;
-        if !reply.is_positive() && self.session.errors() > smtp.error_delay_after {
+        let delayed = std::mem::take(&mut self.reply_delayed);
+        if !reply.is_positive() && !delayed && self.session.errors() > smtp.error_delay_after {
             let delay: Duration = smtp.error_delay.0;
             let _ = self.flush().await;
             tokio::time::sleep(delay).await;
         }
-        reply.write_to(&mut self.out);
+        self.wire.push(&reply);
     }
 
     async fn mail(&mut self, from: ReversePath, params: MailParams) -> Step {
@@ -889,9 +819,8 @@ impl Connection {
             return true;
         }
         // Refused before the greeting: say why and hang up.
-        self.out.clear();
-        reply.write_to(&mut self.out);
-        let _ = self.flush().await;
+        self.wire.discard_out();
+        self.reply_and_close(reply).await;
         false
     }
 

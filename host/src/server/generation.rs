@@ -1,5 +1,7 @@
 //! A configuration generation: everything a session needs that a reload
-//! may replace. Sessions hold the generation they started with.
+//! may replace. A transaction runs on one generation; a session takes the
+//! current one at each new transaction (MAIL), so none keeps old rules
+//! for longer than a transaction.
 
 use std::sync::Arc;
 

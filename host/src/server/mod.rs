@@ -3,10 +3,12 @@
 
 pub mod admin;
 pub mod connection;
+pub mod contain;
 pub mod generation;
 pub mod limits;
 pub mod offload;
 pub mod trace;
+pub mod wire;
 
 /// Kept at its old path for callers written before it moved to the crate root.
 pub use crate::privileges;
@@ -37,7 +39,7 @@ use crate::spool::{DirSyncer, Spool};
 use crate::tls::{Stream, Tls};
 use connection::Connection;
 use generation::Generation;
-use limits::{ConnLimits, Refused};
+use limits::{ConnLimits, Refused, client_key};
 
 /// State shared by every session of the daemon.
 pub struct Shared {
@@ -74,9 +76,10 @@ pub struct Shared {
     auth_failures: std::sync::Mutex<AuthFailures>,
 }
 
-/// Recent AUTH failures by client: an IPv4 address, or an IPv6 /64 (one
-/// subscriber's, which a client can otherwise hop through for free).
-/// Forgotten after ten quiet minutes; bounded in size.
+/// Recent AUTH failures by client ([`client_key`]: an IPv4 address, or an
+/// IPv6 network, a /64 by default: one subscriber's, which a client could
+/// otherwise hop through for free). Forgotten after ten quiet minutes;
+/// bounded in size.
 #[derive(Debug, Default)]
 pub struct AuthFailures {
     by_client: std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
@@ -90,26 +93,17 @@ const AUTH_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
 const AUTH_CLIENTS: usize = 100_000;
 
 impl AuthFailures {
-    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
-        match ip.to_canonical() {
-            std::net::IpAddr::V6(v6) => {
-                let s = v6.segments();
-                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        }
-    }
-
-    /// Recent failures of the client.
-    pub fn recent(&self, ip: std::net::IpAddr, now: std::time::Instant) -> u32 {
+    /// Recent failures of the client (a [`client_key`]).
+    pub fn recent(&self, client: std::net::IpAddr, now: std::time::Instant) -> u32 {
         self.by_client
-            .get(&Self::key(ip))
+            .get(&client)
             .filter(|(_, last)| now.duration_since(*last) < AUTH_MEMORY)
             .map_or(0, |(n, _)| *n)
     }
 
-    /// Records a failure; returns the client's recent failures.
-    pub fn record(&mut self, ip: std::net::IpAddr, now: std::time::Instant) -> u32 {
+    /// Records a failure of the client (a [`client_key`]); returns its
+    /// recent failures.
+    pub fn record(&mut self, client: std::net::IpAddr, now: std::time::Instant) -> u32 {
         // Forget the quiet ones once a minute (not on every failure: the
         // sweep reads the whole map), or at once when the map is full.
         let full = self.by_client.len() >= AUTH_CLIENTS;
@@ -122,7 +116,7 @@ impl AuthFailures {
                 .retain(|_, (_, last)| now.duration_since(*last) < AUTH_MEMORY);
             self.swept = Some(now);
         }
-        let key = Self::key(ip);
+        let key = client;
         if self.by_client.len() >= AUTH_CLIENTS && !self.by_client.contains_key(&key) {
             // Full of active clients: this one is not tracked.
             return 1;
@@ -131,7 +125,7 @@ impl AuthFailures {
         if now.duration_since(e.1) >= AUTH_MEMORY {
             e.0 = 0;
         }
-        e.0 += 1;
+        e.0 = e.0.saturating_add(1);
         e.1 = now;
         e.0
     }
@@ -165,16 +159,16 @@ impl Shared {
     }
 
     /// Records an AUTH failure; returns the recent failures of that
-    /// client (forgotten after ten quiet minutes).
-    pub fn auth_failed(&self, ip: std::net::IpAddr) -> u32 {
+    /// client (a [`client_key`]; forgotten after ten quiet minutes).
+    pub fn auth_failed(&self, client: std::net::IpAddr) -> u32 {
         let mut map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.record(ip, std::time::Instant::now())
+        map.record(client, std::time::Instant::now())
     }
 
-    /// The recent AUTH failures of a client.
-    pub fn auth_recent(&self, ip: std::net::IpAddr) -> u32 {
+    /// The recent AUTH failures of a client (a [`client_key`]).
+    pub fn auth_recent(&self, client: std::net::IpAddr) -> u32 {
         let map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.recent(ip, std::time::Instant::now())
+        map.recent(client, std::time::Instant::now())
     }
 
     /// Loads the config again, builds the new generation beside the
@@ -258,7 +252,7 @@ impl Shared {
         }
         self.generation.store(Arc::new(next));
         tracing::info!(
-            "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {}",
+            "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {} until their next transaction",
             current.id
         );
         Ok(id)
@@ -393,6 +387,12 @@ pub fn check_account(cfg: &Config, account: &privileges::Account) -> anyhow::Res
     Ok(warnings)
 }
 
+/// Kernel send buffer of every session's socket (accepted sockets inherit
+/// the listener's). A session sends only replies, a few hundred bytes at a
+/// time, so this costs nothing; without it Linux grows the buffer of a
+/// client that never reads up to `tcp_wmem`'s 4 MiB of unsent replies.
+const SESSION_SEND_BUFFER: u32 = 64 * 1024;
+
 /// A socket bound to `address` (with SO_REUSEADDR, as `TcpListener::bind`
 /// does), not yet listening.
 fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
@@ -402,6 +402,7 @@ fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
         TcpSocket::new_v6()?
     };
     sock.set_reuseaddr(true)?;
+    sock.set_send_buffer_size(SESSION_SEND_BUFFER)?;
     sock.bind(address)?;
     Ok(sock)
 }
@@ -662,14 +663,24 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let current = shared.generation.load_full();
         let smtp = &current.config.smtp;
+        let client = client_key(peer.ip(), smtp.ipv6_client_prefix);
         match shared
             .limits
-            .acquire(peer.ip(), smtp.max_connections, smtp.max_connections_per_ip)
+            .acquire(client, smtp.max_connections, smtp.max_connections_per_ip)
         {
             Ok(slot) => {
                 let shared = shared.clone();
                 tracker.spawn(async move {
-                    Connection::serve(stream, peer, index, current, shared).await;
+                    // The session answers its own panics; this catches
+                    // one before it has a session (the PTR lookup, the
+                    // implicit TLS handshake).
+                    let session = Connection::serve(stream, peer, index, current, shared);
+                    if let Err(why) = contain::catch_panic(session).await {
+                        tracing::error!(
+                            "NOQUEUE: BUG: connection from [{}] panicked: {why}",
+                            peer.ip()
+                        );
+                    }
                     drop(slot);
                 });
             }
@@ -682,9 +693,15 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
                     ),
                 };
                 tracing::warn!("refused connection from [{}]: {what} reached", peer.ip());
+                // Bounded like every write to a client: a refused client
+                // that does not read must not keep a task.
+                let deadline = smtp.command_timeout.0;
                 tokio::spawn(async move {
-                    let _ = stream.write_all(&r(421, 4, 7, 0, text).to_bytes()).await;
-                    let _ = stream.shutdown().await;
+                    let _ = tokio::time::timeout(deadline, async {
+                        stream.write_all(&r(421, 4, 7, 0, text).to_bytes()).await?;
+                        stream.shutdown().await
+                    })
+                    .await;
                 });
             }
         }
@@ -693,22 +710,23 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
 
 #[cfg(test)]
 mod tests {
-    use super::AuthFailures;
+    use super::{AuthFailures, client_key};
     use std::time::{Duration, Instant};
 
     #[test]
     fn auth_failures_are_counted_per_client_and_forgotten() {
         let mut f = AuthFailures::default();
         let t = Instant::now();
-        let a = "2001:db8:1:2::1".parse().unwrap();
-        let b = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let other = "2001:db8:1:3::1".parse().unwrap();
+        let key = |s: &str| client_key(s.parse().unwrap(), 64);
+        let a = key("2001:db8:1:2::1");
+        let b = key("2001:db8:1:2:ffff::9");
+        let other = key("2001:db8:1:3::1");
         assert_eq!(f.record(a, t), 1);
         // Another address of the same /64 is the same client.
         assert_eq!(f.record(b, t), 2);
         assert_eq!(f.recent(other, t), 0);
-        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let v4 = key("192.0.2.1");
+        let mapped = key("::ffff:192.0.2.1");
         assert_eq!(f.record(v4, t), 1);
         assert_eq!(f.record(mapped, t), 2);
         // Ten quiet minutes later, forgotten.

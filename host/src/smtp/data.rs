@@ -184,10 +184,13 @@ mod tests {
     fn bdat_flow() {
         let mut s = ready();
         assert!(matches!(cmd(&mut s, "BDAT 3"), Step::StartBdat(3)));
+        assert!(!s.in_last_chunk());
         assert_eq!(code(&s.chunk_end(&Body::new(10))), 250);
         assert_eq!(code(&cmd(&mut s, "DATA")), 503);
         assert!(matches!(cmd(&mut s, "BDAT 0 LAST"), Step::StartBdat(0)));
+        assert!(s.in_last_chunk());
         assert!(matches!(s.chunk_end(&Body::new(10)), Step::Commit));
+        assert!(!s.in_last_chunk());
     }
 
     #[test]

@@ -200,6 +200,12 @@ impl Receiver {
         }
     }
 
+    /// Sets the command line limit (a new configuration generation);
+    /// takes effect from the next line.
+    pub fn set_max_line(&mut self, max_line: usize) {
+        self.max_line = max_line;
+    }
+
     /// Switches to DATA mode (after the 354 reply).
     pub fn start_data(&mut self) {
         self.mode = Mode::Data(DataState::LineStart);

@@ -201,6 +201,44 @@ impl<R> Session<R> {
         &self.cfg
     }
 
+    /// Takes the settings of a new configuration generation (between
+    /// transactions: what a transaction was accepted under stays).
+    pub fn set_config(&mut self, cfg: Arc<SessionConfig>) {
+        self.cfg = cfg;
+    }
+
+    /// True when the client must wait for the reply to `cmd` before it
+    /// sends anything more (RFC 2920 §3.1): EHLO, HELO, DATA, VRFY, EXPN,
+    /// NOOP and QUIT end a pipelined group; and before an EHLO reply has
+    /// offered PIPELINING every command does (Postfix's check for
+    /// `smtpd_forbid_unauth_pipelining`). Not BDAT, whose chunk follows
+    /// it (the end of a LAST chunk is checked instead, see
+    /// [`Session::in_last_chunk`]), nor STARTTLS, after which pipelined
+    /// input is discarded unread (RFC 3207), nor AUTH, which RFC 4954 §4
+    /// lets a one-round mechanism's initial response be followed.
+    pub fn must_wait(&self, cmd: &Command) -> bool {
+        match cmd {
+            Command::Ehlo(_)
+            | Command::Helo(_)
+            | Command::Data
+            | Command::Vrfy(_)
+            | Command::Expn
+            | Command::Noop
+            | Command::Quit => true,
+            Command::Bdat { .. } | Command::StartTls | Command::Auth { .. } => false,
+            Command::Mail(..) | Command::Rcpt(..) | Command::Rset | Command::Help => {
+                !self.greeting.as_ref().is_some_and(|g| g.esmtp)
+            }
+        }
+    }
+
+    /// True while the chunk being received is a `BDAT … LAST` one: after
+    /// it the client must wait for the reply (RFC 3030 ends the message
+    /// there).
+    pub fn in_last_chunk(&self) -> bool {
+        matches!(self.content, Content::Bdat { last: true, .. })
+    }
+
     /// The 220 greeting.
     pub fn greeting_reply(&self) -> Reply {
         Reply::plain(
@@ -478,6 +516,42 @@ pub(crate) mod tests {
         assert_eq!(code(&cmd(&mut s, "FOO")), 500);
         assert_eq!(code(&cmd(&mut s, "BAR")), 500);
         assert!(matches!(cmd(&mut s, "BAZ"), Step::Close(r) if r.code == 421));
+    }
+
+    #[test]
+    fn what_must_not_be_pipelined() {
+        let parsed = |line: &str| parse(line.as_bytes(), ParseOptions::default()).unwrap();
+        let mut s = session(SessionConfig::default());
+        // No PIPELINING offered yet: every command waits for its reply.
+        for line in ["MAIL FROM:<a@b.test>", "RSET", "HELO c.test", "NOOP"] {
+            assert!(s.must_wait(&parsed(line)), "{line}");
+        }
+        let Step::Helo(g) = cmd(&mut s, "EHLO c.test") else {
+            panic!("expected Helo step");
+        };
+        let _ = s.helo_done(g, Decision::Accept(()));
+        for line in ["MAIL FROM:<a@b.test>", "RCPT TO:<a@b.test>", "RSET", "HELP"] {
+            assert!(!s.must_wait(&parsed(line)), "{line}");
+        }
+        for line in [
+            "EHLO c.test",
+            "HELO c.test",
+            "DATA",
+            "NOOP",
+            "QUIT",
+            "VRFY a",
+        ] {
+            assert!(s.must_wait(&parsed(line)), "{line}");
+        }
+        for line in ["BDAT 10 LAST", "STARTTLS", "AUTH PLAIN AGEAYg=="] {
+            assert!(!s.must_wait(&parsed(line)), "{line}");
+        }
+        // HELO offers no PIPELINING.
+        let Step::Helo(g) = cmd(&mut s, "HELO c.test") else {
+            panic!("expected Helo step");
+        };
+        let _ = s.helo_done(g, Decision::Accept(()));
+        assert!(s.must_wait(&parsed("MAIL FROM:<a@b.test>")));
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl PasswdBackend {
             .collect()
     }
 
+    /// Whether `user` has a record in the file (read again if it
+    /// changed); `None` when the file cannot be read just now.
+    pub fn knows(&self, user: &str) -> Option<bool> {
+        self.table().ok().map(|t| t.get(user).is_some())
+    }
+
     /// Starts an exchange, first picking up any change to the file.
     pub fn start(&self, mechanism: &str, _ctx: &AuthContext) -> Result<PasswdSession, AuthError> {
         let mech = Mech::from_name(mechanism)
@@ -458,6 +464,16 @@ mod tests {
             b.start("DIGEST-MD5", &ctx()),
             Err(AuthError::UnsupportedMechanism(_))
         ));
+    }
+
+    #[test]
+    fn a_deleted_user_is_known_no_more() {
+        let (_dir, path, b) = setup("knows");
+        assert_eq!(b.knows("Alice@example.test"), Some(true));
+        assert_eq!(b.knows("carol@example.test"), Some(false));
+        file::edit(&path, file::Edit::Delete("alice@example.test".into())).expect("delete");
+        assert_eq!(b.knows("alice@example.test"), Some(false));
+        assert_eq!(b.knows("bob@example.test"), Some(true));
     }
 
     #[tokio::test]
