@@ -1,6 +1,7 @@
 //! The TOML configuration: one file, unknown keys are errors, every value
 //! has a sane default, and [`Config::validate`] names the offending key.
 
+mod bounds;
 mod units;
 
 use std::collections::BTreeMap;
@@ -698,7 +699,9 @@ impl Config {
                 fresh += 1;
             }
         }
-        let needed = (self.smtp.max_connections as u64) * fresh + 16 * warm;
+        let needed = (self.smtp.max_connections as u64)
+            .saturating_mul(fresh)
+            .saturating_add(16 * warm);
         if u64::from(self.wasm.max_instances) < needed {
             out.push(Problem {
                 key: "wasm.max_instances".into(),
@@ -772,18 +775,21 @@ impl Config {
                     .into(),
             );
         }
-        // The spool is given to server.user recursively: its path must say
-        // plainly which directory that is.
-        if self
-            .server
-            .spool_dir
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        {
-            bad(
-                "server.spool_dir",
-                "must not contain `..` (write the directory it means)".into(),
-            );
+        // The spool and the plugin cache are given to server.user
+        // recursively: their paths must say plainly which directory that is.
+        for (key, path) in [
+            ("server.spool_dir", &self.server.spool_dir),
+            ("wasm.cache_dir", &self.wasm.cache_dir),
+        ] {
+            if path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                bad(
+                    key,
+                    "must not contain `..` (write the directory it means)".into(),
+                );
+            }
         }
         if s.max_line_length < 512 {
             bad(
@@ -963,6 +969,7 @@ impl Config {
                 "must be at least queue.retry_initial, which must be > 0".into(),
             );
         }
+        out.extend(bounds::problems(self));
         out
     }
 }
@@ -984,7 +991,8 @@ pub fn is_hostname(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid config (the bounds' tests share it).
+    pub(super) const MINIMAL: &str = r#"
 [server]
 hostname = "mx.example.test"
 [[listener]]
