@@ -271,6 +271,13 @@ pub struct Server {
     /// Only honoured when started as root.
     #[serde(default)]
     pub user: Option<String>,
+    /// Serve as root when started as root without `user` (or with a
+    /// `user` whose ID is 0). Off, such a start is refused: parsing
+    /// clients' input, TLS, SASL, plugin compilation and delivery into
+    /// users' Maildirs would all run as root (Postfix refuses a
+    /// privileged `mail_owner` outright).
+    #[serde(default)]
+    pub run_as_root: bool,
 }
 
 fn default_spool() -> PathBuf {
