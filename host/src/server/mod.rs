@@ -237,6 +237,12 @@ impl Shared {
         }
         let certs = match &self.tls {
             Some(tls) => Some(tls.prepare(&config)?),
+            // The acceptor and certificates are made at start (a key may
+            // be readable by root only): a listener turned to TLS now would
+            // advertise STARTTLS and drop every handshake.
+            None if config.uses_tls() => anyhow::bail!(
+                "a listener now uses TLS, but Postern was started without any: a restart is needed for that (nothing was reloaded)"
+            ),
             None => None,
         };
         let id = self.next_generation.fetch_add(1, Ordering::SeqCst);
@@ -440,7 +446,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                tls.reload_if_changed();
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
             }
         });
     }
