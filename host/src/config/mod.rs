@@ -511,7 +511,10 @@ pub struct Auth {
     /// Service name given to saslauthd/Dovecot.
     #[serde(default = "smtp_service")]
     pub service: String,
-    /// saslauthd realm (optional).
+    /// saslauthd realm for login names without `@realm` (optional); the
+    /// identity (for `[sender_logins]`) is then `name@realm`. A login
+    /// with a domain always keeps it: `alice@a.test` and `alice@b.test`
+    /// are two identities even where saslauthd ignores realms.
     pub realm: Option<String>,
     /// Mechanisms to offer (default: all the backend supports).
     pub mechanisms: Option<Vec<String>>,
