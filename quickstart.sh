@@ -33,6 +33,10 @@ if [ "$(id -u)" = 0 ]; then
   if [ -d var/mail ] && [ "$(stat -c %U var/mail)" != "$account" ]; then
     chown -R "$account:" var/mail
   fi
+  # The demo password file: the account's group reads it, no one else
+  # (Postern warns about a password file everyone can read).
+  chgrp "$account" examples/quickstart.passwd
+  chmod 640 examples/quickstart.passwd
   # The account works below this directory (its working directory) and
   # reads the plugin and the password file from here.
   for f in . target/wasm32-wasip2/plugin/postern_plugin_access.wasm examples/quickstart.passwd; do
@@ -42,6 +46,7 @@ if [ "$(id -u)" = 0 ]; then
     fi
   done
 else
+  if [ -O examples/quickstart.passwd ]; then chmod 600 examples/quickstart.passwd; fi
   mkdir -p var
   grep -v "^user = \"$account\"" examples/quickstart.toml >var/quickstart.toml
   config=var/quickstart.toml
