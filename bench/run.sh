@@ -143,6 +143,7 @@ run_postern() { # VARIANT
 hostname = "mx.test"
 spool_dir = "var/spool"
 trusted_networks = ["127.0.0.1/32"]
+run_as_root = true
 
 [[listener]]
 name = "bench"

@@ -63,6 +63,8 @@ hostname = "mx.example.test"
 spool_dir = "var/spool"
 trusted_networks = ["127.0.0.1/32"]
 shutdown_grace = "10s"
+# The tests start the daemon as root; those about server.user set one.
+run_as_root = true
 
 [[listener]]
 name = "mx"
@@ -100,6 +102,13 @@ cache_dir = "{cache}"
 max_instances = 200
 {extra}
 """
+
+
+def quickstart_account():
+    """The account examples/quickstart.toml runs as (`server.user`), made
+    as ./quickstart.sh makes it."""
+    subprocess.run([str(ROOT / "quickstart.sh"), "--account"], check=True, capture_output=True)
+    return "postern"
 
 
 class Daemon:

@@ -307,21 +307,29 @@ config.sender = {{ "example.test" = "REJECT Authentication required for local se
         assert code == 554 and b"Authentication required for local senders" in resp
 
 
+def backend_submission(daemon_factory, kind, socket, smtp="", extra=""):
+    """A daemon whose submission listeners use one [[auth]] backend of
+    `kind` ("dovecot" or "saslauthd") at `socket`; returns it with
+    `sub_port` and `smtps_port` set, once it listens."""
+    sub_port, smtps_port = free_port(), free_port()
+    address = f"unix:{socket}" if kind == "dovecot" else socket
+    backends = f"""
+[[auth]]
+name = "{kind}"
+backend = "{kind}"
+socket = "{address}"
+"""
+    d = daemon_factory(smtp=smtp, extra=submission(sub_port, smtps_port, backend=kind, backends=backends) + extra)
+    wait_port(sub_port)
+    d.sub_port, d.smtps_port = sub_port, smtps_port
+    return d
+
+
 @pytest.fixture
 def dovecot_sub(daemon_factory):
     if not DOVECOT_SOCKET.exists():
         pytest.fail(f"the dovecot peer is not running ({DOVECOT_SOCKET} missing): ../shared/peers/start.sh dovecot")
-    sub_port, smtps_port = free_port(), free_port()
-    backends = f"""
-[[auth]]
-name = "dovecot"
-backend = "dovecot"
-socket = "unix:{DOVECOT_SOCKET}"
-"""
-    d = daemon_factory(extra=submission(sub_port, smtps_port, backend="dovecot", backends=backends))
-    wait_port(sub_port)
-    d.sub_port, d.smtps_port = sub_port, smtps_port
-    return d
+    return backend_submission(daemon_factory, "dovecot", DOVECOT_SOCKET)
 
 
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN", "CRAM-MD5"])
@@ -368,16 +376,8 @@ def saslauthd():
 
 def test_saslauthd_backend(daemon_factory, saslauthd):
     sock, user, password = saslauthd
-    sub_port, smtps_port = free_port(), free_port()
-    backends = f"""
-[[auth]]
-name = "unix"
-backend = "saslauthd"
-socket = "{sock}"
-"""
-    d = daemon_factory(extra=submission(sub_port, smtps_port, backend="unix", backends=backends)
-                       + f'\n[sender_logins]\n{user} = ["@example.test"]\n')
-    wait_port(sub_port)
+    d = backend_submission(daemon_factory, "saslauthd", sock, extra=f'\n[sender_logins]\n{user} = ["@example.test"]\n')
+    sub_port = d.sub_port
     for mech in ["PLAIN", "LOGIN"]:
         rc, out = swaks_auth(sub_port, mech, user, password, sender="anyone@example.test", to="x@dest.test")
         assert rc == 0, out
@@ -387,3 +387,23 @@ socket = "{sock}"
         s.starttls(context=ssl.create_default_context(cafile=str(CA)))
         s.ehlo("client.test")
         assert "CRAM-MD5" not in s.esmtp_features["auth"]
+
+
+def test_saslauthd_identity_keeps_its_domain(daemon_factory, saslauthd):
+    # saslauthd's shadow mechanism ignores the realm: the unix account logs
+    # in as "user" and as "user@other.test" alike. Those are two
+    # identities, never one: what [sender_logins] grants "user" is not
+    # granted to "user@other.test" (a customer of another domain), which
+    # owns only its own address.
+    sock, user, password = saslauthd
+    d = backend_submission(daemon_factory, "saslauthd", sock, extra=f'\n[sender_logins]\n{user} = ["@example.test"]\n')
+    sub_port = d.sub_port
+    rc, out = swaks_auth(sub_port, "PLAIN", user, password, sender="anyone@example.test", to="x@dest.test")
+    assert rc == 0, out
+    other = f"{user}@other.test"
+    rc, out = swaks_auth(sub_port, "PLAIN", other, password, sender="anyone@example.test", to="x@dest.test")
+    assert "235 2.7.0" in out and "553 5.7.1" in out, out
+    assert f"not owned by user {other}" in out, out
+    d.wait_log(f"AUTH PLAIN ok, sasl_username={other}")
+    rc, out = swaks_auth(sub_port, "LOGIN", other, password, sender=f"{user}+x@other.test", to="x@dest.test")
+    assert rc == 0, out

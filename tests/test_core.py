@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import BASE_CONFIG, BIN, CACHE, ROOT, free_port, message, plugin_path, raw_session, swaks
+from conftest import (BASE_CONFIG, BIN, ROOT, free_port, message, plugin_path, quickstart_account, raw_session,
+                      swaks)
 
 
 def headers_of(path):
@@ -741,6 +742,7 @@ def test_check_reports_unknown_keys_and_bad_values(daemon_factory, tmp_path):
 
 
 def test_quickstart_config_is_valid():
+    quickstart_account()
     p = subprocess.run([str(BIN), "check", "--config", str(ROOT / "examples" / "quickstart.toml")],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
@@ -758,13 +760,18 @@ def test_quickstart_as_shipped_does_what_the_readme_says(daemon_factory):
                 .replace('path = "examples/', f'path = "{ROOT}/examples/')
                 .replace('path = "target/', f'path = "{ROOT}/target/'))
     assert "{port}" in text and str(ROOT) in text
-    text += f'\n[wasm]\ncache_dir = "{CACHE}"\n'
+    # As shipped, it runs as server.user `postern` (given its own plugin
+    # cache here: the shared one must stay root's).
+    account = pwd.getpwnam(quickstart_account())
+    text += '\n[wasm]\ncache_dir = "var/cache/plugins"\n'
     d = daemon_factory(config=text)
+    d.wait_log("running as user postern")
     rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--helo", "client.test",
                     "--from", "someone@example.org", "--to", "alice+news@example.test")
     assert rc == 0, out
     [f] = d.wait_mail("alice")
     assert "Delivered-To: alice+news@example.test" in f.read_text()
+    assert f.stat().st_uid == account.pw_uid
     rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--from", "spam@blocked.test",
                     "--to", "alice@example.test")
     assert rc != 0 and "<** 554 5.7.1" in out, out

@@ -172,12 +172,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
     if as_root {
         crate::tls::Tls::check_files(&config).context("TLS set-up failed")?;
     }
+    if config.server.user.is_none() {
+        crate::server::account::refuse_root(&config, None)?;
+    }
     if let Some(name) = &config.server.user
         && crate::server::privileges::euid() == 0
     {
         let account = crate::server::privileges::lookup(name)
             .with_context(|| format!("server.user = {name:?}"))?;
-        for w in crate::server::check_account(&config, &account)? {
+        crate::server::account::refuse_root(&config, Some(&account))?;
+        for w in crate::server::account::check(&config, &account)? {
             eprintln!("warning: {w}");
         }
         crate::server::privileges::drop_to(&account)

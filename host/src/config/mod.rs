@@ -1,6 +1,7 @@
 //! The TOML configuration: one file, unknown keys are errors, every value
 //! has a sane default, and [`Config::validate`] names the offending key.
 
+mod bounds;
 mod units;
 
 use std::collections::BTreeMap;
@@ -292,6 +293,13 @@ pub struct Server {
     /// Only honoured when started as root.
     #[serde(default)]
     pub user: Option<String>,
+    /// Serve as root when started as root without `user` (or with a
+    /// `user` whose ID is 0). Off, such a start is refused: parsing
+    /// clients' input, TLS, SASL, plugin compilation and delivery into
+    /// users' Maildirs would all run as root (Postfix refuses a
+    /// privileged `mail_owner` outright).
+    #[serde(default)]
+    pub run_as_root: bool,
 }
 
 fn default_spool() -> PathBuf {
@@ -562,7 +570,10 @@ pub struct Auth {
     /// Service name given to saslauthd/Dovecot.
     #[serde(default = "smtp_service")]
     pub service: String,
-    /// saslauthd realm (optional).
+    /// saslauthd realm for login names without `@realm` (optional); the
+    /// identity (for `[sender_logins]`) is then `name@realm`. A login
+    /// with a domain always keeps it: `alice@a.test` and `alice@b.test`
+    /// are two identities even where saslauthd ignores realms.
     pub realm: Option<String>,
     /// Mechanisms to offer (default: all the backend supports).
     pub mechanisms: Option<Vec<String>>,
@@ -757,7 +768,9 @@ impl Config {
                 fresh += 1;
             }
         }
-        let needed = (self.smtp.max_connections as u64) * fresh + 16 * warm;
+        let needed = (self.smtp.max_connections as u64)
+            .saturating_mul(fresh)
+            .saturating_add(16 * warm);
         if u64::from(self.wasm.max_instances) < needed {
             out.push(Problem {
                 key: "wasm.max_instances".into(),
@@ -831,18 +844,21 @@ impl Config {
                     .into(),
             );
         }
-        // The spool is given to server.user recursively: its path must say
-        // plainly which directory that is.
-        if self
-            .server
-            .spool_dir
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        {
-            bad(
-                "server.spool_dir",
-                "must not contain `..` (write the directory it means)".into(),
-            );
+        // The spool and the plugin cache are given to server.user
+        // recursively: their paths must say plainly which directory that is.
+        for (key, path) in [
+            ("server.spool_dir", &self.server.spool_dir),
+            ("wasm.cache_dir", &self.wasm.cache_dir),
+        ] {
+            if path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                bad(
+                    key,
+                    "must not contain `..` (write the directory it means)".into(),
+                );
+            }
         }
         if s.max_line_length < 512 {
             bad(
@@ -1049,6 +1065,7 @@ impl Config {
                 "must be at least queue.retry_initial, which must be > 0".into(),
             );
         }
+        out.extend(bounds::problems(self));
         out
     }
 }
@@ -1070,7 +1087,8 @@ pub fn is_hostname(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid config (the bounds' tests share it).
+    pub(super) const MINIMAL: &str = r#"
 [server]
 hostname = "mx.example.test"
 [[listener]]

@@ -22,7 +22,7 @@
 //! connection affect one client only. Each handshake also refreshes the
 //! advertised mechanisms.
 
-use std::io::{self, BufRead as _};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,6 +54,27 @@ const RELAYABLE: [&str; 7] = [
 ];
 /// What we assume Dovecot offers until a handshake says otherwise.
 const FALLBACK: [&str; 2] = ["PLAIN", "LOGIN"];
+/// The whole start-up or reload probe (connect and handshake) ends by then.
+const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+/// Lines a handshake may have (Dovecot sends a dozen or two).
+const MAX_HANDSHAKE_LINES: usize = 256;
+/// Fields of an `OK` that Dovecot's own login processes take as "log in
+/// elsewhere, or not at all" (`login-common/client-common-auth.c`): a
+/// suspended account (`nologin`, with its `reason`), a proxy or referral
+/// to another server (`proxy`, `proxy_maybe`, `host`, `hostip`; a proxying
+/// passdb answers those with `nopassword`, so any password gets that OK),
+/// and the failure codes. Such an `OK` is a refusal here.
+const NOT_HERE: [&str; 9] = [
+    "nologin",
+    "proxy",
+    "proxy_maybe",
+    "host",
+    "hostip",
+    "reason",
+    "temp",
+    "user_disabled",
+    "pass_expired",
+];
 
 /// Where Dovecot's auth client socket is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,12 +191,39 @@ impl DovecotBackend {
         &self.address
     }
 
-    /// Connects once, blocking the thread (at most the timeout), to learn
-    /// which mechanisms Dovecot offers. For start-up and reloads, where
-    /// [`DovecotBackend::mechanisms`] must be right before any exchange.
+    /// Connects once, blocking the thread (3 s at most for connect and
+    /// handshake together, however slowly a peer trickles its lines), to
+    /// learn which mechanisms Dovecot offers. For start-up and reloads,
+    /// where [`DovecotBackend::mechanisms`] must be right before any
+    /// exchange; call it where blocking is allowed (not an async worker).
     pub fn probe(&self) -> Result<Vec<String>, AuthError> {
-        let mechs = probe_blocking(&self.address, self.timeout.min(Duration::from_secs(3)))
-            .map_err(|e| AuthError::Temporary(format!("dovecot {}: {e}", self.address)))?;
+        let deadline = self.timeout.min(PROBE_DEADLINE);
+        let address = &self.address;
+        // On a thread of its own, so that the runtime it needs never nests
+        // in the caller's.
+        let probed = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async {
+                        let handshake = async {
+                            let mut conn =
+                                Conn::connect(address).await.map_err(|e| e.to_string())?;
+                            conn.handshake().await
+                        };
+                        tokio::time::timeout(deadline, handshake)
+                            .await
+                            .map_err(|_| format!("no complete handshake within {deadline:?}"))?
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the probe thread panicked".into()))
+        });
+        let mechs =
+            probed.map_err(|e| AuthError::Temporary(format!("dovecot {}: {e}", self.address)))?;
         self.remember(&mechs);
         Ok(self.mechanisms())
     }
@@ -259,16 +307,23 @@ struct MechInfo {
     private: bool,
 }
 
-/// Reads the server's handshake lines up to `DONE`.
+/// Reads the server's handshake lines up to `DONE`, keeping only the
+/// mechanisms that can be relayed (at most [`RELAYABLE`]'s few), and
+/// refusing a handshake that never ends.
 #[derive(Debug, Default)]
 struct Handshake {
     version_ok: bool,
     mechs: Vec<MechInfo>,
+    lines: usize,
 }
 
 impl Handshake {
     /// Takes one line; `Ok(true)` at `DONE`.
     fn line(&mut self, line: &str) -> Result<bool, String> {
+        self.lines += 1;
+        if self.lines > MAX_HANDSHAKE_LINES {
+            return Err(format!("handshake longer than {MAX_HANDSHAKE_LINES} lines"));
+        }
         let fields: Vec<&str> = line.split('\t').collect();
         match fields.first().copied() {
             Some("VERSION") => {
@@ -281,10 +336,14 @@ impl Handshake {
                 self.version_ok = true;
             }
             Some("MECH") => {
-                if let Some(name) = fields.get(1) {
+                let name = fields.get(1).map(|n| unescape(n).to_ascii_uppercase());
+                if let Some(name) = name
+                    && RELAYABLE.contains(&name.as_str())
+                    && !self.mechs.iter().any(|m| m.name == name)
+                {
                     self.mechs.push(MechInfo {
-                        name: unescape(name).to_ascii_uppercase(),
-                        private: fields[2..].contains(&"private"),
+                        name,
+                        private: fields.iter().skip(2).any(|f| *f == "private"),
                     });
                 }
             }
@@ -304,53 +363,6 @@ impl Handshake {
 
 fn hello() -> String {
     format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id())
-}
-
-/// A blocking handshake with std sockets, for callers outside async code.
-fn probe_blocking(address: &Address, timeout: Duration) -> io::Result<Vec<MechInfo>> {
-    fn run<S: io::Read + io::Write>(stream: S) -> io::Result<Vec<MechInfo>> {
-        let mut reader = io::BufReader::new(stream);
-        io::Write::write_all(reader.get_mut(), hello().as_bytes())?;
-        let mut hs = Handshake::default();
-        loop {
-            let mut line = String::new();
-            if io::Read::take(&mut reader, MAX_LINE).read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed during handshake",
-                ));
-            }
-            if hs
-                .line(line.trim_end_matches(['\r', '\n']))
-                .map_err(io::Error::other)?
-            {
-                return Ok(hs.mechs);
-            }
-        }
-    }
-    match address {
-        Address::Unix(path) => {
-            let s = std::os::unix::net::UnixStream::connect(path)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            run(s)
-        }
-        Address::Tcp(addr) => {
-            use std::net::ToSocketAddrs as _;
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-            for a in addr.to_socket_addrs()? {
-                match std::net::TcpStream::connect_timeout(&a, timeout) {
-                    Ok(s) => {
-                        s.set_read_timeout(Some(timeout))?;
-                        s.set_write_timeout(Some(timeout))?;
-                        return run(s);
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        }
-    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -477,13 +489,13 @@ impl DovecotSession {
         };
         let fields: Vec<&str> = reply.split('\t').collect();
         let param = |key: &str| {
-            fields[2..].iter().find_map(|f| {
+            fields.iter().skip(2).find_map(|f| {
                 f.strip_prefix(key)
                     .and_then(|v| v.strip_prefix('='))
                     .map(unescape)
             })
         };
-        let flag = |key: &str| fields[2..].contains(&key);
+        let flag = |key: &str| fields.iter().skip(2).any(|f| *f == key);
         match fields[0] {
             "CONT" => {
                 let challenge = BASE64
@@ -496,6 +508,19 @@ impl DovecotSession {
                 let user = param("user")
                     .filter(|u| !u.is_empty())
                     .ok_or_else(|| self.temporary("OK without user"))?;
+                let not_here = not_here(fields.get(2..).unwrap_or_default());
+                if !not_here.is_empty() {
+                    let why = format!(
+                        "{} may not log in here ({})",
+                        printable(&user),
+                        not_here.join(", ")
+                    );
+                    return if flag("temp") {
+                        Err(self.temporary(&why))
+                    } else {
+                        Ok(Exchange::Failure(format!("dovecot: {why}")))
+                    };
+                }
                 match param("resp") {
                     Some(b64) if !b64.is_empty() => {
                         let data = BASE64
@@ -527,6 +552,19 @@ impl DovecotSession {
     fn temporary(&self, what: &str) -> AuthError {
         AuthError::Temporary(format!("dovecot {}: {what}", self.address))
     }
+}
+
+/// The fields of an `OK` (after its id) that send the client elsewhere or
+/// nowhere ([`NOT_HERE`]), as `key` or `key=value` for the log.
+fn not_here(fields: &[&str]) -> Vec<String> {
+    fields
+        .iter()
+        .filter(|f| {
+            let key = f.split_once('=').map_or(**f, |(k, _)| k);
+            NOT_HERE.contains(&key)
+        })
+        .map(|f| printable(&unescape(f)))
+        .collect()
 }
 
 /// Dovecot's tab-escaping: `\x01` then `1`, `t`, `r`, `n` or `0`.
@@ -607,6 +645,22 @@ mod tests {
         };
         let verdict = |user: &str, password: &str| match (user, password) {
             ("alice", "right") => Some("OK\t1\tuser=alice@mx.test".to_owned()),
+            // What Dovecot 2.3 answers for passwd-file extra fields
+            // `nologin reason=...`, `nopassword proxy host=...`,
+            // `host=...` and `proxy_maybe=y host=...`.
+            ("suspended", "right") => Some(
+                "OK\t1\tuser=suspended@mx.test\tnologin\treason=Account\x01tsuspended".to_owned(),
+            ),
+            ("proxied", _) => Some("OK\t1\tuser=proxied@mx.test\tproxy\thost=192.0.2.9".to_owned()),
+            ("referred", "right") => {
+                Some("OK\t1\tuser=referred@mx.test\thost=192.0.2.10".to_owned())
+            }
+            ("maybe", "right") => {
+                Some("OK\t1\tuser=maybe@mx.test\tproxy_maybe=y\thost=192.0.2.11".to_owned())
+            }
+            ("busy", "right") => {
+                Some("OK\t1\tuser=busy@mx.test\tnologin\ttemp\treason=try later".to_owned())
+            }
             ("temp", _) => Some("FAIL\t1\tuser=temp\ttemp\treason=passdb down".to_owned()),
             ("silent", _) => Some("SLEEP".to_owned()),
             ("drop", _) => None,
@@ -782,6 +836,109 @@ mod tests {
         assert!(nowhere.probe().is_err());
     }
 
+    #[tokio::test]
+    async fn an_ok_that_sends_the_client_elsewhere_is_a_refusal() {
+        let (_dir, addr, _sent) = fake("not-here");
+        let b = DovecotBackend::new(&addr, "smtp", None).expect("backend");
+        for (user, password, expect) in [
+            ("suspended", "right", "nologin, reason=Account\tsuspended"),
+            // Behind a proxying passdb (nopassword), any password.
+            ("proxied", "anything", "proxy, host=192.0.2.9"),
+            ("referred", "right", "host=192.0.2.10"),
+            ("maybe", "right", "proxy_maybe=y, host=192.0.2.11"),
+        ] {
+            let mut s = b.start("PLAIN", &ctx(true)).await.expect("start");
+            let msg = format!("\0{user}\0{password}");
+            let out = s.step(Some(msg.as_bytes())).await.expect(user);
+            assert_eq!(
+                out,
+                Exchange::Failure(format!(
+                    "dovecot: {user}@mx.test may not log in here ({})",
+                    printable(expect)
+                )),
+                "{user}"
+            );
+        }
+        // Not here for now: 454, not 535.
+        let mut s = b.start("PLAIN", &ctx(true)).await.expect("start");
+        let err = s.step(Some(b"\0busy\0right")).await.expect_err("temp");
+        assert!(
+            matches!(&err, AuthError::Temporary(m) if m.contains("nologin, temp, reason=try later")),
+            "{err}"
+        );
+        // The others still log in.
+        let mut s = b.start("PLAIN", &ctx(true)).await.expect("start");
+        let out = s.step(Some(b"\0alice\0right")).await.expect("alice");
+        assert_eq!(out, Exchange::Success("alice@mx.test".into()));
+    }
+
+    /// A fake auth service that sends `start` and then runs `rest` on the
+    /// connection (for handshakes that misbehave).
+    fn misbehaving<F, Fut>(name: &str, rest: F) -> (client::TempDir, String)
+    where
+        F: Fn(tokio::net::UnixStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let dir = client::TempDir::new(&format!("dovecot-{name}"));
+        let path = dir.path().join("auth-client");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let rest = std::sync::Arc::new(rest);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(rest(s));
+            }
+        });
+        (dir, format!("unix:{}", path.display()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickling_handshake_ends_at_the_probe_deadline() {
+        // A byte every 50 ms: no single read ever waits long, so only an
+        // overall deadline ends it.
+        let (_dir, addr) = misbehaving("trickle", |mut s| async move {
+            let _ = s.write_all(b"VERSION\t1\t2\n").await;
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if s.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let b = DovecotBackend::new(&addr, "smtp", None)
+            .expect("backend")
+            .with_timeout(Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        let err = tokio::task::spawn_blocking(move || b.probe())
+            .await
+            .expect("join")
+            .expect_err("trickle");
+        assert!(err.to_string().contains("no complete handshake"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_endless_handshake_is_refused() {
+        let (_dir, addr) = misbehaving("endless", |mut s| async move {
+            let _ = s.write_all(b"VERSION\t1\t2\n").await;
+            for i in 0u64.. {
+                let line = format!("MECH\tX-{i}\tplaintext\nMECH\tPLAIN\n");
+                if s.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let b = DovecotBackend::new(&addr, "smtp", None).expect("backend");
+        let err = tokio::task::spawn_blocking(move || b.probe())
+            .await
+            .expect("join")
+            .expect_err("endless");
+        assert!(err.to_string().contains("handshake longer than"), "{err}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn probe_learns_mechanisms() {
         let (_dir, addr, _sent) = fake("probe");
@@ -832,7 +989,12 @@ mod tests {
             let done = hs.line(line).expect("line");
             assert_eq!(done, line == "DONE");
         }
-        assert_eq!(hs.mechs.len(), 7);
+        // Only what can be relayed is kept: no -PLUS, no GSSAPI.
+        let names: Vec<&str> = hs.mechs.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "XOAUTH2"]
+        );
         assert!(hs.mechs.iter().any(|m| m.name == "XOAUTH2" && m.private));
         assert!(Handshake::default().line("VERSION\t2\t0").is_err());
         assert!(Handshake::default().line("DONE").is_err());

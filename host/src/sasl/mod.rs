@@ -13,6 +13,7 @@ pub mod dovecot;
 pub mod mechanism;
 pub mod passwd;
 pub mod saslauthd;
+pub mod sender_login;
 
 use std::net::IpAddr;
 

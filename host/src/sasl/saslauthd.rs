@@ -13,6 +13,13 @@
 //! Cyrus SASL does, so a saslauthd set up for Postfix or Cyrus works
 //! unchanged (`saslauthd -r` joins them again for backends that want the
 //! whole address); a name without `@` goes with the configured realm.
+//!
+//! The identity is the account asked about, realm included: `user@realm`
+//! (the configured realm for a name without one), or `user` when there is
+//! no realm at all. `alice@a.test` and `alice@b.test` are two identities
+//! even when saslauthd ignores the realm (PAM or shadow without `-r`),
+//! where both log in with the unix account's password: each then owns
+//! only its own address, never the other's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -186,7 +193,12 @@ impl SaslauthdSession {
 /// Asks saslauthd; `OK` is success, `NO` failure, anything else (or no
 /// answer in time) a temporary error.
 async fn check(s: &Settings, user: &str, password: &Password) -> Result<Exchange, AuthError> {
-    let (login, realm) = user.rsplit_once('@').unwrap_or((user, &s.realm));
+    let (login, realm) = match user.rsplit_once('@') {
+        Some((login, realm)) if !realm.is_empty() => (login, realm),
+        // "alice@" is alice of the configured realm, as "alice" is.
+        Some((login, _)) => (login, s.realm.as_str()),
+        None => (user, s.realm.as_str()),
+    };
     let fields = [
         login.as_bytes(),
         password.expose(),
@@ -233,16 +245,15 @@ async fn check(s: &Settings, user: &str, password: &Password) -> Result<Exchange
     };
     let text = printable(String::from_utf8_lossy(&reply).trim());
     if reply.starts_with(b"OK") {
-        // The identity is what saslauthd checked. Many set-ups (PAM,
-        // shadow, without -r) ignore the realm: "alice@bank.test" is then
-        // alice, and must not own addresses of bank.test. A realm counts
-        // only when it is the one configured.
-        let identity = match user.rsplit_once('@') {
-            Some((_, r)) if !s.realm.is_empty() && r.eq_ignore_ascii_case(&s.realm) => user,
-            Some((login, _)) => login,
-            None => user,
+        // The account saslauthd was asked about, never a part of it:
+        // merging "alice@a.test" and "alice@b.test" into "alice" would let
+        // one customer send as the other.
+        let identity = if realm.is_empty() {
+            login.to_owned()
+        } else {
+            format!("{login}@{realm}")
         };
-        Ok(Exchange::Success(identity.to_owned()))
+        Ok(Exchange::Success(identity))
     } else if reply.starts_with(b"NO") {
         Ok(Exchange::Failure(format!(
             "saslauthd refused {}: {text}",
@@ -334,7 +345,11 @@ mod tests {
         );
         let _ = s.step(Some(b"alice")).await.expect("step");
         let out = s.step(Some(b"right")).await.expect("step");
-        assert_eq!(out, Exchange::Success("alice".into()));
+        assert_eq!(
+            out,
+            Exchange::Success("alice@example.test".into()),
+            "the account of the configured realm"
+        );
         let _ = requests.recv().await;
 
         let mut s = b.start("PLAIN", &ctx()).expect("start");
@@ -346,13 +361,14 @@ mod tests {
             matches!(&out, Exchange::Failure(r) if r.contains("authentication failed") && !r.contains("wrong")),
             "{out:?}"
         );
+        let _ = requests.recv().await;
         assert!(matches!(
             b.start("CRAM-MD5", &ctx()),
             Err(AuthError::UnsupportedMechanism(_))
         ));
 
-        // A realm other than the configured one (saslauthd may ignore
-        // it): the identity is the bare login, owning no foreign domain.
+        // A realm other than the configured one: the identity keeps it
+        // (never "alice", which would merge the accounts of every realm).
         let other =
             SaslauthdBackend::new(&path, "smtp", Some("other.test".into()), None).expect("backend");
         let mut s = other.start("PLAIN", &ctx()).expect("start");
@@ -360,8 +376,21 @@ mod tests {
             .step(Some(b"\0alice@example.test\0right"))
             .await
             .expect("step");
-        assert_eq!(out, Exchange::Success("alice".into()));
+        assert_eq!(out, Exchange::Success("alice@example.test".into()));
         let _ = requests.recv().await;
+        // "alice@" is alice of the configured realm.
+        let mut s = b.start("PLAIN", &ctx()).expect("start");
+        let out = s.step(Some(b"\0alice@\0right")).await.expect("step");
+        assert_eq!(out, Exchange::Success("alice@example.test".into()));
+        let f = requests.recv().await.expect("request");
+        assert_eq!(f[3], "example.test");
+        // Without any realm the bare login stays bare.
+        let bare = SaslauthdBackend::new(&path, "smtp", None, None).expect("backend");
+        let mut s = bare.start("PLAIN", &ctx()).expect("start");
+        let out = s.step(Some(b"\0alice\0right")).await.expect("step");
+        assert!(matches!(out, Exchange::Failure(_)), "{out:?}");
+        let f = requests.recv().await.expect("request");
+        assert_eq!(f[3], "");
         assert!(
             SaslauthdBackend::new(&path, "smtp", None, Some(vec!["SCRAM-SHA-256".into()])).is_err()
         );

@@ -684,43 +684,21 @@ impl Connection {
     }
 
     /// Whether an authenticated identity may use this envelope sender:
-    /// its own address and its +tag forms, plus `sender_logins`.
+    /// its own address and its +tag forms, plus `sender_logins`
+    /// ([`crate::sasl::sender_login`]).
     fn owns_sender(&self, identity: &str, sender: &ReversePath) -> bool {
         let ReversePath::Mailbox(m) = sender else {
             return true;
         };
         let config = &self.generation.config;
-        let addr = format!("{}@{}", m.local, m.domain).to_lowercase();
-        let base = match config.local.recipient_delimiter.chars().next() {
-            Some(d) => match m.local.split_once(d) {
-                Some((b, _)) => format!("{b}@{}", m.domain).to_lowercase(),
-                None => addr.clone(),
-            },
-            None => addr.clone(),
-        };
-        let identity = identity.to_lowercase();
-        let mine = |a: &str| {
-            if identity.contains('@') {
-                a == identity
-            } else {
-                a.split_once('@').is_some_and(|(l, d)| {
-                    l == identity && self.generation.router.is_local_domain(d)
-                })
-            }
-        };
-        if mine(&addr) || mine(&base) {
-            return true;
-        }
-        let domain = format!("@{}", m.domain.to_lowercase());
-        config
-            .sender_logins
-            .iter()
-            .filter(|(id, _)| id.to_lowercase() == identity)
-            .flat_map(|(_, allowed)| allowed)
-            .any(|a| {
-                let a = a.to_lowercase();
-                a == addr || a == base || a == domain
-            })
+        crate::sasl::sender_login::owns(
+            identity,
+            &m.local,
+            &m.domain,
+            config.local.recipient_delimiter.chars().next(),
+            &config.sender_logins,
+            |d| self.generation.router.is_local_domain(d),
+        )
     }
 
     /// Writes a reply, delaying error replies once a client has made many

@@ -1,6 +1,7 @@
 //! The daemon: binds listeners, recovers the spool, starts delivery, serves
 //! sessions, reloads on SIGHUP and drains on SIGTERM.
 
+pub mod account;
 pub mod admin;
 pub mod connection;
 pub mod contain;
@@ -33,7 +34,6 @@ use crate::plugin::runtime::CACHE_KEEP_UNUSED;
 use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
 use crate::smtp::reply::r;
-use crate::spool::dirsync::create_dir_durable;
 use crate::spool::journal::{Journal, Touched};
 use crate::spool::{DirSyncer, Spool};
 use crate::tls::{Stream, Tls};
@@ -234,6 +234,12 @@ impl Shared {
         }
         let certs = match &self.tls {
             Some(tls) => Some(tls.prepare(&config)?),
+            // The acceptor and certificates are made at start (a key may
+            // be readable by root only): a listener turned to TLS now would
+            // advertise STARTTLS and drop every handshake.
+            None if config.uses_tls() => anyhow::bail!(
+                "a listener now uses TLS, but Postern was started without any: a restart is needed for that (nothing was reloaded)"
+            ),
             None => None,
         };
         let id = self.next_generation.fetch_add(1, Ordering::SeqCst);
@@ -292,101 +298,6 @@ async fn tidy_plugin_cache(runtime: Arc<Runtime>, chains: Arc<Chains>) {
     .await;
 }
 
-/// `[server] user`, as root: the account, with the spool, the Maildir
-/// base and the plugin cache given to it, and the files the daemon reads
-/// again after the drop checked. `None` when Postern runs as whoever
-/// started it.
-fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> {
-    let Some(name) = &cfg.server.user else {
-        return Ok(None);
-    };
-    let account = privileges::lookup(name).context("server.user")?;
-    if privileges::euid() != 0 {
-        if privileges::euid() == account.uid {
-            return Ok(None);
-        }
-        anyhow::bail!("server.user = {name:?}: changing user needs starting as root");
-    }
-    for warning in check_account(cfg, &account)? {
-        tracing::warn!("{warning}");
-    }
-    let spool = &cfg.server.spool_dir;
-    create_dir_durable(spool, 0o700, 0o755)
-        .with_context(|| format!("cannot create {}", spool.display()))?;
-    // Again, now that the path exists and resolves (through any links in
-    // it): the chown below is recursive.
-    refuse_system_spool(cfg, &account)?;
-    privileges::chown(spool, &account, true)?;
-    // The Maildir template's fixed part ("var/mail/" of
-    // "var/mail/{user}/Maildir"), where new mailboxes are made: created for
-    // the account when missing; an existing one is the operator's to own.
-    let template = &cfg.local.maildir;
-    let fixed = &template[..template.find('{').unwrap_or(template.len())];
-    let base = if fixed.ends_with('/') {
-        Some(Path::new(fixed))
-    } else {
-        Path::new(fixed).parent()
-    };
-    if let Some(base) = base.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
-        create_dir_durable(base, 0o755, 0o755)
-            .with_context(|| format!("cannot create {}", base.display()))?;
-        privileges::chown(base, &account, false)?;
-    }
-    // Plugins are compiled and their artifacts cached by the account; root
-    // never loads one (an artifact is machine code).
-    if !cfg.plugins.is_empty() && std::fs::create_dir_all(&cfg.wasm.cache_dir).is_ok() {
-        privileges::chown(&cfg.wasm.cache_dir, &account, true)?;
-    }
-    Ok(Some(account))
-}
-
-/// The spool is given to the account recursively: never a system tree.
-fn refuse_system_spool(cfg: &Config, account: &privileges::Account) -> anyhow::Result<()> {
-    let spool = &cfg.server.spool_dir;
-    if privileges::system_dir(spool) {
-        anyhow::bail!(
-            "server.spool_dir = {}: refusing to give that tree to server.user {}; use a directory of Postern's own (/var/spool/postern)",
-            spool.display(),
-            account.name
-        );
-    }
-    Ok(())
-}
-
-/// What root can tell before the drop about running as `account`, without
-/// changing anything (the start and `postern check` share it): errors for
-/// what would break, warnings (returned) for what would break later.
-pub fn check_account(cfg: &Config, account: &privileges::Account) -> anyhow::Result<Vec<String>> {
-    let name = &account.name;
-    refuse_system_spool(cfg, account)?;
-    for (i, a) in cfg.auth.iter().enumerate() {
-        if let Some(path) = &a.path
-            && !privileges::can_read(account, path)
-        {
-            anyhow::bail!(
-                "auth[{i}] {:?}: {} is not readable by server.user {name}, who reads it at every AUTH: give it to the account's group (chgrp; chmod 640)",
-                a.name,
-                path.display()
-            );
-        }
-    }
-    let mut warnings = Vec::new();
-    let sni = cfg.tls.sni.iter().flat_map(|s| [&s.certificate, &s.key]);
-    for path in [&cfg.tls.certificate, &cfg.tls.key]
-        .into_iter()
-        .flatten()
-        .chain(sni)
-    {
-        if !privileges::can_read(account, path) {
-            warnings.push(format!(
-                "tls: {} is read as root at start, but server.user {name} cannot read it: reloads and certificate renewals will fail until it can (a group such as ssl-cert the account is in, mode 640)",
-                path.display()
-            ));
-        }
-    }
-    Ok(warnings)
-}
-
 /// Kernel send buffer of every session's socket (accepted sockets inherit
 /// the listener's). A session sends only replies, a few hundred bytes at a
 /// time, so this costs nothing; without it Linux grows the buffer of a
@@ -418,7 +329,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // operator configured. Root never works inside the account's spool or
     // cache: recovery, the journal, a self-signed certificate and plugin
     // artifacts all come after the drop.
-    let account = prepare_account(&config)?;
+    let account = account::prepare(&config)?;
     // Bound now (port 25 needs root), listening only once everything is
     // ready: until then a client is refused, as if Postern were not
     // running, rather than left waiting for a greeting.
@@ -554,7 +465,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                tls.reload_if_changed();
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
             }
         });
     }

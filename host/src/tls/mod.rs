@@ -69,8 +69,21 @@ pub struct Tls {
     sources: std::sync::Mutex<(Vec<CertSource>, Vec<FileStamp>)>,
 }
 
-/// A file and its modification time when last loaded.
-type FileStamp = (PathBuf, Option<SystemTime>);
+/// What a file looked like just before it was last read: a renewal that
+/// replaces it (new inode), rewrites it (size, change time) or touches it
+/// changes at least one of these, even when it keeps the modification
+/// time (`cp -p`, `install -p`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+}
+
+/// A file and its stamp (`None` if it could not be looked at).
+type FileStamp = (PathBuf, Option<Stamp>);
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,11 +93,19 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-fn load_key(source: &CertSource) -> anyhow::Result<Arc<CertifiedKey>> {
-    let cert_pem = std::fs::read(&source.cert)
+/// How certificate and key files are read (a test stands in for
+/// `std::fs::read` to land a renewal in the middle of a load).
+type Read<'a> = &'a dyn Fn(&Path) -> io::Result<Vec<u8>>;
+
+fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+fn load_key(source: &CertSource, read: Read<'_>) -> anyhow::Result<Arc<CertifiedKey>> {
+    let cert_pem = read(&source.cert)
         .with_context(|| format!("cannot read certificate {}", source.cert.display()))?;
-    let key_pem = std::fs::read(&source.key)
-        .with_context(|| format!("cannot read key {}", source.key.display()))?;
+    let key_pem =
+        read(&source.key).with_context(|| format!("cannot read key {}", source.key.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: bad PEM", source.cert.display()))?;
@@ -107,11 +128,20 @@ fn load_key(source: &CertSource) -> anyhow::Result<Arc<CertifiedKey>> {
     Ok(Arc::new(ck))
 }
 
-fn load_set(sources: &[CertSource]) -> anyhow::Result<CertSet> {
+/// Loads every certificate, stamping the files first: a renewal landing
+/// while they are read leaves stamps older than the files, so the next
+/// check loads them again instead of missing it.
+fn load(sources: &[CertSource], read: Read<'_>) -> anyhow::Result<(CertSet, Vec<FileStamp>)> {
+    let before = stamps(sources);
+    let set = load_set(sources, read)?;
+    Ok((set, before))
+}
+
+fn load_set(sources: &[CertSource], read: Read<'_>) -> anyhow::Result<CertSet> {
     let mut default = None;
     let mut by_name = HashMap::new();
     for s in sources {
-        let key = load_key(s)?;
+        let key = load_key(s, read)?;
         if s.names.is_empty() {
             default = Some(key);
         } else {
@@ -126,13 +156,21 @@ fn load_set(sources: &[CertSource]) -> anyhow::Result<CertSet> {
     Ok(CertSet { default, by_name })
 }
 
-fn mtimes(sources: &[CertSource]) -> Vec<FileStamp> {
+fn stamps(sources: &[CertSource]) -> Vec<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
     sources
         .iter()
         .flat_map(|s| [s.cert.clone(), s.key.clone()])
         .map(|p| {
-            let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
-            (p, m)
+            // Through links, as the files are read (certbot's live/ links).
+            let stamp = std::fs::metadata(&p).ok().map(|m| Stamp {
+                dev: m.dev(),
+                ino: m.ino(),
+                len: m.len(),
+                modified: m.modified().ok(),
+                changed: (m.ctime(), m.ctime_nsec()),
+            });
+            (p, stamp)
         })
         .collect()
 }
@@ -174,6 +212,7 @@ fn self_signed(dir: &Path, hostname: &str) -> anyhow::Result<CertSource> {
 pub struct Certificates {
     sources: Vec<CertSource>,
     set: CertSet,
+    stamps: Vec<FileStamp>,
 }
 
 impl Tls {
@@ -183,7 +222,7 @@ impl Tls {
             return Ok(None);
         }
         let sources = sources(config)?;
-        let set = load_set(&sources)?;
+        let (set, stamps) = load(&sources, &read_file)?;
         let resolver = Arc::new(Resolver {
             set: ArcSwap::from_pointee(set),
         });
@@ -195,7 +234,6 @@ impl Tls {
                 .context("cannot set TLS versions")?
                 .with_no_client_auth()
                 .with_cert_resolver(resolver.clone());
-        let stamps = mtimes(&sources);
         Ok(Some(Arc::new(Tls {
             resolver,
             acceptor: TlsAcceptor::from(Arc::new(server)),
@@ -210,7 +248,7 @@ impl Tls {
             return Ok(());
         }
         for source in configured(config) {
-            load_key(&source)?;
+            load_key(&source, &read_file)?;
         }
         Ok(())
     }
@@ -225,28 +263,31 @@ impl Tls {
     /// whole new generation is built, so a failed reload changes nothing.
     pub fn prepare(&self, config: &Config) -> anyhow::Result<Certificates> {
         let sources = sources(config)?;
-        let set = load_set(&sources)?;
-        Ok(Certificates { sources, set })
+        let (set, stamps) = load(&sources, &read_file)?;
+        Ok(Certificates {
+            sources,
+            set,
+            stamps,
+        })
     }
 
     /// Puts certificates from [`Tls::prepare`] in use for new handshakes.
     pub fn install(&self, certs: Certificates) {
         self.resolver.set.store(Arc::new(certs.set));
-        let stamps = mtimes(&certs.sources);
-        *self.sources.lock().unwrap_or_else(|p| p.into_inner()) = (certs.sources, stamps);
+        *self.sources.lock().unwrap_or_else(|p| p.into_inner()) = (certs.sources, certs.stamps);
     }
 
-    /// Reloads if any certificate or key file changed since the last load.
+    /// Reloads if any certificate or key file changed since the last load
+    /// (reads files: call it off the async workers).
     pub fn reload_if_changed(&self) {
         let mut guard = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        let now = mtimes(&guard.0);
-        if now == guard.1 {
+        if stamps(&guard.0) == guard.1 {
             return;
         }
-        match load_set(&guard.0) {
-            Ok(set) => {
+        match load(&guard.0, &read_file) {
+            Ok((set, stamps)) => {
                 self.resolver.set.store(Arc::new(set));
-                guard.1 = now;
+                guard.1 = stamps;
                 tracing::info!("tls: certificate files changed; reloaded");
             }
             // Maybe half-written (cert replaced before key): try again later.
@@ -414,5 +455,74 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("postern-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn a_renewal_landing_during_a_load_is_seen_by_the_next_check() {
+        let dir = temp("renewal");
+        let current = self_signed(&dir.join("current"), "mx.test").expect("certificate");
+        let renewed = self_signed(&dir.join("renewed"), "mx.test").expect("certificate");
+        let sources = vec![current.clone()];
+        // The renewal lands right after the old pair was read: the load
+        // serves the old pair, and must not stamp it with the new files.
+        let landed = std::cell::Cell::new(false);
+        let read = |p: &Path| {
+            let data = std::fs::read(p);
+            if p == current.key && !landed.replace(true) {
+                std::fs::rename(&renewed.cert, &current.cert).expect("renew cert");
+                std::fs::rename(&renewed.key, &current.key).expect("renew key");
+            }
+            data
+        };
+        let stamped_before = stamps(&sources);
+        let (_, kept) = load(&sources, &read).expect("old pair");
+        assert!(landed.get());
+        assert_eq!(kept, stamped_before);
+        assert_ne!(
+            stamps(&sources),
+            stamped_before,
+            "the renewed files must look changed"
+        );
+        // Loaded again (as the next check does), the renewal is served.
+        let (_, kept) = load(&sources, &read_file).expect("renewed pair");
+        assert_eq!(kept, stamps(&sources));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rewrite_keeping_the_modification_time_is_a_change() {
+        let dir = temp("keep-mtime");
+        let source = self_signed(&dir, "mx.test").expect("certificate");
+        let sources = vec![source.clone()];
+        let before = stamps(&sources);
+        let mtime = std::fs::metadata(&source.cert)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let pem = std::fs::read(&source.cert).expect("read");
+        // File times come from a coarse clock (a jiffy, 1-10 ms): let it
+        // move on, so that the rewrite gets another change time.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Rewritten in place (same inode, same size), then the old
+        // modification time put back, as `cp -p` does.
+        std::fs::write(&source.cert, &pem).expect("rewrite");
+        std::fs::File::options()
+            .write(true)
+            .open(&source.cert)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("set mtime");
+        assert_ne!(stamps(&sources), before);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
