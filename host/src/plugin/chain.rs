@@ -15,11 +15,10 @@ use wasmtime::component::Resource;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 
 use super::bindings::postern::filter::types as wit;
+use super::limits::MemoryLimitExceeded;
 use super::outcome::{Outcome, Score, Verdict};
 use super::runtime::{Live, LoadedPlugin, Runtime, bounded, budget};
-use super::state::{
-    EntryConf, EnvelopeData, MemoryLimitExceeded, MessageData, ParsedMessage, SessionData,
-};
+use super::state::{EntryConf, EnvelopeData, MessageData, ParsedMessage, SessionData};
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
 use crate::smtp::reply::r;

@@ -3,6 +3,7 @@
 //! - [`runtime`]: one wasmtime engine (pooling allocator, epoch ticker),
 //!   the compile cache, and loading with WIT checks and hook detection.
 //! - [`state`]: what a plugin instance's store holds and the host imports.
+//! - [`limits`]: the memory and table limits of one instance.
 //! - [`chain`]: the per-stage chains of a generation and the per-session
 //!   runner with Postfix restriction-list semantics.
 //! - [`outcome`]: plugin answers in host terms, sanitised.
@@ -10,6 +11,7 @@
 
 mod bindings;
 pub mod chain;
+pub mod limits;
 pub mod outcome;
 pub mod runtime;
 pub mod scoring;
