@@ -95,7 +95,7 @@ impl HostState {
             // libc may ask, and gets nothing.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: Limits { memory, used: 0 },
+            limits: Limits::new(memory),
             confs,
             current,
             context: None,
