@@ -758,7 +758,7 @@ def test_quickstart_as_shipped_does_what_the_readme_says(daemon_factory):
                 .replace('path = "examples/', f'path = "{ROOT}/examples/')
                 .replace('path = "target/', f'path = "{ROOT}/target/'))
     assert "{port}" in text and str(ROOT) in text
-    text += f'\n[wasm]\ncache_dir = "{CACHE}"\n'
+    text += f'\n[wasm]\ncache_dir = "{CACHE}"\ncache_key = "{CACHE}.key"\n'
     d = daemon_factory(config=text)
     rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--helo", "client.test",
                     "--from", "someone@example.org", "--to", "alice+news@example.test")
@@ -782,7 +782,9 @@ def test_check_as_root_checks_what_the_account_will_read(daemon_factory):
     # it uses the account's plugin cache (a Python plugin takes seconds to
     # compile), and what the account cannot read fails the check, not the
     # next start.
+    # The account's own cache and key (in its spool, the default).
     config = BASE_CONFIG.replace('cache_dir = "{cache}"', 'cache_dir = "cache"').replace(
+        'cache_key = "{cache}.key"\n', '').replace(
         'shutdown_grace = "10s"', 'shutdown_grace = "10s"\nuser = "nobody"')
     access = f"""
 [[plugin]]

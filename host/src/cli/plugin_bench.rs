@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::plugin::PluginSession;
+use crate::plugin::cache::CacheSetting;
 
 fn per(d: Duration, n: u32) -> f64 {
     d.as_secs_f64() * 1e6 / f64::from(n.max(1))
@@ -15,7 +16,7 @@ fn per(d: Duration, n: u32) -> f64 {
 pub fn run(
     plugin: Option<&Path>,
     fixture: &Path,
-    cache_dir: &Path,
+    cache: &CacheSetting,
     fresh_iterations: u32,
     iterations: u32,
 ) -> anyhow::Result<()> {
@@ -24,7 +25,7 @@ pub fn run(
         .build()?;
     rt.block_on(async {
         let started = Instant::now();
-        let (fx, def, runtime) = super::plugin_test::load(plugin, fixture, cache_dir, false)?;
+        let (fx, def, runtime) = super::plugin_test::load(plugin, fixture, cache, false)?;
         let case = fx
             .cases
             .first()

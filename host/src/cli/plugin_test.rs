@@ -35,6 +35,7 @@ use serde::Deserialize;
 
 use crate::config::{Bytes, ChainEntry, Chains as ChainConfig, OnError, PluginDef, Seconds, Wasm};
 use crate::message::HeaderAction;
+use crate::plugin::cache::CacheSetting;
 use crate::plugin::chain::FailureKind;
 use crate::plugin::{Chains, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, Verdict};
 
@@ -104,7 +105,11 @@ fn stage(name: &str) -> anyhow::Result<Stage> {
 }
 
 /// Runs every fixture; returns the number of failed cases.
-pub fn run(plugin: Option<&Path>, fixtures: &[PathBuf], cache_dir: &Path) -> anyhow::Result<usize> {
+pub fn run(
+    plugin: Option<&Path>,
+    fixtures: &[PathBuf],
+    cache: &CacheSetting,
+) -> anyhow::Result<usize> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,7 +117,7 @@ pub fn run(plugin: Option<&Path>, fixtures: &[PathBuf], cache_dir: &Path) -> any
     rt.block_on(async {
         let mut failed = 0;
         for f in fixtures {
-            failed += run_fixture(plugin, f, cache_dir).await?;
+            failed += run_fixture(plugin, f, cache).await?;
         }
         Ok(failed)
     })
@@ -122,7 +127,7 @@ pub fn run(plugin: Option<&Path>, fixtures: &[PathBuf], cache_dir: &Path) -> any
 pub(super) fn load(
     plugin: Option<&Path>,
     path: &Path,
-    cache_dir: &Path,
+    cache: &CacheSetting,
     reuse_instances: bool,
 ) -> anyhow::Result<(Fixture, PluginDef, Arc<crate::plugin::Runtime>)> {
     let text =
@@ -142,11 +147,13 @@ pub(super) fn load(
             path.display()
         ),
     };
-    let runtime = crate::plugin::Runtime::new(&Wasm {
-        cache_dir: cache_dir.to_path_buf(),
-        max_instances: 64,
-        ..Wasm::default()
-    })?;
+    let runtime = crate::plugin::Runtime::new(
+        &Wasm {
+            max_instances: 64,
+            ..Wasm::default()
+        },
+        cache,
+    )?;
     let def = PluginDef {
         name: "under-test".into(),
         path: wasm,
@@ -163,9 +170,9 @@ pub(super) fn load(
 async fn run_fixture(
     plugin: Option<&Path>,
     path: &Path,
-    cache_dir: &Path,
+    cache: &CacheSetting,
 ) -> anyhow::Result<usize> {
-    let (fixture, def, runtime) = load(plugin, path, cache_dir, false)?;
+    let (fixture, def, runtime) = load(plugin, path, cache, false)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let wasm = def.path.clone();
     println!("# {} with {}", path.display(), wasm.display());

@@ -2,6 +2,7 @@
 //! has a sane default, and [`Config::validate`] names the offending key.
 
 mod units;
+mod wasm;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use units::{Bytes, Seconds};
+pub use wasm::Wasm;
 
 /// A configuration problem, with the dotted key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,37 +99,6 @@ pub struct Config {
     /// address and its +tag forms: identity → addresses or `@domain`.
     #[serde(default)]
     pub sender_logins: BTreeMap<String, Vec<String>>,
-}
-
-/// `[wasm]`: the plugin runtime. Changes need a restart.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Wasm {
-    /// Precompiled plugin artifacts, keyed by content and engine hash.
-    /// Only files that only this user (or root) can write are loaded; an
-    /// artifact no generation has used for 7 days is removed.
-    pub cache_dir: PathBuf,
-    /// Plugin instances alive at once over all sessions (pooling slots).
-    pub max_instances: u32,
-    /// Ceiling for any plugin's `memory_limit` (size of a pooling slot).
-    pub max_memory: Bytes,
-    /// Memory of a finished instance that stays mapped and is reset in
-    /// place for the next one instead of being returned to the kernel. With
-    /// Linux's PAGEMAP_SCAN (6.7+) only pages the plugin wrote are reset,
-    /// and the default is 2 MiB; without it every byte up to this size is
-    /// cleared on each reuse, and the default is 0.
-    pub keep_resident: Option<Bytes>,
-}
-
-impl Default for Wasm {
-    fn default() -> Wasm {
-        Wasm {
-            cache_dir: PathBuf::from("var/cache/plugins"),
-            max_instances: 1000,
-            max_memory: Bytes(128 << 20),
-            keep_resident: None,
-        }
-    }
 }
 
 /// What a plugin failure (trap, time or memory limit) costs.
@@ -737,6 +708,7 @@ impl Config {
                 message,
             })
         };
+        self.wasm.validate(&mut bad);
         if !is_hostname(&self.server.hostname) || !self.server.hostname.contains('.') {
             bad(
                 "server.hostname",

@@ -1,7 +1,8 @@
 //! Policy as sandboxed WebAssembly plugins.
 //!
-//! - [`runtime`]: one wasmtime engine (pooling allocator, epoch ticker),
-//!   the compile cache, and loading with WIT checks and hook detection.
+//! - [`runtime`]: one wasmtime engine (pooling allocator, epoch ticker)
+//!   and loading with WIT checks and hook detection.
+//! - [`cache`]: the compile cache on disk, artifacts sealed with a MAC.
 //! - [`state`]: what a plugin instance's store holds and the host imports.
 //! - [`limits`]: the memory and table limits of one instance.
 //! - [`chain`]: the per-stage chains of a generation and the per-session
@@ -10,6 +11,7 @@
 //! - [`scoring`]: policy weighting over a transaction.
 
 mod bindings;
+pub mod cache;
 pub mod chain;
 pub mod limits;
 pub mod outcome;

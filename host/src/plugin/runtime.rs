@@ -21,6 +21,7 @@ use super::bindings::Plugin as PluginWorld;
 use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
+use super::cache::{Cache, CacheSetting};
 use super::state::{EntryConf, HostState};
 use crate::config::{PluginDef, Wasm};
 
@@ -29,9 +30,6 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// The WIT package and versions this host speaks.
 const PACKAGE: &str = "postern:filter/";
-
-/// File extension of compiled artifacts in the cache directory.
-const ARTIFACT: &str = "cwasm";
 
 /// How long an artifact no generation uses stays in the cache (a rollback
 /// within this time loads instead of compiling).
@@ -145,7 +143,8 @@ pub struct Funcs {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    cache_dir: PathBuf,
+    /// The compile cache on disk, if this run has one.
+    cache: Option<Cache>,
     /// Compiled components by content hash: a reload of an unchanged plugin
     /// costs nothing.
     compiled: Mutex<HashMap<[u8; 32], Component>>,
@@ -156,14 +155,15 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("cache_dir", &self.cache_dir)
+            .field("cache", &self.cache)
             .finish()
     }
 }
 
 impl Runtime {
-    /// Creates the engine (and its epoch ticker thread) and the linker.
-    pub fn new(cfg: &Wasm) -> anyhow::Result<Arc<Runtime>> {
+    /// Creates the engine (and its epoch ticker thread) and the linker,
+    /// with compiled plugins cached as `cache` says.
+    pub fn new(cfg: &Wasm, cache: &CacheSetting) -> anyhow::Result<Arc<Runtime>> {
         let slots = cfg.max_instances.max(1);
         let max_memory = usize::try_from(cfg.max_memory.0).unwrap_or(usize::MAX);
         // Probes /proc/self/pagemap: once.
@@ -227,7 +227,7 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
-            cache_dir: cfg.cache_dir.clone(),
+            cache: Cache::open(cache),
             compiled: Mutex::new(HashMap::new()),
             settings: cfg.clone(),
         }))
@@ -238,68 +238,13 @@ impl Runtime {
         &self.settings
     }
 
-    /// Marks the artifacts in `keep` as used now (their mtime), and
-    /// removes from the cache directory the artifacts no generation has
-    /// used for `unused_for`, and temporary files of writes that never
-    /// finished (a crash). Blocking (a directory scan). Returns the number
-    /// of files and bytes removed.
+    /// Marks the artifacts in `keep` as used now, and removes those no
+    /// generation has used for `unused_for` ([`Cache::evict`]; nothing
+    /// without a cache). Blocking.
     pub fn evict_cache(&self, keep: &[&Path], unused_for: Duration) -> (usize, u64) {
-        let dir = &self.cache_dir;
-        if !dir_ours(dir) {
-            return (0, 0);
-        }
-        let now = std::time::SystemTime::now();
-        for path in keep {
-            touch(path);
-        }
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return (0, 0);
-        };
-        let (mut files, mut bytes) = (0, 0);
-        for e in entries.flatten() {
-            let path = e.path();
-            // Only names this cache makes: `KEY.cwasm`, and `KEY.tmpPID`
-            // left by a write that a crash interrupted (KEY: 64 hex digits).
-            let name = e.file_name();
-            let Some((key, ext)) = name.to_str().and_then(|n| n.split_once('.')) else {
-                continue;
-            };
-            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let stale = match ext {
-                ARTIFACT => unused_for,
-                t if t.len() > 3
-                    && t.starts_with("tmp")
-                    && t[3..].bytes().all(|b| b.is_ascii_digit()) =>
-                {
-                    Duration::from_secs(3600)
-                }
-                _ => continue,
-            };
-            if keep.contains(&path.as_path()) {
-                continue;
-            }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or_default();
-            if !meta.is_file() || age < stale {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    files += 1;
-                    bytes += meta.len();
-                }
-                Err(e) => tracing::warn!("plugin cache: cannot remove {}: {e}", path.display()),
-            }
-        }
-        (files, bytes)
+        self.cache
+            .as_ref()
+            .map_or((0, 0), |c| c.evict(keep, unused_for))
     }
 
     /// Compiles a component, or loads it from the memory or disk cache.
@@ -315,7 +260,10 @@ impl Runtime {
         std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
         h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
         let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let path = self.cache_dir.join(format!("{key}.{ARTIFACT}"));
+        let path = match &self.cache {
+            Some(c) => c.path(&key),
+            None => PathBuf::new(),
+        };
         if let Some(c) = self
             .compiled
             .lock()
@@ -324,7 +272,18 @@ impl Runtime {
         {
             return Ok((c.clone(), short, path));
         }
-        let component = match load_cached(&self.engine, &path) {
+        let cached = self.cache.as_ref().and_then(|c| c.load(&key));
+        let loaded = cached.and_then(|artifact| match deserialize(&self.engine, &artifact) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring unusable plugin cache file {}: {e}",
+                    path.display()
+                );
+                None
+            }
+        });
+        let component = match loaded {
             Some(c) => c,
             None => {
                 let started = std::time::Instant::now();
@@ -333,13 +292,21 @@ impl Runtime {
                     .precompile_component(bytes)
                     .map_err(|e| anyhow::anyhow!("{e:#}"))
                     .context("not a valid WebAssembly component")?;
-                tracing::info!(
-                    "plugin {short}: compiled in {} ms; caching in {}",
-                    started.elapsed().as_millis(),
-                    self.cache_dir.display()
-                );
-                if let Err(e) = store_cached(&path, &artifact) {
-                    tracing::warn!("cannot cache compiled plugin in {}: {e}", path.display());
+                let ms = started.elapsed().as_millis();
+                match &self.cache {
+                    Some(cache) => {
+                        tracing::info!(
+                            "plugin {short}: compiled in {ms} ms; caching in {}",
+                            cache.dir().display()
+                        );
+                        if let Err(e) = cache.store(&key, &artifact) {
+                            tracing::warn!(
+                                "cannot cache compiled plugin in {}: {e}",
+                                path.display()
+                            );
+                        }
+                    }
+                    None => tracing::info!("plugin {short}: compiled in {ms} ms (no cache)"),
                 }
                 deserialize(&self.engine, &artifact)?
             }
@@ -551,90 +518,13 @@ fn check_wit(engine: &Engine, component: &Component) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// True if only this user (or root) can have written `path`: a regular
-/// file (not a link) and its directory, owned by us or root, writable by
-/// no group or other. An artifact is machine code: root (`postern check`)
-/// must not load one that the mail account could have replaced.
-fn only_ours(path: &Path) -> bool {
-    let file_ok = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && ours(&m));
-    file_ok && path.parent().is_some_and(dir_ours)
-}
-
-/// Owned by this user or root, writable by no group or other.
-fn ours(m: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let me = crate::server::privileges::euid();
-    (m.uid() == me || m.uid() == 0) && m.mode() & 0o022 == 0
-}
-
-/// A directory only this user (or root) can change.
-fn dir_ours(dir: &Path) -> bool {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && ours(&m))
-}
-
-/// Marks an artifact as used now (its mtime), for [`Runtime::evict_cache`].
-/// Through a read-only descriptor: the owner may set the times, and
-/// machine code is never opened for writing.
-fn touch(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
-}
-
-/// Loads a precompiled artifact written by [`store_cached`].
-#[allow(unsafe_code)]
-fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
-    if !path.is_file() {
-        return None;
-    }
-    if !only_ours(path) {
-        tracing::warn!(
-            "not loading plugin cache file {}: others than this user could have written it (compiling instead)",
-            path.display()
-        );
-        return None;
-    }
-    // SAFETY: the file was produced by `Engine::precompile_component` of an
-    // engine with the same compatibility hash (part of the file name), in
-    // a directory only this user (or root) can write (checked just above),
-    // renamed into place only once complete, and never modified afterwards
-    // (content-addressed name).
-    match unsafe { Component::deserialize_file(engine, path) } {
-        Ok(c) => {
-            touch(path);
-            Some(c)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "ignoring unusable plugin cache file {}: {e}",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
+/// Loads an artifact into the engine.
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
-    // SAFETY: `artifact` was just produced by `precompile_component` of
-    // this very engine.
+    // SAFETY: `artifact` was produced by `precompile_component` of an
+    // engine with this engine's settings: either just now, or read from
+    // the cache, whose MAC (checked by `Cache::load` over exactly these
+    // bytes) only this daemon's key makes, over the artifact and its name,
+    // which holds the engine's compatibility hash.
     unsafe { Component::deserialize(engine, artifact) }.map_err(|e| anyhow::anyhow!("{e:#}"))
-}
-
-fn store_cached(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if !path.parent().is_some_and(dir_ours) {
-        return Err(std::io::Error::other(
-            "the cache directory belongs to another user (or others can write to it)",
-        ));
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    crate::server::privileges::write_through_new(&tmp, path, 0o644, artifact)
 }

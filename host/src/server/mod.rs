@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::deliver::journaled::{self, Journaled};
 use crate::deliver::{self, DeliveryConfig};
 use crate::dns::Dns;
+use crate::plugin::cache::CacheSetting;
 use crate::plugin::runtime::CACHE_KEEP_UNUSED;
 use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
@@ -267,9 +268,21 @@ impl Shared {
         }
         let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
         if rt.is_none() {
-            *rt = Some(Runtime::new(&config.wasm)?);
+            *rt = Some(Runtime::new(&config.wasm, &daemon_cache(config))?);
         }
         Ok(rt.clone())
+    }
+}
+
+/// The daemon's compile cache: `[wasm] cache_dir` and `cache_key`, by
+/// default in the spool; the daemon (as server.user, after the drop) makes
+/// the key at its first start.
+pub fn daemon_cache(config: &Config) -> CacheSetting {
+    let spool = &config.server.spool_dir;
+    CacheSetting::Disk {
+        dir: config.wasm.cache_dir_in(spool),
+        key: config.wasm.cache_key_in(spool),
+        create_key: true,
     }
 }
 
@@ -337,8 +350,9 @@ fn prepare_account(cfg: &Config) -> anyhow::Result<Option<privileges::Account>> 
     }
     // Plugins are compiled and their artifacts cached by the account; root
     // never loads one (an artifact is machine code).
-    if !cfg.plugins.is_empty() && std::fs::create_dir_all(&cfg.wasm.cache_dir).is_ok() {
-        privileges::chown(&cfg.wasm.cache_dir, &account, true)?;
+    let cache_dir = cfg.wasm.cache_dir_in(spool);
+    if !cfg.plugins.is_empty() && std::fs::create_dir_all(&cache_dir).is_ok() {
+        privileges::chown(&cache_dir, &account, true)?;
     }
     Ok(Some(account))
 }
@@ -447,7 +461,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let runtime = if config.plugins.is_empty() {
         None
     } else {
-        Some(Runtime::new(&config.wasm)?)
+        Some(Runtime::new(&config.wasm, &daemon_cache(&config))?)
     };
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
     if let Some(rt) = &runtime {
