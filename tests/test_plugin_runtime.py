@@ -2,13 +2,13 @@
 daemon compiled, budgets charge CPU, the pool holds what it promises,
 and reloads free what they replace."""
 
-import pathlib
-import shutil
+import os
 import struct
 import subprocess
+import sys
 
-from conftest import BASE_CONFIG, BIN, ROOT, plugin_path
-from test_plugins import access_plugin, send
+from conftest import BASE_CONFIG, BIN, ROOT, message
+from test_plugins import access_plugin, misbehave, send
 
 
 def int3_text(artifact):
@@ -98,3 +98,62 @@ def test_plugin_test_never_runs_a_cache_from_the_working_directory(tmp_path):
     assert p.returncode == 0, (p.returncode, p.stdout + p.stderr)
     assert "its MAC does not match the cache key" in p.stderr, p.stderr
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def busy_machine(per_core=3):
+    """Processes that keep every core busy (the test stops them)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(per_core * (os.cpu_count() or 1))]
+
+
+def test_time_limit_counts_cpu_not_a_busy_machine(daemon_factory):
+    # A plugin that needs ~0.18 s of CPU passes its 500 ms limit while other
+    # processes keep both cores busy (it then takes far longer than 500 ms
+    # of wall-clock time: before, that failed it, 451). A plugin that never
+    # ends still fails its limit.
+    extra = (misbehave("burner", "burn", "alice@", time_limit="500ms")
+             + misbehave("looper", "loop", "bob@", time_limit="500ms"))
+    d = daemon_factory(extra=extra)
+    hogs = busy_machine()
+    try:
+        for _ in range(3):
+            assert send(d, "a@example.org", "alice@example.test") == (250, 250)
+        with d.smtp() as s:
+            s.ehlo("client.test")
+            s.mail("a@example.org")
+            code, resp = s.rcpt("bob@example.test")
+            assert code == 451 and resp.startswith(b"4.3.0"), (code, resp)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    d.wait_log("plugin looper failed at rcpt: time limit exceeded")
+    assert "plugin burner failed" not in d.log_text()
+    # On an idle machine the loop is stopped by its CPU limit.
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        assert s.rcpt("bob@example.test")[0] == 451
+    d.wait_log("plugin looper failed at rcpt: time limit exceeded (500ms of CPU)")
+
+
+def test_transaction_cpu_budget_ends_plugin_work_for_the_transaction(daemon_factory):
+    # Each RCPT costs ~0.18 s of plugin CPU; the transaction may use 300 ms:
+    # the third recipient finds the budget spent and gets 451, even though
+    # the plugin's on_error would skip it (a client must not be able to
+    # switch policy off). The next transaction starts afresh.
+    extra = misbehave("burner", "burn", "", on_error="continue", time_limit="500ms")
+    d = daemon_factory(extra='transaction_cpu = "300ms"\n' + extra)
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
+        assert s.rcpt("bob@example.test")[0] == 250
+        code, resp = s.rcpt("postmaster@example.test")
+        assert code == 451 and resp.startswith(b"4.3.0"), (code, resp)
+        assert s.data(message(subject="two of three"))[0] == 250
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("postmaster@example.test")[0] == 250
+        s.rset()
+    d.wait_log("plugin burner failed at rcpt: the transaction's plugins used their 300ms of CPU "
+               "(wasm.transaction_cpu); on_error=tempfail")

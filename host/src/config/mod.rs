@@ -133,7 +133,8 @@ pub struct PluginDef {
     /// its entries at once (plus one call's work).
     #[serde(default = "default_plugin_memory")]
     pub memory_limit: Bytes,
-    /// CPU time allowed per call (epoch-based, 10 ms granularity).
+    /// CPU time allowed per call (checked every 10 ms); waits in host
+    /// calls end at a wall-clock backstop of 4x (at least 2 s more).
     #[serde(default = "default_plugin_time")]
     pub time_limit: Seconds,
 }

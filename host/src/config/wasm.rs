@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::Bytes;
+use super::{Bytes, Seconds};
 
 /// `[wasm]`: the plugin runtime. Changes need a restart.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -29,6 +29,11 @@ pub struct Wasm {
     /// and the default is 2 MiB; without it every byte up to this size is
     /// cleared on each reuse, and the default is 0.
     pub keep_resident: Option<Bytes>,
+    /// CPU time all plugin calls of one transaction (connect to the end
+    /// of its message) may use together; past it no plugin runs and the
+    /// client gets 451 4.3.0. Applies at reload, unlike the rest of
+    /// `[wasm]`.
+    pub transaction_cpu: Seconds,
 }
 
 impl Default for Wasm {
@@ -39,6 +44,7 @@ impl Default for Wasm {
             max_instances: 1000,
             max_memory: Bytes(128 << 20),
             keep_resident: None,
+            transaction_cpu: Seconds(std::time::Duration::from_secs(10)),
         }
     }
 }
@@ -58,6 +64,16 @@ impl Wasm {
             .unwrap_or_else(|| spool.join("plugin-cache.key"))
     }
 
+    /// True if `other` differs in what only a restart applies (all but
+    /// `transaction_cpu`).
+    pub fn needs_restart_for(&self, other: &Wasm) -> bool {
+        let same_budget = Wasm {
+            transaction_cpu: self.transaction_cpu,
+            ..other.clone()
+        };
+        *self != same_budget
+    }
+
     /// Reports what is wrong with the values, each with its key.
     pub(super) fn validate(&self, bad: &mut impl FnMut(&str, String)) {
         if self.max_instances < 1 {
@@ -65,6 +81,9 @@ impl Wasm {
         }
         if self.max_memory.0 < 1 << 20 {
             bad("wasm.max_memory", "must be at least 1M".into());
+        }
+        if self.transaction_cpu.0 < std::time::Duration::from_millis(10) {
+            bad("wasm.transaction_cpu", "must be at least 10ms".into());
         }
         for (key, path) in [
             ("wasm.cache_dir", &self.cache_dir),

@@ -16,8 +16,9 @@ use wasmtime::{PoolConcurrencyLimitError, Trap};
 
 use super::bindings::postern::filter::types as wit;
 use super::limits::MemoryLimitExceeded;
+use super::meter::TimeLimitExceeded;
 use super::outcome::{Outcome, Score, Verdict};
-use super::runtime::{Live, LoadedPlugin, Runtime, bounded, budget};
+use super::runtime::{Live, LoadedPlugin, Runtime, call_limit};
 use super::state::{EntryConf, EnvelopeData, MessageData, ParsedMessage, SessionData};
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
@@ -111,6 +112,8 @@ impl Entry {
 /// Every chain of a generation.
 pub struct Chains {
     runtime: Option<Arc<Runtime>>,
+    /// CPU time all plugin code of one transaction may use together.
+    transaction_cpu: std::time::Duration,
     stages: HashMap<Stage, Vec<Arc<Entry>>>,
     /// All loaded plugins, for `check` and logs.
     pub plugins: Vec<Arc<LoadedPlugin>>,
@@ -201,8 +204,11 @@ pub struct StageResult {
 /// Why a plugin call failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// The epoch budget ran out.
-    TimeLimit,
+    /// Its CPU time (or the wall-clock backstop) ran out.
+    TimeLimit(String),
+    /// The transaction's plugins used their CPU budget
+    /// (`wasm.transaction_cpu`).
+    Budget(std::time::Duration),
     /// Memory growth beyond the limit.
     MemoryLimit(String),
     /// No pooling slot free.
@@ -220,6 +226,8 @@ pub enum Failure {
 pub enum FailureKind {
     /// [`Failure::TimeLimit`].
     Time,
+    /// [`Failure::Budget`].
+    Budget,
     /// [`Failure::MemoryLimit`].
     Memory,
     /// [`Failure::Overloaded`].
@@ -235,6 +243,7 @@ impl FailureKind {
     pub fn name(self) -> &'static str {
         match self {
             FailureKind::Time => "time",
+            FailureKind::Budget => "budget",
             FailureKind::Memory => "memory",
             FailureKind::Overloaded => "overloaded",
             FailureKind::Trap => "trap",
@@ -247,7 +256,8 @@ impl Failure {
     /// Its kind.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Failure::TimeLimit => FailureKind::Time,
+            Failure::TimeLimit(_) => FailureKind::Time,
+            Failure::Budget(_) => FailureKind::Budget,
             Failure::MemoryLimit(_) => FailureKind::Memory,
             Failure::Overloaded => FailureKind::Overloaded,
             Failure::Trap(_) => FailureKind::Trap,
@@ -259,7 +269,12 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::TimeLimit => f.write_str("time limit exceeded"),
+            Failure::TimeLimit(m) => f.write_str(m),
+            Failure::Budget(b) => write!(
+                f,
+                "the transaction's plugins used their {} of CPU (wasm.transaction_cpu)",
+                humantime::format_duration(*b)
+            ),
             Failure::MemoryLimit(m) => write!(f, "{m}"),
             Failure::Overloaded => f.write_str("no free plugin instance slot (wasm.max_instances)"),
             Failure::Trap(m) => write!(f, "trapped: {m}"),
@@ -269,8 +284,11 @@ impl std::fmt::Display for Failure {
 }
 
 fn classify(e: &wasmtime::Error) -> Failure {
+    if let Some(t) = e.downcast_ref::<TimeLimitExceeded>() {
+        return Failure::TimeLimit(t.to_string());
+    }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return Failure::TimeLimit;
+        return Failure::TimeLimit("time limit exceeded".into());
     }
     if let Some(m) = e.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::MemoryLimit(m.to_string());
@@ -296,6 +314,7 @@ impl Chains {
     pub fn empty() -> Chains {
         Chains {
             runtime: None,
+            transaction_cpu: crate::config::Wasm::default().transaction_cpu.0,
             stages: HashMap::new(),
             plugins: Vec::new(),
         }
@@ -305,7 +324,9 @@ impl Chains {
     /// entry's plugin exports the stage's hook and accepts the entry's
     /// config (`configure.check-config`).
     pub async fn build(config: &Config, runtime: Option<&Arc<Runtime>>) -> anyhow::Result<Chains> {
-        Chains::build_from(&config.plugins, &config.chain, runtime).await
+        let mut chains = Chains::build_from(&config.plugins, &config.chain, runtime).await?;
+        chains.transaction_cpu = config.wasm.transaction_cpu.0;
+        Ok(chains)
     }
 
     /// [`Chains::build`] from the `[[plugin]]` and `[chain]` parts alone.
@@ -403,6 +424,7 @@ impl Chains {
         }
         Ok(Chains {
             runtime: Some(runtime),
+            transaction_cpu: crate::config::Wasm::default().transaction_cpu.0,
             stages,
             plugins,
         })
@@ -436,12 +458,15 @@ async fn check_config(
         .instantiate(plugin, Arc::from([conf.clone()]), 0)
         .await
         .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
-    live.store.data_mut().ticks_left = budget(plugin);
     live.store.set_epoch_deadline(1);
     let guest = idx
         .load(&mut live.store, &live.instance)
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    match bounded(budget(plugin), guest.call_check_config(&mut live.store)).await {
+    let meter = live.meter.clone();
+    match meter
+        .run(call_limit(plugin), guest.call_check_config(&mut live.store))
+        .await
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(msg)) => anyhow::bail!("config refused by the plugin: {msg}"),
         Err(e) => anyhow::bail!("check-config failed: {}", classify(&e)),
@@ -453,6 +478,8 @@ pub struct PluginSession {
     chains: Arc<Chains>,
     /// Instances of the current transaction, by slot ID.
     live: HashMap<usize, (Arc<Slot>, Live)>,
+    /// CPU time plugin code used in the current transaction.
+    cpu: std::time::Duration,
 }
 
 impl PluginSession {
@@ -461,6 +488,7 @@ impl PluginSession {
         PluginSession {
             chains,
             live: HashMap::new(),
+            cpu: std::time::Duration::ZERO,
         }
     }
 
@@ -496,7 +524,7 @@ impl PluginSession {
                     // No free slot is never skipped: clients that hold
                     // slots must not be able to switch policy off.
                     let on_error = match failure {
-                        Failure::Overloaded => OnError::Tempfail,
+                        Failure::Overloaded | Failure::Budget(_) => OnError::Tempfail,
                         _ => entry.slot.plugin.def.on_error,
                     };
                     tracing::warn!(
@@ -554,6 +582,7 @@ impl PluginSession {
         for (_, (slot, live)) in self.live.drain() {
             recycle(&slot, live);
         }
+        self.cpu = std::time::Duration::ZERO;
     }
 
     /// The instance for `slot` in this stage: one already held, the
@@ -573,10 +602,14 @@ impl PluginSession {
             Some((_, live)) => live,
             None => match take_warm(slot) {
                 Some(live) => live,
-                None => runtime
-                    .instantiate(&slot.plugin, slot.confs.clone(), entry.index)
-                    .await
-                    .map_err(|e| classify(&e))?,
+                None => {
+                    let live = runtime
+                        .instantiate(&slot.plugin, slot.confs.clone(), entry.index)
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    self.cpu += live.meter.spent();
+                    live
+                }
             },
         };
         let lent = Lent::push(&mut live, args).map_err(|e| classify(&e))?;
@@ -618,14 +651,32 @@ impl PluginSession {
         args: &Args<'_>,
         held: &mut Vec<Held>,
     ) -> Result<Outcome, Failure> {
+        // A client must not make the host work without end: past the
+        // transaction's budget no plugin runs, whatever its on_error.
+        if self.cpu >= self.chains.transaction_cpu {
+            return Err(Failure::Budget(self.chains.transaction_cpu));
+        }
         let i = self.acquire(runtime, entry, args, held).await?;
         let h = &mut held[i];
         let plugin = &entry.slot.plugin;
-        let data = h.live.store.data_mut();
-        data.set_current(entry.index);
-        data.ticks_left = budget(plugin);
+        h.live.store.data_mut().set_current(entry.index);
         h.live.store.set_epoch_deadline(1);
-        match bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await {
+        let meter = h.live.meter.clone();
+        let called = meter
+            .run(
+                call_limit(plugin),
+                invoke(&mut h.live, &h.lent, plugin, args),
+            )
+            .await;
+        self.cpu += meter.spent();
+        tracing::debug!(
+            "{}: plugin {} at {}: {} us of CPU",
+            args.context,
+            entry.label(),
+            args.stage.name(),
+            meter.spent().as_micros()
+        );
+        match called {
             Ok(o) => Outcome::from_wit(o, entry.label()).map_err(Failure::BadOutcome),
             Err(e) => {
                 // A trapped instance is poisoned: it is dropped here.

@@ -5,6 +5,7 @@
 //! - [`cache`]: the compile cache on disk, artifacts sealed with a MAC.
 //! - [`state`]: what a plugin instance's store holds and the host imports.
 //! - [`limits`]: the memory and table limits of one instance.
+//! - [`meter`]: CPU time charged to plugin code, and the wall-clock backstop.
 //! - [`chain`]: the per-stage chains of a generation and the per-session
 //!   runner with Postfix restriction-list semantics.
 //! - [`outcome`]: plugin answers in host terms, sanitised.
@@ -14,6 +15,7 @@ mod bindings;
 pub mod cache;
 pub mod chain;
 pub mod limits;
+pub mod meter;
 pub mod outcome;
 pub mod runtime;
 pub mod scoring;

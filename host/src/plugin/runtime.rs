@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,8 +12,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
-    UpdateDeadline, WasmBacktraceDetails,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    WasmBacktraceDetails,
 };
 
 use super::bindings::Plugin as PluginWorld;
@@ -22,11 +21,9 @@ use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
 use super::cache::{Cache, CacheSetting};
+use super::meter::{Limit, Meter, TICK};
 use super::state::{EntryConf, HostState};
 use crate::config::{PluginDef, Wasm};
-
-/// Epoch tick: the granularity of plugin time limits.
-pub const TICK: Duration = Duration::from_millis(10);
 
 /// The WIT package and versions this host speaks.
 const PACKAGE: &str = "postern:filter/";
@@ -124,6 +121,8 @@ impl std::fmt::Debug for LoadedPlugin {
 pub struct Live {
     pub(super) store: Store<HostState>,
     pub(super) instance: Instance,
+    /// The CPU accounting of the store's entries (its epoch callback's).
+    pub(super) meter: Arc<Meter>,
     /// Hook functions looked up and type-checked on first use: a warm
     /// instance pays for the lookup once, not on every call.
     pub(super) funcs: Funcs,
@@ -397,7 +396,7 @@ impl Runtime {
         Ok(Arc::new(plugin))
     }
 
-    /// A fresh instance with its own store, limits and epoch budget,
+    /// A fresh instance with its own store, limits and CPU meter,
     /// serving the chain entries `confs`; `confs[current]` is what the
     /// instance sees while it starts (a guest may read its config during
     /// initialisation), and each call names its own entry.
@@ -411,23 +410,20 @@ impl Runtime {
         let state = HostState::new(confs, current, memory);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // Yield to tokio on every tick; interrupt when the budget is spent.
-        store.epoch_deadline_callback(|mut ctx| {
-            let st = ctx.data_mut();
-            if st.ticks_left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            st.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
-        });
-        // Start-up code (a Python interpreter) gets a more generous budget.
-        let ticks = budget(plugin).saturating_mul(4).max(200);
-        store.data_mut().ticks_left = ticks;
+        let meter = Arc::new(Meter::default());
+        let ticks = meter.clone();
+        store.epoch_deadline_callback(move |_| ticks.tick());
         store.set_epoch_deadline(1);
-        let instance = bounded(ticks, plugin.pre.instantiate_async(&mut store)).await?;
+        let instance = meter
+            .run(
+                instantiate_limit(plugin),
+                plugin.pre.instantiate_async(&mut store),
+            )
+            .await?;
         Ok(Live {
             store,
             instance,
+            meter,
             funcs: Funcs::default(),
         })
     }
@@ -450,40 +446,22 @@ fn keep_resident(cfg: &Wasm, pagemap: bool) -> usize {
     }
 }
 
-/// Runs a guest entry (instantiation or call) with a wall-clock backstop.
-///
-/// The epoch budget counts time while the guest runs. A guest that waits
-/// in an async host call (a WASI clock pollable, which is what `sleep`
-/// becomes) does not run, and would wait unbounded, holding its session
-/// and a pool slot. This ends such a wait as a time-limit failure two
-/// ticks after the budget (counted from the first time the entry did not
-/// finish at once, at most a tick after it started); the caller then
-/// drops the instance. An entry that finishes in one poll, as almost every
-/// call does, costs no timer and no clock read.
-pub async fn bounded<T>(
-    ticks: u32,
-    entry: impl Future<Output = wasmtime::Result<T>>,
-) -> wasmtime::Result<T> {
-    let mut entry = std::pin::pin!(entry);
-    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = entry.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        let limit = TICK * ticks.saturating_add(2);
-        let sleep = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(wasmtime::Error::from(Trap::Interrupt))),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
+/// The limits of one call of the plugin: its `time_limit` of CPU.
+pub fn call_limit(plugin: &LoadedPlugin) -> Limit {
+    Limit::cpu(plugin.def.time_limit.0)
 }
 
-/// Epoch ticks allowed per call.
-pub fn budget(plugin: &LoadedPlugin) -> u32 {
-    let ticks = plugin.def.time_limit.0.as_millis() / TICK.as_millis();
-    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+/// The limits of instantiating the plugin: start-up code (a Python
+/// interpreter) gets four calls' worth of CPU, and at least two seconds.
+pub fn instantiate_limit(plugin: &LoadedPlugin) -> Limit {
+    Limit::cpu(
+        plugin
+            .def
+            .time_limit
+            .0
+            .saturating_mul(4)
+            .max(Duration::from_secs(2)),
+    )
 }
 
 /// Refuses components built against another major version of the WIT, or

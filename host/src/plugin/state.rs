@@ -77,8 +77,6 @@ pub struct HostState {
     current: usize,
     /// Queue ID (or session ID) of the current stage, for logs.
     pub(super) context: Option<Arc<str>>,
-    /// Epoch ticks left for the current call.
-    pub(super) ticks_left: u32,
     /// `host.log` lines of the current call.
     logged: u32,
 }
@@ -99,7 +97,6 @@ impl HostState {
             confs,
             current,
             context: None,
-            ticks_left: 0,
             logged: 0,
         }
     }

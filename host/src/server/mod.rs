@@ -222,7 +222,7 @@ impl Shared {
         }
         let runtime = self.runtime_for(&config)?;
         if let Some(rt) = &runtime
-            && rt.settings() != &config.wasm
+            && rt.settings().needs_restart_for(&config.wasm)
         {
             let running = rt.settings();
             for p in &config.plugins {
