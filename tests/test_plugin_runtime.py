@@ -6,9 +6,11 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import time
 
 from conftest import BASE_CONFIG, BIN, ROOT, message
-from test_plugins import access_plugin, misbehave, send
+from test_plugins import PYTHON_PLUGIN, access_plugin, misbehave, send
 
 
 def int3_text(artifact):
@@ -157,3 +159,49 @@ def test_transaction_cpu_budget_ends_plugin_work_for_the_transaction(daemon_fact
         s.rset()
     d.wait_log("plugin burner failed at rcpt: the transaction's plugins used their 300ms of CPU "
                "(wasm.transaction_cpu); on_error=tempfail")
+
+
+def test_pool_holds_max_instances_of_the_python_plugin(daemon_factory):
+    # max_instances = 6: three sessions each hold an instance of the Python
+    # plugin and of a plugin that then waits (~2 s) at the same data stage.
+    # Before, the pool's totals allowed ~8 core instances per slot and the
+    # Python component makes 14: the third session got 451 (no slot).
+    n = 3
+    extra = f"""
+[[plugin]]
+name = "subject-score"
+path = "{PYTHON_PLUGIN}"
+memory_limit = "128M"
+time_limit = "2s"
+
+[[chain.data]]
+plugin = "subject-score"
+config.words = {{ viagra = 5.0 }}
+""" + misbehave("sleeper", "sleep", "alice@", on_error="continue", stage="data")
+    config = BASE_CONFIG.replace("max_instances = 200", f"max_instances = {2 * n}")
+    d = daemon_factory(config=config, extra=extra)
+    p = d.cli("check")
+    assert "6 plugin instances at once" in p.stdout, p.stdout
+    ready = threading.Barrier(n)
+    codes = []
+
+    def session():
+        with d.smtp() as s:
+            s.ehlo("client.test")
+            s.mail("a@example.org")
+            s.rcpt("alice@example.test")
+            ready.wait(10)
+            codes.append(s.data(message(subject="pooled"))[0])
+
+    threads = [threading.Thread(target=session) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert codes == [250] * n, (codes, d.log_text()[-2000:])
+    assert "no free plugin instance slot" not in d.log_text()
+    # They did overlap: each waited in the sleeper while the others ran.
+    deadline = time.time() + 10
+    while d.log_text().count("plugin sleeper failed at data: time limit exceeded") < n:
+        assert time.time() < deadline, d.log_text()[-2000:]
+        time.sleep(0.05)

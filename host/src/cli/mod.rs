@@ -222,25 +222,22 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let generation = rt.block_on(async {
+    let (generation, runtime) = rt.block_on(async {
         let runtime = if config.plugins.is_empty() {
             None
         } else {
             // The daemon's cache, if its key is there and ours: check
             // never makes the key (a start does).
-            let spool = &config.server.spool_dir;
-            let cache = crate::plugin::cache::CacheSetting::Disk {
-                dir: config.wasm.cache_dir_in(spool),
-                key: config.wasm.cache_key_in(spool),
-                create_key: false,
-            };
-            Some(crate::plugin::Runtime::new(&config.wasm, &cache)?)
+            let cache = crate::server::daemon_cache(&config, false);
+            Some(crate::plugin::Runtime::new(&config.wasm, &cache, &config.plugins).await?)
         };
-        crate::server::generation::Generation::build(config, 0, runtime.as_ref()).await
+        let generation =
+            crate::server::generation::Generation::build(config, 0, runtime.as_ref()).await?;
+        anyhow::Ok((generation, runtime))
     })?;
-    if generation.chains.plugins.is_empty() {
+    let (Some(runtime), false) = (runtime, generation.chains.plugins.is_empty()) else {
         return Ok(summary);
-    }
+    };
     let plugins: Vec<String> = generation
         .chains
         .plugins
@@ -248,10 +245,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
         .map(|p| format!("{} [{}]", p.def.name, p.hooks.names().join(",")))
         .collect();
     Ok(format!(
-        "{summary}, {} plugin(s): {}, {} chain entries",
+        "{summary}, {} plugin(s): {}, {} chain entries, {}",
         plugins.len(),
         plugins.join(" "),
-        generation.chains.len()
+        generation.chains.len(),
+        runtime.pool()
     ))
 }
 

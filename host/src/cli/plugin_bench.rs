@@ -25,7 +25,7 @@ pub fn run(
         .build()?;
     rt.block_on(async {
         let started = Instant::now();
-        let (fx, def, runtime) = super::plugin_test::load(plugin, fixture, cache, false)?;
+        let (fx, def, runtime) = super::plugin_test::load(plugin, fixture, cache, false).await?;
         let case = fx
             .cases
             .first()

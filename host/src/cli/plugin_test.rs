@@ -124,7 +124,7 @@ pub fn run(
 }
 
 /// Reads a fixture and sets up the runtime and plugin definition.
-pub(super) fn load(
+pub(super) async fn load(
     plugin: Option<&Path>,
     path: &Path,
     cache: &CacheSetting,
@@ -147,13 +147,6 @@ pub(super) fn load(
             path.display()
         ),
     };
-    let runtime = crate::plugin::Runtime::new(
-        &Wasm {
-            max_instances: 64,
-            ..Wasm::default()
-        },
-        cache,
-    )?;
     let def = PluginDef {
         name: "under-test".into(),
         path: wasm,
@@ -164,6 +157,15 @@ pub(super) fn load(
             .time_limit
             .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
     };
+    let runtime = crate::plugin::Runtime::new(
+        &Wasm {
+            max_instances: 64,
+            ..Wasm::default()
+        },
+        cache,
+        std::slice::from_ref(&def),
+    )
+    .await?;
     Ok((fixture, def, runtime))
 }
 
@@ -172,7 +174,7 @@ async fn run_fixture(
     path: &Path,
     cache: &CacheSetting,
 ) -> anyhow::Result<usize> {
-    let (fixture, def, runtime) = load(plugin, path, cache, false)?;
+    let (fixture, def, runtime) = load(plugin, path, cache, false).await?;
     let base = path.parent().unwrap_or(Path::new("."));
     let wasm = def.path.clone();
     println!("# {} with {}", path.display(), wasm.display());

@@ -211,8 +211,8 @@ pub enum Failure {
     Budget(std::time::Duration),
     /// Memory growth beyond the limit.
     MemoryLimit(String),
-    /// No pooling slot free.
-    Overloaded,
+    /// No pooling slot free (what ran out, as wasmtime says).
+    Overloaded(String),
     /// Any other trap or error.
     Trap(String),
     /// An outcome the host refuses (too many scores or actions, a header
@@ -259,7 +259,7 @@ impl Failure {
             Failure::TimeLimit(_) => FailureKind::Time,
             Failure::Budget(_) => FailureKind::Budget,
             Failure::MemoryLimit(_) => FailureKind::Memory,
-            Failure::Overloaded => FailureKind::Overloaded,
+            Failure::Overloaded(_) => FailureKind::Overloaded,
             Failure::Trap(_) => FailureKind::Trap,
             Failure::BadOutcome(_) => FailureKind::Outcome,
         }
@@ -276,7 +276,9 @@ impl std::fmt::Display for Failure {
                 humantime::format_duration(*b)
             ),
             Failure::MemoryLimit(m) => write!(f, "{m}"),
-            Failure::Overloaded => f.write_str("no free plugin instance slot (wasm.max_instances)"),
+            Failure::Overloaded(m) => {
+                write!(f, "no free plugin instance slot (wasm.max_instances): {m}")
+            }
             Failure::Trap(m) => write!(f, "trapped: {m}"),
             Failure::BadOutcome(m) => write!(f, "outcome refused: {m}"),
         }
@@ -293,8 +295,8 @@ fn classify(e: &wasmtime::Error) -> Failure {
     if let Some(m) = e.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::MemoryLimit(m.to_string());
     }
-    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-        return Failure::Overloaded;
+    if let Some(p) = e.downcast_ref::<PoolConcurrencyLimitError>() {
+        return Failure::Overloaded(p.to_string());
     }
     // One log line: the trap or root cause, never a backtrace.
     let text = match e.downcast_ref::<Trap>() {
@@ -524,7 +526,7 @@ impl PluginSession {
                     // No free slot is never skipped: clients that hold
                     // slots must not be able to switch policy off.
                     let on_error = match failure {
-                        Failure::Overloaded | Failure::Budget(_) => OnError::Tempfail,
+                        Failure::Overloaded(_) | Failure::Budget(_) => OnError::Tempfail,
                         _ => entry.slot.plugin.def.on_error,
                     };
                     tracing::warn!(

@@ -6,6 +6,7 @@
 //! - [`state`]: what a plugin instance's store holds and the host imports.
 //! - [`limits`]: the memory and table limits of one instance.
 //! - [`meter`]: CPU time charged to plugin code, and the wall-clock backstop.
+//! - [`pool`]: the pooling allocator, sized from the components' needs.
 //! - [`chain`]: the per-stage chains of a generation and the per-session
 //!   runner with Postfix restriction-list semantics.
 //! - [`outcome`]: plugin answers in host terms, sanitised.
@@ -17,6 +18,7 @@ pub mod chain;
 pub mod limits;
 pub mod meter;
 pub mod outcome;
+pub mod pool;
 pub mod runtime;
 pub mod scoring;
 pub mod state;

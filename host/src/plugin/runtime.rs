@@ -22,6 +22,7 @@ use super::bindings::exports::postern::filter::{
 };
 use super::cache::{Cache, CacheSetting};
 use super::meter::{Limit, Meter, TICK};
+use super::pool::{Needs, Pool};
 use super::state::{EntryConf, HostState};
 use crate::config::{PluginDef, Wasm};
 
@@ -147,6 +148,11 @@ pub struct Runtime {
     /// Compiled components by content hash: a reload of an unchanged plugin
     /// costs nothing.
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// Artifacts compiled (or read) while sizing the pool, until their
+    /// plugin is loaded, by artifact name: nothing is compiled twice.
+    staged: Mutex<HashMap<String, Vec<u8>>>,
+    /// The pool's totals, fixed until restart.
+    pool: Pool,
     /// The `[wasm]` settings the engine was made with (fixed until restart).
     settings: Wasm,
 }
@@ -161,33 +167,56 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Creates the engine (and its epoch ticker thread) and the linker,
-    /// with compiled plugins cached as `cache` says.
-    pub fn new(cfg: &Wasm, cache: &CacheSetting) -> anyhow::Result<Arc<Runtime>> {
-        let slots = cfg.max_instances.max(1);
-        let max_memory = usize::try_from(cfg.max_memory.0).unwrap_or(usize::MAX);
+    /// with compiled plugins cached as `cache` says, and the pool sized
+    /// for `plugins` (compiled now, for that, and kept for their load).
+    pub async fn new(
+        cfg: &Wasm,
+        cache: &CacheSetting,
+        plugins: &[PluginDef],
+    ) -> anyhow::Result<Arc<Runtime>> {
+        let (cfg, cache) = (cfg.clone(), cache.clone());
+        let paths: Vec<PathBuf> = plugins.iter().map(|p| p.path.clone()).collect();
+        tokio::task::spawn_blocking(move || Runtime::create(&cfg, &cache, &paths)).await?
+    }
+
+    fn create(
+        cfg: &Wasm,
+        cache: &CacheSetting,
+        plugins: &[PathBuf],
+    ) -> anyhow::Result<Arc<Runtime>> {
+        let cache = Cache::open(cache);
+        // The pool's totals are fixed with the engine, and what a
+        // component needs is known once it is compiled: compile with an
+        // engine of the same settings but no pool first. (Its artifacts
+        // are the pooling engine's: the allocator is not part of the
+        // compilation settings.)
+        let probe = Engine::new(&engine_config(cfg, None))
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("cannot create the WebAssembly engine")?;
+        let mut needs = Needs {
+            memories: 0,
+            tables: 0,
+        };
+        let mut staged = HashMap::new();
+        for path in plugins {
+            // Whatever fails here fails again, with its context, when the
+            // plugin is loaded.
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            let digest = Sha256::digest(&bytes).into();
+            if let Ok((c, artifact)) = build(&probe, cache.as_ref(), &digest, &bytes) {
+                needs = needs.max(Needs::of(&c));
+                staged.insert(artifact_name(&probe, &digest), artifact);
+            }
+        }
+        drop(probe);
+        let pool = Pool::new(cfg.max_instances, needs);
         // Probes /proc/self/pagemap: once.
         let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
         let resident = keep_resident(cfg, pagemap);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(slots)
-            .total_core_instances(slots.saturating_mul(8))
-            .total_memories(slots.saturating_mul(2))
-            .total_tables(slots.saturating_mul(8))
-            .total_stacks(slots)
-            .max_memory_size(max_memory)
-            .max_tables_per_module(8)
-            .table_elements(100_000)
-            .max_component_instance_size(1 << 20)
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(16)
-            .max_tables_per_component(64)
-            .linear_memory_keep_resident(resident)
-            .table_keep_resident(64 << 10)
-            .async_stack_keep_resident(64 << 10)
-            .decommit_batch_size(16)
-            .pagemap_scan(wasmtime::Enabled::Auto);
         tracing::info!(
-            "wasm: PAGEMAP_SCAN {}, linear memory kept resident per instance slot: {} bytes",
+            "wasm: pool of {pool}; PAGEMAP_SCAN {}, linear memory kept resident per instance slot: {} bytes",
             if pagemap {
                 "available"
             } else {
@@ -195,18 +224,7 @@ impl Runtime {
             },
             resident
         );
-        let mut config = Config::new();
-        config
-            // Plugins are called one at a time per store; the component
-            // model's concurrency machinery only costs time here.
-            .concurrency_support(false)
-            .epoch_interruption(true)
-            .memory_reservation(cfg.max_memory.0)
-            .memory_guard_size(64 << 10)
-            .wasm_backtrace_details(WasmBacktraceDetails::Disable)
-            .wasm_backtrace_max_frames(None)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config)
+        let engine = Engine::new(&engine_config(cfg, Some(pool.config(cfg, resident))))
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot create the WebAssembly engine")?;
         let ticker = engine.weak();
@@ -226,10 +244,17 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
-            cache: Cache::open(cache),
+            cache,
             compiled: Mutex::new(HashMap::new()),
+            staged: Mutex::new(staged),
+            pool,
             settings: cfg.clone(),
         }))
+    }
+
+    /// The pool's totals.
+    pub fn pool(&self) -> Pool {
+        self.pool
     }
 
     /// The `[wasm]` settings in force.
@@ -252,15 +277,9 @@ impl Runtime {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let short = hex[..12].to_string();
-        // The engine's settings decide whether an artifact is usable.
-        let mut h = Sha256::new();
-        h.update(digest);
-        let mut compat = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
-        h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
-        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let name = artifact_name(&self.engine, &digest);
         let path = match &self.cache {
-            Some(c) => c.path(&key),
+            Some(c) => c.path(&name),
             None => PathBuf::new(),
         };
         if let Some(c) = self
@@ -271,44 +290,14 @@ impl Runtime {
         {
             return Ok((c.clone(), short, path));
         }
-        let cached = self.cache.as_ref().and_then(|c| c.load(&key));
-        let loaded = cached.and_then(|artifact| match deserialize(&self.engine, &artifact) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(
-                    "ignoring unusable plugin cache file {}: {e}",
-                    path.display()
-                );
-                None
-            }
-        });
-        let component = match loaded {
-            Some(c) => c,
-            None => {
-                let started = std::time::Instant::now();
-                let artifact = self
-                    .engine
-                    .precompile_component(bytes)
-                    .map_err(|e| anyhow::anyhow!("{e:#}"))
-                    .context("not a valid WebAssembly component")?;
-                let ms = started.elapsed().as_millis();
-                match &self.cache {
-                    Some(cache) => {
-                        tracing::info!(
-                            "plugin {short}: compiled in {ms} ms; caching in {}",
-                            cache.dir().display()
-                        );
-                        if let Err(e) = cache.store(&key, &artifact) {
-                            tracing::warn!(
-                                "cannot cache compiled plugin in {}: {e}",
-                                path.display()
-                            );
-                        }
-                    }
-                    None => tracing::info!("plugin {short}: compiled in {ms} ms (no cache)"),
-                }
-                deserialize(&self.engine, &artifact)?
-            }
+        let staged = self
+            .staged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        let component = match staged {
+            Some(artifact) => deserialize(&self.engine, &artifact)?,
+            None => build(&self.engine, self.cache.as_ref(), &digest, bytes)?.0,
         };
         self.compiled
             .lock()
@@ -326,6 +315,23 @@ impl Runtime {
         let (component, digest, artifact) =
             tokio::task::spawn_blocking(move || rt.component(&bytes)).await??;
         check_wit(&self.engine, &component)?;
+        let needs = Needs::of(&component);
+        tracing::debug!(
+            "plugin {}: an instance needs {} memories and {} tables",
+            def.name,
+            needs.memories,
+            needs.tables
+        );
+        let capacity = self.pool.capacity(needs);
+        if capacity < self.pool.slots {
+            tracing::warn!(
+                "plugin {}: an instance needs {} memories and {} tables, more than the pool was made for at start ({}): at most {capacity} instances of it at once, not wasm.max_instances; a restart sizes the pool for it",
+                def.name,
+                needs.memories,
+                needs.tables,
+                self.pool
+            );
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -427,6 +433,82 @@ impl Runtime {
             funcs: Funcs::default(),
         })
     }
+}
+
+/// The engine's settings; `pool` for the daemon's engine, none for the
+/// one that only compiles (the two make the same artifacts).
+fn engine_config(cfg: &Wasm, pool: Option<PoolingAllocationConfig>) -> Config {
+    let mut config = Config::new();
+    config
+        // Plugins are called one at a time per store; the component
+        // model's concurrency machinery only costs time here.
+        .concurrency_support(false)
+        .epoch_interruption(true)
+        .memory_reservation(cfg.max_memory.0)
+        .memory_guard_size(64 << 10)
+        .wasm_backtrace_details(WasmBacktraceDetails::Disable)
+        .wasm_backtrace_max_frames(None);
+    if let Some(pool) = pool {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// The name of a component's artifact: its content hash and the
+/// engine's settings, which decide whether an artifact is usable.
+fn artifact_name(engine: &Engine, digest: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(digest);
+    let mut compat = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut compat);
+    h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The component `bytes` (whose content hash is `digest`) for `engine`,
+/// with its artifact: from the cache, or compiled now (and cached).
+fn build(
+    engine: &Engine,
+    cache: Option<&Cache>,
+    digest: &[u8; 32],
+    bytes: &[u8],
+) -> anyhow::Result<(Component, Vec<u8>)> {
+    let name = artifact_name(engine, digest);
+    if let Some(cache) = cache
+        && let Some(artifact) = cache.load(&name)
+    {
+        match deserialize(engine, &artifact) {
+            Ok(c) => return Ok((c, artifact)),
+            // Sealed by us, yet refused (another build of wasmtime, say).
+            Err(e) => tracing::warn!(
+                "ignoring unusable plugin cache file {}: {e}",
+                cache.path(&name).display()
+            ),
+        }
+    }
+    let started = std::time::Instant::now();
+    let artifact = engine
+        .precompile_component(bytes)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("not a valid WebAssembly component")?;
+    let ms = started.elapsed().as_millis();
+    let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    match cache {
+        Some(cache) => {
+            tracing::info!(
+                "plugin {short}: compiled in {ms} ms; caching in {}",
+                cache.dir().display()
+            );
+            if let Err(e) = cache.store(&name, &artifact) {
+                tracing::warn!(
+                    "cannot cache compiled plugin in {}: {e}",
+                    cache.path(&name).display()
+                );
+            }
+        }
+        None => tracing::info!("plugin {short}: compiled in {ms} ms (no cache)"),
+    }
+    Ok((deserialize(engine, &artifact)?, artifact))
 }
 
 /// Linear memory kept mapped between instances of a pooling slot.
