@@ -205,3 +205,20 @@ config.words = {{ viagra = 5.0 }}
     while d.log_text().count("plugin sleeper failed at data: time limit exceeded") < n:
         assert time.time() < deadline, d.log_text()[-2000:]
         time.sleep(0.05)
+
+
+def test_a_guest_leaking_host_resources_is_stopped_early(daemon_factory):
+    # A guest that makes pollables in a loop and never drops them: each is
+    # an entry in the host's resource table (host heap). It is stopped
+    # after ~500 (1024 entries), not 65,536 (wasmtime's own limits).
+    d = daemon_factory(extra=misbehave("leaky", "resources", "alice@", time_limit="2s"))
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        s.mail("a@example.org")
+        code, resp = s.rcpt("alice@example.test")
+        assert code == 451 and resp.startswith(b"4.3.0"), (code, resp)
+        assert s.rcpt("bob@example.test")[0] == 250
+    d.wait_log("plugin leaky failed at rcpt: trapped: resource table has no free keys")
+    log = d.log_text()
+    assert "resources: 256 pollables held" in log
+    assert "resources: 1024 pollables held" not in log

@@ -34,6 +34,18 @@ pub const MAX_MEMORIES: usize = 16;
 /// Tables one component may define.
 pub const MAX_TABLES: usize = 64;
 
+/// Entries one instance may hold in the host's resource table: pollables,
+/// streams, and what the host lends a call (session, envelope, message).
+/// Real guests hold a handful; wasmtime's default (a million) let a guest
+/// that leaks pollables in a loop grow the host's heap by tens of
+/// megabytes per instance before anything stopped it.
+pub const MAX_HOST_RESOURCES: usize = 1024;
+
+/// Component-model handles one store may hold at once (wasmtime's
+/// default: 100,000): the guest's handles to host resources, and to
+/// resources it makes itself with `resource.new`, which need no host code.
+pub const MAX_HANDLES: usize = 4096;
+
 /// Host memory a table element takes (a pointer, as wasmtime documents).
 const TABLE_ELEMENT: usize = std::mem::size_of::<usize>();
 

@@ -21,6 +21,7 @@ use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
 use super::cache::{Cache, CacheSetting};
+use super::limits::{MAX_HANDLES, MAX_HOST_RESOURCES};
 use super::meter::{Limit, Meter, TICK};
 use super::pool::{Needs, Pool};
 use super::state::{EntryConf, HostState};
@@ -416,6 +417,8 @@ impl Runtime {
         let state = HostState::new(confs, current, memory);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.data_mut().table.set_max_capacity(MAX_HOST_RESOURCES);
+        store.set_max_component_handles(MAX_HANDLES);
         let meter = Arc::new(Meter::default());
         let ticks = meter.clone();
         store.epoch_deadline_callback(move |_| ticks.tick());

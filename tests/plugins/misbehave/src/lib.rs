@@ -1,7 +1,7 @@
 //! Test fixture: misbehaves on command, to prove that a bad plugin costs
 //! one 4xx (or is skipped) and never the daemon.
 //!
-//! Config: `mode` = ok | loop | burn | sleep | hog | trap | flood | chatty | reject |
+//! Config: `mode` = ok | loop | burn | sleep | hog | resources | trap | flood | chatty | reject |
 //! score | header | quarantine | discard | refuse-config | sleep-config; `when_rcpt` = only act when a
 //! recipient starts with this prefix.
 
@@ -13,6 +13,18 @@ use exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
 use postern_sdk::{Envelope, Message, Outcome, Param, Session};
+
+#[allow(unsafe_code)]
+mod raw {
+    // The guest's WASI clock, imported directly: the SDK does not expose
+    // pollables, and the "resources" mode must be able to leak them.
+    #[link(wasm_import_module = "wasi:clocks/monotonic-clock@0.2.6")]
+    unsafe extern "C" {
+        #[link_name = "subscribe-duration"]
+        pub safe fn subscribe_duration(when: u64) -> i32;
+    }
+}
+use raw::subscribe_duration;
 
 /// Rounds of the "burn" mode's busy work.
 const BURN_ROUNDS: u64 = 100_000_000;
@@ -65,6 +77,18 @@ fn act(rcpts: &[&str]) -> Outcome {
                 x = std::hint::black_box(x);
             }
             Outcome::cont().score("BURNED", (x & 1) as f64, None)
+        }
+        // Pollables it never drops: each is an entry in the host's
+        // resource table. Logs how many it holds as it goes.
+        "resources" => {
+            let mut held: u64 = 0;
+            loop {
+                std::hint::black_box(subscribe_duration(3_600_000_000_000));
+                held += 1;
+                if held.is_power_of_two() && held >= 256 {
+                    postern_sdk::log::info(&format!("resources: {held} pollables held"));
+                }
+            }
         }
         "trap" => panic!("misbehave: trap on purpose"),
         "reject" => Outcome::reject(550, "5.7.1", "misbehave says no"),
