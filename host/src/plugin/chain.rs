@@ -8,6 +8,7 @@
 //! is skipped, per the plugin's `on_error`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -92,6 +93,9 @@ pub struct Slot {
     /// `Entry::index`; each instance gets this table once.
     confs: Arc<[EntryConf]>,
     warm: Mutex<Vec<Live>>,
+    /// Its generation was replaced: instances are no longer kept warm
+    /// (sessions still open on it get fresh ones until they end).
+    retired: AtomicBool,
 }
 
 /// One entry of a chain: a plugin with its own config.
@@ -413,6 +417,7 @@ impl Chains {
                     plugin,
                     confs: Arc::from(list),
                     warm: Mutex::new(Vec::new()),
+                    retired: AtomicBool::new(false),
                 }),
             );
         }
@@ -430,6 +435,18 @@ impl Chains {
             stages,
             plugins,
         })
+    }
+
+    /// A reload replaced these chains: their warm instances are dropped
+    /// now, and no more are kept. Sessions still open on them go on (with
+    /// fresh instances); the chains, and the builds only they use, are
+    /// freed when the last of them ends.
+    pub fn retire(&self) {
+        for slot in self.stages.values().flatten().map(|e| &e.slot) {
+            slot.retired.store(true, Ordering::Relaxed);
+            let dropped = std::mem::take(&mut *slot.warm.lock().unwrap_or_else(|p| p.into_inner()));
+            drop(dropped);
+        }
     }
 
     /// True if the stage has at least one entry.
@@ -696,7 +713,7 @@ impl Drop for PluginSession {
 }
 
 fn take_warm(slot: &Slot) -> Option<Live> {
-    if !slot.plugin.def.reuse_instances {
+    if !slot.plugin.def.reuse_instances || slot.retired.load(Ordering::Relaxed) {
         return None;
     }
     slot.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
@@ -705,7 +722,8 @@ fn take_warm(slot: &Slot) -> Option<Live> {
 fn recycle(slot: &Slot, live: Live) {
     if slot.plugin.def.reuse_instances {
         let mut warm = slot.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if warm.len() < WARM_POOL {
+        // Under the lock: `retire` sets the flag, then empties the pool.
+        if warm.len() < WARM_POOL && !slot.retired.load(Ordering::Relaxed) {
             warm.push(live);
         }
     }

@@ -1,22 +1,23 @@
 //! The pooling allocator, sized from what the loaded components need.
 //!
 //! wasmtime's pool reserves its memories, tables and stacks when the
-//! engine is made, in totals over all instances. A component instance
-//! takes several of each (a Rust plugin a memory or two, the Python
-//! interpreter more), so totals guessed per slot ran out long before
-//! `wasm.max_instances` instances (sessions then got 451). The totals are
+//! engine is made, in totals over all instances. Totals guessed per slot
+//! ran out long before `wasm.max_instances` instances (the Python
+//! interpreter's component makes 14 core instances; the pool allowed 8
+//! per slot), and sessions then got 451. The totals are
 //! now `max_instances` times what the largest configured component needs,
 //! read from the compiled components before the engine is made; core
 //! instances are only counted by the pool (no memory behind them), so
 //! their total never binds.
 //!
-//! A freed memory, table or stack whose pages must be given back goes to
-//! a decommit queue (one per CPU, flushed every [`DECOMMIT_BATCH`]
-//! regions) and only then becomes free again. A full pool flushes the
-//! queues before failing, but two threads allocating at once race (one
-//! takes a queue out to flush it, the other finds it empty and fails): a
-//! pool with no room beyond its live instances gave 451s at capacity.
-//! So each kind gets room for what the queues can hold besides.
+//! Decommits are not batched (wasmtime's default): a freed memory, table
+//! or stack goes back to its free list at once. Batched, it waited in a
+//! queue; a module dropped meanwhile could not clear the slots it left
+//! there (they came back later still mapping its image, which holds its
+//! machine code: every build a reload replaced stayed in memory), and two
+//! threads allocating from a full pool raced over the queue (one failed:
+//! 451s at capacity). Measured: no cost for a Rust plugin (its memory is
+//! reset in place, never queued), none visible for the Python one.
 
 use wasmtime::PoolingAllocationConfig;
 use wasmtime::component::Component;
@@ -58,9 +59,6 @@ impl Needs {
     }
 }
 
-/// Freed regions a decommit queue collects before it is flushed.
-const DECOMMIT_BATCH: u32 = 16;
-
 /// The pool's totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
@@ -69,37 +67,27 @@ pub struct Pool {
     /// What the pool holds for each instance (the largest component's
     /// needs when it was made).
     pub each: Needs,
-    /// Memories, tables and stacks beyond those, for the ones waiting in
-    /// the decommit queues.
-    spare: u32,
 }
 
 impl Pool {
     /// A pool of `slots` instances that each need `each` (at least one
     /// memory and table, so that a plugin loaded later finds some).
     pub fn new(slots: u32, each: Needs) -> Pool {
-        // wasmtime keeps one decommit queue per CPU (at most 16).
-        let queues = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(16);
         Pool {
             slots: slots.max(1),
             each: Needs {
                 memories: each.memories.max(1),
                 tables: each.tables.max(1),
             },
-            spare: u32::try_from(queues)
-                .unwrap_or(16)
-                .saturating_mul(DECOMMIT_BATCH - 1),
         }
     }
 
-    /// Memories for live instances.
+    /// Total memories.
     fn memories(&self) -> u32 {
         self.slots.saturating_mul(self.each.memories)
     }
 
-    /// Tables for live instances.
+    /// Total tables.
     fn tables(&self) -> u32 {
         self.slots.saturating_mul(self.each.tables)
     }
@@ -123,10 +111,10 @@ impl Pool {
                 self.slots
                     .saturating_mul(u32::try_from(MAX_CORE_INSTANCES).unwrap_or(u32::MAX)),
             )
-            .total_memories(self.memories().saturating_add(self.spare))
-            .total_tables(self.tables().saturating_add(self.spare))
+            .total_memories(self.memories())
+            .total_tables(self.tables())
             // A store keeps its fiber stack between calls.
-            .total_stacks(self.slots.saturating_add(self.spare))
+            .total_stacks(self.slots)
             .max_memory_size(max_memory)
             .max_tables_per_module(8)
             .table_elements(100_000)
@@ -137,7 +125,7 @@ impl Pool {
             .linear_memory_keep_resident(keep_resident)
             .table_keep_resident(64 << 10)
             .async_stack_keep_resident(64 << 10)
-            .decommit_batch_size(DECOMMIT_BATCH as usize)
+            .decommit_batch_size(1)
             .pagemap_scan(wasmtime::Enabled::Auto);
         pool
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -105,6 +105,10 @@ pub struct LoadedPlugin {
     /// Its compiled artifact in the cache directory.
     pub artifact: PathBuf,
     pub(super) pre: InstancePre<HostState>,
+    /// Its compiled code, shared with every plugin of any generation
+    /// built from the same `.wasm`: the runtime keeps only a weak
+    /// reference, so the code goes when no generation uses it.
+    _build: Arc<Component>,
     /// Exported hooks.
     pub hooks: Hooks,
 }
@@ -116,6 +120,12 @@ impl std::fmt::Debug for LoadedPlugin {
             .field("digest", &self.digest)
             .field("hooks", &self.hooks.names())
             .finish()
+    }
+}
+
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        tracing::debug!("plugin {} ({}): unloaded", self.def.name, self.digest);
     }
 }
 
@@ -146,9 +156,11 @@ pub struct Runtime {
     linker: Linker<HostState>,
     /// The compile cache on disk, if this run has one.
     cache: Option<Cache>,
-    /// Compiled components by content hash: a reload of an unchanged plugin
-    /// costs nothing.
-    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// Compiled components in use by some generation, by content hash: a
+    /// reload of an unchanged plugin costs nothing, and a build no
+    /// generation uses any more is freed (hot swaps must not pile up
+    /// machine code).
+    compiled: Mutex<HashMap<[u8; 32], Weak<Component>>>,
     /// Artifacts compiled (or read) while sizing the pool, until their
     /// plugin is loaded, by artifact name: nothing is compiled twice.
     staged: Mutex<HashMap<String, Vec<u8>>>,
@@ -274,7 +286,7 @@ impl Runtime {
 
     /// Compiles a component, or loads it from the memory or disk cache.
     /// Returns it with its short digest (for logs) and its cache file.
-    fn component(&self, bytes: &[u8]) -> anyhow::Result<(Component, String, PathBuf)> {
+    fn component(&self, bytes: &[u8]) -> anyhow::Result<(Arc<Component>, String, PathBuf)> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let short = hex[..12].to_string();
@@ -288,8 +300,9 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
+            .and_then(Weak::upgrade)
         {
-            return Ok((c.clone(), short, path));
+            return Ok((c, short, path));
         }
         let staged = self
             .staged
@@ -300,10 +313,10 @@ impl Runtime {
             Some(artifact) => deserialize(&self.engine, &artifact)?,
             None => build(&self.engine, self.cache.as_ref(), &digest, bytes)?.0,
         };
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, component.clone());
+        let component = Arc::new(component);
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        compiled.retain(|_, c| c.strong_count() > 0);
+        compiled.insert(digest, Arc::downgrade(&component));
         Ok((component, short, path))
     }
 
@@ -356,6 +369,7 @@ impl Runtime {
             digest,
             artifact,
             pre,
+            _build: component,
             hooks,
         };
         // Names match; now the function types: load() type-checks each hook.

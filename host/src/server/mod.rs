@@ -255,6 +255,8 @@ impl Shared {
             tokio::spawn(tidy_plugin_cache(rt, next.chains.clone()));
         }
         self.generation.store(Arc::new(next));
+        // Its warm instances go now; the rest when its last session ends.
+        current.chains.retire();
         tracing::info!(
             "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {}",
             current.id
