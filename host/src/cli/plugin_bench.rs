@@ -1,6 +1,7 @@
 //! `postern plugin bench`: the runtime's per-call micro-benchmark. Takes
 //! the first case of a fixture and reports what one transaction costs with
-//! a fresh instance (the default) and what a call on a warm instance costs.
+//! a fresh instance (the default) and what a call on a warm instance costs,
+//! and from those, instantiating and dropping an instance.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,10 +43,13 @@ pub fn run(
         }
 
         let t = Instant::now();
+        let mut dropping = Duration::ZERO;
         for _ in 0..fresh_iterations {
             let mut s = PluginSession::new(prepared.chains.clone());
             s.run(prepared.stage, &input, "BENCH").await;
+            let d = Instant::now();
             s.end_transaction();
+            dropping += d.elapsed();
         }
         let fresh = t.elapsed();
 
@@ -77,11 +81,13 @@ pub fn run(
             println!(
                 "fresh instance per transaction (instantiate + call + drop): {fresh_us:.1} us"
             );
+            let drop_us = per(dropping, fresh_iterations);
             println!("call on a warm instance: {call_us:.1} us");
             println!(
                 "instantiate (difference): {:.1} us",
-                (fresh_us - call_us).max(0.0)
+                (fresh_us - call_us - drop_us).max(0.0)
             );
+            println!("drop (end of the transaction): {drop_us:.1} us");
         } else {
             println!("call on a warm instance: {call_us:.1} us");
         }
