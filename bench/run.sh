@@ -184,7 +184,7 @@ EOF
   case $variant in
     *-warm) sed -i 's|^name = "access"$|name = "access"\nreuse_instances = true|' "$work/postern.toml" ;;
   esac
-  printf '[wasm]\ncache_dir = "%s"\n%s\n' "$ROOT/target/bench-plugin-cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
+  printf '[wasm]\ncache_dir = "%s"\ncache_key = "%s.key"\n%s\n' "$ROOT/target/bench-plugin-cache" "$ROOT/target/bench-plugin-cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
   (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
   pid=$!
   echo "$pid" >"$WORKROOT/daemon.pid"

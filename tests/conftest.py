@@ -26,8 +26,10 @@ PEERS = ROOT.parent / "shared" / "peers"
 PEERS_RUN = pathlib.Path(os.environ.get("PEERS_RUN", "/tmp/postern-peers"))
 DNS = "127.0.0.1:5353"
 PLUGINS = ROOT / "target" / "wasm32-wasip2" / "plugin"
-# Compiled plugins are shared by every daemon of the run (Python takes seconds).
+# Compiled plugins are shared by every daemon of the run (Python takes
+# seconds), sealed with one key (made by the first daemon or tool).
 CACHE = ROOT / "target" / "test-plugin-cache"
+CACHE_KEY = ROOT / "target" / "test-plugin-cache.key"
 
 
 def plugin_path(name):
@@ -99,6 +101,7 @@ retry_max = "{retry}"
 
 [wasm]
 cache_dir = "{cache}"
+cache_key = "{cache}.key"
 max_instances = 200
 {extra}
 """

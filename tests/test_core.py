@@ -789,7 +789,9 @@ def test_check_as_root_checks_what_the_account_will_read(daemon_factory):
     # it uses the account's plugin cache (a Python plugin takes seconds to
     # compile), and what the account cannot read fails the check, not the
     # next start.
+    # The account's own cache and key (in its spool, the default).
     config = BASE_CONFIG.replace('cache_dir = "{cache}"', 'cache_dir = "cache"').replace(
+        'cache_key = "{cache}.key"\n', '').replace(
         'shutdown_grace = "10s"', 'shutdown_grace = "10s"\nuser = "nobody"')
     access = f"""
 [[plugin]]

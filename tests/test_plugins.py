@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from conftest import BASE_CONFIG, BIN, ROOT, message, plugin_path, raw_session, swaks
+from conftest import BASE_CONFIG, BIN, CACHE, CACHE_KEY, ROOT, message, plugin_path, raw_session, swaks
 
+CACHE_ARGS = ["--cache-dir", str(CACHE), "--cache-key", str(CACHE_KEY)]
 PYTHON_PLUGIN = ROOT / "examples" / "plugins" / "python-subject-score" / "subject_score.wasm"
 
 
@@ -475,7 +476,7 @@ def test_plugin_test_command_runs_fixtures():
         ROOT / "tests" / "fixtures" / "misbehave-trap.toml",
         ROOT / "examples" / "plugins" / "python-subject-score" / "tests.toml",
     ]
-    p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
+    p = subprocess.run([str(BIN), "plugin", "test", *CACHE_ARGS,
                         *map(str, fixtures)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("ok   - ") == 15 + 2 + 3 + 4 + 3 + 3
@@ -484,7 +485,7 @@ def test_plugin_test_command_runs_fixtures():
     bad.write_text((ROOT / "tests" / "fixtures" / "misbehave-trap.toml").read_text()
                    .replace('verdict = "failure"', 'verdict = "accept"')
                    .replace("../../target", str(ROOT / "target")))
-    p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
+    p = subprocess.run([str(BIN), "plugin", "test", *CACHE_ARGS,
                         str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1
     assert "FAIL - " in p.stdout and "verdict failure (expected accept)" in p.stdout
@@ -492,7 +493,7 @@ def test_plugin_test_command_runs_fixtures():
     bad.write_text((ROOT / "tests" / "fixtures" / "misbehave-trap.toml").read_text()
                    .replace('failure = "trap"', 'failure = "time"')
                    .replace("../../target", str(ROOT / "target")))
-    p = subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(ROOT / "target" / "test-plugin-cache"),
+    p = subprocess.run([str(BIN), "plugin", "test", *CACHE_ARGS,
                         str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1
     assert "failures [\"trap\"] (expected a time failure)" in p.stdout, p.stdout

@@ -104,9 +104,8 @@ enum PluginCommand {
         /// The component (.wasm); default: the `plugin` key of each fixture.
         #[arg(long)]
         plugin: Option<PathBuf>,
-        /// Where compiled plugins are cached.
-        #[arg(long, default_value = "var/cache/plugins")]
-        cache_dir: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// Fixture files.
         #[arg(required = true)]
         fixtures: Vec<PathBuf>,
@@ -116,9 +115,8 @@ enum PluginCommand {
         /// The component (.wasm); default: the fixture's `plugin` key.
         #[arg(long)]
         plugin: Option<PathBuf>,
-        /// Where compiled plugins are cached.
-        #[arg(long, default_value = "var/cache/plugins")]
-        cache_dir: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// Calls to time.
         #[arg(long, default_value_t = 10000)]
         iterations: u32,
@@ -128,6 +126,33 @@ enum PluginCommand {
         /// Fixture file (its first case is the call to time).
         fixture: PathBuf,
     },
+}
+
+/// Where `plugin test` and `plugin bench` cache compiled plugins: nowhere
+/// unless asked (compiled in memory), never in the working directory,
+/// where a checkout could have planted machine code.
+#[derive(Debug, clap::Args)]
+struct CacheArgs {
+    /// Cache compiled plugins in this directory (with --cache-key).
+    #[arg(long, requires = "cache_key")]
+    cache_dir: Option<PathBuf>,
+    /// The key that seals the cached artifacts: a file of this user, mode
+    /// 0600, made if missing. Artifacts it did not seal are compiled again.
+    #[arg(long, requires = "cache_dir")]
+    cache_key: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    fn setting(&self) -> crate::plugin::cache::CacheSetting {
+        match (&self.cache_dir, &self.cache_key) {
+            (Some(dir), Some(key)) => crate::plugin::cache::CacheSetting::Disk {
+                dir: dir.clone(),
+                key: key.clone(),
+                create_key: true,
+            },
+            _ => crate::plugin::cache::CacheSetting::None,
+        }
+    }
 }
 
 /// Refuses what is not a queue ID (nothing else may reach the admin
@@ -201,17 +226,22 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let generation = rt.block_on(async {
+    let (generation, runtime) = rt.block_on(async {
         let runtime = if config.plugins.is_empty() {
             None
         } else {
-            Some(crate::plugin::Runtime::new(&config.wasm)?)
+            // The daemon's cache, if its key is there and ours: check
+            // never makes the key (a start does).
+            let cache = crate::server::daemon_cache(&config, false);
+            Some(crate::plugin::Runtime::new(&config.wasm, &cache, &config.plugins).await?)
         };
-        crate::server::generation::Generation::build(config, 0, runtime.as_ref()).await
+        let generation =
+            crate::server::generation::Generation::build(config, 0, runtime.as_ref()).await?;
+        anyhow::Ok((generation, runtime))
     })?;
-    if generation.chains.plugins.is_empty() {
+    let (Some(runtime), false) = (runtime, generation.chains.plugins.is_empty()) else {
         return Ok(summary);
-    }
+    };
     let plugins: Vec<String> = generation
         .chains
         .plugins
@@ -219,10 +249,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
         .map(|p| format!("{} [{}]", p.def.name, p.hooks.names().join(",")))
         .collect();
     Ok(format!(
-        "{summary}, {} plugin(s): {}, {} chain entries",
+        "{summary}, {} plugin(s): {}, {} chain entries, {}",
         plugins.len(),
         plugins.join(" "),
-        generation.chains.len()
+        generation.chains.len(),
+        runtime.pool()
     ))
 }
 
@@ -355,28 +386,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command:
                 PluginCommand::Bench {
                     plugin,
-                    cache_dir,
+                    cache,
                     iterations,
                     warm_only,
                     fixture,
                 },
         } => {
             let fresh = if warm_only { 0 } else { iterations };
-            plugin_bench::run(plugin.as_deref(), &fixture, &cache_dir, fresh, iterations)?;
+            plugin_bench::run(
+                plugin.as_deref(),
+                &fixture,
+                &cache.setting(),
+                fresh,
+                iterations,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin {
             command:
                 PluginCommand::Test {
                     plugin,
-                    cache_dir,
+                    cache,
                     fixtures,
                 },
         } => {
             // Why a plugin failed (trap, time, memory) and what it logged
             // (host.log) go to stderr, as the daemon would log them.
             let _log_guard = init_logging_at("info")?;
-            let failed = plugin_test::run(plugin.as_deref(), &fixtures, &cache_dir)?;
+            let failed = plugin_test::run(plugin.as_deref(), &fixtures, &cache.setting())?;
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -1,11 +1,13 @@
 //! `postern plugin bench`: the runtime's per-call micro-benchmark. Takes
 //! the first case of a fixture and reports what one transaction costs with
-//! a fresh instance (the default) and what a call on a warm instance costs.
+//! a fresh instance (the default) and what a call on a warm instance costs,
+//! and from those, instantiating and dropping an instance.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::plugin::PluginSession;
+use crate::plugin::cache::CacheSetting;
 
 fn per(d: Duration, n: u32) -> f64 {
     d.as_secs_f64() * 1e6 / f64::from(n.max(1))
@@ -15,7 +17,7 @@ fn per(d: Duration, n: u32) -> f64 {
 pub fn run(
     plugin: Option<&Path>,
     fixture: &Path,
-    cache_dir: &Path,
+    cache: &CacheSetting,
     fresh_iterations: u32,
     iterations: u32,
 ) -> anyhow::Result<()> {
@@ -24,7 +26,7 @@ pub fn run(
         .build()?;
     rt.block_on(async {
         let started = Instant::now();
-        let (fx, def, runtime) = super::plugin_test::load(plugin, fixture, cache_dir, false)?;
+        let (fx, def, runtime) = super::plugin_test::load(plugin, fixture, cache, false).await?;
         let case = fx
             .cases
             .first()
@@ -41,10 +43,13 @@ pub fn run(
         }
 
         let t = Instant::now();
+        let mut dropping = Duration::ZERO;
         for _ in 0..fresh_iterations {
             let mut s = PluginSession::new(prepared.chains.clone());
             s.run(prepared.stage, &input, "BENCH").await;
+            let d = Instant::now();
             s.end_transaction();
+            dropping += d.elapsed();
         }
         let fresh = t.elapsed();
 
@@ -76,11 +81,13 @@ pub fn run(
             println!(
                 "fresh instance per transaction (instantiate + call + drop): {fresh_us:.1} us"
             );
+            let drop_us = per(dropping, fresh_iterations);
             println!("call on a warm instance: {call_us:.1} us");
             println!(
                 "instantiate (difference): {:.1} us",
-                (fresh_us - call_us).max(0.0)
+                (fresh_us - call_us - drop_us).max(0.0)
             );
+            println!("drop (end of the transaction): {drop_us:.1} us");
         } else {
             println!("call on a warm instance: {call_us:.1} us");
         }

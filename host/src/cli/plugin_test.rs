@@ -43,6 +43,7 @@ use crate::config::{
 };
 use crate::message::HeaderAction;
 use crate::message::limits::{HeaderLimits, check_header};
+use crate::plugin::cache::CacheSetting;
 use crate::plugin::chain::FailureKind;
 use crate::plugin::{
     Chains, Decision, EnvelopeInfo, Input, PluginSession, SessionInfo, Stage, StageResult, Verdict,
@@ -126,7 +127,11 @@ fn stage(name: &str) -> anyhow::Result<Stage> {
 }
 
 /// Runs every fixture; returns the number of failed cases.
-pub fn run(plugin: Option<&Path>, fixtures: &[PathBuf], cache_dir: &Path) -> anyhow::Result<usize> {
+pub fn run(
+    plugin: Option<&Path>,
+    fixtures: &[PathBuf],
+    cache: &CacheSetting,
+) -> anyhow::Result<usize> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,17 +139,17 @@ pub fn run(plugin: Option<&Path>, fixtures: &[PathBuf], cache_dir: &Path) -> any
     rt.block_on(async {
         let mut failed = 0;
         for f in fixtures {
-            failed += run_fixture(plugin, f, cache_dir).await?;
+            failed += run_fixture(plugin, f, cache).await?;
         }
         Ok(failed)
     })
 }
 
 /// Reads a fixture and sets up the runtime and plugin definition.
-pub(super) fn load(
+pub(super) async fn load(
     plugin: Option<&Path>,
     path: &Path,
-    cache_dir: &Path,
+    cache: &CacheSetting,
     reuse_instances: bool,
 ) -> anyhow::Result<(Fixture, PluginDef, Arc<crate::plugin::Runtime>)> {
     let text =
@@ -164,11 +169,6 @@ pub(super) fn load(
             path.display()
         ),
     };
-    let runtime = crate::plugin::Runtime::new(&Wasm {
-        cache_dir: cache_dir.to_path_buf(),
-        max_instances: 64,
-        ..Wasm::default()
-    })?;
     let def = PluginDef {
         name: "under-test".into(),
         path: wasm,
@@ -180,15 +180,24 @@ pub(super) fn load(
             .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
         grants: fixture.grants.clone(),
     };
+    let runtime = crate::plugin::Runtime::new(
+        &Wasm {
+            max_instances: 64,
+            ..Wasm::default()
+        },
+        cache,
+        std::slice::from_ref(&def),
+    )
+    .await?;
     Ok((fixture, def, runtime))
 }
 
 async fn run_fixture(
     plugin: Option<&Path>,
     path: &Path,
-    cache_dir: &Path,
+    cache: &CacheSetting,
 ) -> anyhow::Result<usize> {
-    let (fixture, def, runtime) = load(plugin, path, cache_dir, false)?;
+    let (fixture, def, runtime) = load(plugin, path, cache, false).await?;
     let base = path.parent().unwrap_or(Path::new("."));
     let wasm = def.path.clone();
     println!("# {} with {}", path.display(), wasm.display());

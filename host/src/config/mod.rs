@@ -3,6 +3,7 @@
 
 mod bounds;
 mod units;
+mod wasm;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use units::{Bytes, Seconds};
+pub use wasm::Wasm;
 
 /// A configuration problem, with the dotted key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,37 +102,6 @@ pub struct Config {
     pub sender_logins: BTreeMap<String, Vec<String>>,
 }
 
-/// `[wasm]`: the plugin runtime. Changes need a restart.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Wasm {
-    /// Precompiled plugin artifacts, keyed by content and engine hash.
-    /// Only files that only this user (or root) can write are loaded; an
-    /// artifact no generation has used for 7 days is removed.
-    pub cache_dir: PathBuf,
-    /// Plugin instances alive at once over all sessions (pooling slots).
-    pub max_instances: u32,
-    /// Ceiling for any plugin's `memory_limit` (size of a pooling slot).
-    pub max_memory: Bytes,
-    /// Memory of a finished instance that stays mapped and is reset in
-    /// place for the next one instead of being returned to the kernel. With
-    /// Linux's PAGEMAP_SCAN (6.7+) only pages the plugin wrote are reset,
-    /// and the default is 2 MiB; without it every byte up to this size is
-    /// cleared on each reuse, and the default is 0.
-    pub keep_resident: Option<Bytes>,
-}
-
-impl Default for Wasm {
-    fn default() -> Wasm {
-        Wasm {
-            cache_dir: PathBuf::from("var/cache/plugins"),
-            max_instances: 1000,
-            max_memory: Bytes(128 << 20),
-            keep_resident: None,
-        }
-    }
-}
-
 /// What a plugin failure (trap, time or memory limit) costs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -163,7 +134,8 @@ pub struct PluginDef {
     /// its entries at once (plus one call's work).
     #[serde(default = "default_plugin_memory")]
     pub memory_limit: Bytes,
-    /// CPU time allowed per call (epoch-based, 10 ms granularity).
+    /// CPU time allowed per call (checked every 10 ms); waits in host
+    /// calls end at a wall-clock backstop of 4x (at least 2 s more).
     #[serde(default = "default_plugin_time")]
     pub time_limit: Seconds,
     /// Capabilities beyond the base interfaces (`host`, `types`, WASI)
@@ -809,6 +781,7 @@ impl Config {
                 message,
             })
         };
+        self.wasm.validate(&mut bad);
         if !is_hostname(&self.server.hostname) || !self.server.hostname.contains('.') {
             bad(
                 "server.hostname",
@@ -847,12 +820,13 @@ impl Config {
         // The spool and the plugin cache are given to server.user
         // recursively: their paths must say plainly which directory that is.
         for (key, path) in [
-            ("server.spool_dir", &self.server.spool_dir),
-            ("wasm.cache_dir", &self.wasm.cache_dir),
+            ("server.spool_dir", Some(&self.server.spool_dir)),
+            ("wasm.cache_dir", self.wasm.cache_dir.as_ref()),
         ] {
-            if path
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
+            if let Some(path) = path
+                && path
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
             {
                 bad(
                     key,

@@ -8,6 +8,7 @@
 //! is skipped, per the plugin's `on_error`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -19,9 +20,11 @@ use super::host::envelope::EnvelopeData;
 use super::host::message::{MessageData, ParsedMessage};
 use super::host::session::SessionData;
 use super::input::{EnvelopeInfo, Input, SessionInfo};
+use super::limits::MemoryLimitExceeded;
+use super::meter::TimeLimitExceeded;
 use super::outcome::{Outcome, OverLimit, Score, Verdict};
-use super::runtime::{Live, LoadedPlugin, Runtime, bounded, budget};
-use super::state::{EntryConf, MemoryLimitExceeded};
+use super::runtime::{Live, LoadedPlugin, Runtime, call_limit};
+use super::state::EntryConf;
 use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
 use crate::smtp::reply::r;
@@ -94,6 +97,9 @@ pub struct Slot {
     /// `Entry::index`; each instance gets this table once.
     confs: Arc<[EntryConf]>,
     warm: Mutex<Vec<Live>>,
+    /// Its generation was replaced: instances are no longer kept warm
+    /// (sessions still open on it get fresh ones until they end).
+    retired: AtomicBool,
 }
 
 /// One entry of a chain: a plugin with its own config.
@@ -114,6 +120,8 @@ impl Entry {
 /// Every chain of a generation.
 pub struct Chains {
     runtime: Option<Arc<Runtime>>,
+    /// CPU time all plugin code of one transaction may use together.
+    transaction_cpu: std::time::Duration,
     stages: HashMap<Stage, Vec<Arc<Entry>>>,
     /// All loaded plugins, for `check` and logs.
     pub plugins: Vec<Arc<LoadedPlugin>>,
@@ -155,12 +163,15 @@ pub struct StageResult {
 /// Why a plugin call failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// The epoch budget ran out.
-    TimeLimit,
+    /// Its CPU time (or the wall-clock backstop) ran out.
+    TimeLimit(String),
+    /// The transaction's plugins used their CPU budget
+    /// (`wasm.transaction_cpu`).
+    Budget(std::time::Duration),
     /// Memory growth beyond the limit.
     MemoryLimit(String),
-    /// No pooling slot free.
-    Overloaded,
+    /// No pooling slot free (what ran out, as wasmtime says).
+    Overloaded(String),
     /// Any other trap or error.
     Trap(String),
     /// An outcome the host refuses (too many scores or actions, a header
@@ -174,6 +185,8 @@ pub enum Failure {
 pub enum FailureKind {
     /// [`Failure::TimeLimit`].
     Time,
+    /// [`Failure::Budget`].
+    Budget,
     /// [`Failure::MemoryLimit`].
     Memory,
     /// [`Failure::Overloaded`].
@@ -189,6 +202,7 @@ impl FailureKind {
     pub fn name(self) -> &'static str {
         match self {
             FailureKind::Time => "time",
+            FailureKind::Budget => "budget",
             FailureKind::Memory => "memory",
             FailureKind::Overloaded => "overloaded",
             FailureKind::Trap => "trap",
@@ -201,9 +215,10 @@ impl Failure {
     /// Its kind.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Failure::TimeLimit => FailureKind::Time,
+            Failure::TimeLimit(_) => FailureKind::Time,
+            Failure::Budget(_) => FailureKind::Budget,
             Failure::MemoryLimit(_) => FailureKind::Memory,
-            Failure::Overloaded => FailureKind::Overloaded,
+            Failure::Overloaded(_) => FailureKind::Overloaded,
             Failure::Trap(_) => FailureKind::Trap,
             Failure::BadOutcome(_) => FailureKind::Outcome,
         }
@@ -213,9 +228,16 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::TimeLimit => f.write_str("time limit exceeded"),
+            Failure::TimeLimit(m) => f.write_str(m),
+            Failure::Budget(b) => write!(
+                f,
+                "the transaction's plugins used their {} of CPU (wasm.transaction_cpu)",
+                humantime::format_duration(*b)
+            ),
             Failure::MemoryLimit(m) => write!(f, "{m}"),
-            Failure::Overloaded => f.write_str("no free plugin instance slot (wasm.max_instances)"),
+            Failure::Overloaded(m) => {
+                write!(f, "no free plugin instance slot (wasm.max_instances): {m}")
+            }
             Failure::Trap(m) => write!(f, "trapped: {m}"),
             Failure::BadOutcome(m) => write!(f, "outcome refused: {m}"),
         }
@@ -223,14 +245,17 @@ impl std::fmt::Display for Failure {
 }
 
 fn classify(e: &wasmtime::Error) -> Failure {
+    if let Some(t) = e.downcast_ref::<TimeLimitExceeded>() {
+        return Failure::TimeLimit(t.to_string());
+    }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return Failure::TimeLimit;
+        return Failure::TimeLimit("time limit exceeded".into());
     }
     if let Some(m) = e.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::MemoryLimit(m.to_string());
     }
-    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-        return Failure::Overloaded;
+    if let Some(p) = e.downcast_ref::<PoolConcurrencyLimitError>() {
+        return Failure::Overloaded(p.to_string());
     }
     if let Some(over) = e.downcast_ref::<OverLimit>() {
         return Failure::BadOutcome(over.to_string());
@@ -253,6 +278,7 @@ impl Chains {
     pub fn empty() -> Chains {
         Chains {
             runtime: None,
+            transaction_cpu: crate::config::Wasm::default().transaction_cpu.0,
             stages: HashMap::new(),
             plugins: Vec::new(),
         }
@@ -262,7 +288,9 @@ impl Chains {
     /// entry's plugin exports the stage's hook and accepts the entry's
     /// config (`configure.check-config`).
     pub async fn build(config: &Config, runtime: Option<&Arc<Runtime>>) -> anyhow::Result<Chains> {
-        Chains::build_from(&config.plugins, &config.chain, runtime).await
+        let mut chains = Chains::build_from(&config.plugins, &config.chain, runtime).await?;
+        chains.transaction_cpu = config.wasm.transaction_cpu.0;
+        Ok(chains)
     }
 
     /// [`Chains::build`] from the `[[plugin]]` and `[chain]` parts alone.
@@ -346,6 +374,7 @@ impl Chains {
                     plugin,
                     confs: Arc::from(list),
                     warm: Mutex::new(Vec::new()),
+                    retired: AtomicBool::new(false),
                 }),
             );
         }
@@ -359,9 +388,22 @@ impl Chains {
         }
         Ok(Chains {
             runtime: Some(runtime),
+            transaction_cpu: crate::config::Wasm::default().transaction_cpu.0,
             stages,
             plugins,
         })
+    }
+
+    /// A reload replaced these chains: their warm instances are dropped
+    /// now, and no more are kept. Sessions still open on them go on (with
+    /// fresh instances); the chains, and the builds only they use, are
+    /// freed when the last of them ends.
+    pub fn retire(&self) {
+        for slot in self.stages.values().flatten().map(|e| &e.slot) {
+            slot.retired.store(true, Ordering::Relaxed);
+            let dropped = std::mem::take(&mut *slot.warm.lock().unwrap_or_else(|p| p.into_inner()));
+            drop(dropped);
+        }
     }
 
     /// True if the stage has at least one entry.
@@ -392,12 +434,15 @@ async fn check_config(
         .instantiate(plugin, Arc::from([conf.clone()]), 0)
         .await
         .map_err(|e| anyhow::anyhow!("{}", classify(&e)))?;
-    live.store.data_mut().ticks_left = budget(plugin);
     live.store.set_epoch_deadline(1);
     let guest = idx
         .load(&mut live.store, &live.instance)
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    match bounded(budget(plugin), guest.call_check_config(&mut live.store)).await {
+    let meter = live.meter.clone();
+    match meter
+        .run(call_limit(plugin), guest.call_check_config(&mut live.store))
+        .await
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(msg)) => anyhow::bail!("config refused by the plugin: {msg}"),
         Err(e) => anyhow::bail!("check-config failed: {}", classify(&e)),
@@ -478,6 +523,8 @@ pub struct PluginSession {
     live: HashMap<usize, (Arc<Slot>, Live)>,
     /// What the current transaction's plugins asked for.
     tally: Tally,
+    /// CPU time plugin code used in the current transaction.
+    cpu: std::time::Duration,
 }
 
 impl PluginSession {
@@ -487,6 +534,7 @@ impl PluginSession {
             chains,
             live: HashMap::new(),
             tally: Tally::default(),
+            cpu: std::time::Duration::ZERO,
         }
     }
 
@@ -531,7 +579,7 @@ impl PluginSession {
                     // No free slot is never skipped: clients that hold
                     // slots must not be able to switch policy off.
                     let on_error = match failure {
-                        Failure::Overloaded => OnError::Tempfail,
+                        Failure::Overloaded(_) | Failure::Budget(_) => OnError::Tempfail,
                         _ => entry.slot.plugin.def.on_error,
                     };
                     tracing::warn!(
@@ -590,6 +638,7 @@ impl PluginSession {
         for (_, (slot, live)) in self.live.drain() {
             recycle(&slot, live);
         }
+        self.cpu = std::time::Duration::ZERO;
     }
 
     /// The instance for `slot` in this stage: one already held, the
@@ -609,10 +658,14 @@ impl PluginSession {
             Some((_, live)) => live,
             None => match take_warm(slot) {
                 Some(live) => live,
-                None => runtime
-                    .instantiate(&slot.plugin, slot.confs.clone(), entry.index)
-                    .await
-                    .map_err(|e| classify(&e))?,
+                None => {
+                    let live = runtime
+                        .instantiate(&slot.plugin, slot.confs.clone(), entry.index)
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    self.cpu += live.meter.spent();
+                    live
+                }
             },
         };
         let lent = Lent::push(&mut live, args).map_err(|e| classify(&e))?;
@@ -654,14 +707,31 @@ impl PluginSession {
         args: &Args<'_>,
         held: &mut Vec<Held>,
     ) -> Result<Outcome, Failure> {
+        // A client must not make the host work without end: past the
+        // transaction's budget no plugin runs, whatever its on_error.
+        if self.cpu >= self.chains.transaction_cpu {
+            return Err(Failure::Budget(self.chains.transaction_cpu));
+        }
         let i = self.acquire(runtime, entry, args, held).await?;
         let h = &mut held[i];
         let plugin = &entry.slot.plugin;
-        let data = h.live.store.data_mut();
-        data.set_current(entry.index);
-        data.ticks_left = budget(plugin);
+        h.live.store.data_mut().set_current(entry.index);
         h.live.store.set_epoch_deadline(1);
-        let result = bounded(budget(plugin), invoke(&mut h.live, &h.lent, plugin, args)).await;
+        let meter = h.live.meter.clone();
+        let result = meter
+            .run(
+                call_limit(plugin),
+                invoke(&mut h.live, &h.lent, plugin, args),
+            )
+            .await;
+        self.cpu += meter.spent();
+        tracing::debug!(
+            "{}: plugin {} at {}: {} us of CPU",
+            args.context,
+            entry.label(),
+            args.stage.name(),
+            meter.spent().as_micros()
+        );
         // Before the failure's own line: a panic message says why.
         h.live.store.data().flush_stderr();
         match result {
@@ -692,7 +762,7 @@ impl Drop for PluginSession {
 }
 
 fn take_warm(slot: &Slot) -> Option<Live> {
-    if !slot.plugin.def.reuse_instances {
+    if !slot.plugin.def.reuse_instances || slot.retired.load(Ordering::Relaxed) {
         return None;
     }
     slot.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
@@ -701,7 +771,8 @@ fn take_warm(slot: &Slot) -> Option<Live> {
 fn recycle(slot: &Slot, live: Live) {
     if slot.plugin.def.reuse_instances {
         let mut warm = slot.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if warm.len() < WARM_POOL {
+        // Under the lock: `retire` sets the flag, then empties the pool.
+        if warm.len() < WARM_POOL && !slot.retired.load(Ordering::Relaxed) {
             warm.push(live);
         }
     }

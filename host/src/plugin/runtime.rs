@@ -4,30 +4,27 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
-    UpdateDeadline, WasmBacktraceDetails,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    WasmBacktraceDetails,
 };
 
 use super::bindings::Full as PluginWorld;
 use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
+use super::cache::{Cache, CacheSetting};
+use super::limits::{MAX_HANDLES, MAX_HOST_RESOURCES};
+use super::meter::{Limit, Meter, TICK};
+use super::pool::{Needs, Pool};
 use super::state::{EntryConf, HOSTCALL_FUEL, HostState};
 use crate::config::{PluginDef, Wasm};
-
-/// Epoch tick: the granularity of plugin time limits.
-pub const TICK: Duration = Duration::from_millis(10);
-
-/// File extension of compiled artifacts in the cache directory.
-const ARTIFACT: &str = "cwasm";
 
 /// How long an artifact no generation uses stays in the cache (a rollback
 /// within this time loads instead of compiling).
@@ -94,6 +91,10 @@ pub struct LoadedPlugin {
     /// Its compiled artifact in the cache directory.
     pub artifact: PathBuf,
     pub(super) pre: InstancePre<HostState>,
+    /// Its compiled code, shared with every plugin of any generation
+    /// built from the same `.wasm`: the runtime keeps only a weak
+    /// reference, so the code goes when no generation uses it.
+    _build: Arc<Component>,
     /// Exported hooks.
     pub hooks: Hooks,
 }
@@ -108,10 +109,18 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        tracing::debug!("plugin {} ({}): unloaded", self.def.name, self.digest);
+    }
+}
+
 /// A live instance and its store.
 pub struct Live {
     pub(super) store: Store<HostState>,
     pub(super) instance: Instance,
+    /// The CPU accounting of the store's entries (its epoch callback's).
+    pub(super) meter: Arc<Meter>,
     /// Hook functions looked up and type-checked on first use: a warm
     /// instance pays for the lookup once, not on every call.
     pub(super) funcs: Funcs,
@@ -131,10 +140,18 @@ pub struct Funcs {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    cache_dir: PathBuf,
-    /// Compiled components by content hash: a reload of an unchanged plugin
-    /// costs nothing.
-    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// The compile cache on disk, if this run has one.
+    cache: Option<Cache>,
+    /// Compiled components in use by some generation, by content hash: a
+    /// reload of an unchanged plugin costs nothing, and a build no
+    /// generation uses any more is freed (hot swaps must not pile up
+    /// machine code).
+    compiled: Mutex<HashMap<[u8; 32], Weak<Component>>>,
+    /// Artifacts compiled (or read) while sizing the pool, until their
+    /// plugin is loaded, by artifact name: nothing is compiled twice.
+    staged: Mutex<HashMap<String, Vec<u8>>>,
+    /// The pool's totals, fixed until restart.
+    pool: Pool,
     /// The `[wasm]` settings the engine was made with (fixed until restart).
     settings: Wasm,
 }
@@ -142,39 +159,63 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("cache_dir", &self.cache_dir)
+            .field("cache", &self.cache)
             .finish()
     }
 }
 
 impl Runtime {
-    /// Creates the engine (and its epoch ticker thread) and the linker.
-    pub fn new(cfg: &Wasm) -> anyhow::Result<Arc<Runtime>> {
-        let slots = cfg.max_instances.max(1);
-        let max_memory = usize::try_from(cfg.max_memory.0).unwrap_or(usize::MAX);
+    /// Creates the engine (and its epoch ticker thread) and the linker,
+    /// with compiled plugins cached as `cache` says, and the pool sized
+    /// for `plugins` (compiled now, for that, and kept for their load).
+    pub async fn new(
+        cfg: &Wasm,
+        cache: &CacheSetting,
+        plugins: &[PluginDef],
+    ) -> anyhow::Result<Arc<Runtime>> {
+        let (cfg, cache) = (cfg.clone(), cache.clone());
+        let paths: Vec<PathBuf> = plugins.iter().map(|p| p.path.clone()).collect();
+        tokio::task::spawn_blocking(move || Runtime::create(&cfg, &cache, &paths)).await?
+    }
+
+    fn create(
+        cfg: &Wasm,
+        cache: &CacheSetting,
+        plugins: &[PathBuf],
+    ) -> anyhow::Result<Arc<Runtime>> {
+        let cache = Cache::open(cache);
+        // The pool's totals are fixed with the engine, and what a
+        // component needs is known once it is compiled: compile with an
+        // engine of the same settings but no pool first. (Its artifacts
+        // are the pooling engine's: the allocator is not part of the
+        // compilation settings.)
+        let probe = Engine::new(&engine_config(cfg, None))
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("cannot create the WebAssembly engine")?;
+        let mut needs = Needs {
+            memories: 0,
+            tables: 0,
+        };
+        let mut staged = HashMap::new();
+        for path in plugins {
+            // Whatever fails here fails again, with its context, when the
+            // plugin is loaded.
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            let digest = Sha256::digest(&bytes).into();
+            if let Ok((c, artifact)) = build(&probe, cache.as_ref(), &digest, &bytes) {
+                needs = needs.max(Needs::of(&c));
+                staged.insert(artifact_name(&probe, &digest), artifact);
+            }
+        }
+        drop(probe);
+        let pool = Pool::new(cfg.max_instances, needs);
         // Probes /proc/self/pagemap: once.
         let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
         let resident = keep_resident(cfg, pagemap);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(slots)
-            .total_core_instances(slots.saturating_mul(8))
-            .total_memories(slots.saturating_mul(2))
-            .total_tables(slots.saturating_mul(8))
-            .total_stacks(slots)
-            .max_memory_size(max_memory)
-            .max_tables_per_module(8)
-            .table_elements(100_000)
-            .max_component_instance_size(1 << 20)
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(16)
-            .max_tables_per_component(64)
-            .linear_memory_keep_resident(resident)
-            .table_keep_resident(64 << 10)
-            .async_stack_keep_resident(64 << 10)
-            .decommit_batch_size(16)
-            .pagemap_scan(wasmtime::Enabled::Auto);
         tracing::info!(
-            "wasm: PAGEMAP_SCAN {}, linear memory kept resident per instance slot: {} bytes",
+            "wasm: pool of {pool}; PAGEMAP_SCAN {}, linear memory kept resident per instance slot: {} bytes",
             if pagemap {
                 "available"
             } else {
@@ -182,18 +223,7 @@ impl Runtime {
             },
             resident
         );
-        let mut config = Config::new();
-        config
-            // Plugins are called one at a time per store; the component
-            // model's concurrency machinery only costs time here.
-            .concurrency_support(false)
-            .epoch_interruption(true)
-            .memory_reservation(cfg.max_memory.0)
-            .memory_guard_size(64 << 10)
-            .wasm_backtrace_details(WasmBacktraceDetails::Disable)
-            .wasm_backtrace_max_frames(None)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config)
+        let engine = Engine::new(&engine_config(cfg, Some(pool.config(cfg, resident))))
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot create the WebAssembly engine")?;
         let ticker = engine.weak();
@@ -213,10 +243,17 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
-            cache_dir: cfg.cache_dir.clone(),
+            cache,
             compiled: Mutex::new(HashMap::new()),
+            staged: Mutex::new(staged),
+            pool,
             settings: cfg.clone(),
         }))
+    }
+
+    /// The pool's totals.
+    pub fn pool(&self) -> Pool {
+        self.pool
     }
 
     /// The `[wasm]` settings in force.
@@ -224,116 +261,48 @@ impl Runtime {
         &self.settings
     }
 
-    /// Marks the artifacts in `keep` as used now (their mtime), and
-    /// removes from the cache directory the artifacts no generation has
-    /// used for `unused_for`, and temporary files of writes that never
-    /// finished (a crash). Blocking (a directory scan). Returns the number
-    /// of files and bytes removed.
+    /// Marks the artifacts in `keep` as used now, and removes those no
+    /// generation has used for `unused_for` ([`Cache::evict`]; nothing
+    /// without a cache). Blocking.
     pub fn evict_cache(&self, keep: &[&Path], unused_for: Duration) -> (usize, u64) {
-        let dir = &self.cache_dir;
-        if !dir_ours(dir) {
-            return (0, 0);
-        }
-        let now = std::time::SystemTime::now();
-        for path in keep {
-            touch(path);
-        }
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return (0, 0);
-        };
-        let (mut files, mut bytes) = (0, 0);
-        for e in entries.flatten() {
-            let path = e.path();
-            // Only names this cache makes: `KEY.cwasm`, and `KEY.tmpPID`
-            // left by a write that a crash interrupted (KEY: 64 hex digits).
-            let name = e.file_name();
-            let Some((key, ext)) = name.to_str().and_then(|n| n.split_once('.')) else {
-                continue;
-            };
-            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let stale = match ext {
-                ARTIFACT => unused_for,
-                t if t.len() > 3
-                    && t.starts_with("tmp")
-                    && t[3..].bytes().all(|b| b.is_ascii_digit()) =>
-                {
-                    Duration::from_secs(3600)
-                }
-                _ => continue,
-            };
-            if keep.contains(&path.as_path()) {
-                continue;
-            }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or_default();
-            if !meta.is_file() || age < stale {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    files += 1;
-                    bytes += meta.len();
-                }
-                Err(e) => tracing::warn!("plugin cache: cannot remove {}: {e}", path.display()),
-            }
-        }
-        (files, bytes)
+        self.cache
+            .as_ref()
+            .map_or((0, 0), |c| c.evict(keep, unused_for))
     }
 
     /// Compiles a component, or loads it from the memory or disk cache.
     /// Returns it with its short digest (for logs) and its cache file.
-    fn component(&self, bytes: &[u8]) -> anyhow::Result<(Component, String, PathBuf)> {
+    fn component(&self, bytes: &[u8]) -> anyhow::Result<(Arc<Component>, String, PathBuf)> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let short = hex[..12].to_string();
-        // The engine's settings decide whether an artifact is usable.
-        let mut h = Sha256::new();
-        h.update(digest);
-        let mut compat = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
-        h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
-        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let path = self.cache_dir.join(format!("{key}.{ARTIFACT}"));
+        let name = artifact_name(&self.engine, &digest);
+        let path = match &self.cache {
+            Some(c) => c.path(&name),
+            None => PathBuf::new(),
+        };
         if let Some(c) = self
             .compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
+            .and_then(Weak::upgrade)
         {
-            return Ok((c.clone(), short, path));
+            return Ok((c, short, path));
         }
-        let component = match load_cached(&self.engine, &path) {
-            Some(c) => c,
-            None => {
-                let started = std::time::Instant::now();
-                let artifact = self
-                    .engine
-                    .precompile_component(bytes)
-                    .map_err(|e| anyhow::anyhow!("{e:#}"))
-                    .context("not a valid WebAssembly component")?;
-                tracing::info!(
-                    "plugin {short}: compiled in {} ms; caching in {}",
-                    started.elapsed().as_millis(),
-                    self.cache_dir.display()
-                );
-                if let Err(e) = store_cached(&path, &artifact) {
-                    tracing::warn!("cannot cache compiled plugin in {}: {e}", path.display());
-                }
-                deserialize(&self.engine, &artifact)?
-            }
-        };
-        self.compiled
+        let staged = self
+            .staged
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, component.clone());
+            .remove(&name);
+        let component = match staged {
+            Some(artifact) => deserialize(&self.engine, &artifact)?,
+            None => build(&self.engine, self.cache.as_ref(), &digest, bytes)?.0,
+        };
+        let component = Arc::new(component);
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        compiled.retain(|_, c| c.strong_count() > 0);
+        compiled.insert(digest, Arc::downgrade(&component));
         Ok((component, short, path))
     }
 
@@ -346,6 +315,23 @@ impl Runtime {
         let (component, digest, artifact) =
             tokio::task::spawn_blocking(move || rt.component(&bytes)).await??;
         super::contract::check(&self.engine, &component, def)?;
+        let needs = Needs::of(&component);
+        tracing::debug!(
+            "plugin {}: an instance needs {} memories and {} tables",
+            def.name,
+            needs.memories,
+            needs.tables
+        );
+        let capacity = self.pool.capacity(needs);
+        if capacity < self.pool.slots {
+            tracing::warn!(
+                "plugin {}: an instance needs {} memories and {} tables, more than the pool was made for at start ({}): at most {capacity} instances of it at once, not wasm.max_instances; a restart sizes the pool for it",
+                def.name,
+                needs.memories,
+                needs.tables,
+                self.pool
+            );
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -369,6 +355,7 @@ impl Runtime {
             digest,
             artifact,
             pre,
+            _build: component,
             hooks,
         };
         // Names match; now the function types: load() type-checks each hook.
@@ -412,7 +399,7 @@ impl Runtime {
         Ok(Arc::new(plugin))
     }
 
-    /// A fresh instance with its own store, limits and epoch budget,
+    /// A fresh instance with its own store, limits and CPU meter,
     /// serving the chain entries `confs`; `confs[current]` is what the
     /// instance sees while it starts (a guest may read its config during
     /// initialisation), and each call names its own entry.
@@ -427,26 +414,101 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.set_hostcall_fuel(HOSTCALL_FUEL);
         store.limiter(|s| &mut s.limits);
-        // Yield to tokio on every tick; interrupt when the budget is spent.
-        store.epoch_deadline_callback(|mut ctx| {
-            let st = ctx.data_mut();
-            if st.ticks_left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            st.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
-        });
-        // Start-up code (a Python interpreter) gets a more generous budget.
-        let ticks = budget(plugin).saturating_mul(4).max(200);
-        store.data_mut().ticks_left = ticks;
+        store.data_mut().table.set_max_capacity(MAX_HOST_RESOURCES);
+        store.set_max_component_handles(MAX_HANDLES);
+        let meter = Arc::new(Meter::default());
+        let ticks = meter.clone();
+        store.epoch_deadline_callback(move |_| ticks.tick());
         store.set_epoch_deadline(1);
-        let instance = bounded(ticks, plugin.pre.instantiate_async(&mut store)).await?;
+        let instance = meter
+            .run(
+                instantiate_limit(plugin),
+                plugin.pre.instantiate_async(&mut store),
+            )
+            .await?;
         Ok(Live {
             store,
             instance,
+            meter,
             funcs: Funcs::default(),
         })
     }
+}
+
+/// The engine's settings; `pool` for the daemon's engine, none for the
+/// one that only compiles (the two make the same artifacts).
+fn engine_config(cfg: &Wasm, pool: Option<PoolingAllocationConfig>) -> Config {
+    let mut config = Config::new();
+    config
+        // Plugins are called one at a time per store; the component
+        // model's concurrency machinery only costs time here.
+        .concurrency_support(false)
+        .epoch_interruption(true)
+        .memory_reservation(cfg.max_memory.0)
+        .memory_guard_size(64 << 10)
+        .wasm_backtrace_details(WasmBacktraceDetails::Disable)
+        .wasm_backtrace_max_frames(None);
+    if let Some(pool) = pool {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// The name of a component's artifact: its content hash and the
+/// engine's settings, which decide whether an artifact is usable.
+fn artifact_name(engine: &Engine, digest: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(digest);
+    let mut compat = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut compat);
+    h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The component `bytes` (whose content hash is `digest`) for `engine`,
+/// with its artifact: from the cache, or compiled now (and cached).
+fn build(
+    engine: &Engine,
+    cache: Option<&Cache>,
+    digest: &[u8; 32],
+    bytes: &[u8],
+) -> anyhow::Result<(Component, Vec<u8>)> {
+    let name = artifact_name(engine, digest);
+    if let Some(cache) = cache
+        && let Some(artifact) = cache.load(&name)
+    {
+        match deserialize(engine, &artifact) {
+            Ok(c) => return Ok((c, artifact)),
+            // Sealed by us, yet refused (another build of wasmtime, say).
+            Err(e) => tracing::warn!(
+                "ignoring unusable plugin cache file {}: {e}",
+                cache.path(&name).display()
+            ),
+        }
+    }
+    let started = std::time::Instant::now();
+    let artifact = engine
+        .precompile_component(bytes)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("not a valid WebAssembly component")?;
+    let ms = started.elapsed().as_millis();
+    let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    match cache {
+        Some(cache) => {
+            tracing::info!(
+                "plugin {short}: compiled in {ms} ms; caching in {}",
+                cache.dir().display()
+            );
+            if let Err(e) = cache.store(&name, &artifact) {
+                tracing::warn!(
+                    "cannot cache compiled plugin in {}: {e}",
+                    cache.path(&name).display()
+                );
+            }
+        }
+        None => tracing::info!("plugin {short}: compiled in {ms} ms (no cache)"),
+    }
+    Ok((deserialize(engine, &artifact)?, artifact))
 }
 
 /// Linear memory kept mapped between instances of a pooling slot.
@@ -466,126 +528,31 @@ fn keep_resident(cfg: &Wasm, pagemap: bool) -> usize {
     }
 }
 
-/// Runs a guest entry (instantiation or call) with a wall-clock backstop.
-///
-/// The epoch budget counts time while the guest runs. A guest that waits
-/// in an async host call (a WASI clock pollable, which is what `sleep`
-/// becomes) does not run, and would wait unbounded, holding its session
-/// and a pool slot. This ends such a wait as a time-limit failure two
-/// ticks after the budget (counted from the first time the entry did not
-/// finish at once, at most a tick after it started); the caller then
-/// drops the instance. An entry that finishes in one poll, as almost every
-/// call does, costs no timer and no clock read.
-pub async fn bounded<T>(
-    ticks: u32,
-    entry: impl Future<Output = wasmtime::Result<T>>,
-) -> wasmtime::Result<T> {
-    let mut entry = std::pin::pin!(entry);
-    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = entry.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        let limit = TICK * ticks.saturating_add(2);
-        let sleep = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(wasmtime::Error::from(Trap::Interrupt))),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
+/// The limits of one call of the plugin: its `time_limit` of CPU.
+pub fn call_limit(plugin: &LoadedPlugin) -> Limit {
+    Limit::cpu(plugin.def.time_limit.0)
 }
 
-/// Epoch ticks allowed per call.
-pub fn budget(plugin: &LoadedPlugin) -> u32 {
-    let ticks = plugin.def.time_limit.0.as_millis() / TICK.as_millis();
-    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+/// The limits of instantiating the plugin: start-up code (a Python
+/// interpreter) gets four calls' worth of CPU, and at least two seconds.
+pub fn instantiate_limit(plugin: &LoadedPlugin) -> Limit {
+    Limit::cpu(
+        plugin
+            .def
+            .time_limit
+            .0
+            .saturating_mul(4)
+            .max(Duration::from_secs(2)),
+    )
 }
 
-/// True if only this user (or root) can have written `path`: a regular
-/// file (not a link) and its directory, owned by us or root, writable by
-/// no group or other. An artifact is machine code: root (`postern check`)
-/// must not load one that the mail account could have replaced.
-fn only_ours(path: &Path) -> bool {
-    let file_ok = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && ours(&m));
-    file_ok && path.parent().is_some_and(dir_ours)
-}
-
-/// Owned by this user or root, writable by no group or other.
-fn ours(m: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let me = crate::server::privileges::euid();
-    (m.uid() == me || m.uid() == 0) && m.mode() & 0o022 == 0
-}
-
-/// A directory only this user (or root) can change.
-fn dir_ours(dir: &Path) -> bool {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && ours(&m))
-}
-
-/// Marks an artifact as used now (its mtime), for [`Runtime::evict_cache`].
-/// Through a read-only descriptor: the owner may set the times, and
-/// machine code is never opened for writing.
-fn touch(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
-}
-
-/// Loads a precompiled artifact written by [`store_cached`].
-#[allow(unsafe_code)]
-fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
-    if !path.is_file() {
-        return None;
-    }
-    if !only_ours(path) {
-        tracing::warn!(
-            "not loading plugin cache file {}: others than this user could have written it (compiling instead)",
-            path.display()
-        );
-        return None;
-    }
-    // SAFETY: the file was produced by `Engine::precompile_component` of an
-    // engine with the same compatibility hash (part of the file name), in
-    // a directory only this user (or root) can write (checked just above),
-    // renamed into place only once complete, and never modified afterwards
-    // (content-addressed name).
-    match unsafe { Component::deserialize_file(engine, path) } {
-        Ok(c) => {
-            touch(path);
-            Some(c)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "ignoring unusable plugin cache file {}: {e}",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
+/// Loads an artifact into the engine.
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
-    // SAFETY: `artifact` was just produced by `precompile_component` of
-    // this very engine.
+    // SAFETY: `artifact` was produced by `precompile_component` of an
+    // engine with this engine's settings: either just now, or read from
+    // the cache, whose MAC (checked by `Cache::load` over exactly these
+    // bytes) only this daemon's key makes, over the artifact and its name,
+    // which holds the engine's compatibility hash.
     unsafe { Component::deserialize(engine, artifact) }.map_err(|e| anyhow::anyhow!("{e:#}"))
-}
-
-fn store_cached(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if !path.parent().is_some_and(dir_ours) {
-        return Err(std::io::Error::other(
-            "the cache directory belongs to another user (or others can write to it)",
-        ));
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    crate::server::privileges::write_through_new(&tmp, path, 0o644, artifact)
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::postern::filter::types;
 use super::host::stderr::{Rate, Stderr};
+use super::limits::Limits;
 use crate::message::HeaderAction;
 
 /// Bytes a guest may hand the host in one host call or in one hook's
@@ -19,78 +19,6 @@ use crate::message::HeaderAction;
 /// host allocate whatever a guest sends. (Copies into a guest are bounded
 /// by the host interfaces themselves.)
 pub const HOSTCALL_FUEL: usize = 16 << 20;
-
-/// A plugin asked for more memory than its limit.
-#[derive(Debug)]
-pub struct MemoryLimitExceeded {
-    /// Bytes the guest wanted.
-    pub desired: usize,
-    /// The limit.
-    pub limit: usize,
-}
-
-impl std::fmt::Display for MemoryLimitExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "memory limit exceeded (wanted {} bytes, limit {})",
-            self.desired, self.limit
-        )
-    }
-}
-
-impl std::error::Error for MemoryLimitExceeded {}
-
-/// Limits that fail with a typed error the host can recognise.
-#[derive(Debug)]
-pub struct Limits {
-    /// Linear memory limit in bytes, for all the instance's memories
-    /// together (a component may have several: its own, an adapter's).
-    pub memory: usize,
-    /// Bytes of linear memory the instance has so far.
-    pub used: usize,
-}
-
-impl ResourceLimiter for Limits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self.used.saturating_sub(current).saturating_add(desired);
-        if total > self.memory {
-            return Err(MemoryLimitExceeded {
-                desired: total,
-                limit: self.memory,
-            }
-            .into());
-        }
-        self.used = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-
-    fn instances(&self) -> usize {
-        64
-    }
-
-    fn tables(&self) -> usize {
-        64
-    }
-
-    fn memories(&self) -> usize {
-        16
-    }
-}
 
 /// What an instance needs to know of one chain entry that uses it.
 #[derive(Debug, Clone)]
@@ -131,8 +59,6 @@ pub struct HostState {
     current: usize,
     /// Queue ID (or session ID) of the current stage, for logs.
     pub(super) context: Option<Arc<str>>,
-    /// Epoch ticks left for the current call.
-    pub(super) ticks_left: u32,
     /// `host.log` lines of the current call.
     pub(super) logged: u32,
     /// Header edits the current call asked for by host call (`edit`).
@@ -150,11 +76,10 @@ impl HostState {
             // libc may ask, and gets nothing. Its stderr goes to the log.
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
-            limits: Limits { memory, used: 0 },
+            limits: Limits::new(memory),
             confs,
             current,
             context: None,
-            ticks_left: 0,
             logged: 0,
             edits: Vec::new(),
             stderr,
@@ -208,26 +133,3 @@ impl WasiView for HostState {
 }
 
 impl types::Host for HostState {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_limit_counts_every_memory_of_the_instance() {
-        let mut l = Limits {
-            memory: 100,
-            used: 0,
-        };
-        // Two memories created with 40 each, then one grows to 60.
-        assert!(l.memory_growing(0, 40, None).unwrap());
-        assert!(l.memory_growing(0, 40, None).unwrap());
-        assert!(l.memory_growing(40, 60, None).unwrap());
-        assert_eq!(l.used, 100);
-        // Either growing further passes the limit together.
-        let e = l.memory_growing(40, 41, None).unwrap_err();
-        let m = e.downcast_ref::<MemoryLimitExceeded>().unwrap();
-        assert_eq!((m.desired, m.limit), (101, 100));
-        assert_eq!(l.used, 100);
-    }
-}

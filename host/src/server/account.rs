@@ -57,10 +57,10 @@ pub fn prepare(cfg: &Config) -> anyhow::Result<Option<Account>> {
     // Plugins are compiled and their artifacts cached by the account; root
     // never loads one (an artifact is machine code). The cache is given
     // away recursively, so it gets the spool's guards.
-    let cache = &cfg.wasm.cache_dir;
-    if !cfg.plugins.is_empty() && std::fs::create_dir_all(cache).is_ok() {
-        refuse_tree(Tree::PluginCache, cache, &account)?;
-        privileges::chown(cache, &account, true)?;
+    let cache = cfg.wasm.cache_dir_in(spool);
+    if !cfg.plugins.is_empty() && std::fs::create_dir_all(&cache).is_ok() {
+        refuse_tree(Tree::PluginCache, &cache, &account)?;
+        privileges::chown(&cache, &account, true)?;
     }
     Ok(Some(account))
 }
@@ -191,7 +191,8 @@ pub fn check(cfg: &Config, account: &Account) -> anyhow::Result<Vec<String>> {
     let name = &account.name;
     refuse_tree(Tree::Spool, &cfg.server.spool_dir, account)?;
     if !cfg.plugins.is_empty() {
-        refuse_tree(Tree::PluginCache, &cfg.wasm.cache_dir, account)?;
+        let cache = cfg.wasm.cache_dir_in(&cfg.server.spool_dir);
+        refuse_tree(Tree::PluginCache, &cache, account)?;
     }
     for (i, a) in cfg.auth.iter().enumerate() {
         if let Some(path) = &a.path

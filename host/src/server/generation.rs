@@ -102,3 +102,9 @@ impl Generation {
         self.listeners.get(index)
     }
 }
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        tracing::debug!("generation {} released", self.id);
+    }
+}

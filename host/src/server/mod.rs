@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::deliver::journaled::{self, Journaled};
 use crate::deliver::{self, DeliveryConfig};
 use crate::dns::Dns;
+use crate::plugin::cache::CacheSetting;
 use crate::plugin::runtime::CACHE_KEEP_UNUSED;
 use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
@@ -216,9 +217,9 @@ impl Shared {
                 tracing::warn!("reload: {key} changes for delivery at the next restart");
             }
         }
-        let runtime = self.runtime_for(&config)?;
+        let runtime = self.runtime_for(&config).await?;
         if let Some(rt) = &runtime
-            && rt.settings() != &config.wasm
+            && rt.settings().needs_restart_for(&config.wasm)
         {
             let running = rt.settings();
             for p in &config.plugins {
@@ -257,6 +258,8 @@ impl Shared {
             tokio::spawn(tidy_plugin_cache(rt, next.chains.clone()));
         }
         self.generation.store(Arc::new(next));
+        // Its warm instances go now; the rest when its last session ends.
+        current.chains.retire();
         tracing::info!(
             "reload: generation {id} serves new sessions ({plugins} plugins, {entries} chain entries); sessions already open keep generation {} until their next transaction",
             current.id
@@ -264,15 +267,35 @@ impl Shared {
         Ok(id)
     }
 
-    fn runtime_for(&self, config: &Config) -> anyhow::Result<Option<Arc<Runtime>>> {
+    /// The runtime, made (and its pool sized) for the first config with
+    /// plugins.
+    async fn runtime_for(&self, config: &Config) -> anyhow::Result<Option<Arc<Runtime>>> {
         if config.plugins.is_empty() {
             return Ok(None);
         }
-        let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-        if rt.is_none() {
-            *rt = Some(Runtime::new(&config.wasm)?);
+        if let Some(rt) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(Some(rt));
         }
-        Ok(rt.clone())
+        let made = Runtime::new(&config.wasm, &daemon_cache(config, true), &config.plugins).await?;
+        let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(rt.get_or_insert(made).clone()))
+    }
+}
+
+/// The daemon's compile cache: `[wasm] cache_dir` and `cache_key`, by
+/// default in the spool. The daemon (as server.user, after the drop)
+/// makes the key at its first start (`create_key`); `check` only uses it.
+pub fn daemon_cache(config: &Config, create_key: bool) -> CacheSetting {
+    let spool = &config.server.spool_dir;
+    CacheSetting::Disk {
+        dir: config.wasm.cache_dir_in(spool),
+        key: config.wasm.cache_key_in(spool),
+        create_key,
     }
 }
 
@@ -362,7 +385,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let runtime = if config.plugins.is_empty() {
         None
     } else {
-        Some(Runtime::new(&config.wasm)?)
+        Some(Runtime::new(&config.wasm, &daemon_cache(&config, true), &config.plugins).await?)
     };
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
     if let Some(rt) = &runtime {

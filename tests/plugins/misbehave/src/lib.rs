@@ -1,15 +1,15 @@
 //! Test fixture: misbehaves on command, to prove that a bad plugin costs
 //! one 4xx (or is skipped) and never the daemon.
 //!
-//! Config: `mode` = ok | loop | sleep | hog | trap | flood | chatty | reject |
-//! score | header | strip | rewrite | quarantine | discard | refuse-config |
-//! sleep-config | header-flood (64 different header edits per recipient:
-//! the transaction's bound stops it) | huge (a 32 MiB value in its outcome:
-//! more than a guest may hand the host at once) | stderr (writes lines to
-//! stderr); `when_rcpt` = only act when a recipient starts with this
-//! prefix; `field` (default `X-Repeat`) = the field `strip` removes every
-//! copy of and `rewrite` changes 64 copies of (the most one call may ask
-//! for).
+//! Config: `mode` = ok | loop | burn | sleep | hog | resources | trap |
+//! flood | chatty | reject | score | header | strip | rewrite | quarantine |
+//! discard | refuse-config | sleep-config | header-flood (64 different
+//! header edits per recipient: the transaction's bound stops it) | huge (a
+//! 32 MiB value in its outcome: more than a guest may hand the host at
+//! once) | stderr (writes lines to stderr); `when_rcpt` = only act when a
+//! recipient starts with this prefix; `field` (default `X-Repeat`) = the
+//! field `strip` removes every copy of and `rewrite` changes 64 copies of
+//! (the most one call may ask for).
 
 #![allow(missing_docs)]
 
@@ -19,6 +19,21 @@ use exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
 use postern_sdk::{Envelope, Message, Outcome, Param, Session};
+
+#[allow(unsafe_code)]
+mod raw {
+    // The guest's WASI clock, imported directly: the SDK does not expose
+    // pollables, and the "resources" mode must be able to leak them.
+    #[link(wasm_import_module = "wasi:clocks/monotonic-clock@0.2.6")]
+    unsafe extern "C" {
+        #[link_name = "subscribe-duration"]
+        pub safe fn subscribe_duration(when: u64) -> i32;
+    }
+}
+use raw::subscribe_duration;
+
+/// Rounds of the "burn" mode's busy work.
+const BURN_ROUNDS: u64 = 100_000_000;
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -57,6 +72,30 @@ fn act(rcpts: &[&str]) -> Outcome {
             loop {
                 keep.push(vec![0xAB; 1 << 20]);
                 std::hint::black_box(&keep);
+            }
+        }
+        // About 0.18 s of CPU on the machine the tests were written on:
+        // well within a 500 ms limit, however busy the machine is.
+        "burn" => {
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for _ in 0..BURN_ROUNDS {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x = std::hint::black_box(x);
+            }
+            Outcome::cont().score("BURNED", (x & 1) as f64, None)
+        }
+        // Pollables it never drops: each is an entry in the host's
+        // resource table. Logs how many it holds as it goes.
+        "resources" => {
+            let mut held: u64 = 0;
+            loop {
+                std::hint::black_box(subscribe_duration(3_600_000_000_000));
+                held += 1;
+                if held.is_power_of_two() && held >= 256 {
+                    postern_sdk::log::info(&format!("resources: {held} pollables held"));
+                }
             }
         }
         "trap" => panic!("misbehave: trap on purpose"),
