@@ -91,6 +91,7 @@ mod tests {
 
     use crate::config::{Grant, PluginDef, Wasm};
     use crate::plugin::Runtime;
+    use crate::plugin::cache::CacheSetting;
 
     /// A component for `world` of the WIT in `wit` (relative to the
     /// repository root), with dummy code: enough to link and type-check.
@@ -114,12 +115,7 @@ mod tests {
         path
     }
 
-    fn load(path: PathBuf, grants: Vec<Grant>, dir: &Path) -> anyhow::Result<Vec<&'static str>> {
-        let runtime = Runtime::new(&Wasm {
-            cache_dir: dir.join("cache"),
-            max_instances: 4,
-            ..Wasm::default()
-        })?;
+    fn load(path: PathBuf, grants: Vec<Grant>, _dir: &Path) -> anyhow::Result<Vec<&'static str>> {
         let def = PluginDef {
             name: "t".into(),
             path,
@@ -132,6 +128,15 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let wasm = Wasm {
+            max_instances: 4,
+            ..Wasm::default()
+        };
+        let runtime = rt.block_on(Runtime::new(
+            &wasm,
+            &CacheSetting::None,
+            std::slice::from_ref(&def),
+        ))?;
         let plugin = rt.block_on(async { Runtime::load(&runtime, &def).await })?;
         let hooks = plugin.hooks.names();
         drop(plugin);
