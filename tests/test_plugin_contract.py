@@ -8,9 +8,7 @@ import subprocess
 import pytest
 
 from conftest import BIN, ROOT, message, plugin_path
-from test_plugins import access_plugin, python_plugin
-
-CACHE = ROOT / "target" / "test-plugin-cache"
+from test_plugins import CACHE_ARGS, access_plugin, python_plugin
 
 
 def header_checks(stage="data"):
@@ -41,7 +39,7 @@ def rcpt_code(d, rcpt):
 
 
 def plugin_test(*fixtures):
-    return subprocess.run([str(BIN), "plugin", "test", "--cache-dir", str(CACHE), *map(str, fixtures)],
+    return subprocess.run([str(BIN), "plugin", "test", *CACHE_ARGS, *map(str, fixtures)],
                           capture_output=True, text=True, cwd=ROOT)
 
 
