@@ -124,6 +124,18 @@ prepare_baseline() {
   done
 }
 
+# A binary from before a key existed (POSTERN_BIN pointing at an older
+# build, for a before/after run) refuses the key; its line is dropped, so
+# the older binary runs with its own default for it.
+older_binary_config() { # WORKDIR
+  local key
+  for _ in 1 2 3 4 5; do
+    key=$(cd "$1" && "$BIN" check --config postern.toml 2>&1 | sed -n 's/.*unknown field `\([a-z_]*\)`.*/\1/p' | head -n1)
+    [ -n "$key" ] || return 0
+    sed -i "/^$key = /d" "$1/postern.toml"
+  done
+}
+
 # Runs one Postern variant; prints its result line.
 run_postern() { # VARIANT
   local variant=$1 work pid t0 t1 t2 n rc=0 load
@@ -185,6 +197,7 @@ EOF
     *-warm) sed -i 's|^name = "access"$|name = "access"\nreuse_instances = true|' "$work/postern.toml" ;;
   esac
   printf '[wasm]\ncache_dir = "%s"\ncache_key = "%s.key"\n%s\n' "$ROOT/target/bench-plugin-cache" "$ROOT/target/bench-plugin-cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
+  older_binary_config "$work"
   (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
   pid=$!
   echo "$pid" >"$WORKROOT/daemon.pid"
