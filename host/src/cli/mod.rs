@@ -201,15 +201,15 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
         crate::server::account::refuse_root(&config, None)?;
     }
     if let Some(name) = &config.server.user
-        && crate::server::privileges::euid() == 0
+        && crate::privileges::euid() == 0
     {
-        let account = crate::server::privileges::lookup(name)
-            .with_context(|| format!("server.user = {name:?}"))?;
+        let account =
+            crate::privileges::lookup(name).with_context(|| format!("server.user = {name:?}"))?;
         crate::server::account::refuse_root(&config, Some(&account))?;
         for w in crate::server::account::check(&config, &account)? {
             eprintln!("warning: {w}");
         }
-        crate::server::privileges::drop_to(&account)
+        crate::privileges::drop_to(&account)
             .with_context(|| format!("cannot become server.user {name}"))?;
     }
     if !as_root {
@@ -330,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .ok()
                 .and_then(|c| c.server.user.as_deref())
-                .and_then(|u| crate::server::privileges::lookup(u).ok());
+                .and_then(|u| crate::privileges::lookup(u).ok());
             let path = match file {
                 Some(f) => f,
                 None => {
@@ -349,9 +349,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let code = user::run(command, &path)?;
             if let Some(account) = account
-                && crate::server::privileges::euid() == 0
+                && crate::privileges::euid() == 0
                 && path.exists()
-                && !crate::server::privileges::can_read(&account, &path)
+                && !crate::privileges::can_read(&account, &path)
             {
                 use std::os::unix::fs::PermissionsExt;
                 std::os::unix::fs::chown(&path, None, Some(account.gid)).with_context(|| {

@@ -805,7 +805,7 @@ impl Config {
         }
         let s = &self.smtp;
         if let Some(user) = &self.server.user
-            && let Err(e) = crate::server::privileges::lookup(user)
+            && let Err(e) = crate::privileges::lookup(user)
         {
             bad("server.user", format!("{e:#}"));
         }

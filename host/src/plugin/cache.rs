@@ -206,7 +206,7 @@ impl Cache {
         sealed.extend_from_slice(&tag);
         let path = self.path(name);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        crate::server::privileges::write_through_new(&tmp, &path, 0o644, &sealed)
+        crate::privileges::write_through_new(&tmp, &path, 0o644, &sealed)
     }
 
     /// Marks the artifacts in `keep` as used now (their mtime), and
@@ -293,7 +293,7 @@ fn read_key(path: &Path, create: bool) -> Result<[u8; KEY_LEN], KeyError> {
     }
     let untrusted = || KeyError::Untrusted {
         path: path.to_path_buf(),
-        uid: crate::server::privileges::euid(),
+        uid: crate::privileges::euid(),
     };
     let meta = std::fs::symlink_metadata(path).map_err(io)?;
     if !key_file_ok(&meta) || !path.parent().is_some_and(dir_ours) {
@@ -307,7 +307,7 @@ fn read_key(path: &Path, create: bool) -> Result<[u8; KEY_LEN], KeyError> {
 fn key_file_ok(m: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
     m.is_file()
-        && m.uid() == crate::server::privileges::euid()
+        && m.uid() == crate::privileges::euid()
         && m.mode() & 0o077 == 0
         && m.len() == KEY_LEN as u64
 }
@@ -367,7 +367,7 @@ fn only_ours(path: &Path, meta: &std::fs::Metadata) -> bool {
 /// Owned by this user or root, writable by no group or other.
 fn ours(m: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let me = crate::server::privileges::euid();
+    let me = crate::privileges::euid();
     (m.uid() == me || m.uid() == 0) && m.mode() & 0o022 == 0
 }
 

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::privileges::{self, Account};
 use crate::config::Config;
-use crate::spool::dirsync::create_dir_durable;
+use crate::durable::dirsync::create_dir_durable;
+use crate::privileges::{self, Account};
 
 /// `[server] user`, as root: the account, with the spool, the Maildir
 /// base and the plugin cache given to it, and the files the daemon reads

@@ -11,9 +11,6 @@ pub mod offload;
 pub mod trace;
 pub mod wire;
 
-/// Kept at its old path for callers written before it moved to the crate root.
-pub use crate::privileges;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -369,7 +366,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         None
     };
     if let Some(account) = &account {
-        privileges::drop_to(account)?;
+        crate::privileges::drop_to(account)?;
         tracing::info!(
             "running as user {} (uid {}, gid {})",
             account.name,

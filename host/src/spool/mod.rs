@@ -25,9 +25,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Kept at its old path: the group commit moved to [`crate::durable`].
-pub use crate::durable::dirsync;
-pub use dirsync::{DirSyncer, SyncMode};
+use crate::durable::dirsync;
+pub use crate::durable::dirsync::{DirSyncer, SyncMode};
 
 use crate::durable::noreplace::rename_noreplace;
 pub use format::{Client, Envelope, Recipient};

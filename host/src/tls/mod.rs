@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::Config;
-use crate::server::privileges::write_through_new;
+use crate::privileges::write_through_new;
 
 /// One certificate with where it came from.
 #[derive(Debug, Clone)]

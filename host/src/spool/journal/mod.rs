@@ -222,7 +222,8 @@ impl Journal {
         touched: Arc<Touched>,
         seal_idle: Duration,
     ) -> io::Result<(Journal, Leftovers)> {
-        super::dirsync::create_dir_durable(dir, 0o700, 0o755).map_err(ctx("create", dir))?;
+        crate::durable::dirsync::create_dir_durable(dir, 0o700, 0o755)
+            .map_err(ctx("create", dir))?;
         let left = read(dir)?;
         let first = left.segments.last().map_or(1, |s| s + 1);
         let inner = Arc::new(Inner {
