@@ -379,6 +379,16 @@ pub struct Smtp {
     pub max_session_commands: u32,
 }
 
+impl Smtp {
+    /// What a header section may hold (`max_header_fields`, `max_header_size`).
+    pub fn header_limits(&self) -> crate::message::limits::HeaderLimits {
+        crate::message::limits::HeaderLimits {
+            fields: self.max_header_fields,
+            bytes: usize::try_from(self.max_header_size.0).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 impl Default for Smtp {
     fn default() -> Smtp {
         use std::time::Duration;
@@ -648,7 +658,7 @@ pub struct Queue {
     /// per file, batched directory fsyncs, like Postfix) or `filesystem`
     /// (one syncfs per batch; for a spool and mailboxes on their own file
     /// system).
-    pub sync: crate::spool::SyncMode,
+    pub sync: crate::durable::dirsync::SyncMode,
     /// Deliver mail for local mailboxes into Maildir before answering 250
     /// (the message is durable in the mailbox instead of the spool); any
     /// recipient that cannot be delivered at once is queued as usual.
@@ -677,7 +687,7 @@ impl Default for Queue {
             direct_delivery: true,
             journal: true,
             journal_seal_idle: Seconds(Duration::from_millis(100)),
-            sync: crate::spool::SyncMode::File,
+            sync: crate::durable::dirsync::SyncMode::File,
         }
     }
 }

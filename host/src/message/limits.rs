@@ -21,16 +21,6 @@ pub struct HeaderLimits {
     pub bytes: usize,
 }
 
-impl HeaderLimits {
-    /// The limits of an `[smtp]` table.
-    pub fn of(smtp: &crate::config::Smtp) -> HeaderLimits {
-        HeaderLimits {
-            fields: smtp.max_header_fields,
-            bytes: usize::try_from(smtp.max_header_size.0).unwrap_or(usize::MAX),
-        }
-    }
-}
-
 /// A header section over its limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderTooLarge {
@@ -90,11 +80,11 @@ pub fn check_counts(count: usize, size: usize, limits: HeaderLimits) -> Result<(
 /// filter runs.
 pub fn enforce(
     found: &super::Inspection,
-    smtp: &crate::config::Smtp,
+    limits: HeaderLimits,
     id: &str,
     client: &str,
 ) -> Result<(), Reply> {
-    check_counts(found.fields, found.header_size, HeaderLimits::of(smtp)).map_err(|e| {
+    check_counts(found.fields, found.header_size, limits).map_err(|e| {
         let reply = e.reply();
         tracing::info!(
             "{id}: reject: END-OF-MESSAGE from {client}: {}",

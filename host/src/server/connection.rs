@@ -1111,7 +1111,12 @@ impl Connection {
         })
         .await
         .map_err(|e| self.internal_error(&id, "header scan", &e))?;
-        limits::enforce(&found, &self.generation.config.smtp, &id, &self.client)?;
+        limits::enforce(
+            &found,
+            self.generation.config.smtp.header_limits(),
+            &id,
+            &self.client,
+        )?;
         let hopcount_limit = self.generation.config.smtp.hopcount_limit;
         if found.received > hopcount_limit {
             // Postfix cleanup: "message rejected: hopcount exceeded".
