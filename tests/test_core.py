@@ -473,14 +473,24 @@ def test_failed_delivery_stays_queued_and_is_retried(daemon_factory):
     with d.smtp() as s:
         s.sendmail("sender@example.org", ["bob@example.test"], message(subject="retry me"))
     d.wait_log("status=deferred")
-    out = d.cli("queue", "list").stdout
-    assert "bob@example.test" in out and "attempt" in out
+
+    def queue_settles(done):
+        # The log line goes out before the queue file records the attempt
+        # (and, once delivered, before it is removed): poll, bounded.
+        out = ""
+        for _ in range(100):
+            out = d.cli("queue", "list").stdout
+            if done(out):
+                return out
+            time.sleep(0.1)
+        raise AssertionError(out)
+
+    queue_settles(lambda out: "bob@example.test" in out and "attempt" in out)
     blocker.unlink()
     [f] = d.wait_mail("bob", timeout=15)
     assert "Subject: retry me" in f.read_text()
-    time.sleep(0.3)
+    queue_settles(lambda out: out.strip() == "Mail queue is empty")
     assert len(d.new_mail("bob")) == 1
-    assert d.cli("queue", "list").stdout.strip() == "Mail queue is empty"
 
 
 def test_smtp_smuggling_is_refused_and_nothing_smuggled(daemon):
