@@ -182,8 +182,15 @@ pub fn deliver(
             done => return done,
         }
     }
-    let (_acting, folder) = walk_to_folder(maildir, tag, with_cur)?;
-    deliver_into(&folder, parts, name, how)
+    let (acting, folder, reached) = walk_to_folder(maildir, tag, with_cur)?;
+    let done = deliver_into(&folder, parts, name, how);
+    // Kept once the thread is itself again: a sweeper thread it starts
+    // would inherit the owner's credentials.
+    drop(acting);
+    if let Some(known) = reached {
+        KNOWN.keep(maildir, known);
+    }
+    done
 }
 
 /// The folder to deliver into in a Maildir found unchanged since a walk
@@ -201,13 +208,13 @@ fn known_folder(
 }
 
 /// The folder to deliver into, reached by walking the path (see [`walk`]),
-/// and the thread acting as its owner; keeps the Maildir reached for the
-/// next delivery.
+/// the thread acting as its owner, and the Maildir reached if it can be
+/// kept for the next delivery.
 fn walk_to_folder(
     maildir: &Path,
     tag: Option<&str>,
     with_cur: bool,
-) -> Result<(ActingAs, Folder), MaildirError> {
+) -> Result<(ActingAs, Folder, Option<Known>), MaildirError> {
     // Before the walk asks who the process is.
     let generation = crate::privileges::identity_generation();
     let walked = walk::walk(maildir)?;
@@ -216,15 +223,14 @@ fn walk_to_folder(
     // when the delivery returns, or unwinds.
     let acting = trust.act(maildir)?;
     let dir = Arc::new(walked.make_missing(&trust)?);
+    let mut reached = None;
     let folder = folder_for(&dir, tag, &trust, with_cur, || {
         let inbox = walk::open_folder(&dir, &trust, true, with_cur)?
             .ok_or_else(|| err("open", &maildir.join("new"))(io::ErrorKind::NotFound.into()))?;
-        if let Some(known) = Known::new(trust, dir.clone(), &inbox, generation) {
-            KNOWN.keep(maildir, known);
-        }
+        reached = Known::new(trust, dir.clone(), &inbox, generation);
         Ok(inbox)
     })?;
-    Ok((acting, folder))
+    Ok((acting, folder, reached))
 }
 
 /// The folder of `tag` in the Maildir `dir` if it has one, else the
