@@ -183,20 +183,27 @@ impl DirSyncer {
     /// started after this call has completed, and no write-back error was
     /// reported since `since` (filesystem mode). Blocking.
     pub fn sync_dir_blocking(&self, dir: &File, since: Ticket) -> io::Result<()> {
-        let (key, target) = match self.mode {
-            SyncMode::File => {
-                let m = dir.metadata()?;
-                (
-                    Key::Dir(m.dev(), m.ino()),
-                    Target::Dir(Arc::new(dir.try_clone()?)),
-                )
-            }
-            SyncMode::Filesystem => {
-                let dev = self.filesystems.register(dir.as_fd())?;
-                (Key::Filesystem(dev), Target::Filesystem(dev))
-            }
-        };
-        self.request(key, target, since)
+        if self.mode == SyncMode::Filesystem {
+            return self.sync_filesystem_of(dir.as_fd(), since);
+        }
+        let m = dir.metadata()?;
+        let target = Target::Dir(Arc::new(dir.try_clone()?));
+        self.request(Key::Dir(m.dev(), m.ino()), target, since)
+    }
+
+    /// [`DirSyncer::sync_dir_blocking`] for a directory kept open whose
+    /// device and inode are known: neither asked for nor its descriptor
+    /// duplicated (a Maildir's `new/` gets a sync per delivery).
+    pub fn sync_shared_dir_blocking(
+        &self,
+        dir: &Arc<File>,
+        (dev, ino): (u64, u64),
+        since: Ticket,
+    ) -> io::Result<()> {
+        if self.mode == SyncMode::Filesystem {
+            return self.sync_filesystem_of(dir.as_fd(), since);
+        }
+        self.request(Key::Dir(dev, ino), Target::Dir(dir.clone()), since)
     }
 
     /// Makes a just-written file's data durable (blocking): its own
@@ -204,11 +211,14 @@ impl DirSyncer {
     pub fn sync_file_blocking(&self, file: &File, since: Ticket) -> io::Result<()> {
         match self.mode {
             SyncMode::File => file.sync_data(),
-            SyncMode::Filesystem => {
-                let dev = self.filesystems.register(file.as_fd())?;
-                self.request(Key::Filesystem(dev), Target::Filesystem(dev), since)
-            }
+            SyncMode::Filesystem => self.sync_filesystem_of(file.as_fd(), since),
         }
+    }
+
+    /// A place in the next syncfs of the file system `fd` is on.
+    fn sync_filesystem_of(&self, fd: BorrowedFd<'_>, since: Ticket) -> io::Result<()> {
+        let dev = self.filesystems.register(fd)?;
+        self.request(Key::Filesystem(dev), Target::Filesystem(dev), since)
     }
 
     fn request(&self, key: Key, target: Target, since: Ticket) -> io::Result<()> {

@@ -170,13 +170,33 @@ pub fn can_read(account: &Account, path: &Path) -> bool {
     mode & 0o004 != 0
 }
 
+/// Bumped whenever the process changes its identity ([`drop_to`]): what
+/// was learnt about "who am I" before (a Maildir's trust) is stale then.
+static IDENTITY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Which identity the process has had: equal values, no change between
+/// them. One atomic load, where [`euid`] is a system call.
+pub fn identity_generation() -> u64 {
+    IDENTITY.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Drops root for good: supplementary groups (the account's own, as
 /// `/etc/group` lists them: so that a key readable by group `ssl-cert`, or
 /// saslauthd's socket directory of group `sasl`, stay readable), group,
 /// then user (glibc applies each to every thread of the process).
 /// Verifies that root cannot be regained.
-#[allow(unsafe_code)]
 pub fn drop_to(account: &Account) -> anyhow::Result<()> {
+    // Before and after (failed or not): whoever looked in between sees a
+    // change either way.
+    IDENTITY.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dropped = set_ids(account);
+    IDENTITY.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    dropped
+}
+
+/// The system calls of [`drop_to`].
+#[allow(unsafe_code)]
+fn set_ids(account: &Account) -> anyhow::Result<()> {
     let groups: Vec<libc::gid_t> = account.groups.clone();
     // SAFETY: plain system calls on integers and on `groups`, which holds
     // `groups.len()` entries; glibc broadcasts the ID changes to all

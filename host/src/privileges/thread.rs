@@ -38,6 +38,14 @@ struct Saved {
 /// another identity into the next task it runs.
 pub fn act_as(uid: u32, gid: u32) -> io::Result<ActingAs> {
     let euid = if uid == 0 { 0 } else { super::euid() };
+    act_as_from(euid, uid, gid)
+}
+
+/// [`act_as`] for a caller that knows the thread's effective user ID
+/// (`euid`: the process's own, learnt under the same
+/// [`super::identity_generation`]), sparing the system call that asks.
+/// Nothing changes when the thread is not root or already is `uid`.
+pub fn act_as_from(euid: u32, uid: u32, gid: u32) -> io::Result<ActingAs> {
     if euid != 0 || uid == 0 {
         return Ok(ActingAs {
             saved: None,

@@ -24,7 +24,7 @@ pub(super) fn earlier_copy<'f>(
     name: &str,
     whole: &[u8],
 ) -> Option<(PathBuf, File, &'f Dir)> {
-    let in_new = std::iter::once((&folder.new, OsString::from(name)));
+    let in_new = std::iter::once((&*folder.new, OsString::from(name)));
     let in_cur = folder
         .cur
         .iter()

@@ -10,6 +10,7 @@
 //! the delivery; the reason is in the error, and so in the log line.
 
 mod earlier;
+mod known;
 mod names;
 mod walk;
 
@@ -18,6 +19,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -26,8 +28,10 @@ pub use names::{journal_name, unique_name};
 
 use crate::durable::dirsync::{DirSyncer, Ticket};
 use crate::durable::noreplace::rename_noreplace;
+use crate::privileges::thread::ActingAs;
 use crate::spool::journal::Touched;
-use walk::{Dir, Folder};
+use known::{KNOWN, Known};
+use walk::{Dir, Folder, Trust};
 
 /// A Maildir delivery failure; all are temporary (the message stays queued).
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,14 @@ pub struct MaildirError {
     pub path: PathBuf,
     /// The I/O error.
     pub source: io::Error,
+}
+
+impl MaildirError {
+    /// A kept directory was found gone (removed after its check): nothing
+    /// was delivered, and a walk of the path may find where to.
+    fn gone(&self) -> bool {
+        matches!(self.op, "create" | "rename") && self.source.kind() == io::ErrorKind::NotFound
+    }
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MaildirError + 'a {
@@ -139,7 +151,7 @@ impl Securing<'_> {
     fn dir(&self, dir: &Dir) -> Result<(), MaildirError> {
         match self {
             Securing::Sync(syncer, since) => syncer
-                .sync_dir_blocking(&dir.file, *since)
+                .sync_shared_dir_blocking(&dir.file, (dir.dev, dir.ino), *since)
                 .map_err(err("fsync", &dir.path)),
             Securing::Bulk => Ok(()),
         }
@@ -149,6 +161,10 @@ impl Securing<'_> {
 /// Delivers `parts` (concatenated) into the Maildir under the file name
 /// `name` (plus `,S=size`); returns the new file. Blocking: call from a
 /// blocking thread (the thread acts as the mailbox owner meanwhile).
+///
+/// A Maildir delivered to before is reused while its path still names it
+/// ([`known`]); otherwise, or if its directories turn out gone, the path
+/// is walked as for a first delivery.
 pub fn deliver(
     maildir: &Path,
     tag: Option<&str>,
@@ -156,25 +172,84 @@ pub fn deliver(
     name: &str,
     how: Durability<'_>,
 ) -> Result<PathBuf, MaildirError> {
+    // cur/ only where an earlier copy is looked for.
+    let with_cur = how.look_for_earlier_copy();
+    if let Some(known) = KNOWN.get(maildir) {
+        let done = known_folder(&known, tag, with_cur)
+            .and_then(|(_acting, folder)| deliver_into(&folder, parts, name, how));
+        match done {
+            Err(e) if e.gone() => KNOWN.forget(maildir, &known),
+            done => return done,
+        }
+    }
+    let (acting, folder, reached) = walk_to_folder(maildir, tag, with_cur)?;
+    let done = deliver_into(&folder, parts, name, how);
+    // Kept once the thread is itself again: a sweeper thread it starts
+    // would inherit the owner's credentials.
+    drop(acting);
+    if let Some(known) = reached {
+        KNOWN.keep(maildir, known);
+    }
+    done
+}
+
+/// The folder to deliver into in a Maildir found unchanged since a walk
+/// reached it, and the thread acting as its owner.
+fn known_folder(
+    known: &Known,
+    tag: Option<&str>,
+    with_cur: bool,
+) -> Result<(ActingAs, Folder), MaildirError> {
+    let acting = known.trust.act(&known.maildir.path)?;
+    let folder = folder_for(&known.maildir, tag, &known.trust, with_cur, || {
+        known.inbox(with_cur)
+    })?;
+    Ok((acting, folder))
+}
+
+/// The folder to deliver into, reached by walking the path (see [`walk`]),
+/// the thread acting as its owner, and the Maildir reached if it can be
+/// kept for the next delivery.
+fn walk_to_folder(
+    maildir: &Path,
+    tag: Option<&str>,
+    with_cur: bool,
+) -> Result<(ActingAs, Folder, Option<Known>), MaildirError> {
+    // Before the walk asks who the process is.
+    let generation = crate::privileges::identity_generation();
     let walked = walk::walk(maildir)?;
     let trust = walked.trust()?;
     // As the owner from here on: never root in a user's tree. Given back
-    // when this returns, or unwinds.
-    let _acting = crate::privileges::thread::act_as(trust.owner, trust.group)
-        .map_err(err("act as the owner of", maildir))?;
-    let dir = walked.make_missing(&trust)?;
-    // cur/ only where an earlier copy is looked for.
-    let with_cur = how.look_for_earlier_copy();
+    // when the delivery returns, or unwinds.
+    let acting = trust.act(maildir)?;
+    let dir = Arc::new(walked.make_missing(&trust)?);
+    let mut reached = None;
+    let folder = folder_for(&dir, tag, &trust, with_cur, || {
+        let inbox = walk::open_folder(&dir, &trust, true, with_cur)?
+            .ok_or_else(|| err("open", &maildir.join("new"))(io::ErrorKind::NotFound.into()))?;
+        reached = Known::new(trust, dir.clone(), &inbox, generation);
+        Ok(inbox)
+    })?;
+    Ok((acting, folder, reached))
+}
+
+/// The folder of `tag` in the Maildir `dir` if it has one, else the
+/// INBOX, from `inbox`.
+fn folder_for(
+    dir: &Dir,
+    tag: Option<&str>,
+    trust: &Trust,
+    with_cur: bool,
+    inbox: impl FnOnce() -> Result<Folder, MaildirError>,
+) -> Result<Folder, MaildirError> {
     let tagged = match tag {
-        Some(t) => walk::tag_folder(&dir, t, &trust, with_cur)?,
+        Some(t) => walk::tag_folder(dir, t, trust, with_cur)?,
         None => None,
     };
-    let folder = match tagged {
-        Some(folder) => folder,
-        None => walk::open_folder(&dir, &trust, true, with_cur)?
-            .ok_or_else(|| err("open", &maildir.join("new"))(io::ErrorKind::NotFound.into()))?,
-    };
-    deliver_into(&folder, parts, name, how)
+    match tagged {
+        Some(folder) => Ok(folder),
+        None => inbox(),
+    }
 }
 
 /// Writes the message into `folder`.
@@ -294,17 +369,17 @@ mod tests {
         dir
     }
 
-    fn make_maildir(dir: &Path) {
+    pub(super) fn make_maildir(dir: &Path) {
         for sub in ["tmp", "cur", "new"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
     }
 
-    fn count(dir: &Path) -> usize {
+    pub(super) fn count(dir: &Path) -> usize {
         fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
     }
 
-    fn is_root() -> bool {
+    pub(super) fn is_root() -> bool {
         crate::privileges::euid() == 0
     }
 

@@ -19,12 +19,14 @@ use std::fs::File;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::{MaildirError, err, refuse};
 use crate::durable::dirsync::{create_dir_at, wait_until_durable};
+use crate::privileges::thread::ActingAs;
 
 /// Symbolic links followed at most on one path (Linux's own limit).
 const MAX_LINKS: usize = 40;
@@ -32,14 +34,16 @@ const MAX_LINKS: usize = 40;
 /// An open directory and whose it is.
 #[derive(Debug)]
 pub(super) struct Dir {
-    /// The open directory.
-    pub file: File,
+    /// The open directory (shared with the syncs of its entries).
+    pub file: Arc<File>,
     /// Its owner.
     pub uid: u32,
     /// Its group.
     pub gid: u32,
     /// Its file system.
     pub dev: u64,
+    /// Its inode: with `dev`, which directory this is.
+    pub ino: u64,
     /// Where it is, for messages.
     pub path: PathBuf,
 }
@@ -50,10 +54,11 @@ impl Dir {
         #[allow(clippy::unnecessary_cast)] // c_ulong on some targets
         let dev = st.st_dev as u64;
         Ok(Dir {
-            file,
+            file: Arc::new(file),
             uid: st.st_uid,
             gid: st.st_gid,
             dev,
+            ino: st.st_ino,
             path,
         })
     }
@@ -74,13 +79,21 @@ pub(super) struct Trust {
     pub owner: u32,
     /// The group it acts with.
     pub group: u32,
-    me: u32,
+    /// Postern's own account when the walk was made.
+    pub me: u32,
 }
 
 impl Trust {
     /// Refuses a directory that belongs to anyone else.
     pub fn check(&self, dir: &Dir) -> Result<(), MaildirError> {
         self.check_owner(dir.uid, &dir.path)
+    }
+
+    /// Makes the calling thread act as the mailbox owner (for deliveries
+    /// into `path`) until the guard returned is dropped.
+    pub fn act(&self, path: &Path) -> Result<ActingAs, MaildirError> {
+        crate::privileges::thread::act_as_from(self.me, self.owner, self.group)
+            .map_err(err("act as the owner of", path))
     }
 
     fn check_owner(&self, uid: u32, path: &Path) -> Result<(), MaildirError> {
@@ -266,10 +279,10 @@ fn make_dir(parent: &Dir, name: &OsStr, trust: &Trust) -> Result<Dir, MaildirErr
 /// A Maildir folder (the INBOX or a `.tag` one) and its directories.
 #[derive(Debug)]
 pub(super) struct Folder {
-    /// `tmp/`.
-    pub tmp: Dir,
+    /// `tmp/` (shared with [`super::known`]'s Maildirs).
+    pub tmp: Arc<Dir>,
     /// `new/`.
-    pub new: Dir,
+    pub new: Arc<Dir>,
     /// `cur/`, if there is one.
     pub cur: Option<Dir>,
 }
@@ -309,7 +322,11 @@ pub(super) fn open_folder(
     if let Some(cur) = &cur {
         trust.check(cur)?;
     }
-    Ok(Some(Folder { tmp, new, cur }))
+    Ok(Some(Folder {
+        tmp: Arc::new(tmp),
+        new: Arc::new(new),
+        cur,
+    }))
 }
 
 /// The folder for a tag: `.tag` (exact, then case-insensitive) if it is a
