@@ -55,6 +55,12 @@
 # once, interleaved; the summary uses the medians, because a 2-core VM is
 # noisy and its disk has slow and fast phases.
 #
+# BENCH_BEFORE=BIN adds, for every variant, a twin "before-VARIANT" run
+# by an older binary in the same interleaved rounds (before/after figures
+# that the VM's phases hit alike), and prints after-vs-before ratios; its
+# plugins come from the checkout BENCH_BEFORE_ROOT (default: this one),
+# built there with its own plugins/build.sh.
+#
 # BENCH_EDITS=0 skips the first figures: what the header work at the end
 # of DATA costs for a message at max_message_size, in ms per edit path, each
 # on its worst case (host/benches/header_edits.rs, run through cargo bench).
@@ -67,6 +73,14 @@ PEERS=$ROOT/../shared/peers
 S=${1:-20} M=${2:-2000} L=${3:-4096}
 BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
 VARIANTS=${BENCH_VARIANTS:-core direct quickstart six six-warm}
+BEFORE=${BENCH_BEFORE:-}
+BEFORE_ROOT=${BENCH_BEFORE_ROOT:-$ROOT}
+if [ -n "$BEFORE" ]; then
+  [ -x "$BEFORE" ] || { echo "bench: BENCH_BEFORE=$BEFORE is not an executable" >&2; exit 1; }
+  twins=
+  for v in $VARIANTS; do twins+="before-$v $v "; done
+  VARIANTS=$twins
+fi
 REPEAT=${BENCH_REPEAT:-3}
 [ "$REPEAT" -ge 1 ] || { echo "bench: BENCH_REPEAT must be at least 1" >&2; exit 1; }
 PORT=${BENCH_PORT:-2625}
@@ -124,13 +138,13 @@ prepare_baseline() {
   done
 }
 
-# A binary from before a key existed (POSTERN_BIN pointing at an older
+# A binary from before a key existed (BENCH_BEFORE, or POSTERN_BIN at an older
 # build, for a before/after run) refuses the key; its line is dropped, so
 # the older binary runs with its own default for it.
-older_binary_config() { # WORKDIR
+older_binary_config() { # WORKDIR BIN
   local key
-  for _ in 1 2 3 4 5; do
-    key=$(cd "$1" && "$BIN" check --config postern.toml 2>&1 | sed -n 's/.*unknown field `\([a-z_]*\)`.*/\1/p' | head -n1)
+  for _ in 1 2 3 4 5 6 7 8; do
+    key=$(cd "$1" && "$2" check --config postern.toml 2>&1 | sed -n 's/.*unknown field `\([a-z_]*\)`.*/\1/p' | head -n1)
     [ -n "$key" ] || return 0
     sed -i "/^$key = /d" "$1/postern.toml"
   done
@@ -139,6 +153,10 @@ older_binary_config() { # WORKDIR
 # Runs one Postern variant; prints its result line.
 run_postern() { # VARIANT
   local variant=$1 work pid t0 t1 t2 n rc=0 load
+  local bin=$BIN plugins=$ROOT cache=$ROOT/target/bench-plugin-cache
+  case $variant in
+    before-*) bin=$BEFORE plugins=$BEFORE_ROOT cache=$ROOT/target/bench-plugin-cache-before ;;
+  esac
   # Like the baseline's bench.sh, which empties its Maildir before each
   # run, the previous run's files go first (BENCH_CLEAN=0 keeps them until
   # the end). On ext4 without a journal, inodes freed in the last 60-120 s
@@ -177,15 +195,15 @@ maildir = "var/mail/{user}/Maildir"
 postmaster = "testuser"
 abuse = "testuser"
 EOF
-  case $variant in
+  case ${variant#before-} in
     direct) printf '[queue]\njournal = false\n' >>"$work/postern.toml" ;;
     syncfs) printf '[queue]\nsync = "filesystem"\n' >>"$work/postern.toml" ;;
     syncfs-spool) printf '[queue]\nsync = "filesystem"\ndirect_delivery = false\n' >>"$work/postern.toml" ;;
     quickstart | quickstart-warm)
-      sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml"
+      sed "s|@ROOT@|$plugins|g" "$ROOT/bench/quickstart-chain.toml" >>"$work/postern.toml"
       ;;
     six | six-warm)
-      sed "s|@ROOT@|$ROOT|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml"
+      sed "s|@ROOT@|$plugins|g" "$ROOT/bench/six-per-stage-chain.toml" >>"$work/postern.toml"
       ;;
     core) ;;
     *)
@@ -196,9 +214,9 @@ EOF
   case $variant in
     *-warm) sed -i 's|^name = "access"$|name = "access"\nreuse_instances = true|' "$work/postern.toml" ;;
   esac
-  printf '[wasm]\ncache_dir = "%s"\ncache_key = "%s.key"\n%s\n' "$ROOT/target/bench-plugin-cache" "$ROOT/target/bench-plugin-cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
-  older_binary_config "$work"
-  (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
+  printf '[wasm]\ncache_dir = "%s"\ncache_key = "%s.key"\n%s\n' "$cache" "$cache" "${BENCH_WASM:-}" >>"$work/postern.toml"
+  older_binary_config "$work" "$bin"
+  (cd "$work" && exec "$bin" run --config postern.toml >"$work/postern.log" 2>&1) &
   pid=$!
   echo "$pid" >"$WORKROOT/daemon.pid"
   for _ in $(seq 100); do
@@ -341,7 +359,15 @@ for v in $VARIANTS; do
     if (pa > 0 && pd > 0) printf "ratio postern-%s/postfix: accepted %.1fx delivered %.1fx synced %.1fx\n", v, a / pa, d / pd, s / pd }'
 done
 for v in $VARIANTS; do
-  case $v in core | direct | syncfs | syncfs-spool) continue ;; esac
+  case $v in before-*) ;; *) continue ;; esac
+  w=${v#before-}
+  awk -v v="$w" -v a="${acc[$v]}" -v b="${acc[$w]}" -v c="${del[$v]}" -v d="${del[$w]}" \
+    -v e="${syn[$v]}" -v f="${syn[$w]}" -v x="${cpu[$v]}" -v y="${cpu[$w]}" 'BEGIN {
+    if (a > 0 && c > 0 && e > 0 && x > 0) printf "after vs before, %s: accepted %+.1f%% delivered %+.1f%% synced %+.1f%% cpu per message %+.1f%%\n",
+      v, (b - a) / a * 100, (d - c) / c * 100, (f - e) / e * 100, (y - x) / x * 100 }'
+done
+for v in $VARIANTS; do
+  case $v in core | direct | syncfs | syncfs-spool | before-*) continue ;; esac
   [ -n "${acc[core]:-}" ] || break
   awk -v v="$v" -v a="${acc[core]}" -v b="${acc[$v]}" -v c="${del[core]}" -v d="${del[$v]}" \
     -v x="${cpu[core]}" -v y="${cpu[$v]}" 'BEGIN {
