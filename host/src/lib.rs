@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod dns;
+pub mod dsn;
 pub mod durable;
 pub mod message;
 pub mod plugin;

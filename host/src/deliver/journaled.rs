@@ -356,8 +356,8 @@ fn deliver(
     touched: &Touched,
     how: Durability<'_>,
 ) -> Result<Option<String>, SpoolError> {
-    let mut done = BTreeSet::new();
-    let Some(last_error) = deliver_pending(router, env, content, &mut done, hostname, how) else {
+    let mut state = DeliveryState::default();
+    let Some(last_error) = deliver_pending(router, env, content, &mut state, hostname, how) else {
         return Ok(None);
     };
     // The spool will say these recipients are done: their copies must be
@@ -369,7 +369,7 @@ fn deliver(
             source,
         })?;
     }
-    let state = DeliveryState::after_first_attempt(last_error, done);
+    let state = state.first_attempt_failed(last_error);
     match spool.commit_blocking(content, env, state.clone()) {
         Ok(()) => {
             tracing::info!("{}: queued for retry", env.id);
@@ -549,7 +549,6 @@ pub fn recover(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::route::Destination;
     use crate::spool::SyncMode;
     use crate::spool::journal::segment_for_test;
     use arc_swap::ArcSwap;
@@ -625,11 +624,7 @@ mod tests {
     fn message(id: &str, user: &str) -> Vec<u8> {
         let mut env = format::tests::sample();
         env.id = id.into();
-        env.recipients[0].destination = Destination::Local {
-            user: user.into(),
-            tag: None,
-            domain: "example.test".into(),
-        };
+        env.recipients[0].address = format!("{user}@example.test");
         env.recipients[0].original = format!("{user}@example.test");
         format::encode(format!("Subject: {id}\r\n\r\nhi\r\n").as_bytes(), &env)
     }

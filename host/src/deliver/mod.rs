@@ -2,11 +2,13 @@
 //! delivery agent, and reschedules temporary failures with exponential
 //! backoff. A message leaves the spool only when every recipient is done.
 
+pub mod agent;
 pub mod journaled;
+pub mod local;
 pub mod maildir;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +16,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::route::{Destination, Router};
-use crate::spool::{DirSyncer, Envelope, Spool, SpoolError, now_secs};
+use crate::route::{Router, Transport, TransportError};
+use crate::spool::{
+    DeliveryState, DirSyncer, Envelope, Recipient, RecipientState, Spool, SpoolError, now_secs,
+};
+use agent::{Agent, Message, NoRemote, Outcome, Rcpt, Status};
+use local::Local;
 pub use maildir::Durability;
 
 /// Delivery settings taken from `[queue]` and `[server]`.
@@ -61,7 +67,7 @@ impl Queue {
 }
 
 /// The result of one delivery attempt.
-enum Outcome {
+enum Attempt {
     /// Every recipient is done; the message was removed.
     Finished,
     /// Some recipients must be retried at this time.
@@ -109,7 +115,7 @@ async fn run(
     let mut in_flight: HashSet<String> = HashSet::new();
     // Attempts in a row that failed on the spool itself, by message.
     let mut failures: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-    let mut tasks: JoinSet<(String, Outcome)> = JoinSet::new();
+    let mut tasks: JoinSet<(String, Attempt)> = JoinSet::new();
 
     // Recovered messages keep their retry schedule.
     let now_wall = now_secs();
@@ -181,14 +187,14 @@ async fn run(
                 Ok((id, outcome)) => {
                     in_flight.remove(&id);
                     match outcome {
-                        Outcome::Finished => {
+                        Attempt::Finished => {
                             failures.remove(&id);
                         }
-                        Outcome::Retry(at) => {
+                        Attempt::Retry(at) => {
                             failures.remove(&id);
                             waiting.push(Reverse((at, id)));
                         }
-                        Outcome::Failed(e) => {
+                        Attempt::Failed(e) => {
                             // The spool itself failing (full, read-only):
                             // retried with the usual backoff, not in a loop.
                             let n = failures.entry(id.clone()).or_insert(0);
@@ -234,104 +240,119 @@ fn delay_since(arrival: f64) -> f64 {
     (now - arrival).max(0.0)
 }
 
-/// Delivers every recipient of `env` that is not yet in `done` (blocking),
-/// logs one line per recipient, adds the delivered ones to `done`, and
-/// returns the last temporary error if any recipient must be retried.
+/// Delivers every recipient of `env` that is not yet done in `state`
+/// (blocking): routes each once to its transport, hands each agent its
+/// recipients in one call, logs one line per recipient, and records each
+/// outcome in `state` (delivered ones in `state.done`). Returns the last
+/// temporary error if any recipient must be retried.
 pub fn deliver_pending(
     router: &Router,
     env: &Envelope,
     content: &[u8],
-    done: &mut BTreeSet<usize>,
+    state: &mut DeliveryState,
     hostname: &str,
     how: Durability<'_>,
 ) -> Option<String> {
-    let id = &env.id;
-    let delimiter = router.delimiter();
-    let return_path = format!("Return-Path: <{}>\r\n", env.sender);
-    let mut deferred: Option<String> = None;
-    let pending = env
+    let msg = Message {
+        env,
+        content,
+        hostname,
+        how,
+    };
+    // Route once: each pending recipient to its transport, or to an
+    // outcome when routing itself says it cannot go anywhere now.
+    let mut routed: Vec<(usize, &Recipient, Result<Transport, TransportError>)> = env
         .recipients
         .iter()
         .enumerate()
-        .filter(|(i, _)| !done.contains(i));
-    let looped = delivered_before(
-        &[env.prepend.as_bytes(), content],
-        pending
-            .filter(|(_, r)| matches!(r.destination, Destination::Local { .. }))
-            .map(|(_, r)| r.destination.address(delimiter)),
-    );
-    for (i, rcpt) in env.recipients.iter().enumerate() {
-        if done.contains(&i) {
-            continue;
-        }
-        let to = rcpt.destination.address(delimiter);
-        match &rcpt.destination {
-            Destination::Local { .. } if looped.contains(&to.to_lowercase()) => {
-                // Postfix local(8): the message already went through this
-                // mailbox, so delivering it again would go round for ever.
-                // Deferred (bounced once bounces exist), never delivered.
-                let why = format!("mail forwarding loop for {to}");
-                tracing::warn!(
-                    "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred ({why})",
-                    rcpt.original,
-                    delay_since(env.arrival)
-                );
-                deferred = Some(why);
-            }
-            Destination::Local { user, tag, .. } => {
-                if !router.has_user(user) {
-                    tracing::warn!(
-                        "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred (user {user} no longer exists)",
-                        rcpt.original,
-                        delay_since(env.arrival)
-                    );
-                    deferred = Some(format!("user {user} no longer exists"));
-                    continue;
-                }
-                let delivered_to = format!("Delivered-To: {to}\r\n");
-                let parts: [&[u8]; 4] = [
-                    return_path.as_bytes(),
-                    delivered_to.as_bytes(),
-                    env.prepend.as_bytes(),
-                    content,
-                ];
-                let name = if how.derived_names() {
-                    maildir::journal_name(env.arrival as u64, &format!("{id}_{i}"), hostname)
-                } else {
-                    maildir::unique_name(hostname)
-                };
-                match maildir::deliver(&router.maildir(user), tag.as_deref(), &parts, &name, how) {
-                    Ok(path) => {
-                        done.insert(i);
-                        tracing::info!(
-                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=sent (delivered to maildir {})",
-                            rcpt.original,
-                            delay_since(env.arrival),
-                            path.display()
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "{id}: to=<{to}>, orig_to=<{}>, relay=local, delay={:.2}, status=deferred ({e})",
-                            rcpt.original,
-                            delay_since(env.arrival)
-                        );
-                        deferred = Some(e.to_string());
-                    }
-                }
-            }
-            Destination::Remote { .. } => {
-                let why = "remote delivery is not available in this version";
-                tracing::warn!(
-                    "{id}: to=<{to}>, orig_to=<{}>, relay=none, delay={:.2}, status=deferred ({why})",
-                    rcpt.original,
-                    delay_since(env.arrival)
-                );
-                deferred = Some(why.into());
+        .filter(|(i, _)| !state.done.contains(i))
+        .map(|(i, r)| (i, r, router.transport(&r.address)))
+        .collect();
+    routed.sort_by_key(|r| agent_order(&r.2));
+    let local = Local { router };
+    let mut outcomes: Vec<(usize, &Recipient, Outcome)> = Vec::with_capacity(routed.len());
+    for group in routed.chunk_by(|a, b| agent_order(&a.2) == agent_order(&b.2)) {
+        let rcpts: Vec<Rcpt<'_>> = group
+            .iter()
+            .filter_map(|(index, record, t)| {
+                t.as_ref().ok().map(|transport| Rcpt {
+                    index: *index,
+                    record,
+                    transport,
+                })
+            })
+            .collect();
+        let results = match group.first().map(|g| &g.2) {
+            Some(Ok(Transport::Local { .. })) => local.deliver(msg, &rcpts),
+            Some(Ok(Transport::Smtp { .. })) => NoRemote.deliver(msg, &rcpts),
+            _ => Vec::new(),
+        };
+        outcomes.extend(
+            rcpts
+                .iter()
+                .map(|r| (r.index, r.record))
+                .zip(results)
+                .map(|((i, rec), o)| (i, rec, o)),
+        );
+        for (index, record, t) in group {
+            if let Err(e) = t {
+                outcomes.push((
+                    *index,
+                    record,
+                    Outcome::deferred("local", "4.1.1", e.to_string()),
+                ));
             }
         }
     }
+    let mut deferred: Option<String> = None;
+    let now = now_secs();
+    for (index, rcpt, outcome) in outcomes {
+        let line = format!(
+            "{}: to=<{}>, orig_to=<{}>, relay={}, delay={:.2}, dsn={}, status={} ({})",
+            env.id,
+            rcpt.address,
+            rcpt.original,
+            outcome.relay,
+            delay_since(env.arrival),
+            outcome.dsn,
+            outcome.status.as_str(),
+            outcome.detail
+        );
+        match outcome.status {
+            Status::Sent => {
+                tracing::info!("{line}");
+                state.done.insert(index);
+            }
+            Status::Bounced => {
+                tracing::warn!("{line}");
+                state.done.insert(index);
+            }
+            Status::Deferred => {
+                tracing::warn!("{line}");
+                deferred = Some(outcome.detail.clone());
+            }
+        }
+        state.recipients.insert(
+            index,
+            RecipientState {
+                status: outcome.status.as_str().into(),
+                dsn: outcome.dsn,
+                relay: outcome.relay,
+                reply: outcome.detail,
+                at: now,
+            },
+        );
+    }
     deferred
+}
+
+/// Groups recipients by the agent that takes them (routing failures last).
+fn agent_order(t: &Result<Transport, TransportError>) -> u8 {
+    match t {
+        Ok(Transport::Local { .. }) => 0,
+        Ok(Transport::Smtp { .. }) => 1,
+        Err(_) => 2,
+    }
 }
 
 /// Which of `addresses` a `Delivered-To:` field of the message names
@@ -362,20 +383,20 @@ pub fn delivered_before(
 }
 
 /// One delivery attempt of one message (blocking).
-fn attempt(ctx: &Ctx, id: &str) -> Outcome {
+fn attempt(ctx: &Ctx, id: &str) -> Attempt {
     let loaded = match ctx.spool.read(id) {
         Ok(l) => l,
         // Removed meanwhile (delivered by an attempt whose state could
         // not be cleaned up, or by hand): nothing left to do.
         Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!("{id}: no longer in the queue");
-            return Outcome::Finished;
+            return Attempt::Finished;
         }
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Attempt::Failed(e.to_string()),
     };
     let mut state = match ctx.spool.load_state(id) {
         Ok(s) => s.unwrap_or_default(),
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Attempt::Failed(e.to_string()),
     };
     let env = &loaded.envelope;
     let router = ctx.router.load();
@@ -384,7 +405,7 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
         &router,
         env,
         loaded.content(),
-        &mut state.done,
+        &mut state,
         &ctx.cfg.hostname,
         // Names derived from the queue ID and recipient index, and a copy
         // already there counts: an attempt repeated after a crash, or after
@@ -395,9 +416,9 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
         return match ctx.spool.remove(id) {
             Ok(()) => {
                 tracing::info!("{id}: removed");
-                Outcome::Finished
+                Attempt::Finished
             }
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e) => Attempt::Failed(e.to_string()),
         };
     };
     state.attempts += 1;
@@ -415,14 +436,14 @@ fn attempt(ctx: &Ctx, id: &str) -> Outcome {
             state.attempts
         );
         return match ctx.spool.hold(id, &state) {
-            Ok(()) => Outcome::Finished,
-            Err(e) => Outcome::Failed(e.to_string()),
+            Ok(()) => Attempt::Finished,
+            Err(e) => Attempt::Failed(e.to_string()),
         };
     }
     if let Err(e) = ctx.spool.save_state(id, &state) {
-        return Outcome::Failed(e.to_string());
+        return Attempt::Failed(e.to_string());
     }
-    Outcome::Retry(Instant::now() + wait)
+    Attempt::Retry(Instant::now() + wait)
 }
 
 #[cfg(test)]

@@ -232,6 +232,10 @@ impl Router {
     }
 }
 
+pub mod transport;
+
+pub use transport::{Transport, TransportError};
+
 #[cfg(test)]
 mod proptests;
 

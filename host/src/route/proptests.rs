@@ -8,7 +8,6 @@
 //! lands inside the user's Maildir with a `Delivered-To:` field that reads
 //! back as the address; and the copy sent again is a loop, not delivered.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -20,6 +19,7 @@ use crate::message::{field_value, scan_headers};
 use crate::sasl::mechanism::client::TempDir;
 use crate::smtp::address::{ForwardPath, local_value, parse_forward_path};
 use crate::smtp::command::{Command, ParseOptions, check_rcpt_utf8, parse};
+use crate::spool::DeliveryState;
 use crate::spool::format::{Client, ENVELOPE_VERSION, Envelope, Recipient};
 use crate::spool::journal::Touched;
 
@@ -93,14 +93,13 @@ fn envelope(id: &str, dests: &[Destination]) -> Envelope {
         sender: String::new(),
         recipients: dests
             .iter()
-            .map(|d| Recipient {
-                original: d.address(Some('+')),
-                destination: d.clone(),
-            })
+            .map(|d| Recipient::new(d.address(Some('+')), d.address(Some('+'))))
             .collect(),
         prepend: "Received: from client.test\r\n".into(),
         client: Client::default(),
         smtputf8: true,
+        ret: None,
+        envid: None,
     }
 }
 
@@ -173,9 +172,9 @@ proptest! {
         let touched = Touched::default();
         let how = Durability::Journaled { touched: &touched, recovering: false };
         let content = b"Subject: s\r\n\r\nbody\r\n";
-        let mut done = BTreeSet::new();
+        let mut state = DeliveryState::default();
         let env = envelope("QID1", &locals);
-        let deferred = deliver_pending(&router, &env, content, &mut done, "mx.test", how);
+        let deferred = deliver_pending(&router, &env, content, &mut state, "mx.test", how);
         prop_assert_eq!(deferred, None);
         for dest in &locals {
             let Destination::Local { user, .. } = dest else { continue };
@@ -203,14 +202,14 @@ proptest! {
             Destination::Local { user, .. } => user,
             Destination::Remote { .. } => "alice",
         }))[0].clone()).expect("read");
-        let mut done = BTreeSet::new();
+        let mut state = DeliveryState::default();
         let env = envelope("QID2", &locals[..1]);
-        let deferred = deliver_pending(&router, &env, &delivered, &mut done, "mx.test", how);
+        let deferred = deliver_pending(&router, &env, &delivered, &mut state, "mx.test", how);
         prop_assert!(
             deferred.as_deref().is_some_and(|d| d.starts_with("mail forwarding loop for ")),
             "{deferred:?}"
         );
-        prop_assert!(done.is_empty());
+        prop_assert!(state.done.is_empty());
         let after = copies(&router.maildir("alice")).len() + copies(&router.maildir("bob")).len();
         prop_assert_eq!(first, after);
     }

@@ -590,7 +590,7 @@ impl Connection {
                                 .unwrap_or("")
                         );
                     }
-                    self.session.rcpt_done(to, decision)
+                    self.session.rcpt_done(to, &params, decision)
                 }
                 Step::StartData(reply) => {
                     self.body = self.new_body();
@@ -1168,14 +1168,18 @@ impl Connection {
             );
             return Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")));
         }
+        let delimiter = self.generation.router.delimiter();
         let mut recipients: Vec<Recipient> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for rcpt in &tx.rcpts {
             for dest in &rcpt.route {
                 // Duplicate elimination, like Postfix: one copy per mailbox.
-                if !recipients.iter().any(|r| &r.destination == dest) {
+                if seen.insert(dest) {
                     recipients.push(Recipient {
+                        address: dest.address(delimiter),
                         original: rcpt.path.to_string(),
-                        destination: dest.clone(),
+                        orcpt: rcpt.dsn.orcpt.clone(),
+                        notify: rcpt.dsn.notify,
                     });
                 }
             }
@@ -1278,13 +1282,16 @@ impl Connection {
                 listener,
             },
             smtputf8: tx.params.smtputf8,
+            ret: tx.params.ret,
+            envid: tx.params.envid.clone(),
         };
         let direct = disposition.is_none()
             && self.generation.config.queue.direct_delivery
-            && env
-                .recipients
+            && tx
+                .rcpts
                 .iter()
-                .all(|r| matches!(r.destination, Destination::Local { .. }));
+                .flat_map(|r| &r.route)
+                .all(|d| matches!(d, Destination::Local { .. }));
         if direct {
             if let Some(journaled) = self
                 .shared
@@ -1389,19 +1396,19 @@ impl Connection {
         let syncer = self.shared.syncer.clone();
         let hostname = self.generation.config.server.hostname.clone();
         let delivered = tokio::task::spawn_blocking(move || {
-            let mut done = std::collections::BTreeSet::new();
+            let mut state = spool::DeliveryState::default();
             let deferred = crate::deliver::deliver_pending(
                 &router,
                 &env,
                 &content,
-                &mut done,
+                &mut state,
                 &hostname,
                 crate::deliver::Durability::Synced(&syncer),
             );
-            (env, content, done, deferred)
+            (env, content, state, deferred)
         })
         .await;
-        let (env, content, done, deferred) = match delivered {
+        let (env, content, state, deferred) = match delivered {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!("{id}: delivery task failed: {e}");
@@ -1417,7 +1424,7 @@ impl Connection {
         let Some(last_error) = deferred else {
             return Ok(r(250, 2, 0, 0, format!("Ok: queued as {id}")));
         };
-        let state = spool::DeliveryState::after_first_attempt(last_error, done);
+        let state = state.first_attempt_failed(last_error);
         match self
             .shared
             .spool

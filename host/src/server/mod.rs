@@ -391,6 +391,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = &current.config;
 
     let syncer = DirSyncer::new(cfg.queue.sync);
+    // Queue files of version 1 name local recipients by user and tag.
+    crate::spool::format::set_v1_delimiter(cfg.local.recipient_delimiter.chars().next());
     let spool = Arc::new(
         Spool::open(&cfg.server.spool_dir, syncer.clone())
             .with_context(|| format!("cannot open spool {}", cfg.server.spool_dir.display()))?,

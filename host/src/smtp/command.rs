@@ -5,6 +5,7 @@ use super::address::{
     split_path,
 };
 use super::reply::{Reply, r};
+use crate::dsn::params::{DsnError, RcptDsn, Ret, parse_envid, parse_ret};
 
 /// The BODY= parameter of MAIL FROM (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -27,6 +28,10 @@ pub struct MailParams {
     pub smtputf8: bool,
     /// RFC 4954 `AUTH=` submitter, kept for the trace.
     pub auth: Option<String>,
+    /// RFC 3461 `RET=`: what a failure report carries of the message.
+    pub ret: Option<Ret>,
+    /// RFC 3461 `ENVID=`, decoded from xtext.
+    pub envid: Option<String>,
 }
 
 /// A parsed SMTP command.
@@ -119,6 +124,9 @@ pub enum CommandError {
     /// Unknown or malformed ESMTP parameter.
     #[error("unsupported parameter {0}")]
     Parameter(String),
+    /// A DSN parameter (RFC 3461) with a value it cannot have.
+    #[error("bad DSN parameter: {0}")]
+    Dsn(DsnError),
 }
 
 impl CommandError {
@@ -142,6 +150,7 @@ impl CommandError {
                 r(501, 5, 1, 3, format!("Bad recipient address syntax: {e}"))
             }
             CommandError::Parameter(p) => r(555, 5, 5, 4, format!("Unsupported parameter {p}")),
+            CommandError::Dsn(e) => r(501, 5, 5, 4, format!("Bad parameter syntax: {e}")),
         }
     }
 }
@@ -256,6 +265,10 @@ fn parse_mail(arg: &str, opts: ParseOptions) -> Result<Command, CommandError> {
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => mp.body = Body::EightBitMime,
             ("SMTPUTF8", None) => mp.smtputf8 = true,
             ("AUTH", Some(v)) => mp.auth = Some(v.to_string()),
+            ("RET", v) => mp.ret = Some(parse_ret(v.unwrap_or("")).map_err(CommandError::Dsn)?),
+            ("ENVID", v) => {
+                mp.envid = Some(parse_envid(v.unwrap_or("")).map_err(CommandError::Dsn)?);
+            }
             _ => return Err(CommandError::Parameter(param.to_string())),
         }
     }
@@ -266,17 +279,17 @@ fn parse_mail(arg: &str, opts: ParseOptions) -> Result<Command, CommandError> {
 /// ESMTP parameters as given: keyword (upper case) and value.
 pub type EsmtpParams = Vec<(String, Option<String>)>;
 
-/// RCPT TO parameters Postern accepts: none yet. DSN's NOTIFY and ORCPT
-/// (RFC 3461) come with delivery status notifications, which the EHLO
-/// reply will then advertise; the parameters accepted reach the RCPT
-/// hook of the plugins.
-pub const RCPT_PARAMS: &[&str] = &[];
+/// RCPT TO parameters Postern accepts: DSN's NOTIFY and ORCPT (RFC 3461),
+/// checked here and kept with the recipient; the parameters accepted reach
+/// the RCPT hook of the plugins as given.
+pub const RCPT_PARAMS: &[&str] = &["NOTIFY", "ORCPT"];
 
 fn parse_rcpt(arg: &str, opts: ParseOptions) -> Result<Command, CommandError> {
     let rest = keyword(arg, "TO:").ok_or(CommandError::Syntax("RCPT TO:<address>"))?;
     let (path, params) =
         split_path(rest, opts.strict_envelopes).map_err(CommandError::Recipient)?;
     let params = esmtp_params(params, RCPT_PARAMS)?;
+    RcptDsn::from_params(&params).map_err(CommandError::Dsn)?;
     // The session rejects non-ASCII recipients later unless MAIL had SMTPUTF8.
     let to = parse_forward_path(path, true).map_err(CommandError::Recipient)?;
     Ok(Command::Rcpt(to, params))
@@ -341,6 +354,11 @@ pub use address::check_helo;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::address::Mailbox;
+
+    fn code_of(parsed: Result<Command, CommandError>) -> u16 {
+        parsed.map_or_else(|e| e.reply().code, |_| 250)
+    }
 
     fn p(line: &str) -> Result<Command, CommandError> {
         parse(line.as_bytes(), ParseOptions::default())
@@ -375,10 +393,19 @@ mod tests {
         assert_eq!(m.to_string(), "a@b.test");
         assert_eq!(params.size, Some(1000));
         assert_eq!(params.body, Body::EightBitMime);
+        let Ok(Command::Mail(ReversePath::Null, dsn)) = p("MAIL FROM:<> RET=hdrs ENVID=a+2Bb")
+        else {
+            panic!("DSN parameters not parsed");
+        };
         assert_eq!(
-            p("MAIL FROM:<> RET=FULL"),
-            Err(CommandError::Parameter("RET=FULL".into()))
+            (dsn.ret, dsn.envid.as_deref()),
+            (Some(Ret::Hdrs), Some("a+b"))
         );
+        assert_eq!(
+            p("MAIL FROM:<> RET=SOME"),
+            Err(CommandError::Dsn(DsnError::Ret))
+        );
+        assert_eq!(code_of(p("MAIL FROM:<> RET=SOME")), 501);
         assert_eq!(
             p("mail from: <>"),
             Ok(Command::Mail(ReversePath::Null, MailParams::default()))
@@ -438,8 +465,26 @@ mod tests {
             Ok(Command::Rcpt(ForwardPath::Postmaster, vec![]))
         );
         assert_eq!(
-            p("RCPT TO:<a@b.test> NOTIFY=NEVER"),
-            Err(CommandError::Parameter("NOTIFY=NEVER".into()))
+            p("RCPT TO:<a@b.test> NOTIFY=NEVER ORCPT=rfc822;a@b.test"),
+            Ok(Command::Rcpt(
+                ForwardPath::Mailbox(Mailbox {
+                    local: "a".into(),
+                    domain: "b.test".into()
+                }),
+                vec![
+                    ("NOTIFY".into(), Some("NEVER".into())),
+                    ("ORCPT".into(), Some("rfc822;a@b.test".into())),
+                ]
+            ))
+        );
+        assert_eq!(
+            p("RCPT TO:<a@b.test> NOTIFY=SOMETIMES"),
+            Err(CommandError::Dsn(DsnError::Notify))
+        );
+        assert_eq!(code_of(p("RCPT TO:<a@b.test> ORCPT=x")), 501);
+        assert_eq!(
+            p("RCPT TO:<a@b.test> RET=FULL"),
+            Err(CommandError::Parameter("RET=FULL".into()))
         );
     }
 

@@ -150,7 +150,7 @@ mod tests {
         let Step::Rcpt(to, _) = cmd(&mut s, "RCPT TO:<a@b.test>") else {
             panic!("expected Rcpt step");
         };
-        let _ = s.rcpt_done(to, Decision::Accept(()));
+        let _ = s.rcpt_done(to, &Vec::new(), Decision::Accept(()));
         s
     }
 

@@ -183,7 +183,7 @@ proptest! {
                     Step::Mail(from, params) => {
                         s.mail_done("QID".into(), from, params, Decision::Accept(None))
                     }
-                    Step::Rcpt(path, _) => s.rcpt_done(path, Decision::Accept(())),
+                    Step::Rcpt(path, params) => s.rcpt_done(path, &params, Decision::Accept(())),
                     Step::StartBdat(_) => s.chunk_end(&Body::new(1 << 20)),
                     Step::Commit => s.commit_done(Ok(r(250, 2, 0, 0, "Ok: queued as QID"))),
                     Step::Vrfy(_) => s.vrfy_done(r(252, 2, 0, 0, "Cannot VRFY user")),

@@ -4,6 +4,7 @@ use super::address::ForwardPath;
 use super::command::{EsmtpParams, check_rcpt_utf8};
 use super::reply::r;
 use super::session::{AcceptedRcpt, Decision, Session, Step};
+use crate::dsn::RcptDsn;
 
 impl<R> Session<R> {
     pub(super) fn rcpt(&mut self, to: ForwardPath, params: EsmtpParams) -> Step {
@@ -31,13 +32,21 @@ impl<R> Session<R> {
         Step::Rcpt(to, params)
     }
 
-    /// Completes RCPT TO with the caller's routing decision.
-    pub fn rcpt_done(&mut self, path: ForwardPath, decision: Decision<R>) -> Step {
+    /// Completes RCPT TO with the caller's routing decision; `params` are
+    /// the ones [`Step::Rcpt`] gave (their DSN values are kept).
+    pub fn rcpt_done(
+        &mut self,
+        path: ForwardPath,
+        params: &EsmtpParams,
+        decision: Decision<R>,
+    ) -> Step {
         match decision {
             Decision::Reject(reply) => self.fail(reply),
             Decision::Accept(route) => match &mut self.tx {
                 Some(tx) => {
-                    tx.rcpts.push(AcceptedRcpt { path, route });
+                    // Checked when the command was parsed.
+                    let dsn = RcptDsn::from_params(params).unwrap_or_default();
+                    tx.rcpts.push(AcceptedRcpt { path, route, dsn });
                     Step::Reply(r(250, 2, 1, 5, "Ok"))
                 }
                 None => self.fail(r(503, 5, 5, 1, "Error: need MAIL command")),
@@ -68,10 +77,10 @@ mod tests {
             Decision::Accept(None),
         );
         for _ in 0..2 {
-            let Step::Rcpt(to, _) = cmd(&mut s, "RCPT TO:<a@b.test>") else {
+            let Step::Rcpt(to, params) = cmd(&mut s, "RCPT TO:<a@b.test>") else {
                 panic!("expected Rcpt step");
             };
-            assert_eq!(code(&s.rcpt_done(to, Decision::Accept(()))), 250);
+            assert_eq!(code(&s.rcpt_done(to, &params, Decision::Accept(()))), 250);
         }
         assert_eq!(code(&cmd(&mut s, "RCPT TO:<c@b.test>")), 452);
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::address::{ForwardPath, ReversePath};
 use super::command::{Command, CommandError, EsmtpParams, MailParams};
 use super::reply::{Reply, r};
+use crate::dsn::RcptDsn;
 
 /// Protocol settings of one listener; the caller builds it from the config.
 #[derive(Debug, Clone)]
@@ -75,6 +76,8 @@ pub struct AcceptedRcpt<R> {
     pub path: ForwardPath,
     /// The caller's routing result.
     pub route: R,
+    /// Its DSN parameters (NOTIFY, ORCPT).
+    pub dsn: RcptDsn,
 }
 
 /// One mail transaction (MAIL .. end of data).

@@ -16,7 +16,7 @@ pub mod format;
 pub mod journal;
 mod queue_id;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -99,6 +99,11 @@ pub struct DeliveryState {
     pub last_error: Option<String>,
     /// Indexes of recipients that are finished (delivered or failed for good).
     pub done: BTreeSet<usize>,
+    /// The last outcome of each recipient attempted so far, by index: what
+    /// `queue list` shows a deferred recipient with, and what a delivery
+    /// status notification reports.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recipients: BTreeMap<usize, RecipientState>,
     /// Why the message was put on hold, if it was.
     #[serde(default)]
     pub hold_reason: Option<String>,
@@ -109,17 +114,30 @@ pub struct DeliveryState {
     pub journaled: bool,
 }
 
+/// The last outcome of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientState {
+    /// `sent`, `deferred` or `bounced`.
+    pub status: String,
+    /// Enhanced status code (RFC 3463).
+    pub dsn: String,
+    /// Who answered (`local`, a remote host).
+    pub relay: String,
+    /// The reply or the reason.
+    pub reply: String,
+    /// When, seconds since the epoch.
+    pub at: u64,
+}
+
 impl DeliveryState {
-    /// After a first attempt, made before the message was spooled, that
-    /// delivered the recipients in `done` and must retry the others.
-    pub fn after_first_attempt(last_error: String, done: BTreeSet<usize>) -> Self {
-        DeliveryState {
-            attempts: 1,
-            next_attempt: now_secs(),
-            last_error: Some(last_error),
-            done,
-            ..DeliveryState::default()
-        }
+    /// After a first attempt, made before the message was spooled, whose
+    /// outcomes are in `self` and which must retry the others.
+    pub fn first_attempt_failed(mut self, last_error: String) -> Self {
+        self.attempts = 1;
+        self.next_attempt = now_secs();
+        self.last_error = Some(last_error);
+        self
     }
 }
 
@@ -802,7 +820,11 @@ mod tests {
         let (dir, spool) = temp_spool("noreplace");
         let mut env = format::tests::sample();
         env.id = new_queue_id();
-        let state = DeliveryState::after_first_attempt("x".into(), BTreeSet::from([0]));
+        let state = DeliveryState {
+            done: BTreeSet::from([0]),
+            ..Default::default()
+        }
+        .first_attempt_failed("x".into());
         spool
             .commit_with_state(b"first\r\n".to_vec(), env.clone(), state.clone())
             .await
@@ -835,7 +857,7 @@ mod tests {
         let mut env2 = env.clone();
         env2.id = new_queue_id();
         fs::write(dir.join("queue").join(format!("{}.state", env2.id)), b"{}").unwrap();
-        let fresh = DeliveryState::after_first_attempt("y".into(), BTreeSet::new());
+        let fresh = DeliveryState::default().first_attempt_failed("y".into());
         tokio::task::block_in_place(|| spool.commit_blocking(b"third\r\n", &env2, fresh.clone()))
             .unwrap();
         assert_eq!(spool.load_state(&env2.id).unwrap(), Some(fresh));

@@ -10,15 +10,26 @@
 //! of DATA) appended last. A file without a valid trailer was never
 //! acknowledged; a file whose CRC does not match is corrupt.
 
+//!
+//! Version 2 of the envelope keeps, for each recipient, a record of its
+//! own: the address it goes to and the one it was given as, with its DSN
+//! parameters; which transport takes it is decided by routing at delivery
+//! time, so a new transport never changes this format. Version 1 files
+//! (recipients as serialised routing results) are read and converted.
+
 use serde::{Deserialize, Serialize};
 
-use crate::route::Destination;
+use crate::dsn::{Notify, Ret};
+
+mod v1;
+
+pub use v1::set_delimiter as set_v1_delimiter;
 
 const MAGIC: &[u8; 8] = b"PSTRNQ01";
 const TRAILER: usize = 8 + 8 + 4 + 8;
 
-/// Format version of [`Envelope`].
-pub const ENVELOPE_VERSION: u32 = 1;
+/// Format version of [`Envelope`] written by this version.
+pub const ENVELOPE_VERSION: u32 = 2;
 
 /// Everything about a queued message except its content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,16 +53,47 @@ pub struct Envelope {
     /// The envelope used SMTPUTF8.
     #[serde(default)]
     pub smtputf8: bool,
+    /// `RET=` of MAIL FROM (RFC 3461).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// `ENVID=` of MAIL FROM (RFC 3461), decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
 }
 
-/// One destination of a queued message, with the recipient it came from.
+/// One recipient of a queued message: where it goes, what it was given
+/// as, and what its sender asked to be told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipient {
+    /// The address it is delivered to, after alias expansion (with its
+    /// `+tag`, as routing gave it).
+    pub address: String,
     /// The address given in RCPT TO.
     pub original: String,
-    /// Where it goes.
-    pub destination: Destination,
+    /// `ORCPT=` (RFC 3461) as `addr-type;address`, decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// `NOTIFY=` (RFC 3461); `None` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+}
+
+impl Recipient {
+    /// A recipient without DSN parameters.
+    pub fn new(address: impl Into<String>, original: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            original: original.into(),
+            orcpt: None,
+            notify: None,
+        }
+    }
+
+    /// What the sender wants reported for this recipient.
+    pub fn notify(&self) -> Notify {
+        self.notify.unwrap_or(Notify::DEFAULT)
+    }
 }
 
 /// Who submitted the message (for logs and `queue list`).
@@ -130,14 +172,24 @@ pub fn decode(file: &[u8]) -> Result<(Envelope, std::ops::Range<usize>), FormatE
         return Err(FormatError::Corrupt("checksum mismatch".into()));
     }
     let content_len = content_len as usize;
-    let env: Envelope = serde_json::from_slice(&file[content_len..body_len])
-        .map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))?;
-    if env.version != ENVELOPE_VERSION {
-        return Err(FormatError::Corrupt(format!(
-            "envelope version {} not supported",
-            env.version
-        )));
+    let json = &file[content_len..body_len];
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
     }
+    let version = serde_json::from_slice::<Version>(json)
+        .map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))?
+        .version;
+    let env = match version {
+        ENVELOPE_VERSION => serde_json::from_slice(json)
+            .map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))?,
+        1 => v1::read(json)?,
+        v => {
+            return Err(FormatError::Corrupt(format!(
+                "envelope version {v} not supported"
+            )));
+        }
+    };
     Ok((env, 0..content_len))
 }
 
@@ -151,18 +203,39 @@ pub(crate) mod tests {
             id: "0000000000000001".into(),
             arrival: 1.0,
             sender: "a@b.test".into(),
-            recipients: vec![Recipient {
-                original: "alice@example.test".into(),
-                destination: Destination::Local {
-                    user: "alice".into(),
-                    tag: None,
-                    domain: "example.test".into(),
-                },
-            }],
+            recipients: vec![Recipient::new("alice@example.test", "alice@example.test")],
             prepend: "Received: x\r\n".into(),
             client: Client::default(),
             smtputf8: false,
+            ret: None,
+            envid: None,
         }
+    }
+
+    #[test]
+    fn dsn_parameters_round_trip() {
+        let mut env = sample();
+        env.ret = Some(Ret::Hdrs);
+        env.envid = Some("E1".into());
+        env.recipients[0].orcpt = Some("rfc822;al@example.test".into());
+        env.recipients[0].notify = Some(Notify {
+            success: true,
+            failure: false,
+            delay: false,
+        });
+        let (back, _) = decode(&encode(b"\r\nx\r\n", &env)).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(sample().recipients[0].notify(), Notify::DEFAULT);
+    }
+
+    #[test]
+    fn a_version_it_does_not_know_is_corrupt_not_guessed() {
+        let mut env = sample();
+        env.version = 3;
+        assert!(matches!(
+            decode(&encode(b"\r\nx\r\n", &env)),
+            Err(FormatError::Corrupt(e)) if e.contains("version 3")
+        ));
     }
 
     #[test]

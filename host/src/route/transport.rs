@@ -1,0 +1,132 @@
+//! Which delivery agent takes an address: decided once per delivery
+//! attempt, from the address a queue file keeps (Postfix's
+//! trivial-rewrite, asked by the queue manager), so that what is queued
+//! never names a transport.
+
+use super::{Router, split_tag};
+use crate::smtp::address::local_value;
+
+/// The delivery agent for one address, with what it needs to know.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// A local user's mailbox.
+    Local {
+        /// The user, as configured.
+        user: String,
+        /// The `+tag` of the address, if any (a Maildir folder).
+        tag: Option<String>,
+    },
+    /// Another domain: by SMTP to its mail exchangers.
+    Smtp {
+        /// The domain, in lower case.
+        domain: String,
+    },
+}
+
+impl Transport {
+    /// The agent's name in logs (`relay=` for local delivery).
+    pub fn agent(&self) -> &'static str {
+        match self {
+            Transport::Local { .. } => "local",
+            Transport::Smtp { .. } => "smtp",
+        }
+    }
+}
+
+/// Why an address has no transport now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// A local domain's address whose user is not (or no longer) there.
+    #[error("user {0} no longer exists")]
+    NoSuchUser(String),
+    /// Not an address (no domain).
+    #[error("not a routable address: {0}")]
+    NotAnAddress(String),
+}
+
+impl Router {
+    /// The transport of an address that routing gave at RCPT time (after
+    /// alias expansion: aliases are not expanded again here).
+    pub fn transport(&self, address: &str) -> Result<Transport, TransportError> {
+        let (local, domain) = address
+            .rsplit_once('@')
+            .filter(|(l, d)| !l.is_empty() && !d.is_empty())
+            .ok_or_else(|| TransportError::NotAnAddress(address.to_string()))?;
+        if !self.is_local_domain(domain) {
+            return Ok(Transport::Smtp {
+                domain: domain.to_ascii_lowercase(),
+            });
+        }
+        let value = local_value(local);
+        let local = value.as_ref();
+        if let Some(user) = self.users.get(&local.to_lowercase()) {
+            return Ok(Transport::Local {
+                user: user.clone(),
+                tag: None,
+            });
+        }
+        if let Some((base, tag)) = self.delimiter.and_then(|d| split_tag(local, d))
+            && let Some(user) = self.users.get(&base.to_lowercase())
+        {
+            return Ok(Transport::Local {
+                user: user.clone(),
+                tag: (!tag.is_empty()).then(|| tag.to_string()),
+            });
+        }
+        Err(TransportError::NoSuchUser(local.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn router() -> Router {
+        let text = r#"
+[server]
+hostname = "mx.example.test"
+[[listener]]
+address = "127.0.0.1:2525"
+[local]
+domains = ["example.test"]
+users = ["alice", "Bob"]
+[aliases]
+postmaster = "alice"
+abuse = "alice"
+"#;
+        Router::new(&Config::from_toml(text, std::path::Path::new("t.toml")).unwrap())
+    }
+
+    #[test]
+    fn local_users_with_their_tags_and_remote_domains() {
+        let r = router();
+        assert_eq!(
+            r.transport("alice+News@Example.Test"),
+            Ok(Transport::Local {
+                user: "alice".into(),
+                tag: Some("News".into())
+            })
+        );
+        assert_eq!(
+            r.transport("bob@example.test"),
+            Ok(Transport::Local {
+                user: "Bob".into(),
+                tag: None
+            })
+        );
+        assert_eq!(
+            r.transport("far@Dest.Test"),
+            Ok(Transport::Smtp {
+                domain: "dest.test".into()
+            })
+        );
+        assert_eq!(
+            r.transport("gone@example.test"),
+            Err(TransportError::NoSuchUser("gone".into()))
+        );
+        assert!(r.transport("nodomain").is_err());
+        // An alias is not expanded again at delivery.
+        assert!(r.transport("postmaster@example.test").is_err());
+    }
+}
