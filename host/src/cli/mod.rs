@@ -76,6 +76,12 @@ enum QueueCommand {
         /// their bulk sync. Without it they are counted.
         #[arg(long)]
         journal: bool,
+        /// One JSON object per message and line, with the fields of
+        /// Postfix's `postqueue -j` (`queue_name`, `queue_id`,
+        /// `arrival_time`, `message_size`, `sender`, `recipients` with
+        /// `address` and, while deferred, `delay_reason`).
+        #[arg(long)]
+        json: bool,
     },
     /// Retry every deferred message now (asks the running daemon).
     Flush(ConfigArg),
@@ -421,10 +427,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Queue {
-            command: QueueCommand::List { config, journal },
+            command:
+                QueueCommand::List {
+                    config,
+                    journal,
+                    json,
+                },
         } => {
             let config = Config::load(&config.config)?;
-            queue::list(&config, journal)?;
+            if json {
+                queue::list_json(&config)?;
+            } else {
+                queue::list(&config, journal)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

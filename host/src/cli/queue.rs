@@ -12,6 +12,7 @@ use crate::spool::{QueueEntry, Spool, format, journal, now_secs};
 /// and last error; the messages in the journal as a count, or (`journal`)
 /// one by one, marked `*`.
 pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
+    crate::spool::format::set_v1_delimiter(config.local.recipient_delimiter.chars().next());
     let spool = Spool::open_readonly(&config.server.spool_dir);
     let mut entries = spool.list()?;
     let (segments, journaled) = in_journal(config, &entries)?;
@@ -33,7 +34,6 @@ pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
         summary();
         return Ok(());
     }
-    let delimiter = config.local.recipient_delimiter.chars().next();
     println!("-Queue ID-        --Size--  --Age--  -Sender/Recipient-------");
     let now = now_secs() as f64;
     let mut total = 0u64;
@@ -72,8 +72,8 @@ pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
             if e.state.as_ref().is_some_and(|s| s.done.contains(&i)) {
                 continue;
             }
-            let to = r.destination.address(delimiter);
-            if to == r.original {
+            let to = &r.address;
+            if *to == r.original {
                 println!("{:38}{to}", "");
             } else {
                 println!("{:38}{to} (for {})", "", r.original);
@@ -89,6 +89,63 @@ pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
     );
     summary();
     Ok(())
+}
+
+/// `postern queue list --json`: one JSON object per message and line, as
+/// Postfix's `postqueue -j` prints them. Messages in the journal are being
+/// delivered to local mailboxes: they are listed as `active`.
+pub fn list_json(config: &Config) -> anyhow::Result<()> {
+    crate::spool::format::set_v1_delimiter(config.local.recipient_delimiter.chars().next());
+    let spool = Spool::open_readonly(&config.server.spool_dir);
+    let mut entries = spool.list()?;
+    let (_, journaled) = in_journal(config, &entries)?;
+    entries.extend(journaled);
+    let mut out = std::io::stdout().lock();
+    for e in &entries {
+        serde_json::to_writer(&mut out, &json_entry(e))?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+    }
+    Ok(())
+}
+
+/// One message in `postqueue -j`'s shape.
+fn json_entry(e: &QueueEntry) -> serde_json::Value {
+    let state = e.state.as_ref();
+    let tried = state.is_some_and(|s| s.attempts > 0);
+    let queue_name = match e.area {
+        "hold" => "hold",
+        "journal" => "active",
+        _ if tried => "deferred",
+        _ => "active",
+    };
+    let recipients: Vec<serde_json::Value> = e
+        .envelope
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !state.is_some_and(|s| s.done.contains(i)))
+        .map(|(i, r)| {
+            let mut rcpt = serde_json::json!({ "address": r.address });
+            let reason = state.and_then(|s| {
+                s.recipients
+                    .get(&i)
+                    .map(|st| st.reply.clone())
+                    .or_else(|| s.hold_reason.clone().or_else(|| s.last_error.clone()))
+            });
+            if let Some(reason) = reason.filter(|_| tried || e.area == "hold") {
+                rcpt["delay_reason"] = reason.into();
+            }
+            rcpt
+        })
+        .collect();
+    serde_json::json!({
+        "queue_name": queue_name,
+        "queue_id": e.id,
+        "arrival_time": e.envelope.arrival as u64,
+        "message_size": e.size,
+        "sender": e.envelope.sender,
+        "recipients": recipients,
+    })
 }
 
 /// The messages in the journal that are not in the spool too (one that a

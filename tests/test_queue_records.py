@@ -1,0 +1,138 @@
+"""The queue file's recipient records (issue 13, item 0): DSN parameters
+parsed and kept, per-recipient outcomes durable, version 1 queue files read
+after an upgrade, and `postern queue list --json` in postqueue -j's shape."""
+
+import json
+import struct
+import time
+import zlib
+
+from conftest import message
+
+
+def envelope_of(path):
+    """The envelope JSON of a queue file: content, envelope, then a trailer
+    of content length, envelope length (u64 LE), CRC-32 and the magic."""
+    data = path.read_bytes()
+    assert data.endswith(b"PSTRNQ01")
+    content_len, env_len = struct.unpack("<QQ", data[-28:-12])
+    return json.loads(data[content_len:content_len + env_len])
+
+
+def queue_json(daemon):
+    out = daemon.cli("queue", "list", "--json").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def wait_queue(daemon, pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        entries = queue_json(daemon)
+        if pred(entries):
+            return entries
+        time.sleep(0.1)
+    raise AssertionError(f"queue never matched: {entries}\n{daemon.log_text()[-2000:]}")
+
+
+def test_dsn_parameters_are_parsed_and_kept_with_each_recipient(daemon):
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        assert s.docmd("MAIL FROM:<sender@example.org> RET=HDRS ENVID=env+2B1")[0] == 250
+        code, _ = s.docmd("RCPT TO:<far@dest.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Far+2Bx@dest.test")
+        assert code == 250
+        assert s.docmd("RCPT TO:<other@dest.test>")[0] == 250
+        code, _ = s.data(message())
+        assert code == 250
+    daemon.wait_log("status=deferred (remote delivery is not available")
+    [qid] = daemon.queue_files()
+    env = envelope_of(daemon.dir / "var" / "spool" / "queue" / qid)
+    assert env["version"] == 2
+    assert env["ret"] == "hdrs" and env["envid"] == "env+1"
+    by_address = {r["address"]: r for r in env["recipients"]}
+    far = by_address["far@dest.test"]
+    assert far["orcpt"] == "rfc822;Far+x@dest.test"
+    assert far["notify"] == {"success": True, "failure": True, "delay": False}
+    # No NOTIFY given: none kept (the default applies), no ORCPT invented.
+    assert "notify" not in by_address["other@dest.test"]
+    assert "orcpt" not in by_address["other@dest.test"]
+
+
+def test_malformed_dsn_parameters_are_501_5_5_4(daemon):
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        code, resp = s.docmd("MAIL FROM:<sender@example.org> RET=MOST")
+        assert code == 501 and resp.startswith(b"5.5.4"), resp
+        assert s.docmd("MAIL FROM:<sender@example.org>")[0] == 250
+        for bad in ["NOTIFY=NEVER,SUCCESS", "NOTIFY=SOMETIMES", "ORCPT=rfc822", "ORCPT=rfc822;a+zz@b"]:
+            code, resp = s.docmd(f"RCPT TO:<alice@example.test> {bad}")
+            assert code == 501 and resp.startswith(b"5.5.4"), (bad, resp)
+        assert s.docmd("RCPT TO:<alice@example.test> NOTIFY=NEVER")[0] == 250
+
+
+def test_each_recipient_keeps_its_outcome_and_retries_only_what_is_pending(daemon):
+    with daemon.smtp() as s:
+        s.sendmail("sender@example.org", ["bob@example.test", "far@dest.test"], message(subject="mixed"))
+    daemon.wait_mail("bob")
+    entries = wait_queue(daemon, lambda e: len(e) == 1 and e[0]["queue_name"] == "deferred")
+    [entry] = entries
+    assert set(entry) == {"queue_name", "queue_id", "arrival_time", "message_size", "sender", "recipients"}
+    assert entry["sender"] == "sender@example.org"
+    assert entry["message_size"] > 0 and abs(entry["arrival_time"] - time.time()) < 60
+    # Only the recipient still pending is listed, with why it waits.
+    assert entry["recipients"] == [
+        {"address": "far@dest.test", "delay_reason": "remote delivery is not available in this version"}
+    ]
+    daemon.wait_log_re(r"to=<bob@example.test>, orig_to=<bob@example.test>, relay=local, delay=[0-9.]+, dsn=2\.0\.0, status=sent")
+    daemon.wait_log_re(r"to=<far@dest.test>, orig_to=<far@dest.test>, relay=none, delay=[0-9.]+, dsn=4\.3\.0, status=deferred")
+    # Retried (retry is 1 s here, and flushed): bob's copy is not made again.
+    daemon.cli("queue", "flush")
+    attempts = lambda: daemon.log_text().count("to=<far@dest.test>, orig_to=")
+    n = attempts()
+    deadline = time.time() + 10
+    while attempts() < n + 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert attempts() >= n + 2
+    assert len(daemon.new_mail("bob")) == 1
+    assert daemon.log_text().count("to=<bob@example.test>, orig_to=") == 1
+
+
+def v1_queue_file(qid, recipients, content):
+    """A queue file exactly as version 1 of the format wrote it."""
+    env = {
+        "version": 1,
+        "id": qid,
+        "arrival": time.time() - 5,
+        "sender": "old@example.org",
+        "recipients": recipients,
+        "prepend": "Received: from old.client.test\r\n",
+        "client": {"ip": "127.0.0.1", "ptr": None, "helo": "old", "auth_user": None, "listener": "mx"},
+        "smtputf8": False,
+    }
+    body = content + json.dumps(env).encode()
+    crc = zlib.crc32(body) & 0xFFFFFFFF
+    return body + struct.pack("<QQI", len(content), len(body) - len(content), crc) + b"PSTRNQ01"
+
+
+def test_a_version_1_queue_file_is_delivered_after_an_upgrade(daemon_factory):
+    d = daemon_factory(start=False)
+    queue = d.dir / "var" / "spool" / "queue"
+    queue.mkdir(parents=True)
+    qid = "0000000000000A17"
+    recipients = [
+        {"original": "info@example.test",
+         "destination": {"kind": "local", "user": "alice", "tag": "news", "domain": "example.test"}},
+        {"original": "bob@example.test",
+         "destination": {"kind": "local", "user": "bob", "tag": None, "domain": "example.test"}},
+        {"original": "far@dest.test", "destination": {"kind": "remote", "address": "far@dest.test"}},
+    ]
+    (queue / qid).write_bytes(v1_queue_file(qid, recipients, b"Subject: from v1\r\n\r\nold mail\r\n"))
+    d.start()
+    # The tag is kept (no .news folder exists, so the copy is in the inbox).
+    [copy] = d.wait_mail("alice")
+    text = copy.read_text()
+    assert "Delivered-To: alice+news@example.test" in text and "old mail" in text
+    d.wait_mail("bob")
+    # The remote recipient waits, now in a version 2 record.
+    entries = wait_queue(d, lambda e: len(e) == 1 and e[0]["queue_name"] == "deferred")
+    assert [r["address"] for r in entries[0]["recipients"]] == ["far@dest.test"]
+    assert entries[0]["queue_id"] == qid and entries[0]["sender"] == "old@example.org"
