@@ -136,3 +136,46 @@ def test_a_version_1_queue_file_is_delivered_after_an_upgrade(daemon_factory):
     entries = wait_queue(d, lambda e: len(e) == 1 and e[0]["queue_name"] == "deferred")
     assert [r["address"] for r in entries[0]["recipients"]] == ["far@dest.test"]
     assert entries[0]["queue_id"] == qid and entries[0]["sender"] == "old@example.org"
+
+
+def test_queue_hold_show_and_requeue_while_the_daemon_delivers(daemon_factory):
+    # Retries every second: the hold must stop them, the requeue restart them.
+    d = daemon_factory()
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.docmd("MAIL FROM:<sender@example.org> ENVID=e1")[0] == 250
+        assert s.docmd("RCPT TO:<far@dest.test> NOTIFY=FAILURE ORCPT=rfc822;far@dest.test")[0] == 250
+        assert s.data(message(subject="held one"))[0] == 250
+    [entry] = wait_queue(d, lambda e: len(e) == 1 and e[0]["queue_name"] == "deferred")
+    qid = entry["queue_id"]
+
+    shown = d.cli("queue", "show", qid).stdout
+    assert f"*** ENVELOPE RECORDS {qid} ***" in shown
+    assert "sender: sender@example.org" in shown and "envid: e1" in shown
+    assert "recipient: far@dest.test original=far@dest.test orcpt=rfc822;far@dest.test notify=FAILURE" in shown
+    assert "status=deferred dsn=4.3.0 relay=none (remote delivery is not available" in shown
+    assert "Subject: held one" in shown and "Received: from" in shown
+
+    out = d.cli("queue", "hold", qid)
+    assert out.returncode == 0 and "held" in out.stdout
+    [entry] = queue_json(d)
+    assert entry["queue_name"] == "hold" and entry["queue_id"] == qid
+    attempts = lambda: d.log_text().count("to=<far@dest.test>, orig_to=")
+    n = attempts()
+    time.sleep(2.5)
+    assert attempts() == n, "a held message was attempted"
+    assert "hold_reason: held by the administrator" in d.cli("queue", "show", qid).stdout
+    # Held twice, or an ID that is not there: an error, and a failure exit.
+    assert d.cli("queue", "hold", qid, check=False).returncode == 1
+    assert d.cli("queue", "hold", "0000000000000FFF", check=False).returncode == 1
+
+    out = d.cli("queue", "requeue", qid)
+    assert out.returncode == 0 and "requeued" in out.stdout
+    deadline = time.time() + 10
+    while attempts() == n and time.time() < deadline:
+        time.sleep(0.1)
+    assert attempts() > n
+    [entry] = queue_json(d)
+    assert entry["queue_name"] == "deferred"
+    d.wait_log(f"{qid}: held by the administrator")
+    d.wait_log(f"{qid}: requeued (released from hold) by the administrator")

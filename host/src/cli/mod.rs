@@ -101,6 +101,30 @@ enum QueueCommand {
         /// Its queue ID.
         id: String,
     },
+    /// Put a queued message on hold (`postsuper -h`; asks the running
+    /// daemon, which waits for an attempt in flight to end).
+    Hold {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Its queue ID.
+        id: String,
+    },
+    /// Deliver a message again now (`postsuper -r`): a held one is
+    /// released, a deferred one stops waiting (asks the running daemon).
+    Requeue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Its queue ID.
+        id: String,
+    },
+    /// Print a queued or held message: its envelope, each recipient's
+    /// state, and its content as it will be delivered (`postcat -q`).
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Its queue ID.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,6 +411,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             queue_id(&id)?;
             admin(&config.config, &format!("delete {}", id.trim()))
+        }
+        Command::Queue {
+            command: QueueCommand::Hold { config, id },
+        } => {
+            queue_id(&id)?;
+            admin(&config.config, &format!("hold {}", id.trim()))
+        }
+        Command::Queue {
+            command: QueueCommand::Requeue { config, id },
+        } => {
+            queue_id(&id)?;
+            admin(&config.config, &format!("requeue {}", id.trim()))
+        }
+        Command::Queue {
+            command: QueueCommand::Show { config, id },
+        } => {
+            queue_id(&id)?;
+            let config = Config::load(&config.config)?;
+            queue::show(&config, id.trim())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin {
             command:

@@ -91,6 +91,66 @@ pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `postern queue show ID` (Postfix `postcat -q`): the envelope, each
+/// recipient with its last outcome, then the message as a delivery writes
+/// it (the trace fields the host adds, then the content).
+pub fn show(config: &Config, id: &str) -> anyhow::Result<()> {
+    crate::spool::format::set_v1_delimiter(config.local.recipient_delimiter.chars().next());
+    let spool = Spool::open_readonly(&config.server.spool_dir);
+    let (loaded, state, area) = spool
+        .read_any(id)
+        .with_context(|| format!("no message {id} in the queue"))?;
+    let env = &loaded.envelope;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    writeln!(out, "*** ENVELOPE RECORDS {id} ***")?;
+    writeln!(out, "queue: {area}")?;
+    writeln!(out, "arrival_time: {}", env.arrival as u64)?;
+    writeln!(out, "message_size: {}", loaded.content().len())?;
+    writeln!(out, "sender: {}", env.sender)?;
+    if let Some(ret) = env.ret {
+        writeln!(out, "ret: {ret:?}")?;
+    }
+    if let Some(envid) = &env.envid {
+        writeln!(out, "envid: {envid}")?;
+    }
+    writeln!(
+        out,
+        "client: {} helo={} auth={} listener={}",
+        env.client.ip,
+        env.client.helo.as_deref().unwrap_or(""),
+        env.client.auth_user.as_deref().unwrap_or(""),
+        env.client.listener
+    )?;
+    if let Some(st) = &state {
+        writeln!(out, "attempts: {}", st.attempts)?;
+        if let Some(why) = &st.hold_reason {
+            writeln!(out, "hold_reason: {why}")?;
+        }
+    }
+    for (i, r) in env.recipients.iter().enumerate() {
+        let outcome = state.as_ref().and_then(|s| s.recipients.get(&i));
+        let status = match (outcome, state.as_ref().is_some_and(|s| s.done.contains(&i))) {
+            (Some(o), _) => format!("{} dsn={} relay={} ({})", o.status, o.dsn, o.relay, o.reply),
+            (None, true) => "done".into(),
+            (None, false) => "pending".into(),
+        };
+        write!(out, "recipient: {} original={}", r.address, r.original)?;
+        if let Some(orcpt) = &r.orcpt {
+            write!(out, " orcpt={orcpt}")?;
+        }
+        if let Some(n) = r.notify {
+            write!(out, " notify={}", n.to_param())?;
+        }
+        writeln!(out, " status={status}")?;
+    }
+    writeln!(out, "*** MESSAGE CONTENTS {id} ***")?;
+    out.write_all(env.prepend.as_bytes())?;
+    out.write_all(loaded.content())?;
+    writeln!(out, "*** END OF MESSAGE {id} ***")?;
+    Ok(())
+}
+
 /// `postern queue list --json`: one JSON object per message and line, as
 /// Postfix's `postqueue -j` prints them. Messages in the journal are being
 /// delivered to local mailboxes: they are listed as `active`.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::route::{Router, Transport, TransportError};
@@ -46,6 +46,18 @@ pub enum Job {
     Queued(String),
     /// Retry every deferred message now (`postern queue flush`).
     Flush,
+    /// An operator's command on one message; the answer goes back.
+    Admin(Admin, String, oneshot::Sender<String>),
+}
+
+/// What an operator asks of one queued message (`postern queue …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// Put it on hold (`postsuper -h`): no delivery until released.
+    Hold,
+    /// Deliver it again now (`postsuper -r`): a held message is released,
+    /// a deferred one loses its wait; routing is redone at the attempt.
+    Requeue,
 }
 
 /// Handle used by sessions to hand over newly queued messages.
@@ -63,6 +75,17 @@ impl Queue {
     /// Retries every deferred message now.
     pub fn flush(&self) {
         let _ = self.tx.send(Job::Flush);
+    }
+
+    /// Carries out an operator's command on a message, once no delivery
+    /// attempt of it is in flight; returns the answer line.
+    pub async fn admin(&self, what: Admin, id: String) -> String {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Job::Admin(what, id, tx)).is_err() {
+            return "error: the delivery manager has stopped".into();
+        }
+        rx.await
+            .unwrap_or_else(|_| "error: the delivery manager has stopped".into())
     }
 }
 
@@ -116,6 +139,10 @@ async fn run(
     // Attempts in a row that failed on the spool itself, by message.
     let mut failures: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     let mut tasks: JoinSet<(String, Attempt)> = JoinSet::new();
+    // Operators' commands on messages whose attempt is in flight: carried
+    // out when it ends, so a hold never races a delivery.
+    let mut after_flight: std::collections::HashMap<String, Vec<(Admin, oneshot::Sender<String>)>> =
+        std::collections::HashMap::new();
 
     // Recovered messages keep their retry schedule.
     let now_wall = now_secs();
@@ -181,11 +208,23 @@ async fn run(
                         Err(e) => tracing::error!("flush: cannot list the queue: {e}"),
                     }
                 }
+                Some(Job::Admin(what, id, reply)) => {
+                    if in_flight.contains(&id) {
+                        after_flight.entry(id).or_default().push((what, reply));
+                    } else if let Some(id) = admin(&ctx, what, id, reply).await {
+                        ready.push_back(id);
+                    }
+                }
                 None => accepting = false,
             },
             Some(res) = tasks.join_next(), if !tasks.is_empty() => match res {
                 Ok((id, outcome)) => {
                     in_flight.remove(&id);
+                    for (what, reply) in after_flight.remove(&id).unwrap_or_default() {
+                        if let Some(id) = admin(&ctx, what, id.clone(), reply).await {
+                            ready.push_back(id);
+                        }
+                    }
                     match outcome {
                         Attempt::Finished => {
                             failures.remove(&id);
@@ -222,6 +261,53 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Carries out an operator's command on a message no attempt is
+/// delivering, answers it, and returns the ID if it is to be tried now.
+async fn admin(
+    ctx: &Arc<Ctx>,
+    what: Admin,
+    id: String,
+    reply: oneshot::Sender<String>,
+) -> Option<String> {
+    let c = ctx.clone();
+    let which = id.clone();
+    let done = tokio::task::spawn_blocking(move || admin_blocking(&c.spool, what, &which)).await;
+    let (answer, now) = match done {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => (format!("error: {e}"), false),
+        Err(e) => (format!("error: {e}"), false),
+    };
+    if let Some(done) = answer.strip_prefix("ok ") {
+        tracing::info!("{id}: {done} by the administrator");
+    }
+    let _ = reply.send(answer);
+    now.then_some(id)
+}
+
+fn admin_blocking(spool: &Spool, what: Admin, id: &str) -> Result<(String, bool), SpoolError> {
+    match what {
+        Admin::Hold if spool.is_queued(id) => {
+            let mut state = spool.load_state(id)?.unwrap_or_default();
+            state.hold_reason = Some("held by the administrator".into());
+            spool.hold(id, &state)?;
+            Ok(("ok held".into(), false))
+        }
+        Admin::Hold if spool.is_held(id) => Ok((format!("error: {id} is already held"), false)),
+        Admin::Requeue if spool.is_held(id) => {
+            spool.release(id)?;
+            Ok(("ok requeued (released from hold)".into(), true))
+        }
+        Admin::Requeue if spool.is_queued(id) => {
+            if let Some(mut state) = spool.load_state(id)? {
+                state.next_attempt = 0;
+                spool.save_state(id, &state)?;
+            }
+            Ok(("ok requeued".into(), true))
+        }
+        _ => Ok((format!("error: no message {id:?} in the queue"), false)),
     }
 }
 

@@ -3,7 +3,8 @@
 //! `postern queue flush` talk to it.
 //!
 //! Commands: `reload`, `flush`, `status`, `release ID` (a held message
-//! back into the queue), `delete ID`. Answers start with `ok` or `error:`.
+//! back into the queue), `delete ID`, `hold ID`, `requeue ID` (the last
+//! two wait for an attempt in flight to end). Answers start with `ok` or `error:`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,6 +84,15 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                     generation.chains.len()
                 )
             }
+            cmd if cmd.starts_with("hold ") || cmd.starts_with("requeue ") => {
+                let (verb, id) = cmd.split_once(' ').unwrap_or((cmd, ""));
+                let what = if verb == "hold" {
+                    crate::deliver::Admin::Hold
+                } else {
+                    crate::deliver::Admin::Requeue
+                };
+                shared.queue.admin(what, id.trim().to_string()).await
+            }
             cmd if cmd.starts_with("release ") || cmd.starts_with("delete ") => {
                 let (verb, id) = cmd.split_once(' ').unwrap_or((cmd, ""));
                 let id = id.trim().to_string();
@@ -112,7 +122,7 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                 }
             }
             other => format!(
-                "error: unknown command {other:?} (reload, flush, status, release ID, delete ID)"
+                "error: unknown command {other:?} (reload, flush, status, release ID, delete ID, hold ID, requeue ID)"
             ),
         };
         if write

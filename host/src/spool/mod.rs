@@ -381,6 +381,45 @@ impl Spool {
         Err(SpoolError::Taken(self.corrupt.join(name)))
     }
 
+    /// The message is in `queue/` (not held).
+    pub fn is_queued(&self, id: &str) -> bool {
+        is_queue_id(id) && self.queue.join(id).is_file()
+    }
+
+    /// The message is in `hold/`.
+    pub fn is_held(&self, id: &str) -> bool {
+        is_queue_id(id) && self.hold.join(id).is_file()
+    }
+
+    /// Reads a queued or held message with its delivery state and where it
+    /// is (`queue` or `hold`), for `postern queue show` (blocking).
+    pub fn read_any(
+        &self,
+        id: &str,
+    ) -> Result<(Loaded, Option<DeliveryState>, &'static str), SpoolError> {
+        let (dir, area) = if self.is_held(id) {
+            (&self.hold, "hold")
+        } else {
+            (&self.queue, "queue")
+        };
+        let path = dir.join(id);
+        let file = fs::read(&path).map_err(io_err("read", &path))?;
+        let (envelope, content) = format::decode(&file).map_err(|source| SpoolError::Format {
+            path: path.clone(),
+            source,
+        })?;
+        let state = read_state(&dir.join(format!("{id}.state")))?;
+        Ok((
+            Loaded {
+                envelope,
+                file,
+                content,
+            },
+            state,
+            area,
+        ))
+    }
+
     /// The message is in `queue/` or `hold/`.
     pub fn contains(&self, id: &str) -> bool {
         self.queue.join(id).exists() || self.hold.join(id).exists()
