@@ -179,3 +179,92 @@ def test_queue_hold_show_and_requeue_while_the_daemon_delivers(daemon_factory):
     assert entry["queue_name"] == "deferred"
     d.wait_log(f"{qid}: held by the administrator")
     d.wait_log(f"{qid}: requeued (released from hold) by the administrator")
+
+
+def report_for(daemon, user, timeout=10.0):
+    """The delivery status notification in a user's Maildir."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for f in daemon.new_mail(user):
+            text = f.read_text(errors="replace")
+            if "multipart/report" in text:
+                return text
+        time.sleep(0.1)
+    raise AssertionError(f"no report for {user}\n{daemon.log_text()[-3000:]}")
+
+
+def test_a_failure_is_reported_to_the_sender_with_its_dsn_parameters(daemon):
+    extra = "Delivered-To: alice@example.test\r\n"
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        assert b"DSN" in s.ehlo_resp
+        assert s.docmd("MAIL FROM:<bob@example.test> RET=HDRS ENVID=QQ314159")[0] == 250
+        assert s.docmd("RCPT TO:<alice@example.test> NOTIFY=FAILURE ORCPT=rfc822;info+40x@example.test")[0] == 250
+        assert s.data(message(subject="loops back", extra_headers=extra, body="secret body\r\n"))[0] == 250
+    text = report_for(daemon, "bob")
+    # RFC 3464: from MAILER-DAEMON with the null sender, three parts.
+    assert "Return-Path: <>" in text
+    assert "MAILER-DAEMON@mx.example.test" in text
+    assert "report-type" in text and "delivery-status" in text
+    for field in [
+        "Original-Envelope-Id: QQ314159",
+        "Reporting-MTA: dns; mx.example.test",
+        "Original-Recipient: rfc822; info@x@example.test",
+        "Final-Recipient: rfc822; alice@example.test",
+        "Action: failed",
+        "Status: 5.4.6",
+        "Diagnostic-Code: smtp; mail forwarding loop for alice@example.test",
+        "Arrival-Date: ",
+        "Last-Attempt-Date: ",
+    ]:
+        assert field in text, field
+    assert "text/rfc822-headers" in text and "Subject: loops back" in text
+    assert "secret body" not in text
+    assert daemon.new_mail("alice") == []
+    daemon.wait_log_re(r"\w+: removed")
+
+
+def test_notify_never_and_the_null_sender_get_no_report(daemon):
+    extra = "Delivered-To: alice@example.test\r\n"
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        assert s.docmd("MAIL FROM:<bob@example.test>")[0] == 250
+        assert s.docmd("RCPT TO:<alice@example.test> NOTIFY=NEVER")[0] == 250
+        assert s.data(message(subject="never", extra_headers=extra))[0] == 250
+        assert s.docmd("MAIL FROM:<>")[0] == 250
+        assert s.docmd("RCPT TO:<alice@example.test>")[0] == 250
+        assert s.data(message(subject="from null", extra_headers=extra))[0] == 250
+    daemon.wait_log("the sender is <>")
+    time.sleep(1.5)
+    assert daemon.new_mail("bob") == [] and daemon.new_mail("alice") == []
+    assert daemon.queue_files() == []
+    assert "sender delivery status notification" not in daemon.log_text()
+
+
+def test_success_is_reported_when_asked_and_ret_full_returns_the_message(daemon):
+    with daemon.smtp() as s:
+        s.ehlo("client.test")
+        assert s.docmd("MAIL FROM:<alice@example.test> RET=FULL")[0] == 250
+        assert s.docmd("RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE")[0] == 250
+        assert s.data(message(subject="tell me", body="the whole body\r\n"))[0] == 250
+    daemon.wait_mail("bob")
+    text = report_for(daemon, "alice")
+    assert "Action: delivered" in text and "Status: 2.0.0" in text
+    assert "Final-Recipient: rfc822; bob@example.test" in text
+    assert "message/rfc822" in text and "the whole body" in text
+
+
+def test_max_lifetime_returns_what_is_still_pending_to_its_sender(daemon_factory):
+    d = daemon_factory(start=False)
+    d.config.write_text(d.config_text.replace('retry_max = "1s"', 'retry_max = "1s"\nmax_lifetime = "2s"'))
+    d.start()
+    with d.smtp() as s:
+        s.sendmail("alice@example.test", ["far@dest.test"], message(subject="too slow"))
+    text = report_for(d, "alice", timeout=15)
+    assert "Final-Recipient: rfc822; far@dest.test" in text and "Action: failed" in text
+    assert "delivery time expired" in text
+    d.wait_log_re(r"to=<far@dest\.test>, .*status=expired, returned to sender")
+    deadline = time.time() + 10
+    while d.queue_files() and time.time() < deadline:
+        time.sleep(0.1)
+    assert d.queue_files() == []

@@ -79,6 +79,16 @@ impl Outcome {
         }
     }
 
+    /// A recipient that failed for good.
+    pub fn bounced(relay: &str, dsn: &str, detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status: Status::Bounced,
+            dsn: dsn.into(),
+            relay: relay.into(),
+            detail: detail.into(),
+        }
+    }
+
     /// A recipient to retry.
     pub fn deferred(relay: &str, dsn: &str, detail: impl Into<String>) -> Outcome {
         Outcome {

@@ -357,7 +357,8 @@ fn deliver(
     how: Durability<'_>,
 ) -> Result<Option<String>, SpoolError> {
     let mut state = DeliveryState::default();
-    let Some(last_error) = deliver_pending(router, env, content, &mut state, hostname, how) else {
+    let Some(last_error) = deliver_pending(router, env, content, &mut state, hostname, how).left()
+    else {
         return Ok(None);
     };
     // The spool will say these recipients are done: their copies must be

@@ -29,10 +29,10 @@ impl Agent for Local<'_> {
                 if looped.contains(&to.to_lowercase()) {
                     // Postfix local(8): the message already went through
                     // this mailbox, so delivering it again would go round
-                    // for ever. Deferred (bounced once bounces exist).
-                    return Outcome::deferred(
+                    // for ever: returned to its sender.
+                    return Outcome::bounced(
                         "local",
-                        "4.4.6",
+                        "5.4.6",
                         format!("mail forwarding loop for {to}"),
                     );
                 }

@@ -3,6 +3,7 @@
 //! backoff. A message leaves the spool only when every recipient is done.
 
 pub mod agent;
+pub mod bounce;
 pub mod journaled;
 pub mod local;
 pub mod maildir;
@@ -101,6 +102,8 @@ enum Attempt {
 
 /// Shared, read-mostly inputs of a delivery attempt.
 struct Ctx {
+    /// The manager's own queue: reports an attempt makes are queued here.
+    jobs: mpsc::UnboundedSender<Job>,
     spool: Arc<Spool>,
     router: Arc<ArcSwap<Router>>,
     syncer: DirSyncer,
@@ -118,6 +121,7 @@ pub fn start(
 ) -> (Queue, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
+        jobs: tx.clone(),
         spool,
         router,
         syncer,
@@ -326,11 +330,34 @@ fn delay_since(arrival: f64) -> f64 {
     (now - arrival).max(0.0)
 }
 
+/// What one attempt left to do.
+#[derive(Debug, Default)]
+pub struct Attempted {
+    /// The last temporary error, if a recipient must be retried.
+    pub deferred: Option<String>,
+    /// Recipients that failed for good in this attempt: not yet done, as
+    /// their sender must be told first ([`bounce::settle`]).
+    pub bounced: Vec<usize>,
+    /// Recipients delivered in this attempt.
+    pub sent: Vec<usize>,
+}
+
+impl Attempted {
+    /// Why the message is not finished, if it is not: a recipient to
+    /// retry, or one whose sender must be told (from the queue).
+    pub fn left(&self) -> Option<String> {
+        self.deferred.clone().or_else(|| {
+            (!self.bounced.is_empty())
+                .then(|| "a recipient failed for good: its sender is told from the queue".into())
+        })
+    }
+}
+
 /// Delivers every recipient of `env` that is not yet done in `state`
 /// (blocking): routes each once to its transport, hands each agent its
 /// recipients in one call, logs one line per recipient, and records each
-/// outcome in `state` (delivered ones in `state.done`). Returns the last
-/// temporary error if any recipient must be retried.
+/// outcome in `state` (delivered ones in `state.done`; failed ones are
+/// done only once their sender has been told).
 pub fn deliver_pending(
     router: &Router,
     env: &Envelope,
@@ -338,7 +365,7 @@ pub fn deliver_pending(
     state: &mut DeliveryState,
     hostname: &str,
     how: Durability<'_>,
-) -> Option<String> {
+) -> Attempted {
     let msg = Message {
         env,
         content,
@@ -390,7 +417,7 @@ pub fn deliver_pending(
             }
         }
     }
-    let mut deferred: Option<String> = None;
+    let mut attempted = Attempted::default();
     let now = now_secs();
     for (index, rcpt, outcome) in outcomes {
         let line = format!(
@@ -408,14 +435,15 @@ pub fn deliver_pending(
             Status::Sent => {
                 tracing::info!("{line}");
                 state.done.insert(index);
+                attempted.sent.push(index);
             }
             Status::Bounced => {
                 tracing::warn!("{line}");
-                state.done.insert(index);
+                attempted.bounced.push(index);
             }
             Status::Deferred => {
                 tracing::warn!("{line}");
-                deferred = Some(outcome.detail.clone());
+                attempted.deferred = Some(outcome.detail.clone());
             }
         }
         state.recipients.insert(
@@ -429,7 +457,7 @@ pub fn deliver_pending(
             },
         );
     }
-    deferred
+    attempted
 }
 
 /// Groups recipients by the agent that takes them (routing failures last).
@@ -487,7 +515,7 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
     let env = &loaded.envelope;
     let router = ctx.router.load();
     let started = now_secs();
-    let deferred = deliver_pending(
+    let attempted = deliver_pending(
         &router,
         env,
         loaded.content(),
@@ -498,27 +526,20 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
         // its state could not be saved, never delivers twice.
         Durability::Requeued(&ctx.syncer),
     );
-    let Some(last_error) = deferred else {
-        return match ctx.spool.remove(id) {
-            Ok(()) => {
-                tracing::info!("{id}: removed");
-                Attempt::Finished
-            }
-            Err(e) => Attempt::Failed(e.to_string()),
-        };
-    };
-    state.attempts += 1;
-    state.last_error = Some(last_error.clone());
-    let wait = backoff(&ctx.cfg, state.attempts);
-    state.next_attempt = started + wait.as_secs();
     let age = Duration::from_secs_f64(delay_since(env.arrival));
-    if age >= ctx.cfg.max_lifetime {
+    let expired = attempted.deferred.is_some() && age >= ctx.cfg.max_lifetime;
+    if expired && env.sender.is_empty() {
+        // Never a report to <>: an undeliverable report is held for the
+        // postmaster to see, not dropped.
+        let last_error = attempted.deferred.clone().unwrap_or_default();
+        state.attempts += 1;
+        state.last_error = Some(last_error.clone());
         state.hold_reason = Some(format!(
             "undeliverable for {}: {last_error}",
             humantime::format_duration(Duration::from_secs(age.as_secs()))
         ));
         tracing::error!(
-            "{id}: giving up after {} attempts, message held: {last_error}",
+            "{id}: giving up after {} attempts, message from <> held: {last_error}",
             state.attempts
         );
         return match ctx.spool.hold(id, &state) {
@@ -526,6 +547,36 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
             Err(e) => Attempt::Failed(e.to_string()),
         };
     }
+    // The sender's report is queued before its recipients count as done:
+    // a crash in between repeats the report, never loses it.
+    match bounce::settle(
+        &ctx.spool,
+        &ctx.cfg.hostname,
+        &loaded,
+        &mut state,
+        &attempted,
+        expired,
+    ) {
+        Ok(Some(report)) => {
+            let _ = ctx.jobs.send(Job::Queued(report));
+        }
+        Ok(None) => {}
+        Err(e) => return Attempt::Failed(e.to_string()),
+    }
+    if state.done.len() >= env.recipients.len() {
+        return match ctx.spool.remove(id) {
+            Ok(()) => {
+                tracing::info!("{id}: removed");
+                Attempt::Finished
+            }
+            Err(e) => Attempt::Failed(e.to_string()),
+        };
+    }
+    let last_error = attempted.left().unwrap_or_default();
+    state.attempts += 1;
+    state.last_error = Some(last_error);
+    let wait = backoff(&ctx.cfg, state.attempts);
+    state.next_attempt = started + wait.as_secs();
     if let Err(e) = ctx.spool.save_state(id, &state) {
         return Attempt::Failed(e.to_string());
     }

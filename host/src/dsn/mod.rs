@@ -3,5 +3,6 @@
 //! come with bounces.
 
 pub mod params;
+pub mod report;
 
 pub use params::{DsnError, Notify, RcptDsn, Ret};

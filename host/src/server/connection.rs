@@ -1285,8 +1285,10 @@ impl Connection {
             ret: tx.params.ret,
             envid: tx.params.envid.clone(),
         };
+        // A success report is made from the queue, after the delivery.
         let direct = disposition.is_none()
             && self.generation.config.queue.direct_delivery
+            && env.recipients.iter().all(|r| !r.notify().success)
             && tx
                 .rcpts
                 .iter()
@@ -1404,7 +1406,8 @@ impl Connection {
                 &mut state,
                 &hostname,
                 crate::deliver::Durability::Synced(&syncer),
-            );
+            )
+            .left();
             (env, content, state, deferred)
         })
         .await;

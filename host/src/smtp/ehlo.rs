@@ -34,7 +34,13 @@ impl<R> Session<R> {
         if self.auth_offered() && self.auth_user.is_none() {
             lines.push(format!("AUTH {}", self.cfg.auth_mechanisms.join(" ")).into());
         }
-        for ext in ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"] {
+        for ext in [
+            "ENHANCEDSTATUSCODES",
+            "8BITMIME",
+            "SMTPUTF8",
+            "CHUNKING",
+            "DSN",
+        ] {
             lines.push(ext.into());
         }
         Step::Reply(Reply::plain(250, lines))
