@@ -178,7 +178,7 @@ impl Router {
             let has_tag = self
                 .delimiter
                 .is_some_and(|d| split_tag(&local_value(tl), d).is_some());
-            let carried = unmatched.filter(|_| !has_tag && !tl.starts_with('"'));
+            let carried = unmatched.filter(|t| !t.is_empty() && !has_tag && !tl.starts_with('"'));
             let next = Addr {
                 local: tl,
                 domain: td,

@@ -398,6 +398,26 @@ fn tables_that_disagree_with_the_config_are_errors() {
         std::fs::write(&ap, "staff: alice\npostmaster: alice\nabuse: staff\n").unwrap();
         assert!(Router::load(&config).is_ok());
     }
+    // [aliases] targets may be names of the files, and are checked with them.
+    let vp = dir.path().join("v");
+    let ap = dir.path().join("a");
+    std::fs::write(&vp, "ok@virtual.test alice\n").unwrap();
+    std::fs::write(&ap, "staff: alice\npostmaster: alice\nabuse: alice\n").unwrap();
+    let text = format!(
+        "[server]\nhostname = \"mx.example.test\"\n[[listener]]\naddress = \"127.0.0.1:25\"\n\
+         [local]\ndomains = [\"example.test\"]\nusers = [\"alice\"]\n\
+         virtual_alias_maps = [\"{}\"]\nalias_maps = [\"{}\"]\n[aliases]\nteam = [\"staff\", \"{{}}\"]\n",
+        vp.display(),
+        ap.display()
+    );
+    let config = Config::from_toml(&text.replace("{}", "alice"), Path::new("t.toml")).unwrap();
+    assert!(Router::load(&config).is_ok());
+    let config = Config::from_toml(&text.replace("{}", "nobody"), Path::new("t.toml")).unwrap();
+    let err = Router::load(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("aliases.team: target \"nobody\" is neither"),
+        "{err}"
+    );
     let text = "[server]\nhostname = \"mx.example.test\"\n[[listener]]\naddress = \"127.0.0.1:25\"\n\
                 [local]\nvirtual_alias_maps = [\"/nonexistent/virtual\"]\n";
     let config = Config::from_toml(text, Path::new("t.toml")).unwrap();

@@ -74,6 +74,9 @@ pub struct Context {
     pub users: HashSet<String>,
     /// `[aliases]` names (case-folded, local names only).
     pub toml_aliases: HashSet<String>,
+    /// `[aliases]` as written: name → targets (their bare targets may be
+    /// names of the alias_maps files, checked once these are read).
+    pub toml_targets: Vec<(String, Vec<String>)>,
 }
 
 impl Context {
@@ -112,6 +115,15 @@ impl Context {
                             ),
                         });
                     }
+                }
+            }
+        }
+        if !tables.aliases.is_empty() {
+            for (name, targets) in &self.toml_targets {
+                if let Some(t) = targets.iter().find(|t| !t.contains('@') && !known(t)) {
+                    return Err(TableError::Config(format!(
+                        "aliases.{name}: target {t:?} is neither a local user, an alias nor an address"
+                    )));
                 }
             }
         }

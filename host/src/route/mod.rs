@@ -182,6 +182,11 @@ impl Router {
                 .filter(|k| !k.contains('@'))
                 .cloned()
                 .collect(),
+            toml_targets: config
+                .aliases
+                .iter()
+                .map(|(k, v)| (k.clone(), v.list()))
+                .collect(),
         };
         router.tables = Arc::new(Live::load(sources, context)?);
         Ok(router)
