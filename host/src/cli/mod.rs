@@ -4,6 +4,7 @@ mod logsink;
 mod plugin_bench;
 mod plugin_test;
 mod queue;
+mod route;
 mod user;
 
 use std::path::PathBuf;
@@ -43,6 +44,16 @@ enum Command {
     Check(ConfigArg),
     /// Tell the running daemon to reload its config and plugins.
     Reload(ConfigArg),
+    /// Show what addresses expand to and which transport takes each
+    /// result (Postfix `postmap -q` / `sendmail -bv`); exit status 1 if
+    /// any address is refused.
+    Route {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Recipient addresses.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
     /// Manage Postern's password file (SMTP AUTH users); changes apply at once.
     User {
         #[command(flatten)]
@@ -269,6 +280,12 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
             crate::server::generation::Generation::build(config, 0, runtime.as_ref()).await?;
         anyhow::Ok((generation, runtime))
     })?;
+    let (keys, virtual_domains) = generation.router.table_counts();
+    let summary = if keys > 0 || virtual_domains > 0 {
+        format!("{summary}, {keys} table key(s), {virtual_domains} virtual alias domain(s)")
+    } else {
+        summary
+    };
     let (Some(runtime), false) = (runtime, generation.chains.plugins.is_empty()) else {
         return Ok(summary);
     };
@@ -348,6 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Reload(a) => admin(&a.config, "reload"),
+        Command::Route { config, addresses } => route::run(&config.config, &addresses),
         Command::User {
             config,
             file,

@@ -2,6 +2,7 @@
 //! has a sane default, and [`Config::validate`] names the offending key.
 
 mod bounds;
+mod route;
 mod units;
 mod wasm;
 
@@ -608,6 +609,14 @@ pub struct Local {
     pub maildir: String,
     /// Separator between user and tag (`recipient_delimiter`); empty disables.
     pub recipient_delimiter: String,
+    /// Domains whose addresses exist only as keys of `virtual_alias_maps`
+    /// (Postfix `virtual_alias_domains`): any other address is unknown.
+    pub virtual_alias_domains: Vec<String>,
+    /// virtual(5) tables, read as they are; relative to the working
+    /// directory, like every path of the config.
+    pub virtual_alias_maps: Vec<PathBuf>,
+    /// aliases(5) tables for the local domains, after `[aliases]`.
+    pub alias_maps: Vec<PathBuf>,
 }
 
 impl Default for Local {
@@ -617,6 +626,9 @@ impl Default for Local {
             users: Vec::new(),
             maildir: "var/mail/{user}/Maildir".into(),
             recipient_delimiter: "+".into(),
+            virtual_alias_domains: Vec::new(),
+            virtual_alias_maps: Vec::new(),
+            alias_maps: Vec::new(),
         }
     }
 }
@@ -952,7 +964,10 @@ impl Config {
                 bad(&key, "has no targets".into());
             }
             for t in list {
+                // Names an alias_maps file may define are checked when
+                // the files are read.
                 if !t.contains('@')
+                    && self.local.alias_maps.is_empty()
                     && !users.contains(&t.to_lowercase())
                     && !self.aliases.contains_key(&t)
                 {
@@ -963,7 +978,7 @@ impl Config {
                 }
             }
         }
-        if !self.local.domains.is_empty() {
+        if !self.local.domains.is_empty() && self.local.alias_maps.is_empty() {
             for required in ["postmaster", "abuse"] {
                 let covered = users.contains(required)
                     || self
@@ -1050,6 +1065,7 @@ impl Config {
             );
         }
         out.extend(bounds::problems(self));
+        out.extend(route::problems(self));
         out
     }
 }

@@ -1,15 +1,21 @@
 //! Routing: which recipients are ours, what aliases expand to, the `+tag`
 //! delimiter, and the relay decision that no plugin can loosen.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+mod expand;
+pub mod live;
+pub mod table;
+
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::smtp::address::{ForwardPath, Mailbox, local_value};
+use live::{Context, Kind, Live};
+pub use table::TableError;
 
 /// Where one accepted recipient goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -60,15 +66,18 @@ pub enum RouteError {
 #[derive(Debug, Clone)]
 pub struct Router {
     local_domains: HashSet<String>,
+    /// `local.virtual_alias_domains` (the tables may declare more).
+    virtual_domains: HashSet<String>,
+    /// Our own addresses: `user@[IP]` is local for these.
+    literals: HashSet<IpAddr>,
     users: HashMap<String, String>,
     aliases: HashMap<String, Vec<String>>,
     maildir_template: String,
     delimiter: Option<char>,
     origin: String,
     trusted: Vec<IpNet>,
+    tables: Arc<Live>,
 }
-
-const MAX_ALIAS_DEPTH: usize = 10;
 
 /// Splits `user+tag` at the first delimiter of the local part as written
 /// (ASCII or Unicode case-insensitively, for a letter delimiter); `None`
@@ -85,8 +94,34 @@ pub fn split_tag(local: &str, delimiter: char) -> Option<(&str, &str)> {
     (!base.is_empty()).then_some((base, tag))
 }
 
+/// The IP address of an address literal (`[192.0.2.1]`, `[IPv6:::1]`).
+pub fn literal_ip(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    match inner.split_at_checked(5) {
+        Some((tag, v6)) if tag.eq_ignore_ascii_case("IPv6:") => v6.parse().ok().map(IpAddr::V6),
+        _ => inner.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
+    }
+}
+
+/// The addresses our listeners are bound to, with the loopback ones
+/// when a listener is bound to a wildcard address.
+fn own_addresses(config: &Config) -> HashSet<IpAddr> {
+    let mut out = HashSet::new();
+    for l in &config.listeners {
+        let ip = l.address.ip().to_canonical();
+        if ip.is_unspecified() {
+            out.insert(IpAddr::from([127, 0, 0, 1]));
+            out.insert(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        } else {
+            out.insert(ip);
+        }
+    }
+    out
+}
+
 impl Router {
-    /// Builds the tables from a validated config.
+    /// Builds the tables of a validated config, without reading the files
+    /// of `virtual_alias_maps` and `alias_maps` (see [`Router::load`]).
     pub fn new(config: &Config) -> Router {
         Router {
             local_domains: config
@@ -95,6 +130,13 @@ impl Router {
                 .iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
+            virtual_domains: config
+                .local
+                .virtual_alias_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            literals: own_addresses(config),
             users: config
                 .local
                 .users
@@ -110,7 +152,68 @@ impl Router {
             delimiter: config.local.recipient_delimiter.chars().next(),
             origin: config.server.origin(),
             trusted: config.server.trusted_networks.clone(),
+            tables: Arc::new(Live::empty()),
         }
+    }
+
+    /// Builds the tables of a validated config and reads its
+    /// `virtual_alias_maps` and `alias_maps`; an error names `FILE:LINE`.
+    pub fn load(config: &Config) -> Result<Router, TableError> {
+        let mut router = Router::new(config);
+        let sources = config
+            .local
+            .virtual_alias_maps
+            .iter()
+            .map(|p| (p.clone(), Kind::Virtual))
+            .chain(
+                config
+                    .local
+                    .alias_maps
+                    .iter()
+                    .map(|p| (p.clone(), Kind::Aliases)),
+            )
+            .collect();
+        let context = Context {
+            local_domains: router.local_domains.clone(),
+            users: router.users.keys().cloned().collect(),
+            toml_aliases: router
+                .aliases
+                .keys()
+                .filter(|k| !k.contains('@'))
+                .cloned()
+                .collect(),
+            toml_targets: config
+                .aliases
+                .iter()
+                .map(|(k, v)| (k.clone(), v.list()))
+                .collect(),
+        };
+        router.tables = Arc::new(Live::load(sources, context)?);
+        Ok(router)
+    }
+
+    /// Reads the table files again whenever they change, for as long as
+    /// this router (or a clone) is in use. Needs a Tokio runtime.
+    pub fn watch(&self) {
+        live::watch(&self.tables);
+    }
+
+    /// Reads the table files again now if they changed.
+    pub fn refresh(&self) {
+        self.tables.refresh();
+    }
+
+    /// Keys in the table files, and virtual alias domains (configured and
+    /// declared), for summaries.
+    pub fn table_counts(&self) -> (usize, usize) {
+        let tables = self.tables.tables();
+        let declared: HashSet<&String> = tables
+            .virtuals
+            .iter()
+            .flat_map(|t| t.domains.keys())
+            .chain(self.virtual_domains.iter())
+            .collect();
+        (tables.len(), declared.len())
     }
 
     /// The recipient delimiter, if enabled.
@@ -118,9 +221,25 @@ impl Router {
         self.delimiter
     }
 
-    /// True if mail for `domain` is delivered here.
+    /// True if mail for `domain` is ours: a local domain, a virtual alias
+    /// domain, or an address literal of ours. Mail for any other domain
+    /// is relayed.
     pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.is_mydestination(domain) || self.is_virtual_domain(domain)
+    }
+
+    /// True if mail for `domain` is delivered here (Postfix's
+    /// `mydestination`, and `inet_interfaces` as address literals).
+    pub fn is_mydestination(&self, domain: &str) -> bool {
         self.local_domains.contains(&domain.to_ascii_lowercase())
+            || literal_ip(domain).is_some_and(|ip| self.literals.contains(&ip.to_canonical()))
+    }
+
+    /// True if `domain` is a virtual alias domain (configured, or
+    /// declared by a table): its addresses are only what the tables say.
+    pub fn is_virtual_domain(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.virtual_domains.contains(&domain) || self.tables.tables().declares(&domain)
     }
 
     /// True if the client address is in `trusted_networks` (`mynetworks`).
@@ -141,101 +260,14 @@ impl Router {
     pub fn has_user(&self, user: &str) -> bool {
         self.users.contains_key(&user.to_lowercase())
     }
-
-    /// Expands a recipient into its destinations (aliases, `+tag`).
-    /// Remote domains yield one `Remote` destination; whether relaying is
-    /// allowed is the caller's decision ([`Router::is_trusted`]).
-    pub fn resolve(&self, to: &ForwardPath) -> Result<Vec<Destination>, RouteError> {
-        let mailbox = match to {
-            ForwardPath::Postmaster => Mailbox {
-                local: "postmaster".into(),
-                domain: self.origin.clone(),
-            },
-            ForwardPath::Mailbox(m) => m.clone(),
-        };
-        let mut out = BTreeSet::new();
-        self.expand(&mailbox.local, &mailbox.domain, None, 0, &mut out)?;
-        Ok(out.into_iter().collect())
-    }
-
-    fn expand(
-        &self,
-        local: &str,
-        domain: &str,
-        inherited_tag: Option<&str>,
-        depth: usize,
-        out: &mut BTreeSet<Destination>,
-    ) -> Result<(), RouteError> {
-        if depth > MAX_ALIAS_DEPTH {
-            return Err(RouteError::AliasLoop);
-        }
-        let domain_lc = domain.to_ascii_lowercase();
-        if !self.local_domains.contains(&domain_lc) {
-            let address = match inherited_tag {
-                Some(t)
-                    if self.delimiter.is_some()
-                        && !local.contains(self.delimiter.unwrap_or('+')) =>
-                {
-                    format!("{local}{}{t}@{domain}", self.delimiter.unwrap_or('+'))
-                }
-                _ => format!("{local}@{domain}"),
-            };
-            out.insert(Destination::Remote { address });
-            return Ok(());
-        }
-        // A quoted local part names the same mailbox as its value.
-        let value = local_value(local);
-        let local = value.as_ref();
-        // Try the whole local part first, then without its +tag (Postfix order).
-        let mut candidates = vec![(local.to_lowercase(), inherited_tag.map(str::to_string))];
-        if let Some((base, tag)) = self.delimiter.and_then(|d| split_tag(local, d)) {
-            // The tag as the sender wrote it; only the user is looked up.
-            candidates.push((base.to_lowercase(), Some(tag.to_string())));
-        }
-        for (name, tag) in &candidates {
-            let targets = self
-                .aliases
-                .get(&format!("{name}@{domain_lc}"))
-                .or_else(|| self.aliases.get(name));
-            if let Some(targets) = targets {
-                for t in targets {
-                    let (tl, td) = match t.rsplit_once('@') {
-                        Some((l, d)) => (l, d),
-                        None => (t.as_str(), domain),
-                    };
-                    // An alias whose target is itself is a mailbox, not a loop.
-                    if tl.eq_ignore_ascii_case(name)
-                        && td.eq_ignore_ascii_case(domain)
-                        && let Some(user) = self.users.get(name)
-                    {
-                        out.insert(self.local_dest(user, tag.as_deref(), &domain_lc));
-                        continue;
-                    }
-                    self.expand(tl, td, tag.as_deref(), depth + 1, out)?;
-                }
-                return Ok(());
-            }
-            if let Some(user) = self.users.get(name) {
-                out.insert(self.local_dest(user, tag.as_deref(), &domain_lc));
-                return Ok(());
-            }
-        }
-        Err(RouteError::UnknownUser)
-    }
-
-    fn local_dest(&self, user: &str, tag: Option<&str>, domain: &str) -> Destination {
-        Destination::Local {
-            user: user.to_string(),
-            tag: tag.filter(|t| !t.is_empty()).map(str::to_string),
-            domain: domain.to_string(),
-        }
-    }
 }
 
 pub mod transport;
 
 pub use transport::{Transport, TransportError};
 
+#[cfg(test)]
+mod expand_tests;
 #[cfg(test)]
 mod proptests;
 

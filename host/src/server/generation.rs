@@ -47,7 +47,16 @@ impl Generation {
         runtime: Option<&Arc<Runtime>>,
     ) -> anyhow::Result<Generation> {
         let chains = Arc::new(Chains::build(&config, runtime).await?);
-        let router = Arc::new(Router::new(&config));
+        // The routing tables' files: read off the async workers (a table
+        // may be large); a line that does not parse fails the build with
+        // its FILE:LINE, so a start or `check` fails and a reload keeps
+        // the old generation.
+        let for_router = config.clone();
+        let router = tokio::task::spawn_blocking(move || Router::load(&for_router))
+            .await
+            .map_err(|e| anyhow::anyhow!("routing tables: {e}"))?
+            .map_err(|e| anyhow::anyhow!("routing tables: {e}"))?;
+        let router = Arc::new(router);
         let s = &config.smtp;
         let mut backends: std::collections::HashMap<String, Arc<crate::sasl::Backend>> =
             std::collections::HashMap::new();

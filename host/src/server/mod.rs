@@ -245,6 +245,8 @@ impl Shared {
             tracing::warn!("reload: {}: {}", w.key, w.message);
         }
         let next = Generation::build(config, id, runtime.as_ref()).await?;
+        // Its tables are read again when their files change.
+        next.router.watch();
         let (plugins, entries) = (next.chains.plugins.len(), next.chains.len());
         // Everything is built: only now does anything change.
         if let (Some(tls), Some(certs)) = (&self.tls, certs) {
@@ -385,6 +387,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Some(Runtime::new(&config.wasm, &daemon_cache(&config, true), &config.plugins).await?)
     };
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
+    current.router.watch();
     if let Some(rt) = &runtime {
         tokio::spawn(tidy_plugin_cache(rt.clone(), current.chains.clone()));
     }

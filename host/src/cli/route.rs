@@ -1,0 +1,58 @@
+//! `postern route ADDRESS...`: what each address expands to and which
+//! transport takes each result, from the configuration and tables on
+//! disk (Postfix's `postmap -q` and `sendmail -bv`, for admins).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::route::{Destination, RouteError, Router};
+use crate::smtp::address::parse_forward_path;
+
+/// The lines printed for one address, and whether it was accepted.
+pub fn describe(router: &Router, address: &str) -> (Vec<String>, bool) {
+    let written = address.trim().trim_start_matches('<').trim_end_matches('>');
+    let path = match parse_forward_path(written, true) {
+        Ok(p) => p,
+        Err(e) => return (vec![format!("{written}: 501 5.1.3 {e}")], false),
+    };
+    match router.resolve(&path) {
+        Ok(dests) => {
+            let lines = dests
+                .iter()
+                .map(|d| {
+                    let to = d.address(router.delimiter());
+                    match d {
+                        Destination::Local { user, .. } => format!(
+                            "{written} -> {to} (local, maildir {})",
+                            router.maildir(user).display()
+                        ),
+                        Destination::Remote { .. } => format!("{written} -> {to} (smtp)"),
+                    }
+                })
+                .collect();
+            (lines, true)
+        }
+        Err(e @ RouteError::UnknownUser) => (vec![format!("{written}: 550 5.1.1 {e}")], false),
+        Err(e @ RouteError::AliasLoop) => (vec![format!("{written}: 550 5.4.6 {e}")], false),
+    }
+}
+
+/// Prints every address's routes; failure if any address is refused.
+pub fn run(config: &Path, addresses: &[String]) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let router = Router::load(&config).map_err(|e| anyhow::anyhow!("routing tables: {e}"))?;
+    let mut ok = true;
+    for a in addresses {
+        let (lines, accepted) = describe(&router, a);
+        ok &= accepted;
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
