@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::route::{Destination, RouteError, Router};
+use crate::route::{RouteError, Router, Transport};
 use crate::smtp::address::parse_forward_path;
 
 /// The lines printed for one address, and whether it was accepted.
@@ -21,13 +21,16 @@ pub fn describe(router: &Router, address: &str) -> (Vec<String>, bool) {
             let lines = dests
                 .iter()
                 .map(|d| {
+                    // The transport a delivery attempt would pick for what
+                    // the queue file will keep.
                     let to = d.address(router.delimiter());
-                    match d {
-                        Destination::Local { user, .. } => format!(
+                    match router.transport(&to) {
+                        Ok(Transport::Local { user, .. }) => format!(
                             "{written} -> {to} (local, maildir {})",
-                            router.maildir(user).display()
+                            router.maildir(&user).display()
                         ),
-                        Destination::Remote { .. } => format!("{written} -> {to} (smtp)"),
+                        Ok(Transport::Smtp { .. }) => format!("{written} -> {to} (smtp)"),
+                        Err(e) => format!("{written} -> {to} (no transport: {e})"),
                     }
                 })
                 .collect();

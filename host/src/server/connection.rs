@@ -697,7 +697,7 @@ impl Connection {
             &m.domain,
             config.local.recipient_delimiter.chars().next(),
             &config.sender_logins,
-            |d| self.generation.router.is_local_domain(d),
+            |d| self.generation.router.is_mydestination(d),
         )
     }
 

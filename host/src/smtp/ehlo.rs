@@ -73,7 +73,8 @@ mod tests {
         assert!(wire.contains("250-STARTTLS\r\n"));
         // AUTH only after TLS by default.
         assert!(!wire.contains("AUTH"));
-        assert!(wire.ends_with("250 CHUNKING\r\n"));
+        assert!(wire.contains("250-CHUNKING\r\n"));
+        assert!(wire.ends_with("250 DSN\r\n"));
         assert_eq!(s.protocol(), "ESMTP");
     }
 }
