@@ -3,6 +3,7 @@
 
 mod bounds;
 mod route;
+mod transport;
 mod units;
 mod wasm;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use transport::{LMTP_PORT, NextHop, TransportSpec, parse_transport};
 pub use units::{Bytes, Seconds};
 pub use wasm::Wasm;
 
@@ -101,6 +103,10 @@ pub struct Config {
     /// address and its +tag forms: identity → addresses or `@domain`.
     #[serde(default)]
     pub sender_logins: BTreeMap<String, Vec<String>>,
+    /// Delivery agents by domain (`transport_maps`): domain or `.domain`
+    /// → `lmtp:HOST:PORT`, `lmtp:unix:/PATH`, `local` or `smtp`.
+    #[serde(default)]
+    pub transport: BTreeMap<String, String>,
 }
 
 /// What a plugin failure (trap, time or memory limit) costs.
@@ -1066,6 +1072,7 @@ impl Config {
         }
         out.extend(bounds::problems(self));
         out.extend(route::problems(self));
+        out.extend(transport::problems(self));
         out
     }
 }
