@@ -30,6 +30,9 @@ pub fn describe(router: &Router, address: &str) -> (Vec<String>, bool) {
                             router.maildir(&user).display()
                         ),
                         Ok(Transport::Smtp { .. }) => format!("{written} -> {to} (smtp)"),
+                        Ok(Transport::Lmtp { next_hop }) => {
+                            format!("{written} -> {to} (lmtp, {next_hop})")
+                        }
                         Err(e) => format!("{written} -> {to} (no transport: {e})"),
                     }
                 })

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bounce;
 pub mod journaled;
+pub mod lmtp;
 pub mod local;
 pub mod maildir;
 
@@ -22,6 +23,7 @@ use crate::spool::{
     DeliveryState, DirSyncer, Envelope, Recipient, RecipientState, Spool, SpoolError, now_secs,
 };
 use agent::{Agent, Message, NoRemote, Outcome, Rcpt, Status};
+use lmtp::Lmtp;
 use local::Local;
 pub use maildir::Durability;
 
@@ -381,10 +383,12 @@ pub fn deliver_pending(
         .filter(|(i, _)| !state.done.contains(i))
         .map(|(i, r)| (i, r, router.transport(&r.address)))
         .collect();
-    routed.sort_by_key(|r| agent_order(&r.2));
+    routed.sort_by(|a, b| group_key(&a.2).cmp(&group_key(&b.2)));
     let local = Local { router };
     let mut outcomes: Vec<(usize, &Recipient, Outcome)> = Vec::with_capacity(routed.len());
-    for group in routed.chunk_by(|a, b| agent_order(&a.2) == agent_order(&b.2)) {
+    // One call per agent and, for LMTP, per server: all of a message's
+    // recipients there go in one transaction.
+    for group in routed.chunk_by(|a, b| group_key(&a.2) == group_key(&b.2)) {
         let rcpts: Vec<Rcpt<'_>> = group
             .iter()
             .filter_map(|(index, record, t)| {
@@ -398,6 +402,7 @@ pub fn deliver_pending(
         let results = match group.first().map(|g| &g.2) {
             Some(Ok(Transport::Local { .. })) => local.deliver(msg, &rcpts),
             Some(Ok(Transport::Smtp { .. })) => NoRemote.deliver(msg, &rcpts),
+            Some(Ok(Transport::Lmtp { .. })) => Lmtp.deliver(msg, &rcpts),
             _ => Vec::new(),
         };
         outcomes.extend(
@@ -460,12 +465,14 @@ pub fn deliver_pending(
     attempted
 }
 
-/// Groups recipients by the agent that takes them (routing failures last).
-fn agent_order(t: &Result<Transport, TransportError>) -> u8 {
+/// Groups recipients by the agent that takes them and, for LMTP, by its
+/// server (routing failures last).
+fn group_key(t: &Result<Transport, TransportError>) -> (u8, Option<&crate::config::NextHop>) {
     match t {
-        Ok(Transport::Local { .. }) => 0,
-        Ok(Transport::Smtp { .. }) => 1,
-        Err(_) => 2,
+        Ok(Transport::Local { .. }) => (0, None),
+        Ok(Transport::Lmtp { next_hop }) => (1, Some(next_hop)),
+        Ok(Transport::Smtp { .. }) => (2, None),
+        Err(_) => (3, None),
     }
 }
 

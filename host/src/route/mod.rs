@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, TransportSpec, parse_transport};
 use live::{Context, Kind, Live};
 pub use table::TableError;
 
@@ -77,6 +77,8 @@ pub struct Router {
     origin: String,
     trusted: Vec<IpNet>,
     tables: Arc<Live>,
+    /// `[transport]`: domain or `.domain` (lower case) → its agent.
+    transports: HashMap<String, TransportSpec>,
 }
 
 /// Splits `user+tag` at the first delimiter of the local part as written
@@ -153,6 +155,11 @@ impl Router {
             origin: config.server.origin(),
             trusted: config.server.trusted_networks.clone(),
             tables: Arc::new(Live::empty()),
+            transports: config
+                .transport
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), parse_transport(v).ok()?)))
+                .collect(),
         }
     }
 
@@ -226,6 +233,35 @@ impl Router {
     /// is relayed.
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.is_mydestination(domain) || self.is_virtual_domain(domain)
+    }
+
+    /// True if mail for `domain` is accepted from any client: ours
+    /// ([`Router::is_local_domain`]) or in `[transport]` (Postfix's
+    /// `relay_domains`: its next hop decides on the user). Relay control
+    /// asks this; RCPT-time expansion does not (a `[transport]` domain's
+    /// addresses are not local users).
+    pub fn accepts_domain(&self, domain: &str) -> bool {
+        self.is_local_domain(domain) || self.transport_entry(domain).is_some()
+    }
+
+    /// The `[transport]` entry of `domain`: the domain's own key, else
+    /// the nearest `.parent` key (Postfix's `.domain` form).
+    pub fn transport_entry(&self, domain: &str) -> Option<&TransportSpec> {
+        if self.transports.is_empty() {
+            return None;
+        }
+        let domain = domain.to_ascii_lowercase();
+        if let Some(t) = self.transports.get(&domain) {
+            return Some(t);
+        }
+        let mut rest = domain.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(t) = self.transports.get(&format!(".{parent}")) {
+                return Some(t);
+            }
+            rest = parent;
+        }
+        None
     }
 
     /// True if mail for `domain` is delivered here (Postfix's

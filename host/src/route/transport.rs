@@ -4,6 +4,7 @@
 //! never names a transport.
 
 use super::{Router, split_tag};
+use crate::config::{NextHop, TransportSpec};
 use crate::smtp::address::local_value;
 
 /// The delivery agent for one address, with what it needs to know.
@@ -21,6 +22,11 @@ pub enum Transport {
         /// The domain, in lower case.
         domain: String,
     },
+    /// `[transport]`: by LMTP to one server.
+    Lmtp {
+        /// The server.
+        next_hop: NextHop,
+    },
 }
 
 impl Transport {
@@ -29,6 +35,7 @@ impl Transport {
         match self {
             Transport::Local { .. } => "local",
             Transport::Smtp { .. } => "smtp",
+            Transport::Lmtp { .. } => "lmtp",
         }
     }
 }
@@ -52,6 +59,19 @@ impl Router {
             .rsplit_once('@')
             .filter(|(l, d)| !l.is_empty() && !d.is_empty())
             .ok_or_else(|| TransportError::NotAnAddress(address.to_string()))?;
+        match self.transport_entry(domain) {
+            Some(TransportSpec::Lmtp(next_hop)) => {
+                return Ok(Transport::Lmtp {
+                    next_hop: next_hop.clone(),
+                });
+            }
+            Some(TransportSpec::Smtp(_)) => {
+                return Ok(Transport::Smtp {
+                    domain: domain.to_ascii_lowercase(),
+                });
+            }
+            Some(TransportSpec::Local) | None => {}
+        }
         if !self.is_local_domain(domain) {
             return Ok(Transport::Smtp {
                 domain: domain.to_ascii_lowercase(),
@@ -94,6 +114,10 @@ users = ["alice", "Bob"]
 [aliases]
 postmaster = "alice"
 abuse = "alice"
+[transport]
+"lmtp.test" = "lmtp:[127.0.0.1]:24"
+".sub.test" = "lmtp:unix:/run/lmtp"
+"relay.test" = "smtp:[10.0.0.1]"
 "#;
         Router::new(&Config::from_toml(text, std::path::Path::new("t.toml")).unwrap())
     }
@@ -126,6 +150,31 @@ abuse = "alice"
             Err(TransportError::NoSuchUser("gone".into()))
         );
         assert!(r.transport("nodomain").is_err());
+        let tcp = NextHop::Tcp {
+            host: "127.0.0.1".into(),
+            port: 24,
+        };
+        assert_eq!(
+            r.transport("x@LMTP.test"),
+            Ok(Transport::Lmtp { next_hop: tcp })
+        );
+        // `.sub.test` is its subdomains, not itself.
+        assert_eq!(
+            r.transport("x@a.b.sub.test"),
+            Ok(Transport::Lmtp {
+                next_hop: NextHop::Unix("/run/lmtp".into())
+            })
+        );
+        assert_eq!(
+            r.transport("x@sub.test"),
+            Ok(Transport::Smtp {
+                domain: "sub.test".into()
+            })
+        );
+        assert!(r.accepts_domain("lmtp.test") && r.accepts_domain("x.sub.test"));
+        assert!(r.accepts_domain("relay.test") && r.accepts_domain("example.test"));
+        assert!(!r.accepts_domain("sub.test") && !r.accepts_domain("dest.test"));
+        assert!(!r.is_local_domain("lmtp.test"));
         // An alias is not expanded again at delivery.
         assert!(r.transport("postmaster@example.test").is_err());
     }

@@ -1001,7 +1001,8 @@ impl Connection {
 
     /// Relay control and routing for one recipient. Relay control comes
     /// first and is not configurable away: only trusted networks and
-    /// authenticated clients may send to domains that are not ours.
+    /// authenticated clients may send to domains that are neither ours nor
+    /// in `[transport]`.
     async fn rcpt_decision(
         &mut self,
         to: &ForwardPath,
@@ -1036,7 +1037,7 @@ impl Connection {
     fn route(&self, to: &ForwardPath) -> Decision<Vec<Destination>> {
         let router = &self.generation.router;
         if let ForwardPath::Mailbox(m) = to
-            && !router.is_local_domain(&m.domain)
+            && !router.accepts_domain(&m.domain)
             && !router.is_trusted(self.peer.ip())
             && self.session.auth_user.is_none()
         {
