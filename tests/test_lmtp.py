@@ -161,6 +161,9 @@ class FakeLmtp(socketserver.StreamRequestHandler):
                         self.reply(f"452 4.2.2 <{addr}> Mailbox full")
                     else:
                         self.reply(f"250 2.0.0 <{addr}> Saved")
+            elif verb == "RSET":
+                accepted = []
+                self.reply("250 2.0.0 Ok")
             elif verb == "QUIT":
                 self.reply("221 2.0.0 Bye")
                 return
@@ -208,20 +211,35 @@ def test_each_recipient_gets_its_own_reply(daemon_factory, fake_lmtp):
         "RCPT TO:<full@fake.test>",
         "DATA",
     ], first
-    assert "..dot" in first and first[-1] == "QUIT"
+    assert "..dot" in first
     # The bounce goes to the sender; only full@ waits in the queue.
     report = report_for(d, "alice")
     assert "Final-Recipient: rfc822; bad@fake.test" in report and "Status: 5.1.1" in report
     [entry] = wait_queue(d, lambda e: len(e) == 1 and len(e[0]["recipients"]) == 1)
     assert entry["recipients"][0]["address"] == "full@fake.test"
     assert "452 4.2.2" in entry["recipients"][0]["delay_reason"]
-    # A retry delivers only what is pending.
+    # A retry (on a new or a reused connection) asks only for what is
+    # pending.
     d.cli("queue", "flush")
+    rcpts_sent = lambda: [l for s in fake_lmtp.sessions for l in s if l.startswith("RCPT")]
     deadline = time.time() + 10
-    while len(fake_lmtp.sessions) < 2 and time.time() < deadline:
+    while len(rcpts_sent()) < 4 and time.time() < deadline:
         time.sleep(0.1)
-    later = [l for l in fake_lmtp.sessions[1] if l.startswith("RCPT")]
-    assert later == ["RCPT TO:<full@fake.test>"]
+    assert rcpts_sent()[3:] and set(rcpts_sent()[3:]) == {"RCPT TO:<full@fake.test>"}
+
+
+def test_a_connection_is_reused_for_the_next_message(daemon_factory, fake_lmtp):
+    port = fake_lmtp.server_address[1]
+    d = daemon_factory(extra=transport(**{"fake.test": f"lmtp:127.0.0.1:{port}"}))
+    for n in (1, 2):
+        with d.smtp() as s:
+            s.sendmail("sender@example.org", [f"u{n}@fake.test"], message(subject=f"m{n}"))
+        d.wait_log_re(rf"to=<u{n}@fake.test>, .*status=sent")
+    # Within the idle limit (2 s) the second message takes the first's
+    # session, checked with RSET, without a new LHLO.
+    assert len(fake_lmtp.sessions) == 1, fake_lmtp.sessions
+    [session] = fake_lmtp.sessions
+    assert [l for l in session if l.split(" ")[0] in ("LHLO", "RSET", "DATA")] == ["LHLO mx.example.test", "DATA", "RSET", "DATA"]
 
 
 def test_check_names_a_bad_transport_entry(daemon_factory):

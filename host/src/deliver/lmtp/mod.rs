@@ -3,12 +3,13 @@
 //! accepted recipient after the data. Blocking I/O: it runs on delivery
 //! threads.
 
+mod cache;
 pub mod proto;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::agent::{Agent, Message, Outcome, Rcpt, Status};
 use crate::config::NextHop;
@@ -106,15 +107,33 @@ fn outcome_of(relay: &str, reply: &Reply, command: &str) -> Outcome {
     }
 }
 
-/// One open session: the connection and who it is, for messages.
+/// One open session, greeted and past LHLO: the connection, who it is
+/// (for messages), what it offers, and since when it is open.
 struct Session {
     conn: BufReader<Stream>,
     relay: String,
+    caps: Capabilities,
+    born: Instant,
 }
 
 impl Session {
-    /// Connects and reads the greeting.
-    fn open(next_hop: &NextHop) -> Result<Session, (String, Stop)> {
+    /// An idle session to `next_hop` that still answers RSET, else a new
+    /// one.
+    fn get(next_hop: &NextHop, hostname: &str) -> Result<Session, (String, Stop)> {
+        while let Some(mut s) = cache::take(next_hop) {
+            // A server that closed an idle connection meanwhile fails
+            // here, before anything of the message was sent.
+            if s.send(b"RSET\r\n", "RSET").is_ok()
+                && s.read("the RSET reply").is_ok_and(|r| r.class() == 2)
+            {
+                return Ok(s);
+            }
+        }
+        Session::open(next_hop, hostname)
+    }
+
+    /// Connects, reads the greeting and says LHLO.
+    fn open(next_hop: &NextHop, hostname: &str) -> Result<Session, (String, Stop)> {
         let (stream, relay) = match next_hop {
             NextHop::Unix(path) => {
                 let relay = path.display().to_string();
@@ -136,9 +155,14 @@ impl Session {
         let mut session = Session {
             conn: BufReader::new(stream),
             relay,
+            caps: Capabilities::default(),
+            born: Instant::now(),
         };
         match session.read("the greeting") {
-            Ok(r) if r.class() == 2 => Ok(session),
+            Ok(r) if r.class() == 2 => match session.lhlo(hostname) {
+                Ok(()) => Ok(session),
+                Err(stop) => Err((session.relay, stop)),
+            },
             Ok(r) => {
                 let why = format!("host {} refused to talk to me: {}", session.relay, r.text());
                 session.quit();
@@ -149,6 +173,23 @@ impl Session {
             }
             Err(stop) => Err((session.relay, stop)),
         }
+    }
+
+    /// LHLO, and what the server offers.
+    fn lhlo(&mut self, hostname: &str) -> Result<(), Stop> {
+        self.send(format!("LHLO {hostname}\r\n").as_bytes(), "LHLO")?;
+        let lhlo = self.read("the LHLO reply")?;
+        if lhlo.class() != 2 {
+            let stop = Stop::reply(&self.relay, &lhlo, "LHLO");
+            self.quit();
+            return Err(Stop {
+                status: Status::Deferred,
+                dsn: stop.dsn.replacen('5', "4", 1),
+                ..stop
+            });
+        }
+        self.caps = Capabilities::of(&lhlo);
+        Ok(())
     }
 
     fn send(&mut self, bytes: &[u8], what: &str) -> Result<(), Stop> {
@@ -238,13 +279,15 @@ impl Agent for Lmtp {
                 .collect();
         };
         let mut out: Vec<Option<Outcome>> = vec![None; rcpts.len()];
-        let (relay, stop) = match Session::open(next_hop) {
+        let (relay, stop) = match Session::get(next_hop, msg.hostname) {
             Ok(mut session) => {
                 let stop = transaction(&mut session, msg, rcpts, &mut out).err();
+                let relay = session.relay.clone();
                 if stop.is_none() {
-                    session.quit();
+                    // Kept for the next message to this server.
+                    cache::put(next_hop, session);
                 }
-                (session.relay, stop)
+                (relay, stop)
             }
             Err((relay, stop)) => (relay, Some(stop)),
         };
@@ -267,7 +310,7 @@ impl Agent for Lmtp {
     }
 }
 
-/// LHLO, MAIL, RCPT for each, DATA and one reply per accepted recipient;
+/// MAIL, RCPT for each, DATA and one reply per accepted recipient;
 /// `out` gets each recipient's outcome as it is known. An error is the
 /// outcome of every recipient still without one.
 fn transaction(
@@ -277,18 +320,7 @@ fn transaction(
     out: &mut [Option<Outcome>],
 ) -> Result<(), Stop> {
     let env = msg.env;
-    s.send(format!("LHLO {}\r\n", msg.hostname).as_bytes(), "LHLO")?;
-    let lhlo = s.read("the LHLO reply")?;
-    if lhlo.class() != 2 {
-        let stop = Stop::reply(&s.relay, &lhlo, "LHLO");
-        s.quit();
-        return Err(Stop {
-            status: Status::Deferred,
-            dsn: stop.dsn.replacen('5', "4", 1),
-            ..stop
-        });
-    }
-    let caps = Capabilities::of(&lhlo);
+    let caps = s.caps;
     if env.smtputf8 && !caps.smtputf8 {
         s.quit();
         return Err(Stop {
@@ -350,7 +382,6 @@ fn transaction(
         return Err(stop);
     }
     if accepted.is_empty() {
-        s.quit();
         return Ok(());
     }
     s.send(b"DATA\r\n", "DATA")?;
