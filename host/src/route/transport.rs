@@ -175,6 +175,15 @@ abuse = "alice"
         assert!(r.accepts_domain("relay.test") && r.accepts_domain("example.test"));
         assert!(!r.accepts_domain("sub.test") && !r.accepts_domain("dest.test"));
         assert!(!r.is_local_domain("lmtp.test"));
+        // Accepted, but not expanded as local users: any user there is
+        // the LMTP server's to judge.
+        let to = crate::smtp::address::parse_forward_path("alice@lmtp.test", true).unwrap();
+        assert_eq!(
+            r.resolve(&to),
+            Ok(vec![crate::route::Destination::Remote {
+                address: "alice@lmtp.test".into()
+            }])
+        );
         // An alias is not expanded again at delivery.
         assert!(r.transport("postmaster@example.test").is_err());
     }
