@@ -770,10 +770,11 @@ def test_quickstart_as_shipped_does_what_the_readme_says(daemon_factory):
                 .replace('path = "examples/', f'path = "{ROOT}/examples/')
                 .replace('path = "target/', f'path = "{ROOT}/target/'))
     assert "{port}" in text and str(ROOT) in text
-    # As shipped, it runs as server.user `postern` (given its own plugin
-    # cache here: the shared one must stay root's).
+    # As shipped, it runs as server.user `postern`, with the plugin cache
+    # where it is by default: in the spool, which the account owns (root
+    # once refused that, so the quickstart did not start).
     account = pwd.getpwnam(quickstart_account())
-    text += '\n[wasm]\ncache_dir = "var/cache/plugins"\n'
+    assert "cache_dir" not in text
     d = daemon_factory(config=text)
     d.wait_log("running as user postern")
     rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--helo", "client.test",
@@ -791,6 +792,15 @@ def test_quickstart_as_shipped_does_what_the_readme_says(daemon_factory):
     assert rc == 0 and "queued as" in out, out
     listing = d.cli("queue", "list").stdout
     assert "friend@dest.test" in listing
+    # Started again (the spool and its cache now the account's), and
+    # checked: the same.
+    d.stop()
+    assert d.cli("check").returncode == 0
+    d.start()
+    d.wait_log("running as user postern")
+    rc, out = swaks("--server", f"127.0.0.1:{d.port}", "--from", "spam@blocked.test",
+                    "--to", "alice@example.test")
+    assert rc != 0 and "<** 554 5.7.1" in out, out
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")

@@ -57,8 +57,12 @@ pub fn prepare(cfg: &Config) -> anyhow::Result<Option<Account>> {
     // Plugins are compiled and their artifacts cached by the account; root
     // never loads one (an artifact is machine code). The cache is given
     // away recursively, so it gets the spool's guards.
+    // A cache inside the spool (the default) is part of the tree just
+    // given: the account makes it itself after the drop, and root touches
+    // nothing below a directory the account owns.
     let cache = cfg.wasm.cache_dir_in(spool);
-    if !cfg.plugins.is_empty() && std::fs::create_dir_all(&cache).is_ok() {
+    if !cfg.plugins.is_empty() && !within(&cache, spool) && std::fs::create_dir_all(&cache).is_ok()
+    {
         refuse_tree(Tree::PluginCache, &cache, &account)?;
         privileges::chown(&cache, &account, true)?;
     }
@@ -147,6 +151,12 @@ fn refuse_tree(tree: Tree, path: &Path, account: &Account) -> anyhow::Result<()>
     Ok(())
 }
 
+/// True if `path` is `tree` or below it, both resolved: part of a tree
+/// already checked and given to the account as a whole.
+fn within(path: &Path, tree: &Path) -> bool {
+    resolve(path).starts_with(resolve(tree))
+}
+
 /// True if the account may add, remove or rename entries of a directory
 /// it does not own: by group or other write bits, unless the sticky bit
 /// keeps it to its own entries (as in /tmp).
@@ -190,8 +200,8 @@ fn resolve(path: &Path) -> PathBuf {
 pub fn check(cfg: &Config, account: &Account) -> anyhow::Result<Vec<String>> {
     let name = &account.name;
     refuse_tree(Tree::Spool, &cfg.server.spool_dir, account)?;
-    if !cfg.plugins.is_empty() {
-        let cache = cfg.wasm.cache_dir_in(&cfg.server.spool_dir);
+    let cache = cfg.wasm.cache_dir_in(&cfg.server.spool_dir);
+    if !cfg.plugins.is_empty() && !within(&cache, &cfg.server.spool_dir) {
         refuse_tree(Tree::PluginCache, &cache, account)?;
     }
     for (i, a) in cfg.auth.iter().enumerate() {
@@ -266,6 +276,21 @@ mod tests {
             .expect_err("spool")
             .to_string();
         assert!(err.contains("server.spool_dir"), "{err}");
+    }
+
+    #[test]
+    fn a_cache_in_the_spool_is_part_of_the_spools_tree() {
+        let dir = temp("within");
+        let spool = dir.join("spool");
+        std::fs::create_dir(&spool).expect("spool");
+        assert!(within(&spool.join("plugin-cache"), &spool));
+        assert!(within(&spool, &spool));
+        assert!(!within(&dir.join("cache"), &spool));
+        assert!(!within(&spool.join("../cache"), &spool));
+        // A link in the spool leading out is not inside it.
+        std::os::unix::fs::symlink("/srv", spool.join("out")).expect("link");
+        assert!(!within(&spool.join("out/cache"), &spool));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
