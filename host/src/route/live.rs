@@ -3,12 +3,13 @@
 //! no longer parses leaves the tables read before in use.
 
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+
+use crate::durable::stamp::Stamp;
 
 use super::table::{
     AliasTable, Entry, TableError, VirtualTable, fold, parse_aliases, parse_virtual,
@@ -137,30 +138,6 @@ impl Context {
             }
         }
         Ok(())
-    }
-}
-
-/// What identifies a version of a file: a change of any of these means
-/// it is read again (an edit in place changes size or times, a rename
-/// into place the inode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
     }
 }
 

@@ -29,6 +29,8 @@ use argon2::PasswordVerifier as _;
 use argon2::password_hash::PasswordHash;
 use tokio::sync::Semaphore;
 
+use crate::durable::stamp::Stamp;
+
 use self::file::{PasswdError, Record, Table};
 use super::mechanism::cram_md5::{self, CramMd5};
 use super::mechanism::login::Login;
@@ -67,29 +69,6 @@ impl Mech {
             Mech::Plain => "PLAIN",
             Mech::Login => "LOGIN",
             Mech::CramMd5 => "CRAM-MD5",
-        }
-    }
-}
-
-/// What identifies one version of the file: a rename gives a new inode,
-/// an in-place edit a new mtime/ctime or size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
         }
     }
 }
