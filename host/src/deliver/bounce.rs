@@ -55,31 +55,22 @@ pub fn settle(
             failed.push(i);
         }
     }
-    let mut reports: Vec<RecipientReport> = Vec::new();
-    for &i in &failed {
-        if let Some(rcpt) = env.recipients.get(i)
-            && rcpt.notify().failure
-        {
-            reports.push(recipient_report(
-                rcpt,
-                state.recipients.get(&i),
-                "failed",
-                now,
-            ));
-        }
-    }
-    for &i in &attempted.sent {
-        if let Some(rcpt) = env.recipients.get(i)
-            && rcpt.notify().success
-        {
-            reports.push(recipient_report(
-                rcpt,
-                state.recipients.get(&i),
-                "delivered",
-                now,
-            ));
-        }
-    }
+    // What the sender asked to hear of: failures and, on request, success.
+    let reports: Vec<RecipientReport> = failed
+        .iter()
+        .map(|&i| (i, "failed"))
+        .chain(attempted.sent.iter().map(|&i| (i, "delivered")))
+        .filter_map(|(i, action)| {
+            let rcpt = env.recipients.get(i)?;
+            let notify = rcpt.notify();
+            let asked = if action == "failed" {
+                notify.failure
+            } else {
+                notify.success
+            };
+            asked.then(|| recipient_report(rcpt, state.recipients.get(&i), action, now))
+        })
+        .collect();
     let queued = if reports.is_empty() {
         None
     } else if env.sender.is_empty() {
