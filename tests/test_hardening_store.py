@@ -84,7 +84,9 @@ def test_maildir_links_are_never_followed(daemon_factory, tmp_path, component):
     # The link gone, the retry delivers, as the mailbox's owner.
     at = md if component == "Maildir" else md / component
     at.unlink()
-    at.mkdir()
+    # A retry may come between the unlink and this mkdir and make the
+    # directory itself (as the owner): either way it is a real directory now.
+    at.mkdir(exist_ok=True)
     give(at)
     for sub in ("tmp", "cur", "new"):
         (md / sub).mkdir(exist_ok=True)
@@ -92,7 +94,7 @@ def test_maildir_links_are_never_followed(daemon_factory, tmp_path, component):
     folder = ".news" if component == ".news" else ""
     if folder:
         for sub in ("tmp", "cur", "new"):
-            (at / sub).mkdir()
+            (at / sub).mkdir(exist_ok=True)
             give(at / sub)
     [f] = d.wait_mail("alice", folder=folder)
     assert f.stat().st_uid == NOBODY.pw_uid
@@ -122,7 +124,7 @@ def test_link_at_the_temporary_name_of_a_retry_is_not_written_through(daemon_fac
     victim.write_text("precious")
     plant(victim, md / "tmp" / name)
     (md / "new").unlink()
-    (md / "new").mkdir()
+    (md / "new").mkdir(exist_ok=True)  # a retry may have made it already
     give(md / "new")
     [f] = d.wait_mail("alice")
     assert victim.read_text() == "precious"
