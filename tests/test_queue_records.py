@@ -268,3 +268,28 @@ def test_max_lifetime_returns_what_is_still_pending_to_its_sender(daemon_factory
     while d.queue_files() and time.time() < deadline:
         time.sleep(0.1)
     assert d.queue_files() == []
+
+
+def test_a_local_user_removed_before_delivery_is_bounced_5_1_1(daemon):
+    """Accepted for bob, deferred (his Maildir is broken), then bob is
+    removed from the config: the retry returns the message to its sender
+    as unknown (5.1.1, local(8)'s wording), not retried until max_lifetime."""
+    md = daemon.maildir("bob")
+    md.mkdir(parents=True)
+    (md / "new").write_text("not a directory")
+    with daemon.smtp() as s:
+        s.sendmail("alice@example.test", ["bob@example.test"], message(subject="for bob"))
+    daemon.wait_log_re(r"to=<bob@example.test>, .*status=deferred")
+    text = daemon.config_text.replace('users = ["alice", "bob"]', 'users = ["alice"]')
+    text = text.replace('team = ["alice", "bob"]', 'team = ["alice"]')
+    assert text != daemon.config_text
+    daemon.config.write_text(text)
+    daemon.cli("reload")
+    daemon.cli("queue", "flush")
+    daemon.wait_log_re(
+        r"to=<bob@example.test>, orig_to=<bob@example.test>, relay=local, delay=[0-9.]+, "
+        r"dsn=5\.1\.1, status=bounced \(unknown user: \"bob\"\)"
+    )
+    report = report_for(daemon, "alice")
+    assert "Final-Recipient: rfc822; bob@example.test" in report and "Status: 5.1.1" in report
+    wait_queue(daemon, lambda e: e == [])

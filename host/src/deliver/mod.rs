@@ -414,11 +414,7 @@ pub fn deliver_pending(
         );
         for (index, record, t) in group {
             if let Err(e) = t {
-                outcomes.push((
-                    *index,
-                    record,
-                    Outcome::deferred("local", "4.1.1", e.to_string()),
-                ));
+                outcomes.push((*index, record, unroutable(e)));
             }
         }
     }
@@ -463,6 +459,19 @@ pub fn deliver_pending(
         );
     }
     attempted
+}
+
+/// The outcome of a recipient routing finds no transport for now: a
+/// local user removed since the message was accepted is unknown, as
+/// Postfix's local(8) says (`5.1.1`), and returned to the sender rather
+/// than retried until `max_lifetime`.
+fn unroutable(e: &TransportError) -> Outcome {
+    match e {
+        TransportError::NoSuchUser(user) => {
+            Outcome::bounced("local", "5.1.1", format!("unknown user: \"{user}\""))
+        }
+        TransportError::NotAnAddress(_) => Outcome::bounced("none", "5.1.3", e.to_string()),
+    }
 }
 
 /// Groups recipients by the agent that takes them and, for LMTP, by its
