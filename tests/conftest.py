@@ -59,6 +59,11 @@ def wait_port(port, timeout=20.0, proc=None):
     raise TimeoutError(f"port {port} not listening after {timeout}s")
 
 
+# Mail for other domains goes to the test zone's MX hosts (127.0.0.10/11,
+# .12) at this port, where nothing listens: it is deferred (connection
+# refused) unless a test starts a server and gives its port.
+NO_REMOTE = "port = 9"
+
 BASE_CONFIG = """
 [server]
 hostname = "mx.example.test"
@@ -78,6 +83,9 @@ timeout = "1s"
 
 [smtp]
 {smtp}
+
+[smtp_client]
+{client}
 
 [local]
 domains = ["example.test"]
@@ -117,14 +125,15 @@ def quickstart_account():
 class Daemon:
     """One postern process with its own directory, config and log."""
 
-    def __init__(self, workdir, smtp="", extra="", retry="1s", config=None):
+    def __init__(self, workdir, smtp="", extra="", retry="1s", config=None, client=NO_REMOTE):
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         text = config if config is not None else BASE_CONFIG
         self.config_text = textwrap.dedent(text).format(
-            port=self.port, dns=DNS, smtp=smtp, extra=extra, retry=retry, cache=CACHE
+            port=self.port, dns=DNS, smtp=smtp, extra=extra, retry=retry, cache=CACHE, client=client
         )
+        self.client = client
         self.config = self.dir / "postern.toml"
         self.config.write_text(self.config_text)
         self.log = self.dir / "postern.log"
@@ -206,7 +215,8 @@ class Daemon:
     def rewrite(self, extra=None, smtp=None):
         """Writes a new config (same port) for reload tests."""
         text = textwrap.dedent(BASE_CONFIG).format(
-            port=self.port, dns=DNS, smtp=smtp or "", extra=extra or "", retry="1s", cache=CACHE
+            port=self.port, dns=DNS, smtp=smtp or "", extra=extra or "", retry="1s", cache=CACHE,
+            client=self.client,
         )
         self.config.write_text(text)
         self.config_text = text

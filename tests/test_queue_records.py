@@ -43,7 +43,7 @@ def test_dsn_parameters_are_parsed_and_kept_with_each_recipient(daemon):
         assert s.docmd("RCPT TO:<other@dest.test>")[0] == 250
         code, _ = s.data(message())
         assert code == 250
-    daemon.wait_log("status=deferred (remote delivery is not available")
+    daemon.wait_log("status=deferred (connect to mx2.dest.test[127.0.0.11]:9: Connection refused")
     [qid] = daemon.queue_files()
     env = envelope_of(daemon.dir / "var" / "spool" / "queue" / qid)
     assert env["version"] == 2
@@ -80,10 +80,10 @@ def test_each_recipient_keeps_its_outcome_and_retries_only_what_is_pending(daemo
     assert entry["message_size"] > 0 and abs(entry["arrival_time"] - time.time()) < 60
     # Only the recipient still pending is listed, with why it waits.
     assert entry["recipients"] == [
-        {"address": "far@dest.test", "delay_reason": "remote delivery is not available in this version"}
+        {"address": "far@dest.test", "delay_reason": "connect to mx2.dest.test[127.0.0.11]:9: Connection refused (os error 111)"}
     ]
     daemon.wait_log_re(r"to=<bob@example.test>, orig_to=<bob@example.test>, relay=local, delay=[0-9.]+, dsn=2\.0\.0, status=sent")
-    daemon.wait_log_re(r"to=<far@dest.test>, orig_to=<far@dest.test>, relay=none, delay=[0-9.]+, dsn=4\.3\.0, status=deferred")
+    daemon.wait_log_re(r"to=<far@dest.test>, orig_to=<far@dest.test>, relay=mx2\.dest\.test\[127\.0\.0\.11\]:9, delay=[0-9.]+, dsn=4\.4\.1, status=deferred")
     # Retried (retry is 1 s here, and flushed): bob's copy is not made again.
     daemon.cli("queue", "flush")
     attempts = lambda: daemon.log_text().count("to=<far@dest.test>, orig_to=")
@@ -153,7 +153,7 @@ def test_queue_hold_show_and_requeue_while_the_daemon_delivers(daemon_factory):
     assert f"*** ENVELOPE RECORDS {qid} ***" in shown
     assert "sender: sender@example.org" in shown and "envid: e1" in shown
     assert "recipient: far@dest.test original=far@dest.test orcpt=rfc822;far@dest.test notify=FAILURE" in shown
-    assert "status=deferred dsn=4.3.0 relay=none (remote delivery is not available" in shown
+    assert "status=deferred dsn=4.4.1 relay=mx2.dest.test[127.0.0.11]:9 (connect to mx2.dest.test[127.0.0.11]:9: Connection refused" in shown
     assert "Subject: held one" in shown and "Received: from" in shown
 
     out = d.cli("queue", "hold", qid)

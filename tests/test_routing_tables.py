@@ -150,7 +150,7 @@ def test_postern_route_prints_results_transports_and_status(daemon_factory):
     assert "info@virtual.test -> alice@example.test (local, maildir var/mail/alice/Maildir)" in lines
     assert "team+x@virtual.test -> alice+x@example.test (local, maildir var/mail/alice/Maildir)" in lines
     assert "team+x@virtual.test -> bob+x@example.test (local, maildir var/mail/bob/Maildir)" in lines
-    assert "ext@virtual.test -> friend@dest.test (smtp)" in lines
+    assert "ext@virtual.test -> friend@dest.test (smtp, MX of dest.test)" in lines
     assert "anyone@other.test -> bob@example.test (local, maildir var/mail/bob/Maildir)" in lines
     assert "staff@example.test -> alice@example.test (local, maildir var/mail/alice/Maildir)" in lines
     assert len(lines) == 7, p.stdout
@@ -160,4 +160,4 @@ def test_postern_route_prints_results_transports_and_status(daemon_factory):
     assert "info@virtual.test -> alice@example.test" in p.stdout
     p = subprocess.run([str(BIN), "route", "--config", str(d.config), "x@remote.test"],
                        cwd=d.dir, capture_output=True, text=True)
-    assert p.returncode == 0 and p.stdout == "x@remote.test -> x@remote.test (smtp)\n"
+    assert p.returncode == 0 and p.stdout == "x@remote.test -> x@remote.test (smtp, MX of remote.test)\n"

@@ -29,7 +29,13 @@ pub fn describe(router: &Router, address: &str) -> (Vec<String>, bool) {
                             "{written} -> {to} (local, maildir {})",
                             router.maildir(&user).display()
                         ),
-                        Ok(Transport::Smtp { .. }) => format!("{written} -> {to} (smtp)"),
+                        Ok(Transport::Smtp {
+                            next_hop: Some(hop),
+                            ..
+                        }) => format!("{written} -> {to} (smtp, {hop})"),
+                        Ok(Transport::Smtp { domain, .. }) => {
+                            format!("{written} -> {to} (smtp, MX of {domain})")
+                        }
                         Ok(Transport::Lmtp { next_hop }) => {
                             format!("{written} -> {to} (lmtp, {next_hop})")
                         }

@@ -2,6 +2,7 @@
 //! has a sane default, and [`Config::validate`] names the offending key.
 
 mod bounds;
+mod client;
 mod route;
 mod transport;
 mod units;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use client::{SMTP_PORT, SmtpClient, SmtpHop, TlsLevel, parse_smtp_hop, read_password};
 pub use transport::{LMTP_PORT, NextHop, TransportSpec, parse_transport};
 pub use units::{Bytes, Seconds};
 pub use wasm::Wasm;
@@ -81,6 +83,9 @@ pub struct Config {
     /// Queue and delivery behaviour.
     #[serde(default)]
     pub queue: Queue,
+    /// How mail leaves for other domains (`[smtp_client]`).
+    #[serde(default)]
+    pub smtp_client: SmtpClient,
     /// The WebAssembly runtime (`[wasm]`).
     #[serde(default)]
     pub wasm: Wasm,
@@ -1073,6 +1078,7 @@ impl Config {
         out.extend(bounds::problems(self));
         out.extend(route::problems(self));
         out.extend(transport::problems(self));
+        out.extend(client::problems(self));
         out
     }
 }

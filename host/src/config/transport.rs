@@ -41,9 +41,8 @@ impl fmt::Display for NextHop {
 pub enum TransportSpec {
     /// The local agent, as for any local domain.
     Local,
-    /// SMTP (with a next hop, if given; the SMTP client is not built yet,
-    /// so its mail waits in the queue).
-    Smtp(Option<String>),
+    /// SMTP: to the next hop, if given, else to the domain's MX hosts.
+    Smtp(Option<super::SmtpHop>),
     /// LMTP to one server.
     Lmtp(NextHop),
 }
@@ -59,7 +58,9 @@ pub fn parse_transport(value: &str) -> Result<TransportSpec, String> {
         ("local", None) => Ok(TransportSpec::Local),
         ("local", Some(_)) => Err("local takes no next hop".into()),
         ("smtp", None) => Ok(TransportSpec::Smtp(None)),
-        ("smtp", Some(hop)) if !hop.is_empty() => Ok(TransportSpec::Smtp(Some(hop.into()))),
+        ("smtp", Some(hop)) if !hop.is_empty() => {
+            super::parse_smtp_hop(hop).map(|h| TransportSpec::Smtp(Some(h)))
+        }
         ("lmtp", Some(hop)) => parse_lmtp(hop).map(TransportSpec::Lmtp),
         ("lmtp", None) => Err("lmtp needs a next hop: lmtp:HOST:PORT or lmtp:unix:/PATH".into()),
         (w, _) => Err(format!(
@@ -77,7 +78,22 @@ fn parse_lmtp(hop: &str) -> Result<NextHop, String> {
         return Ok(NextHop::Unix(PathBuf::from(path)));
     }
     let hop = hop.strip_prefix("inet:").unwrap_or(hop);
-    let (host, port) = if let Some(inner) = hop.strip_prefix('[') {
+    let (host, port, _) = split_host_port(hop)?;
+    let port = port.unwrap_or(LMTP_PORT);
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    if !is_ip && !is_hostname(host) {
+        return Err(format!("{host:?} is not a host name or IP address"));
+    }
+    Ok(NextHop::Tcp {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// `[HOST]:PORT`, `[HOST]`, `HOST:PORT` or `HOST`: the host (without
+/// brackets), the port if given, and whether it was in brackets.
+pub(super) fn split_host_port(hop: &str) -> Result<(&str, Option<u16>, bool), String> {
+    let (host, port, bracketed) = if let Some(inner) = hop.strip_prefix('[') {
         let (host, after) = inner
             .split_once(']')
             .ok_or_else(|| format!("{hop:?}: unclosed ["))?;
@@ -88,29 +104,23 @@ fn parse_lmtp(hop: &str) -> Result<NextHop, String> {
                     .ok_or_else(|| format!("{hop:?}: expected :PORT after ]"))?,
             ),
         };
-        (host, port)
+        (host, port, true)
     } else {
         match hop.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hop, None),
+            Some((h, p)) => (h, Some(p), false),
+            None => (hop, None, false),
         }
     };
     let port = match port {
-        None => LMTP_PORT,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("{p:?} is not a port number"))?,
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| format!("{p:?} is not a port number"))?,
+        ),
     };
-    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-    if !is_ip && !is_hostname(host) {
-        return Err(format!("{host:?} is not a host name or IP address"));
-    }
-    Ok(NextHop::Tcp {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
+    Ok((host, port, bracketed))
 }
 
 /// What is wrong with `[transport]`, each with its key.
@@ -190,7 +200,11 @@ mod tests {
         assert_eq!(parse_transport("smtp"), Ok(TransportSpec::Smtp(None)));
         assert_eq!(
             parse_transport("smtp:[relay.test]:587"),
-            Ok(TransportSpec::Smtp(Some("[relay.test]:587".into())))
+            Ok(TransportSpec::Smtp(Some(super::super::SmtpHop {
+                host: "relay.test".into(),
+                port: Some(587),
+                mx: false
+            })))
         );
         for bad in [
             "lmtp",

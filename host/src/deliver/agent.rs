@@ -66,6 +66,21 @@ pub struct Outcome {
     pub relay: String,
     /// The reply or the reason, for the log and `queue list`.
     pub detail: String,
+    /// What a delivery means for a `NOTIFY=SUCCESS` report.
+    pub handoff: Handoff,
+}
+
+/// Who reports a success the sender asked to hear of (RFC 3461 §5.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// The final delivery was ours: we report `delivered`.
+    #[default]
+    Delivered,
+    /// Sent on to a server without DSN: we report `relayed`.
+    Relayed,
+    /// Sent on with the DSN request to a server that offers DSN: it
+    /// reports, we say nothing.
+    PassedOn,
 }
 
 impl Outcome {
@@ -76,6 +91,7 @@ impl Outcome {
             dsn: "2.0.0".into(),
             relay: relay.into(),
             detail: detail.into(),
+            handoff: Handoff::Delivered,
         }
     }
 
@@ -86,6 +102,7 @@ impl Outcome {
             dsn: dsn.into(),
             relay: relay.into(),
             detail: detail.into(),
+            handoff: Handoff::Delivered,
         }
     }
 
@@ -96,6 +113,7 @@ impl Outcome {
             dsn: dsn.into(),
             relay: relay.into(),
             detail: detail.into(),
+            handoff: Handoff::Delivered,
         }
     }
 }
@@ -107,19 +125,20 @@ pub trait Agent {
     fn deliver(&self, msg: Message<'_>, rcpts: &[Rcpt<'_>]) -> Vec<Outcome>;
 }
 
-/// The SMTP client is not built yet: mail for other domains waits in the
-/// queue (deferred) until it is.
-pub struct NoRemote;
+/// For paths that deliver local mail only (direct delivery at the end of
+/// DATA, the journal): a message with any other recipient never takes
+/// them, so one here is a bug, kept in the queue rather than lost.
+pub struct LocalOnly;
 
-impl Agent for NoRemote {
+impl Agent for LocalOnly {
     fn deliver(&self, _msg: Message<'_>, rcpts: &[Rcpt<'_>]) -> Vec<Outcome> {
         rcpts
             .iter()
             .map(|_| {
                 Outcome::deferred(
                     "none",
-                    "4.3.0",
-                    "remote delivery is not available in this version",
+                    "4.3.5",
+                    "not a local recipient on a local-only path",
                 )
             })
             .collect()

@@ -59,7 +59,16 @@ pub fn settle(
     let reports: Vec<RecipientReport> = failed
         .iter()
         .map(|&i| (i, "failed"))
-        .chain(attempted.sent.iter().map(|&i| (i, "delivered")))
+        .chain(
+            attempted
+                .sent
+                .iter()
+                .filter(|i| !attempted.passed_on.contains(i))
+                .map(|&i| {
+                    let relayed = attempted.relayed.contains(&i);
+                    (i, if relayed { "relayed" } else { "delivered" })
+                }),
+        )
         .filter_map(|(i, action)| {
             let rcpt = env.recipients.get(i)?;
             let notify = rcpt.notify();

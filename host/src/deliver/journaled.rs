@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::agent::LocalOnly;
 use super::{DeliveryConfig, Durability, Queue, backoff, deliver_pending};
 use crate::route::Router;
 use crate::spool::journal::{Journal, Leftovers, Record, Touched};
@@ -357,7 +358,8 @@ fn deliver(
     how: Durability<'_>,
 ) -> Result<Option<String>, SpoolError> {
     let mut state = DeliveryState::default();
-    let Some(last_error) = deliver_pending(router, env, content, &mut state, hostname, how).left()
+    let Some(last_error) =
+        deliver_pending(&LocalOnly, router, env, content, &mut state, hostname, how).left()
     else {
         return Ok(None);
     };
@@ -563,6 +565,7 @@ mod tests {
         syncer: DirSyncer,
         touched: Arc<Touched>,
         retry: DeliveryConfig,
+        config: Config,
     }
 
     fn setup(name: &str) -> Setup {
@@ -575,9 +578,8 @@ mod tests {
              maildir = \"{}/mail/{{user}}/Maildir\"\n[aliases]\npostmaster = \"alice\"\nabuse = \"alice\"\n",
             dir.display()
         );
-        let router = Arc::new(Router::new(
-            &Config::from_toml(&text, Path::new("t.toml")).unwrap(),
-        ));
+        let config = Config::from_toml(&text, Path::new("t.toml")).unwrap();
+        let router = Arc::new(Router::new(&config));
         let syncer = DirSyncer::new(SyncMode::File);
         let spool = Arc::new(Spool::open(&dir.join("spool"), syncer.clone()).unwrap());
         let touched = Arc::new(Touched::new(syncer.filesystems().clone()));
@@ -595,6 +597,7 @@ mod tests {
             syncer,
             touched,
             retry,
+            config,
         }
     }
 
@@ -602,11 +605,20 @@ mod tests {
     /// them (and the manager's stop switch, to keep).
     fn running(s: &Setup, journal: Journal) -> (Journaled, tokio::sync::watch::Sender<bool>) {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let dns = crate::dns::Dns::new(&s.config.dns).unwrap();
+        let smtp = crate::deliver::smtp::Client::new(
+            &s.config,
+            dns.resolver().clone(),
+            tokio::runtime::Handle::current(),
+            Default::default(),
+        )
+        .unwrap();
         let (queue, _manager) = crate::deliver::start(
             s.spool.clone(),
             Arc::new(ArcSwap::from(s.router.clone())),
             s.syncer.clone(),
             s.retry.clone(),
+            Arc::new(ArcSwap::from_pointee(smtp)),
             Vec::new(),
             stopped,
         );

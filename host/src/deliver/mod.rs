@@ -4,10 +4,13 @@
 
 pub mod agent;
 pub mod bounce;
+pub mod conn;
 pub mod journaled;
 pub mod lmtp;
 pub mod local;
 pub mod maildir;
+pub mod smtp;
+pub mod wire;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
@@ -22,7 +25,7 @@ use crate::route::{Router, Transport, TransportError};
 use crate::spool::{
     DeliveryState, DirSyncer, Envelope, Recipient, RecipientState, Spool, SpoolError, now_secs,
 };
-use agent::{Agent, Message, NoRemote, Outcome, Rcpt, Status};
+use agent::{Agent, Handoff, Message, Outcome, Rcpt, Status};
 use lmtp::Lmtp;
 use local::Local;
 pub use maildir::Durability;
@@ -110,6 +113,8 @@ struct Ctx {
     router: Arc<ArcSwap<Router>>,
     syncer: DirSyncer,
     cfg: DeliveryConfig,
+    /// The SMTP client of the running generation.
+    smtp: Arc<ArcSwap<smtp::Client>>,
 }
 
 /// Starts the manager; returns the handle and the task to await at shutdown.
@@ -118,6 +123,7 @@ pub fn start(
     router: Arc<ArcSwap<Router>>,
     syncer: DirSyncer,
     cfg: DeliveryConfig,
+    smtp: Arc<ArcSwap<smtp::Client>>,
     recovered: Vec<String>,
     shutdown: watch::Receiver<bool>,
 ) -> (Queue, tokio::task::JoinHandle<()>) {
@@ -128,6 +134,7 @@ pub fn start(
         router,
         syncer,
         cfg,
+        smtp,
     });
     let handle = tokio::spawn(run(ctx, rx, recovered, shutdown));
     (Queue { tx }, handle)
@@ -342,6 +349,12 @@ pub struct Attempted {
     pub bounced: Vec<usize>,
     /// Recipients delivered in this attempt.
     pub sent: Vec<usize>,
+    /// Of those, the ones sent on to a server without DSN (a success
+    /// report says `relayed`).
+    pub relayed: Vec<usize>,
+    /// Of those, the ones sent on with their DSN request to a server that
+    /// takes it on (it reports success, not we).
+    pub passed_on: Vec<usize>,
 }
 
 impl Attempted {
@@ -359,8 +372,10 @@ impl Attempted {
 /// (blocking): routes each once to its transport, hands each agent its
 /// recipients in one call, logs one line per recipient, and records each
 /// outcome in `state` (delivered ones in `state.done`; failed ones are
-/// done only once their sender has been told).
+/// done only once their sender has been told). `remote` takes the
+/// recipients of other domains (the SMTP client).
 pub fn deliver_pending(
+    remote: &dyn Agent,
     router: &Router,
     env: &Envelope,
     content: &[u8],
@@ -383,7 +398,7 @@ pub fn deliver_pending(
         .filter(|(i, _)| !state.done.contains(i))
         .map(|(i, r)| (i, r, router.transport(&r.address)))
         .collect();
-    routed.sort_by(|a, b| group_key(&a.2).cmp(&group_key(&b.2)));
+    routed.sort_by_key(|a| group_key(&a.2));
     let local = Local { router };
     let mut outcomes: Vec<(usize, &Recipient, Outcome)> = Vec::with_capacity(routed.len());
     // One call per agent and, for LMTP, per server: all of a message's
@@ -401,7 +416,7 @@ pub fn deliver_pending(
             .collect();
         let results = match group.first().map(|g| &g.2) {
             Some(Ok(Transport::Local { .. })) => local.deliver(msg, &rcpts),
-            Some(Ok(Transport::Smtp { .. })) => NoRemote.deliver(msg, &rcpts),
+            Some(Ok(Transport::Smtp { .. })) => remote.deliver(msg, &rcpts),
             Some(Ok(Transport::Lmtp { .. })) => Lmtp.deliver(msg, &rcpts),
             _ => Vec::new(),
         };
@@ -437,6 +452,11 @@ pub fn deliver_pending(
                 tracing::info!("{line}");
                 state.done.insert(index);
                 attempted.sent.push(index);
+                match outcome.handoff {
+                    Handoff::Delivered => {}
+                    Handoff::Relayed => attempted.relayed.push(index),
+                    Handoff::PassedOn => attempted.passed_on.push(index),
+                }
             }
             Status::Bounced => {
                 tracing::warn!("{line}");
@@ -475,12 +495,16 @@ fn unroutable(e: &TransportError) -> Outcome {
 }
 
 /// Groups recipients by the agent that takes them and, for LMTP, by its
-/// server (routing failures last).
-fn group_key(t: &Result<Transport, TransportError>) -> (u8, Option<&crate::config::NextHop>) {
+/// server, for SMTP by destination (routing failures last).
+fn group_key(t: &Result<Transport, TransportError>) -> (u8, Option<String>) {
     match t {
         Ok(Transport::Local { .. }) => (0, None),
-        Ok(Transport::Lmtp { next_hop }) => (1, Some(next_hop)),
-        Ok(Transport::Smtp { .. }) => (2, None),
+        Ok(Transport::Lmtp { next_hop }) => (1, Some(next_hop.to_string())),
+        Ok(Transport::Smtp {
+            next_hop: Some(hop),
+            ..
+        }) => (2, Some(hop.to_string())),
+        Ok(Transport::Smtp { domain, .. }) => (2, Some(domain.clone())),
         Err(_) => (3, None),
     }
 }
@@ -531,7 +555,9 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
     let env = &loaded.envelope;
     let router = ctx.router.load();
     let started = now_secs();
+    let smtp = ctx.smtp.load();
     let attempted = deliver_pending(
+        smtp.as_ref(),
         &router,
         env,
         loaded.content(),

@@ -167,6 +167,35 @@ fn answered_none(e: &hickory_resolver::ResolveError) -> bool {
     )
 }
 
+/// Why a lookup gave no records: the name does not exist, it exists
+/// without records of the type asked, or the lookup failed for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Absent {
+    /// NXDOMAIN.
+    NxDomain,
+    /// NOERROR without an answer of the type.
+    NoData,
+    /// Timeout, SERVFAIL, REFUSED and the like: ask again later.
+    Failed(String),
+}
+
+/// Classifies a failed lookup.
+pub fn absent(e: &hickory_resolver::ResolveError) -> Absent {
+    use hickory_resolver::proto::ProtoErrorKind;
+    use hickory_resolver::proto::op::ResponseCode;
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain,
+            ..
+        }) => Absent::NxDomain,
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NoError,
+            ..
+        }) => Absent::NoData,
+        _ => Absent::Failed(e.to_string()),
+    }
+}
+
 /// A DNS lookup that failed for now (not "no such record").
 #[derive(Debug)]
 struct TempFail;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, TransportSpec, parse_transport};
+use crate::config::{Config, SmtpHop, TransportSpec, parse_transport};
 use live::{Context, Kind, Live};
 pub use table::TableError;
 
@@ -79,6 +79,8 @@ pub struct Router {
     tables: Arc<Live>,
     /// `[transport]`: domain or `.domain` (lower case) → its agent.
     transports: HashMap<String, TransportSpec>,
+    /// `smtp_client.relayhost`: the next hop of every other domain.
+    relayhost: Option<SmtpHop>,
 }
 
 /// Splits `user+tag` at the first delimiter of the local part as written
@@ -160,6 +162,11 @@ impl Router {
                 .iter()
                 .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), parse_transport(v).ok()?)))
                 .collect(),
+            relayhost: config
+                .smtp_client
+                .relayhost
+                .as_deref()
+                .and_then(|h| crate::config::parse_smtp_hop(h).ok()),
         }
     }
 

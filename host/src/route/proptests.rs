@@ -14,6 +14,7 @@ use proptest::prelude::*;
 
 use super::{Destination, Router, split_tag};
 use crate::config::Config;
+use crate::deliver::agent::LocalOnly;
 use crate::deliver::{Durability, deliver_pending};
 use crate::message::{field_value, scan_headers};
 use crate::sasl::mechanism::client::TempDir;
@@ -174,7 +175,7 @@ proptest! {
         let content = b"Subject: s\r\n\r\nbody\r\n";
         let mut state = DeliveryState::default();
         let env = envelope("QID1", &locals);
-        let deferred = deliver_pending(&router, &env, content, &mut state, "mx.test", how).left();
+        let deferred = deliver_pending(&LocalOnly, &router, &env, content, &mut state, "mx.test", how).left();
         prop_assert_eq!(deferred, None);
         for dest in &locals {
             let Destination::Local { user, .. } = dest else { continue };
@@ -204,7 +205,7 @@ proptest! {
         }))[0].clone()).expect("read");
         let mut state = DeliveryState::default();
         let env = envelope("QID2", &locals[..1]);
-        let attempted = deliver_pending(&router, &env, &delivered, &mut state, "mx.test", how);
+        let attempted = deliver_pending(&LocalOnly, &router, &env, &delivered, &mut state, "mx.test", how);
         prop_assert_eq!(&attempted.bounced, &vec![0]);
         prop_assert!(
             state.recipients[&0].reply.starts_with("mail forwarding loop for "),

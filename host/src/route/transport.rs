@@ -4,7 +4,7 @@
 //! never names a transport.
 
 use super::{Router, split_tag};
-use crate::config::{NextHop, TransportSpec};
+use crate::config::{NextHop, SmtpHop, TransportSpec};
 use crate::smtp::address::local_value;
 
 /// The delivery agent for one address, with what it needs to know.
@@ -17,10 +17,13 @@ pub enum Transport {
         /// The `+tag` of the address, if any (a Maildir folder).
         tag: Option<String>,
     },
-    /// Another domain: by SMTP to its mail exchangers.
+    /// Another domain: by SMTP to its mail exchangers, or to a next hop.
     Smtp {
         /// The domain, in lower case.
         domain: String,
+        /// From `[transport]` or `smtp_client.relayhost`: where to send
+        /// instead of the domain's MX hosts.
+        next_hop: Option<SmtpHop>,
     },
     /// `[transport]`: by LMTP to one server.
     Lmtp {
@@ -65,9 +68,10 @@ impl Router {
                     next_hop: next_hop.clone(),
                 });
             }
-            Some(TransportSpec::Smtp(_)) => {
+            Some(TransportSpec::Smtp(hop)) => {
                 return Ok(Transport::Smtp {
                     domain: domain.to_ascii_lowercase(),
+                    next_hop: hop.clone().or_else(|| self.relayhost.clone()),
                 });
             }
             Some(TransportSpec::Local) | None => {}
@@ -75,6 +79,7 @@ impl Router {
         if !self.is_local_domain(domain) {
             return Ok(Transport::Smtp {
                 domain: domain.to_ascii_lowercase(),
+                next_hop: self.relayhost.clone(),
             });
         }
         let value = local_value(local);
@@ -142,7 +147,8 @@ abuse = "alice"
         assert_eq!(
             r.transport("far@Dest.Test"),
             Ok(Transport::Smtp {
-                domain: "dest.test".into()
+                domain: "dest.test".into(),
+                next_hop: None
             })
         );
         assert_eq!(
@@ -168,7 +174,20 @@ abuse = "alice"
         assert_eq!(
             r.transport("x@sub.test"),
             Ok(Transport::Smtp {
-                domain: "sub.test".into()
+                domain: "sub.test".into(),
+                next_hop: None
+            })
+        );
+        // `smtp:[10.0.0.1]` names its next hop.
+        assert_eq!(
+            r.transport("x@relay.test"),
+            Ok(Transport::Smtp {
+                domain: "relay.test".into(),
+                next_hop: Some(SmtpHop {
+                    host: "10.0.0.1".into(),
+                    port: None,
+                    mx: false
+                })
             })
         );
         assert!(r.accepts_domain("lmtp.test") && r.accepts_domain("x.sub.test"));

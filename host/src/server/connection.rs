@@ -1401,6 +1401,7 @@ impl Connection {
         let delivered = tokio::task::spawn_blocking(move || {
             let mut state = spool::DeliveryState::default();
             let deferred = crate::deliver::deliver_pending(
+                &crate::deliver::agent::LocalOnly,
                 &router,
                 &env,
                 &content,

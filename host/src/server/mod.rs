@@ -61,6 +61,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The router used by delivery (replaced on reload).
     pub router: Arc<ArcSwap<Router>>,
+    /// The SMTP client used by delivery (replaced on reload).
+    pub smtp: Arc<ArcSwap<deliver::smtp::Client>>,
+    /// Deliveries in flight per destination, across reloads.
+    pub smtp_slots: Arc<deliver::smtp::Slots>,
     /// Where the config was loaded from (for reloads).
     pub config_path: PathBuf,
     next_generation: AtomicU64,
@@ -244,6 +248,13 @@ impl Shared {
         for w in config.warnings() {
             tracing::warn!("reload: {}: {}", w.key, w.message);
         }
+        let smtp = deliver::smtp::Client::new(
+            &config,
+            self.dns.resolver().clone(),
+            tokio::runtime::Handle::current(),
+            self.smtp_slots.clone(),
+        )
+        .context("smtp_client")?;
         let next = Generation::build(config, id, runtime.as_ref()).await?;
         // Its tables are read again when their files change.
         next.router.watch();
@@ -253,6 +264,7 @@ impl Shared {
             tls.install(certs);
         }
         self.router.store(next.router.clone());
+        self.smtp.store(Arc::new(smtp));
         if let Some(rt) = runtime {
             tokio::spawn(tidy_plugin_cache(rt, next.chains.clone()));
         }
@@ -446,6 +458,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let router = Arc::new(ArcSwap::from(current.router.clone()));
+    let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
+    let smtp_slots: Arc<deliver::smtp::Slots> = Arc::default();
+    let smtp = Arc::new(ArcSwap::from_pointee(
+        deliver::smtp::Client::new(
+            cfg,
+            dns.resolver().clone(),
+            tokio::runtime::Handle::current(),
+            smtp_slots.clone(),
+        )
+        .context("smtp_client")?,
+    ));
     let delivery_cfg = DeliveryConfig {
         hostname: cfg.server.hostname.clone(),
         concurrency: cfg.queue.delivery_concurrency,
@@ -458,6 +481,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         router.clone(),
         syncer.clone(),
         delivery_cfg.clone(),
+        smtp.clone(),
         recovered,
         shutdown_rx.clone(),
     );
@@ -483,7 +507,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let journaled_for_sessions =
         (cfg.queue.journal && cfg.queue.direct_delivery).then(|| journaled.clone());
-    let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
     if let Some(tls) = &tls {
         let tls = tls.clone();
         let every = cfg.tls.reload_interval.0;
@@ -513,6 +536,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         generation: ArcSwap::from_pointee(current),
         shutdown: shutdown_rx,
         router,
+        smtp,
+        smtp_slots,
         config_path: config_path.to_path_buf(),
         next_generation: AtomicU64::new(2),
         runtime: std::sync::Mutex::new(runtime),

@@ -48,19 +48,19 @@ pub(super) fn take(next_hop: &NextHop) -> Option<Session> {
             .map(|i| idle.swap_remove(i).1);
         (found, old)
     };
-    old.into_iter().for_each(|mut s| s.quit());
+    old.into_iter().for_each(|mut s| s.conn.quit());
     found
 }
 
 /// Keeps a session that ended a transaction cleanly, unless it is old.
 pub(super) fn put(next_hop: &NextHop, mut session: Session) {
     if session.born.elapsed() > REUSE_LIMIT {
-        session.quit();
+        session.conn.quit();
         return;
     }
     let mut old = {
         let Ok(mut idle) = IDLE.lock() else {
-            session.quit();
+            session.conn.quit();
             return;
         };
         let mut old = expired(&mut idle);
@@ -72,5 +72,5 @@ pub(super) fn put(next_hop: &NextHop, mut session: Session) {
         idle.push((next_hop.clone(), session, Instant::now()));
         old
     };
-    old.iter_mut().for_each(|s| s.quit());
+    old.iter_mut().for_each(|s| s.conn.quit());
 }

@@ -1,6 +1,7 @@
-//! The LMTP wire pieces that need no socket: replies (multi-line, with
-//! their enhanced status codes), LHLO capabilities, and the message as
-//! DATA sends it (CRLF line ends, dot-stuffed, ended by `.`).
+//! The client side's wire pieces that need no socket, shared by the SMTP
+//! and LMTP agents: replies (multi-line, with their enhanced status
+//! codes), EHLO/LHLO capabilities, and the message as DATA sends it (CRLF
+//! line ends, dot-stuffed, ended by `.`).
 
 use std::io::BufRead;
 
@@ -133,8 +134,8 @@ pub fn read_reply(r: &mut impl BufRead) -> Result<Reply, ReplyError> {
     })
 }
 
-/// What a server said it supports in its LHLO reply.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What a server said it supports in its EHLO or LHLO reply.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     /// PIPELINING (RFC 2920).
     pub pipelining: bool,
@@ -142,20 +143,37 @@ pub struct Capabilities {
     pub eight_bit: bool,
     /// SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
+    /// DSN (RFC 3461).
+    pub dsn: bool,
+    /// SIZE (RFC 1870): `Some(0)` is "no fixed limit".
+    pub size: Option<u64>,
+    /// AUTH mechanisms (RFC 4954), in upper case.
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
-    /// From the lines of a 250 reply to LHLO (the first is the greeting).
+    /// From the lines of a 250 reply to EHLO or LHLO (the first is the
+    /// greeting).
     pub fn of(reply: &Reply) -> Capabilities {
         let mut caps = Capabilities::default();
         for line in reply.lines.iter().skip(1) {
-            let word = line.split(' ').next().unwrap_or("");
-            if word.eq_ignore_ascii_case("PIPELINING") {
-                caps.pipelining = true;
-            } else if word.eq_ignore_ascii_case("8BITMIME") {
-                caps.eight_bit = true;
-            } else if word.eq_ignore_ascii_case("SMTPUTF8") {
-                caps.smtputf8 = true;
+            let mut words = line.split(' ');
+            let word = words.next().unwrap_or("").to_ascii_uppercase();
+            match word.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "8BITMIME" => caps.eight_bit = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "STARTTLS" => caps.starttls = true,
+                "DSN" => caps.dsn = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => caps.auth.extend(
+                    words
+                        .filter(|w| !w.is_empty())
+                        .map(|w| w.to_ascii_uppercase()),
+                ),
+                _ => {}
             }
         }
         caps
@@ -219,6 +237,17 @@ mod tests {
         assert_eq!(r.dsn(), "2.0.0");
         let caps = Capabilities::of(&r);
         assert!(caps.pipelining && caps.eight_bit && caps.smtputf8);
+        assert!(!caps.starttls && !caps.dsn && caps.size.is_none());
+        let r =
+            read("250-mx\r\n250-SIZE 1000\r\n250-starttls\r\n250-DSN\r\n250 AUTH plain LOGIN\r\n")
+                .unwrap();
+        let caps = Capabilities::of(&r);
+        assert!(caps.starttls && caps.dsn && caps.size == Some(1000));
+        assert_eq!(caps.auth, ["PLAIN", "LOGIN"]);
+        assert_eq!(
+            Capabilities::of(&read("250-mx\r\n250 SIZE\r\n").unwrap()).size,
+            Some(0)
+        );
         // Each line repeating the enhanced code shows it once.
         let r = read("452-4.2.2 Mailbox full\n452 4.2.2 try later\n").unwrap();
         assert_eq!(r.dsn(), "4.2.2");
