@@ -6,6 +6,7 @@ addresses at a free port, given to the client as `smtp_client.port`: a
 second Postern daemon (a real SMTP server, with TLS) or a scripted server
 for replies no real server gives on demand."""
 
+import os
 import re
 import socket
 import socketserver
@@ -41,6 +42,21 @@ def port_free_on(*hosts):
         if ok:
             return port
     raise RuntimeError("no common free port")
+
+
+def mx_port(*hosts):
+    """Port 25, where MX hosts listen, when we may bind it (root) and it
+    is free on every one of `hosts`; else any common free port."""
+    if os.geteuid() == 0:
+        try:
+            for h in hosts:
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((h, 25))
+            return 25
+        except OSError:
+            pass
+    return port_free_on(*hosts)
 
 
 def client_config(port, more=""):
@@ -105,7 +121,7 @@ class Scripted(socketserver.StreamRequestHandler):
                 addr = line.split("<", 1)[1].split(">", 1)[0]
                 if addr.startswith("bad@"):
                     self.reply(f"550 5.1.1 <{addr}>: Recipient address rejected: User unknown")
-                elif addr.startswith("tmp@"):
+                elif addr.startswith("tmp@") and not self.server.tmp_ok:
                     self.reply(f"451 4.2.0 <{addr}>: try again later")
                 else:
                     self.reply("250 2.1.5 Ok")
@@ -116,6 +132,12 @@ class Scripted(socketserver.StreamRequestHandler):
                     seen.append(data.decode(errors="replace").rstrip("\r\n"))
                     if data in (b".\r\n", b""):
                         break
+                # Received: before the reply is sent (a real server has
+                # the message once it is durable, whether or not the
+                # client is still there to read the 250).
+                self.server.received.append("\n".join(seen))
+                if self.server.slow.is_set():
+                    time.sleep(3)
                 self.reply("250 2.0.0 Ok: queued as SCRIPTED1")
             elif verb == "RSET":
                 self.reply("250 2.0.0 Ok")
@@ -140,6 +162,7 @@ def scripted():
               cert=(str(PEER_CERT), str(PEER_KEY)), password="secret"):
         server = Server((host, port), Scripted)
         server.sessions, server.offer, server.cert, server.password = [], list(offer), cert, password
+        server.tmp_ok, server.slow, server.received = False, threading.Event(), []
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server
@@ -189,7 +212,7 @@ def test_mx_fallback_and_one_outcome_per_recipient(daemon_factory, scripted):
     """mx1 does not answer; mx2 takes the transaction: one MAIL with SIZE,
     the DSN request passed on, each recipient's own reply honoured; the
     refused one is returned to its sender, the deferred one waits."""
-    port = port_free_on("127.0.0.10", "127.0.0.11")
+    port = mx_port("127.0.0.10", "127.0.0.11")
     mx2 = scripted("127.0.0.11", port)
     d = sender(daemon_factory, port)
     with d.smtp() as s:
@@ -221,10 +244,17 @@ def test_mx_fallback_and_one_outcome_per_recipient(daemon_factory, scripted):
     assert "Remote-MTA: dns; mx2.dest.test" in report
     [entry] = wait_queue(d, lambda e: len(e) == 1 and len(e[0]["recipients"]) == 1)
     assert entry["recipients"][0]["address"] == "tmp@dest.test"
+    # The server takes it now: a flush sends only what is pending.
+    mx2.tmp_ok = True
+    d.cli("queue", "flush")
+    d.wait_log_re(rf"to=<tmp@dest.test>, orig_to=<tmp@dest.test>, relay={mx2r}, delay=[0-9.]+, dsn=2\.0\.0, status=sent")
+    wait_queue(d, lambda e: e == [])
+    rcpts_sent = [l for s in mx2.sessions for l in s if l.startswith("RCPT")]
+    assert rcpts_sent.count("RCPT TO:<good@dest.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;good@dest.test") == 1
 
 
 def test_implicit_mx_null_mx_and_unknown_domains(daemon_factory, scripted):
-    port = port_free_on("127.0.0.12")
+    port = mx_port("127.0.0.12")
     host = scripted("127.0.0.12", port, offer=["8BITMIME"])
     d = sender(daemon_factory, port)
     with d.smtp() as s:
@@ -260,7 +290,7 @@ def test_an_mx_that_is_ourselves_is_a_loop_5_4_6(daemon_factory):
 
 
 def test_tls_required_and_not_offered_defers_4_7_4(daemon_factory, scripted):
-    port = port_free_on("127.0.0.10", "127.0.0.11")
+    port = mx_port("127.0.0.10", "127.0.0.11")
     mx1 = scripted("127.0.0.10", port)
     scripted("127.0.0.11", port)
     d = sender(daemon_factory, port, more='[smtp_client.tls_policy]\n"dest.test" = "encrypt"\n')
@@ -289,7 +319,7 @@ def signed_cert(tmp_path, name):
 def test_verify_checks_the_certificate_name_and_chain(daemon_factory, scripted, tmp_path):
     """`verify`: mx1's certificate is for another name (refused, next MX);
     mx2's is from the trusted CA for its name: Verified."""
-    port = port_free_on("127.0.0.10", "127.0.0.11")
+    port = mx_port("127.0.0.10", "127.0.0.11")
     mx1 = scripted("127.0.0.10", port, offer=["STARTTLS", "PIPELINING"], cert=signed_cert(tmp_path, "other.test"))
     mx2 = scripted("127.0.0.11", port, offer=["STARTTLS", "PIPELINING"], cert=signed_cert(tmp_path, "mx2.dest.test"))
     d = sender(daemon_factory, port, more=f'tls = "verify"\ntls_ca_file = "{CA}"\n')
@@ -305,7 +335,7 @@ def test_verify_checks_the_certificate_name_and_chain(daemon_factory, scripted, 
 
 
 def test_opportunistic_tls_falls_back_to_plain_text_after_a_failed_handshake(daemon_factory, scripted, tmp_path):
-    port = port_free_on("127.0.0.10")
+    port = mx_port("127.0.0.10")
     broken = tmp_path / "broken.pem"
     broken.write_text("not a certificate")
     mx1 = scripted("127.0.0.10", port, offer=["STARTTLS"], cert=(str(broken), str(broken)))
@@ -321,7 +351,7 @@ def test_opportunistic_tls_falls_back_to_plain_text_after_a_failed_handshake(dae
 def test_relayhost_with_auth_only_over_tls(daemon_factory, scripted, tmp_path):
     """Every remote domain goes to the relay host, which gets the
     password only after STARTTLS; a wrong password defers (4.7.0)."""
-    port = port_free_on("127.0.0.10")
+    port = mx_port("127.0.0.10")
     relay = scripted("127.0.0.10", port, offer=["STARTTLS", "AUTH PLAIN LOGIN", "PIPELINING"])
     pw = tmp_path / "relay.password"
     pw.write_text("secret\n")
@@ -347,7 +377,7 @@ def test_relayhost_with_auth_only_over_tls(daemon_factory, scripted, tmp_path):
 def test_success_reports_relayed_or_left_to_a_dsn_server(daemon_factory, scripted):
     """NOTIFY=SUCCESS: a server without DSN means we report `relayed`; one
     with DSN gets the request and reports itself (nothing from us)."""
-    port = port_free_on("127.0.0.12", "127.0.0.10", "127.0.0.11")
+    port = mx_port("127.0.0.12", "127.0.0.10", "127.0.0.11")
     scripted("127.0.0.12", port, offer=["PIPELINING"])
     mx1 = scripted("127.0.0.10", port, offer=["PIPELINING", "DSN"])
     d = sender(daemon_factory, port)
@@ -363,3 +393,47 @@ def test_success_reports_relayed_or_left_to_a_dsn_server(daemon_factory, scripte
     assert "RCPT TO:<y@dest.test> NOTIFY=SUCCESS ORCPT=rfc822;y@dest.test" in mx1.sessions[0]
     time.sleep(1)
     assert len([f for f in d.new_mail("alice") if "multipart/report" in f.read_text()]) == 1
+
+
+def test_the_next_message_reuses_the_connection(daemon_factory, scripted):
+    port = mx_port("127.0.0.10")
+    mx1 = scripted("127.0.0.10", port)
+    d = sender(daemon_factory, port)
+    for i in range(2):
+        with d.smtp() as s:
+            s.sendmail("alice@example.test", [f"r{i}@dest.test"], message(subject=f"m{i}"))
+        d.wait_log_re(rf"to=<r{i}@dest.test>, .*status=sent")
+    assert len(mx1.sessions) == 1, "\n---\n".join("\n".join(s) for s in mx1.sessions)
+    lines = mx1.sessions[0]
+    assert [l for l in lines if l.startswith(("MAIL", "RSET"))] == [
+        l for l in lines if l.startswith(("MAIL", "RSET"))][:1] + ["RSET"] + [
+        l for l in lines if l.startswith("MAIL")][1:]
+    assert sum(l.startswith("MAIL") for l in lines) == 2
+
+
+def test_kill_9_during_remote_delivery_loses_nothing(daemon_factory, scripted):
+    """The server is slow to answer after the data; the daemon is killed
+    while messages are in flight and queued; after a restart every
+    accepted message reaches the server (one in flight may arrive twice,
+    as with any MTA: never none)."""
+    port = mx_port("127.0.0.10")
+    mx1 = scripted("127.0.0.10", port)
+    mx1.slow.set()
+    d = sender(daemon_factory, port)
+    subjects = [f"crash {i}" for i in range(6)]
+    for subject in subjects:
+        with d.smtp() as s:
+            assert s.sendmail("alice@example.test", ["far@dest.test"], message(subject=subject)) == {}
+    deadline = time.time() + 10
+    while not mx1.received and time.time() < deadline:
+        time.sleep(0.05)
+    assert mx1.received, "nothing reached the server"
+    d.kill9()
+    mx1.slow.clear()
+    d.start()
+    deadline = time.time() + 20
+    got = lambda: {s for s in subjects if any(f"Subject: {s}" in m for m in mx1.received)}
+    while got() != set(subjects) and time.time() < deadline:
+        time.sleep(0.1)
+    assert got() == set(subjects), (got(), d.log_text()[-3000:])
+    wait_queue(d, lambda e: e == [], timeout=20)

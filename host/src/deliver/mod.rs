@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bounce;
+pub mod cache;
 pub mod conn;
 pub mod journaled;
 pub mod lmtp;

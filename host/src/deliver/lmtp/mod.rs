@@ -3,13 +3,12 @@
 //! accepted recipient after the data. Blocking I/O: it runs on delivery
 //! threads.
 
-mod cache;
-
 use std::net::ToSocketAddrs;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::agent::{Agent, Message, Outcome, Rcpt};
+use super::cache::{Idle, Reusable};
 use super::conn::{Conn, Stop, Stream, connect, envelope, outcome_of, relay_name};
 use super::wire::{Capabilities, dot_stuffed};
 use crate::config::NextHop;
@@ -24,6 +23,9 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Delivers by LMTP to the server of its recipients' transport.
 pub struct Lmtp;
 
+/// Idle sessions by server.
+static IDLE: Idle<NextHop, Session> = Idle::new();
+
 /// One open session, greeted and past LHLO: the connection, what the
 /// server offers, and since when it is open.
 struct Session {
@@ -36,16 +38,10 @@ impl Session {
     /// An idle session to `next_hop` that still answers RSET, else a new
     /// one.
     fn get(next_hop: &NextHop, hostname: &str) -> Result<Session, (String, Stop)> {
-        while let Some(mut s) = cache::take(next_hop) {
-            // A server that closed an idle connection meanwhile fails
-            // here, before anything of the message was sent.
-            if s.conn.send(b"RSET\r\n", "RSET").is_ok()
-                && s.conn.read("the RSET reply").is_ok_and(|r| r.class() == 2)
-            {
-                return Ok(s);
-            }
+        match IDLE.take(next_hop) {
+            Some(s) => Ok(s),
+            None => Session::open(next_hop, hostname),
         }
-        Session::open(next_hop, hostname)
     }
 
     /// Connects, reads the greeting and says LHLO.
@@ -105,6 +101,16 @@ impl Session {
     }
 }
 
+impl Reusable for Session {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn born(&self) -> Instant {
+        self.born
+    }
+}
+
 /// Connects to the first address of `host` that answers.
 fn connect_tcp(host: &str, port: u16) -> Result<(std::net::TcpStream, String), (String, Stop)> {
     let name = if host.contains(':') {
@@ -154,7 +160,7 @@ impl Agent for Lmtp {
                 let relay = session.conn.relay.clone();
                 if stop.is_none() {
                     // Kept for the next message to this server.
-                    cache::put(next_hop, session);
+                    IDLE.put(next_hop, session);
                 }
                 (relay, stop)
             }

@@ -16,13 +16,32 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 
 use super::agent::{Agent, Message, Outcome, Rcpt};
+use super::cache::Idle;
 use super::conn::{Stop, relay_name};
 use crate::config::{Config, SmtpClient, SmtpHop, TlsLevel, read_password};
 use crate::route::Transport;
 use mx::{Destination, Ours, Target};
-use session::{Failure, Plan, deliver_at};
+use session::{Failure, Plan, Session, open, transaction};
 pub use slots::Slots;
 use tls::ClientTls;
+
+/// What a reused session must match: the client that opened it (a
+/// reload may change the EHLO name, TLS policy or credentials), the
+/// destination, its TLS level and whether it logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    client: u64,
+    dest: String,
+    tls: TlsLevel,
+    auth: bool,
+}
+
+/// Idle sessions by destination (Postfix caches by next hop too, so a
+/// message to a busy destination skips the MX lookup and the handshakes).
+static IDLE: Idle<Key, Session> = Idle::new();
+
+/// Numbers the clients built, for [`Key`].
+static BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The user name and password for a relay host.
 pub struct Credentials {
@@ -50,6 +69,8 @@ pub struct Client {
     slots: Arc<Slots>,
     /// DNS answers in time.
     dns_budget: Duration,
+    /// This client's number: sessions it opened are reused by it only.
+    serial: u64,
 }
 
 impl Client {
@@ -81,6 +102,7 @@ impl Client {
             creds,
             slots,
             dns_budget: config.dns.timeout.0.saturating_mul(8),
+            serial: BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cfg,
         })
     }
@@ -132,6 +154,31 @@ impl Agent for Client {
         let _slot = self
             .slots
             .acquire(&dest.label(), self.cfg.destination_concurrency);
+        let plan = Plan {
+            tls: self.tls_level(domain, next_hop.as_ref()),
+            // Credentials go to a configured next hop, never to the MX
+            // hosts of whatever domain a recipient names.
+            auth: self.creds.as_ref().filter(|_| next_hop.is_some()),
+        };
+        let key = Key {
+            client: self.serial,
+            dest: dest.label(),
+            tls: plan.tls,
+            auth: plan.auth.is_some(),
+        };
+        if let Some(mut s) = IDLE.take(&key) {
+            let relay = s.conn.relay.clone();
+            return match transaction(self, &mut s, msg, rcpts) {
+                Ok(outcomes) => {
+                    IDLE.put(&key, s);
+                    outcomes
+                }
+                Err(stop) => {
+                    s.conn.quit();
+                    rcpts.iter().map(|_| stop.outcome(&relay)).collect()
+                }
+            };
+        }
         let mut pick = random_below;
         let found = self.runtime.block_on(async {
             let work = mx::targets(
@@ -154,13 +201,7 @@ impl Agent for Client {
             Ok(t) => t,
             Err(stop) => return rcpts.iter().map(|_| stop.outcome("none")).collect(),
         };
-        let plan = Plan {
-            tls: self.tls_level(domain, next_hop.as_ref()),
-            // Credentials go to a configured next hop, never to the MX
-            // hosts of whatever domain a recipient names.
-            auth: self.creds.as_ref().filter(|_| next_hop.is_some()),
-        };
-        let (relay, stop) = self.try_targets(&targets, &plan, msg, rcpts);
+        let (relay, stop) = self.try_targets(&targets, &plan, &key, msg, rcpts);
         match stop {
             Ok(outcomes) => outcomes,
             Err(stop) => rcpts.iter().map(|_| stop.outcome(&relay)).collect(),
@@ -175,6 +216,7 @@ impl Client {
         &self,
         targets: &[Target],
         plan: &Plan<'_>,
+        key: &Key,
         msg: Message<'_>,
         rcpts: &[Rcpt<'_>],
     ) -> (String, Result<Vec<Outcome>, Stop>) {
@@ -184,22 +226,35 @@ impl Client {
         );
         for target in targets {
             let relay = relay_name(&target.host, &target.addr);
-            let result = match deliver_at(self, target, plan, msg, rcpts) {
+            let id = &msg.env.id;
+            let opened = match open(self, target, plan, id) {
                 Err(Failure::Plain(stop)) => {
                     tracing::info!("{}: {}; trying again without TLS", msg.env.id, stop.detail);
                     let plain = Plan {
                         tls: TlsLevel::None,
                         auth: plan.auth,
                     };
-                    deliver_at(self, target, &plain, msg, rcpts)
+                    open(self, target, &plain, id)
                 }
                 other => other,
             };
-            match result {
-                Ok(outcomes) => return (relay, Ok(outcomes)),
-                Err(Failure::Final(stop)) => return (relay, Err(stop)),
+            match opened {
+                Ok(mut s) => {
+                    return match transaction(self, &mut s, msg, rcpts) {
+                        Ok(outcomes) => {
+                            // Kept for the next message to this
+                            // destination.
+                            IDLE.put(key, s);
+                            (relay, Ok(outcomes))
+                        }
+                        Err(stop) => {
+                            s.conn.quit();
+                            (relay, Err(stop))
+                        }
+                    };
+                }
                 Err(Failure::Next(stop) | Failure::Plain(stop)) => {
-                    tracing::info!("{}: {}", msg.env.id, stop.detail);
+                    tracing::info!("{id}: {}", stop.detail);
                     last = (relay, stop);
                 }
             }

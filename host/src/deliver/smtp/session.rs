@@ -5,12 +5,15 @@
 //! NOTIFY/ORCPT (pipelined when offered), DATA, and each recipient's
 //! outcome.
 
+use std::time::Instant;
+
 use base64::Engine;
 
 use super::mx::Target;
 use super::{Client, Credentials};
 use crate::config::TlsLevel;
 use crate::deliver::agent::{Handoff, Message, Outcome, Rcpt};
+use crate::deliver::cache::Reusable;
 use crate::deliver::conn::{Conn, Stop, Stream, connect, envelope, outcome_of, relay_name, said};
 use crate::deliver::lmtp::has_8bit;
 use crate::deliver::wire::{Capabilities, Reply, dot_stuffed};
@@ -25,8 +28,6 @@ pub enum Failure {
     /// Opportunistic TLS failed in the handshake: the same address again,
     /// in plain text (Postfix's `may` level).
     Plain(Stop),
-    /// In or after the transaction: this attempt ends here.
-    Final(Stop),
 }
 
 /// What a session needs besides the message.
@@ -38,26 +39,31 @@ pub struct Plan<'a> {
 }
 
 /// An open session, past EHLO (and STARTTLS, AUTH).
-struct Session {
-    conn: Conn,
+pub struct Session {
+    /// The connection.
+    pub conn: Conn,
     caps: Capabilities,
+    born: Instant,
 }
 
-/// Delivers `msg` to `rcpts` at `target`; one outcome per recipient.
-pub fn deliver_at(
+impl Reusable for Session {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn born(&self) -> Instant {
+        self.born
+    }
+}
+
+/// Connects to `target` and readies a session: greeting, EHLO,
+/// STARTTLS and AUTH as `plan` says.
+pub fn open(
     client: &Client,
     target: &Target,
     plan: &Plan<'_>,
-    msg: Message<'_>,
-    rcpts: &[Rcpt<'_>],
-) -> Result<Vec<Outcome>, Failure> {
-    let mut s = open(client, target, plan, &msg.env.id)?;
-    let result = transaction(client, &mut s, msg, rcpts);
-    s.conn.quit();
-    result.map_err(Failure::Final)
-}
-
-fn open(client: &Client, target: &Target, plan: &Plan<'_>, id: &str) -> Result<Session, Failure> {
+    id: &str,
+) -> Result<Session, Failure> {
     let cfg = &client.cfg;
     let relay = relay_name(&target.host, &target.addr);
     let sock = connect(&target.addr, &relay, cfg.connect_timeout.0).map_err(Failure::Next)?;
@@ -79,7 +85,8 @@ fn open(client: &Client, target: &Target, plan: &Plan<'_>, id: &str) -> Result<S
         )));
     }
     let caps = ehlo(&mut conn, &client.helo).map_err(Failure::Next)?;
-    let mut s = Session { conn, caps };
+    let born = Instant::now();
+    let mut s = Session { conn, caps, born };
     let required = matches!(plan.tls, TlsLevel::Encrypt | TlsLevel::Verify);
     if plan.tls != TlsLevel::None && s.caps.starttls {
         s = start_tls(client, s, target, plan.tls, id)?;
@@ -174,7 +181,11 @@ fn start_tls(
     let mut conn = conn;
     // RFC 3207 §4.2: what was said before TLS is forgotten.
     let caps = ehlo(&mut conn, &client.helo).map_err(Failure::Next)?;
-    Ok(Session { conn, caps })
+    Ok(Session {
+        conn,
+        caps,
+        born: s.born,
+    })
 }
 
 /// AUTH PLAIN (or LOGIN), only under TLS: a password is never sent in
@@ -227,8 +238,9 @@ fn login(s: &mut Session, creds: &Credentials) -> Result<(), Stop> {
     ))
 }
 
-/// MAIL, RCPT for each, DATA.
-fn transaction(
+/// MAIL, RCPT for each, DATA: one outcome per recipient, or why the
+/// transaction failed as a whole.
+pub fn transaction(
     client: &Client,
     s: &mut Session,
     msg: Message<'_>,
