@@ -31,6 +31,12 @@ pub struct Idle<K, S> {
     list: Mutex<Vec<(K, S, Instant)>>,
 }
 
+impl<K: PartialEq + Clone, S: Reusable> Default for Idle<K, S> {
+    fn default() -> Idle<K, S> {
+        Idle::new()
+    }
+}
+
 impl<K: PartialEq + Clone, S: Reusable> Idle<K, S> {
     /// An empty cache (for a `static`).
     pub const fn new() -> Idle<K, S> {
