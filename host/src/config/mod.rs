@@ -2,6 +2,7 @@
 //! has a sane default, and [`Config::validate`] names the offending key.
 
 mod bounds;
+mod mailbox;
 mod route;
 mod transport;
 mod units;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use mailbox::{Mailbox, PLACEHOLDERS, Pipe, expand};
 pub use transport::{LMTP_PORT, NextHop, TransportSpec, parse_transport};
 pub use units::{Bytes, Seconds};
 pub use wasm::Wasm;
@@ -613,6 +615,15 @@ pub struct Local {
     pub users: Vec<String>,
     /// Maildir path template; `{user}` is replaced by the user name.
     pub maildir: String,
+    /// Where local mail goes: `maildir` (default), `mbox` or `pipe`.
+    pub mailbox: Mailbox,
+    /// mbox file template (`mailbox = "mbox"`); `{user}` as for `maildir`.
+    pub mbox: String,
+    /// How long an mbox delivery waits for the mailbox's locks before it
+    /// is deferred (Postfix: `deliver_lock_attempts` × `deliver_lock_delay`).
+    pub mbox_lock_timeout: Seconds,
+    /// `[local.pipe]`: the command of `mailbox = "pipe"`.
+    pub pipe: Pipe,
     /// Separator between user and tag (`recipient_delimiter`); empty disables.
     pub recipient_delimiter: String,
     /// Domains whose addresses exist only as keys of `virtual_alias_maps`
@@ -631,6 +642,10 @@ impl Default for Local {
             domains: Vec::new(),
             users: Vec::new(),
             maildir: "var/mail/{user}/Maildir".into(),
+            mailbox: Mailbox::default(),
+            mbox: "var/mail/{user}".into(),
+            mbox_lock_timeout: Seconds(std::time::Duration::from_secs(20)),
+            pipe: Pipe::default(),
             recipient_delimiter: "+".into(),
             virtual_alias_domains: Vec::new(),
             virtual_alias_maps: Vec::new(),
@@ -1073,6 +1088,7 @@ impl Config {
         out.extend(bounds::problems(self));
         out.extend(route::problems(self));
         out.extend(transport::problems(self));
+        out.extend(mailbox::problems(self));
         out
     }
 }
