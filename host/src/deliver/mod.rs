@@ -8,6 +8,8 @@ pub mod journaled;
 pub mod lmtp;
 pub mod local;
 pub mod maildir;
+pub mod mbox;
+pub mod pipe;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
