@@ -142,8 +142,10 @@ def test_a_dotlock_is_respected_and_a_stale_one_removed(daemon_factory):
     os.utime(lock, (old, old))
     mbox = d.dir / "var" / "mail" / "alice"
     wait_for(lambda: mbox.exists() and "Subject: dotlocked" in mbox.read_text(), "delivered past a stale dotlock", d)
-    assert not lock.exists()
     d.wait_log("removing a stale lock")
+    # Logged once the delivery's own dotlock is gone again.
+    d.wait_log_re(r"to=<alice@example.test>, .*status=sent \(delivered to mailbox")
+    assert not lock.exists()
 
 
 def test_concurrent_deliveries_never_interleave(daemon_factory):

@@ -21,14 +21,15 @@
 //! must belong to root, to Postern's account, to that directory's owner or
 //! to the system account named as the local user.
 
+mod lock;
+
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use time::OffsetDateTime;
 
@@ -37,13 +38,7 @@ use super::local::each_local;
 use super::maildir::MaildirError;
 use super::maildir::walk::{self, Dir};
 use crate::route::Router;
-
-/// A dotlock older than this was left by a crash (Postfix's
-/// `stale_lock_time`, 500 s; mutt and procmail use five minutes).
-const STALE_LOCK: Duration = Duration::from_secs(300);
-
-/// How often a held lock is tried again.
-const LOCK_RETRY: Duration = Duration::from_millis(250);
+use lock::{DotLock, lock_file};
 
 /// An mbox delivery failure; all are temporary (the message stays queued).
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +76,10 @@ pub enum MboxError {
     },
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MboxError + 'a {
+pub(super) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> MboxError + 'a {
     move |source| MboxError::Io {
         op,
         path: path.to_path_buf(),
@@ -101,7 +99,7 @@ impl Agent for Mbox<'_> {
         each_local(msg, rcpts, |local| {
             let path = self.router.mbox(local.user);
             let copy = render(&msg.env.sender, OffsetDateTime::now_utc(), &local.parts);
-            match deliver(&path, local.user, &copy, timeout) {
+            match deliver(&path, local.user, &copy, timeout, &msg.env.id) {
                 Ok(()) => {
                     Outcome::sent("local", format!("delivered to mailbox {}", path.display()))
                 }
@@ -171,12 +169,14 @@ pub fn render(sender: &str, at: OffsetDateTime, parts: &[&[u8]]) -> Vec<u8> {
 
 /// Appends `copy` to the mbox file at `path` (see the module's
 /// documentation). Blocking: call from a blocking thread (it acts as the
-/// mailbox owner meanwhile, and may wait for the locks).
+/// mailbox owner meanwhile, and may wait for the locks). `id`, the queue
+/// ID, is for the log.
 pub fn deliver(
     path: &Path,
     user: &str,
     copy: &[u8],
     lock_timeout: Duration,
+    id: &str,
 ) -> Result<(), MboxError> {
     let refused = |why: &str| MboxError::Refused {
         path: path.to_path_buf(),
@@ -198,7 +198,7 @@ pub fn deliver(
     let dir = walked.make_missing(&trust)?;
     trust.check(&dir)?;
     let deadline = Instant::now() + lock_timeout;
-    let _dotlock = DotLock::take(&dir, name, path, deadline, lock_timeout)?;
+    let _dotlock = DotLock::take(&dir, name, path, deadline, lock_timeout, id)?;
     let (file, created) = open_mailbox(&dir, name, path)?;
     let st = rustix::fs::fstat(&file).map_err(|e| io_err("stat", path)(e.into()))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -230,7 +230,7 @@ pub fn deliver(
         dir.file.sync_all().map_err(io_err("fsync", &dir.path))?;
     }
     lock_file(&file, path, deadline, lock_timeout)?;
-    append(file, path, copy)
+    append(file, path, copy, id)
 }
 
 /// Opens (or makes) the mailbox, never through a link; true if made.
@@ -261,7 +261,7 @@ fn open_mailbox(dir: &Dir, name: &OsStr, path: &Path) -> Result<(File, bool), Mb
 
 /// Appends `copy`, fsyncs it; on any failure, cuts the file back to its
 /// length before, so no half message stays.
-fn append(mut file: File, path: &Path, copy: &[u8]) -> Result<(), MboxError> {
+fn append(mut file: File, path: &Path, copy: &[u8], id: &str) -> Result<(), MboxError> {
     // Read under the lock: what was there before this delivery.
     let before = file.metadata().map_err(io_err("stat", path))?.len();
     let written = file
@@ -272,7 +272,7 @@ fn append(mut file: File, path: &Path, copy: &[u8]) -> Result<(), MboxError> {
         let undone = file.set_len(before).and_then(|()| file.sync_all());
         if let Err(e) = undone {
             tracing::error!(
-                "{}: cannot truncate back to {before} bytes after a failed delivery: {e}",
+                "{id}: {}: cannot truncate back to {before} bytes after a failed delivery: {e}",
                 path.display()
             );
         }
@@ -280,119 +280,12 @@ fn append(mut file: File, path: &Path, copy: &[u8]) -> Result<(), MboxError> {
     written
 }
 
-/// `FILE.lock`, removed when dropped.
-struct DotLock {
-    dir: std::sync::Arc<File>,
-    name: PathBuf,
-}
-
-impl DotLock {
-    fn take(
-        dir: &Dir,
-        mailbox: &OsStr,
-        path: &Path,
-        deadline: Instant,
-        waited: Duration,
-    ) -> Result<DotLock, MboxError> {
-        let mut name = mailbox.to_os_string();
-        name.push(".lock");
-        let lock_path = dir.path.join(&name);
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        loop {
-            match rustix::fs::openat(&dir.file, &name, flags, Mode::from_raw_mode(0o600)) {
-                Ok(_) => {
-                    return Ok(DotLock {
-                        dir: dir.file.clone(),
-                        name: name.into(),
-                    });
-                }
-                Err(Errno::EXIST) => {}
-                Err(e) => return Err(io_err("create", &lock_path)(e.into())),
-            }
-            if stale(&dir.file, &name) {
-                tracing::warn!("{}: removing a stale lock", lock_path.display());
-                let _ = rustix::fs::unlinkat(&dir.file, &name, AtFlags::empty());
-                continue;
-            }
-            if Instant::now() >= deadline {
-                return Err(MboxError::Locked {
-                    path: path.to_path_buf(),
-                    which: "dotlock",
-                    waited,
-                });
-            }
-            std::thread::sleep(LOCK_RETRY);
-        }
-    }
-}
-
-impl Drop for DotLock {
-    fn drop(&mut self) {
-        let _ = rustix::fs::unlinkat(&*self.dir, &self.name, AtFlags::empty());
-    }
-}
-
-/// True if the lock `name` in `dir` is older than [`STALE_LOCK`].
-fn stale(dir: &File, name: &OsStr) -> bool {
-    let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-        return false;
-    };
-    let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
-    SystemTime::now()
-        .duration_since(modified)
-        .is_ok_and(|age| age > STALE_LOCK)
-}
-
-/// Takes an fcntl write lock on the whole file, waiting until `deadline`.
-fn lock_file(
-    file: &File,
-    path: &Path,
-    deadline: Instant,
-    waited: Duration,
-) -> Result<(), MboxError> {
-    loop {
-        if try_lock(file).map_err(io_err("lock", path))? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(MboxError::Locked {
-                path: path.to_path_buf(),
-                which: "fcntl",
-                waited,
-            });
-        }
-        std::thread::sleep(LOCK_RETRY);
-    }
-}
-
-/// One attempt at an open-file-description write lock (`F_OFD_SETLK`):
-/// false if someone holds a conflicting one. Released when the file is
-/// closed.
-#[allow(unsafe_code)]
-fn try_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: a zeroed `flock` is a valid value (all integers); l_pid
-    // must be 0 for OFD locks.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as _;
-    lock.l_whence = libc::SEEK_SET as _;
-    // SAFETY: F_OFD_SETLK reads the `flock` the pointer points to, which
-    // lives across the call; the descriptor is open (borrowed from `file`).
-    let rc = unsafe { libc::fcntl(file.as_fd().as_raw_fd(), libc::F_OFD_SETLK, &lock) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
-        _ => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lock::try_lock;
     use std::fs;
+    use std::time::SystemTime;
 
     fn at() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_796_650_496).unwrap()
@@ -440,8 +333,8 @@ mod tests {
         let base = temp("append");
         let path = base.join("mail/alice");
         let t = Duration::from_secs(2);
-        deliver(&path, "no-such-user-x", b"From a  x\nA\n\n", t).unwrap();
-        deliver(&path, "no-such-user-x", b"From b  x\nB\n\n", t).unwrap();
+        deliver(&path, "no-such-user-x", b"From a  x\nA\n\n", t, "Q").unwrap();
+        deliver(&path, "no-such-user-x", b"From b  x\nB\n\n", t, "Q").unwrap();
         assert_eq!(
             fs::read(&path).unwrap(),
             b"From a  x\nA\n\nFrom b  x\nB\n\n"
@@ -458,14 +351,14 @@ mod tests {
         fs::write(&target, b"").unwrap();
         std::os::unix::fs::symlink(&target, base.join("alice")).unwrap();
         let t = Duration::from_secs(1);
-        let e = deliver(&base.join("alice"), "x", b"m", t).unwrap_err();
+        let e = deliver(&base.join("alice"), "x", b"m", t, "Q").unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(fs::read(&target).unwrap(), b"");
         fs::hard_link(&target, base.join("bob")).unwrap();
-        let e = deliver(&base.join("bob"), "x", b"m", t).unwrap_err();
+        let e = deliver(&base.join("bob"), "x", b"m", t, "Q").unwrap_err();
         assert!(e.to_string().contains("2 hard links"), "{e}");
         fs::create_dir(base.join("carol")).unwrap();
-        assert!(deliver(&base.join("carol"), "x", b"m", t).is_err());
+        assert!(deliver(&base.join("carol"), "x", b"m", t, "Q").is_err());
         let _ = fs::remove_dir_all(&base);
     }
 
@@ -478,12 +371,12 @@ mod tests {
         let holder = fs::OpenOptions::new().write(true).open(&path).unwrap();
         assert!(try_lock(&holder).unwrap());
         let t = Duration::from_millis(300);
-        let e = deliver(&path, "x", b"new\n", t).unwrap_err();
+        let e = deliver(&path, "x", b"new\n", t, "Q").unwrap_err();
         assert!(matches!(e, MboxError::Locked { which: "fcntl", .. }), "{e}");
         assert!(!base.join("alice.lock").exists());
         drop(holder);
         fs::write(base.join("alice.lock"), b"").unwrap();
-        let e = deliver(&path, "x", b"new\n", t).unwrap_err();
+        let e = deliver(&path, "x", b"new\n", t, "Q").unwrap_err();
         assert!(
             matches!(
                 e,
@@ -500,7 +393,7 @@ mod tests {
             .unwrap();
         old.set_modified(SystemTime::now() - Duration::from_secs(600))
             .unwrap();
-        deliver(&path, "x", b"new\n", t).unwrap();
+        deliver(&path, "x", b"new\n", t, "Q").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"old\nnew\n");
         let _ = fs::remove_dir_all(&base);
     }
