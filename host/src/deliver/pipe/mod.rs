@@ -172,6 +172,57 @@ fn to_lf(parts: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::Transport;
+    use crate::spool::Recipient;
+
+    #[test]
+    fn arguments_are_substituted_and_never_become_options() {
+        let record = Recipient::new("alice+news@example.test", "info@example.test");
+        let transport = Transport::Local {
+            user: "alice".into(),
+            tag: Some("news".into()),
+        };
+        let rcpt = Rcpt {
+            index: 0,
+            record: &record,
+            transport: &transport,
+        };
+        let local = LocalRcpt {
+            rcpt: &rcpt,
+            user: "alice",
+            tag: Some("news"),
+            parts: [b""; 4],
+        };
+        let template: Vec<String> = [
+            "/usr/lib/dovecot/dovecot-lda",
+            "-d",
+            "{user}",
+            "-f",
+            "{sender}",
+            "-a{recipient}",
+            "{tag}@{domain}",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            argv(&template, "s@x.test", &local).unwrap(),
+            [
+                "/usr/lib/dovecot/dovecot-lda",
+                "-d",
+                "alice",
+                "-f",
+                "s@x.test",
+                "-aalice+news@example.test",
+                "news@example.test"
+            ]
+        );
+        assert_eq!(argv(&template, "", &local).unwrap()[4], "MAILER-DAEMON");
+        assert!(matches!(
+            argv(&template, "-oQ/tmp@x.test", &local),
+            Err(Refusal::Address(_))
+        ));
+        assert!(matches!(argv(&[], "s@x", &local), Err(Refusal::Config(_))));
+    }
 
     #[test]
     fn line_ends_become_lf() {
