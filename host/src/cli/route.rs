@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::config::{Config, Mailbox};
 use crate::route::{RouteError, Router, Transport};
 use crate::smtp::address::parse_forward_path;
 
@@ -25,10 +25,19 @@ pub fn describe(router: &Router, address: &str) -> (Vec<String>, bool) {
                     // the queue file will keep.
                     let to = d.address(router.delimiter());
                     match router.transport(&to) {
-                        Ok(Transport::Local { user, .. }) => format!(
-                            "{written} -> {to} (local, maildir {})",
-                            router.maildir(&user).display()
-                        ),
+                        Ok(Transport::Local { user, .. }) => {
+                            let mailbox = match router.mailbox().kind {
+                                Mailbox::Maildir => {
+                                    format!("maildir {}", router.maildir(&user).display())
+                                }
+                                Mailbox::Mbox => format!("mbox {}", router.mbox(&user).display()),
+                                Mailbox::Pipe => format!(
+                                    "pipe {}",
+                                    router.mailbox().pipe.command.first().map_or("", |c| c)
+                                ),
+                            };
+                            format!("{written} -> {to} (local, {mailbox})")
+                        }
                         Ok(Transport::Smtp {
                             next_hop: Some(hop),
                             ..

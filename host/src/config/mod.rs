@@ -3,6 +3,7 @@
 
 mod bounds;
 mod client;
+mod mailbox;
 mod route;
 mod transport;
 mod units;
@@ -16,6 +17,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use client::{SMTP_PORT, SmtpClient, SmtpHop, TlsLevel, parse_smtp_hop, read_password};
+pub use mailbox::{Mailbox, PLACEHOLDERS, Pipe, expand};
 pub use transport::{LMTP_PORT, NextHop, TransportSpec, parse_transport};
 pub use units::{Bytes, Seconds};
 pub use wasm::Wasm;
@@ -618,6 +620,15 @@ pub struct Local {
     pub users: Vec<String>,
     /// Maildir path template; `{user}` is replaced by the user name.
     pub maildir: String,
+    /// Where local mail goes: `maildir` (default), `mbox` or `pipe`.
+    pub mailbox: Mailbox,
+    /// mbox file template (`mailbox = "mbox"`); `{user}` as for `maildir`.
+    pub mbox: String,
+    /// How long an mbox delivery waits for the mailbox's locks before it
+    /// is deferred (Postfix: `deliver_lock_attempts` × `deliver_lock_delay`).
+    pub mbox_lock_timeout: Seconds,
+    /// `[local.pipe]`: the command of `mailbox = "pipe"`.
+    pub pipe: Pipe,
     /// Separator between user and tag (`recipient_delimiter`); empty disables.
     pub recipient_delimiter: String,
     /// Domains whose addresses exist only as keys of `virtual_alias_maps`
@@ -636,6 +647,10 @@ impl Default for Local {
             domains: Vec::new(),
             users: Vec::new(),
             maildir: "var/mail/{user}/Maildir".into(),
+            mailbox: Mailbox::default(),
+            mbox: "var/mail/{user}".into(),
+            mbox_lock_timeout: Seconds(std::time::Duration::from_secs(20)),
+            pipe: Pipe::default(),
             recipient_delimiter: "+".into(),
             virtual_alias_domains: Vec::new(),
             virtual_alias_maps: Vec::new(),
@@ -1079,6 +1094,7 @@ impl Config {
         out.extend(route::problems(self));
         out.extend(transport::problems(self));
         out.extend(client::problems(self));
+        out.extend(mailbox::problems(self));
         out
     }
 }

@@ -10,6 +10,8 @@ pub mod journaled;
 pub mod lmtp;
 pub mod local;
 pub mod maildir;
+pub mod mbox;
+pub mod pipe;
 pub mod smtp;
 pub mod wire;
 

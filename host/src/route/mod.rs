@@ -62,6 +62,19 @@ pub enum RouteError {
     AliasLoop,
 }
 
+/// How local mail is stored, from `[local]`.
+#[derive(Debug, Clone)]
+pub struct LocalMailbox {
+    /// Maildir, mbox or pipe.
+    pub kind: crate::config::Mailbox,
+    /// `local.mbox`.
+    pub mbox_template: String,
+    /// `local.mbox_lock_timeout`.
+    pub mbox_lock_timeout: std::time::Duration,
+    /// `[local.pipe]`.
+    pub pipe: crate::config::Pipe,
+}
+
 /// The routing tables of one configuration generation.
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -73,6 +86,8 @@ pub struct Router {
     users: HashMap<String, String>,
     aliases: HashMap<String, Vec<String>>,
     maildir_template: String,
+    /// `[local]`'s mailbox settings: where a local user's mail goes.
+    mailbox: Arc<LocalMailbox>,
     delimiter: Option<char>,
     origin: String,
     trusted: Vec<IpNet>,
@@ -153,6 +168,12 @@ impl Router {
                 .map(|(k, v)| (k.to_lowercase(), v.list()))
                 .collect(),
             maildir_template: config.local.maildir.clone(),
+            mailbox: Arc::new(LocalMailbox {
+                kind: config.local.mailbox,
+                mbox_template: config.local.mbox.clone(),
+                mbox_lock_timeout: config.local.mbox_lock_timeout.0,
+                pipe: config.local.pipe.clone(),
+            }),
             delimiter: config.local.recipient_delimiter.chars().next(),
             origin: config.server.origin(),
             trusted: config.server.trusted_networks.clone(),
@@ -297,6 +318,16 @@ impl Router {
     /// The Maildir of a local user.
     pub fn maildir(&self, user: &str) -> PathBuf {
         PathBuf::from(self.maildir_template.replace("{user}", user))
+    }
+
+    /// Where local users' mail goes (`[local] mailbox`, `mbox`, `pipe`).
+    pub fn mailbox(&self) -> &LocalMailbox {
+        &self.mailbox
+    }
+
+    /// The mbox file of a local user.
+    pub fn mbox(&self, user: &str) -> PathBuf {
+        PathBuf::from(self.mailbox.mbox_template.replace("{user}", user))
     }
 
     /// True if the user exists.

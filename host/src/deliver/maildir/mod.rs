@@ -12,7 +12,7 @@
 mod earlier;
 mod known;
 mod names;
-mod walk;
+pub(super) mod walk;
 
 use std::ffi::OsStr;
 use std::fs::File;

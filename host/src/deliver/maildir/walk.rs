@@ -33,7 +33,7 @@ const MAX_LINKS: usize = 40;
 
 /// An open directory and whose it is.
 #[derive(Debug)]
-pub(super) struct Dir {
+pub(in crate::deliver) struct Dir {
     /// The open directory (shared with the syncs of its entries).
     pub file: Arc<File>,
     /// Its owner.
@@ -74,7 +74,7 @@ impl Dir {
 /// Whose directories a delivery may write below: root's, Postern's own
 /// account's, and the mailbox owner's.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Trust {
+pub(in crate::deliver) struct Trust {
     /// The mailbox owner, whom the delivery acts as.
     pub owner: u32,
     /// The group it acts with.
@@ -156,7 +156,7 @@ fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
 
 /// How far a path exists, walked without following a user's link.
 #[derive(Debug)]
-pub(super) struct Walked {
+pub(in crate::deliver) struct Walked {
     /// The deepest directory of the path that exists.
     pub deepest: Dir,
     /// The components below it, to be made.
@@ -166,7 +166,7 @@ pub(super) struct Walked {
 }
 
 /// Walks `path` as far as it exists (see the module's documentation).
-pub(super) fn walk(path: &Path) -> Result<Walked, MaildirError> {
+pub(in crate::deliver) fn walk(path: &Path) -> Result<Walked, MaildirError> {
     let mut cur = if path.is_absolute() {
         Dir::open(Path::new("/"))?
     } else {
@@ -239,9 +239,16 @@ impl Walked {
     /// every directory passed is found to be root's, our own or that
     /// owner's.
     pub fn trust(&self) -> Result<Trust, MaildirError> {
+        self.trust_for(self.deepest.uid, self.deepest.gid)
+    }
+
+    /// Whom a delivery acts as when the mailbox owner is known otherwise
+    /// (an mbox file's owner), once every directory passed is found to be
+    /// root's, our own or that owner's.
+    pub fn trust_for(&self, owner: u32, group: u32) -> Result<Trust, MaildirError> {
         let trust = Trust {
-            owner: self.deepest.uid,
-            group: self.deepest.gid,
+            owner,
+            group,
             me: crate::privileges::euid(),
         };
         for (path, uid) in &self.passed {
