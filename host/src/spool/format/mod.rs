@@ -153,6 +153,56 @@ pub fn encode(content: &[u8], env: &Envelope) -> Vec<u8> {
     out
 }
 
+/// Reads only the envelope of a queue file and the content's length
+/// (for listings: the content is neither read nor checksummed, so a
+/// queue of 100,000 messages lists in envelope-sized reads).
+pub fn read_envelope(file: &mut std::fs::File) -> Result<(Envelope, u64), FormatError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| FormatError::Corrupt(format!("read: {e}"));
+    let size = file.metadata().map_err(io)?.len();
+    if size < TRAILER as u64 {
+        return Err(FormatError::Incomplete);
+    }
+    let mut t = [0u8; TRAILER];
+    file.seek(SeekFrom::Start(size - TRAILER as u64))
+        .map_err(io)?;
+    file.read_exact(&mut t).map_err(io)?;
+    if &t[TRAILER - 8..] != MAGIC {
+        return Err(FormatError::Incomplete);
+    }
+    let word = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (content_len, env_len) = (word(0), word(8));
+    if content_len.checked_add(env_len) != Some(size - TRAILER as u64) {
+        return Err(FormatError::Corrupt(
+            "lengths do not match file size".into(),
+        ));
+    }
+    let mut json = vec![0u8; usize::try_from(env_len).map_err(|_| FormatError::Incomplete)?];
+    file.seek(SeekFrom::Start(content_len)).map_err(io)?;
+    file.read_exact(&mut json).map_err(io)?;
+    Ok((envelope_of(&json)?, content_len))
+}
+
+/// The envelope from its JSON, of either version.
+fn envelope_of(json: &[u8]) -> Result<Envelope, FormatError> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let version = serde_json::from_slice::<Version>(json)
+        .map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))?
+        .version;
+    match version {
+        ENVELOPE_VERSION => {
+            serde_json::from_slice(json).map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))
+        }
+        1 => v1::read(json),
+        v => Err(FormatError::Corrupt(format!(
+            "envelope version {v} not supported"
+        ))),
+    }
+}
+
 /// Parses a queue file, returning the envelope and the content's range.
 pub fn decode(file: &[u8]) -> Result<(Envelope, std::ops::Range<usize>), FormatError> {
     if file.len() < TRAILER || &file[file.len() - 8..] != MAGIC {
@@ -173,24 +223,7 @@ pub fn decode(file: &[u8]) -> Result<(Envelope, std::ops::Range<usize>), FormatE
     }
     let content_len = content_len as usize;
     let json = &file[content_len..body_len];
-    #[derive(Deserialize)]
-    struct Version {
-        version: u32,
-    }
-    let version = serde_json::from_slice::<Version>(json)
-        .map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))?
-        .version;
-    let env = match version {
-        ENVELOPE_VERSION => serde_json::from_slice(json)
-            .map_err(|e| FormatError::Corrupt(format!("envelope: {e}")))?,
-        1 => v1::read(json)?,
-        v => {
-            return Err(FormatError::Corrupt(format!(
-                "envelope version {v} not supported"
-            )));
-        }
-    };
-    Ok((env, 0..content_len))
+    Ok((envelope_of(json)?, 0..content_len))
 }
 
 #[cfg(test)]
@@ -254,5 +287,27 @@ pub(crate) mod tests {
         let mut bad = file.clone();
         bad[3] ^= 1;
         assert!(matches!(decode(&bad), Err(FormatError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_envelope_alone_is_read_from_the_end_of_the_file() {
+        use std::io::Write;
+        let env = sample();
+        let content = b"Subject: hi\r\n\r\nbody\r\n".repeat(1000);
+        let path = std::env::temp_dir().join(format!("postern-env-{}", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&encode(&content, &env)).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let (back, size) = read_envelope(&mut f).unwrap();
+        assert_eq!((back, size), (env.clone(), content.len() as u64));
+        // A file cut short is incomplete, as decode says.
+        let whole = encode(&content, &env);
+        std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        assert!(matches!(
+            read_envelope(&mut f),
+            Err(FormatError::Incomplete)
+        ));
+        let _ = std::fs::remove_file(&path);
     }
 }
