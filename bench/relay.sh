@@ -92,6 +92,13 @@ arrived() { # VARIANT
   esac
 }
 
+# SMTP sessions the sink has seen so far (relay only): with MESSAGES, how
+# many messages each connection carried.
+sink_sessions() {
+  tail -c 200 "$WORKROOT/sink.out" 2>/dev/null | tr '\r' '\n' |
+    sed -n 's/^sess=\([0-9][0-9]*\) .* mesg=[0-9][0-9]*$/\1/p' | tail -n 1 | grep . || echo 0
+}
+
 # Waits (LIMIT s at most) until the next hop has COUNT messages; prints
 # how many it has.
 wait_arrived() { # VARIANT COUNT
@@ -137,6 +144,8 @@ timed_run() { # NAME VARIANT PORT [PID]
     perf record -q -F "${BENCH_PERF_FREQ:-4000}" -g -p "$pid" -o "$BENCH_PERF/$name.$(date +%s).data" 2>/dev/null &
     perf=$!
   fi
+  local sess0=0 sess1=0
+  [ "$v" != relay ] || sess0=$(sink_sessions)
   b0=$(busy_jiffies)
   t0=$(now)
   timeout $LIMIT smtp-source -s "$S" -m "$M" -l "$L" -f sender@example.test -t "$rcpt" \
@@ -145,6 +154,7 @@ timed_run() { # NAME VARIANT PORT [PID]
   n=$(wait_arrived "$v" $((base + M)))
   t2=$(now)
   b1=$(busy_jiffies)
+  [ "$v" != relay ] || sess1=$(sink_sessions)
   [ -z "$perf" ] || { kill -INT "$perf"; wait "$perf" || true; }
   if [ -n "$pid" ]; then
     cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0)
@@ -152,10 +162,11 @@ timed_run() { # NAME VARIANT PORT [PID]
   fi
   awk -v name="$name" -v key="$(out_key "$v")" -v s="$S" -v m="$M" -v l="$L" -v t0="$t0" -v t1="$t1" \
     -v t2="$t2" -v n=$((n - base)) -v rc="$rc" -v busy=$((b1 - b0)) -v hz="$(getconf CLK_TCK)" \
-    -v cpu="$cpu" -v rss="$rss" -v pid="$pid" 'BEGIN {
+    -v cpu="$cpu" -v rss="$rss" -v pid="$pid" -v sess=$((sess1 - sess0)) 'BEGIN {
     acc = (rc == 0) ? m : 0
     printf "%s s=%d m=%d size=%d accepted_msg_s=%.0f %s_msg_s=%.0f accept_s=%.2f %s_s=%.2f %s=%d/%d smtp_source_rc=%d busy_us_per_msg=%.0f",
       name, s, m, l, acc / (t1 - t0), key, n / (t2 - t0), t1 - t0, key, t2 - t0, key, n, m, rc, busy / hz * 1e6 / m
+    if (sess > 0) printf " msgs_per_conn=%.1f", n / sess
     if (pid != "") printf " cpu_us_per_msg=%.0f peak_rss_kb=%d", cpu * 1e6 / m, rss
     printf "\n" }'
   [ "$rc" -eq 0 ] && [ "$n" -ge $((base + M)) ]
