@@ -130,7 +130,7 @@ busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 # into the cache, and the first connection to the next hop is made, before
 # the clock starts). Prints the result line under NAME.
 timed_run() { # NAME VARIANT PORT [PID]
-  local name=$1 v=$2 port=$3 pid=${4:-} rcpt base n t0 t1 t2 b0 b1 rc=0 perf= cpu=0 rss=0
+  local name=$1 v=$2 port=$3 pid=${4:-} rcpt base n t0 t1 t2 b0 b1 rc=0 perf= cpu=0 rss=0 csw=0
   rcpt=$(rcpt_of "$v")
   base=$(arrived "$v")
   smtp-source -s 2 -m 10 -l "$L" -f sender@example.test -t "$rcpt" -M client.test "127.0.0.1:$port"
@@ -144,7 +144,8 @@ timed_run() { # NAME VARIANT PORT [PID]
     perf record -q -F "${BENCH_PERF_FREQ:-4000}" -g -p "$pid" -o "$BENCH_PERF/$name.$(date +%s).data" 2>/dev/null &
     perf=$!
   fi
-  local sess0=0 sess1=0
+  local sess0=0 sess1=0 load
+  load=$(cut -d' ' -f1 /proc/loadavg)
   [ "$v" != relay ] || sess0=$(sink_sessions)
   b0=$(busy_jiffies)
   t0=$(now)
@@ -159,16 +160,18 @@ timed_run() { # NAME VARIANT PORT [PID]
   if [ -n "$pid" ]; then
     cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo 0)
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    # context switches of all the daemon's threads (wake-ups cost VM exits)
+    csw=$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}')
   fi
   awk -v name="$name" -v key="$(out_key "$v")" -v s="$S" -v m="$M" -v l="$L" -v t0="$t0" -v t1="$t1" \
     -v t2="$t2" -v n=$((n - base)) -v rc="$rc" -v busy=$((b1 - b0)) -v hz="$(getconf CLK_TCK)" \
-    -v cpu="$cpu" -v rss="$rss" -v pid="$pid" -v sess=$((sess1 - sess0)) 'BEGIN {
+    -v cpu="$cpu" -v rss="$rss" -v csw="$csw" -v load="$load" -v pid="$pid" -v sess=$((sess1 - sess0)) 'BEGIN {
     acc = (rc == 0) ? m : 0
     printf "%s s=%d m=%d size=%d accepted_msg_s=%.0f %s_msg_s=%.0f accept_s=%.2f %s_s=%.2f %s=%d/%d smtp_source_rc=%d busy_us_per_msg=%.0f",
       name, s, m, l, acc / (t1 - t0), key, n / (t2 - t0), t1 - t0, key, t2 - t0, key, n, m, rc, busy / hz * 1e6 / m
     if (sess > 0) printf " msgs_per_conn=%.1f", n / sess
-    if (pid != "") printf " cpu_us_per_msg=%.0f peak_rss_kb=%d", cpu * 1e6 / m, rss
-    printf "\n" }'
+    if (pid != "") printf " cpu_us_per_msg=%.0f ctxsw_per_msg=%.1f peak_rss_kb=%d", cpu * 1e6 / m, csw / m, rss
+    printf " load1_before=%s\n", load }'
   [ "$rc" -eq 0 ] && [ "$n" -ge $((base + M)) ]
 }
 
