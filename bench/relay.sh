@@ -19,8 +19,10 @@
 # accepted msg/s (smtp-source's time) and relayed msg/s (relay: until the
 # sink has counted every message) or delivered msg/s (lmtp: until
 # Dovecot's Maildir holds every message), both timed from the start of
-# smtp-source, and busy_us_per_msg: the whole machine's CPU time
-# (/proc/stat, both cores, smtp-source and the peers included) per message.
+# smtp-source; busy_us_per_msg: the whole machine's CPU time (/proc/stat,
+# both cores, smtp-source and the peers included) per message;
+# msgs_per_conn (relay): messages per connection the sink saw; for Postern
+# also its own CPU time and context switches per message.
 #
 # Postfix is a separate instance, postfix -c $PEERS_RUN/postfix-bench/etc,
 # on 127.0.0.1:2535: the baseline's main.cf and master.cf
