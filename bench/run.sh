@@ -69,6 +69,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
 PEERS=$ROOT/../shared/peers
 S=${1:-20} M=${2:-2000} L=${3:-4096}
 BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
@@ -88,32 +90,6 @@ LIMIT=300
 
 [ -x "$BIN" ] || { echo "bench: $BIN missing: cargo build --release -p postern" >&2; exit 1; }
 command -v smtp-source >/dev/null || { echo "bench: smtp-source missing: $PEERS/install.sh" >&2; exit 1; }
-
-now() { date +%s.%N; }
-
-# Single-thread fsync rate where Postern's files go (BENCH_DIR, else /tmp).
-disk_probe() {
-  PROBE_DIR=${BENCH_DIR:-/tmp} python3 - <<'EOF'
-import os, tempfile, time
-d = tempfile.mkdtemp(dir=os.environ["PROBE_DIR"])
-t0 = time.time(); n = 200
-for i in range(n):
-    fd = os.open(f"{d}/{i}", os.O_CREAT | os.O_WRONLY, 0o600)
-    os.write(fd, b"x" * 4096); os.fsync(fd); os.close(fd)
-dt = time.time() - t0
-for i in range(n): os.unlink(f"{d}/{i}")
-os.rmdir(d)
-print(f"{n / dt:.0f}")
-EOF
-}
-
-# Before every run (baseline and Postern) the harness's own clean-up is
-# flushed and the kernel's caches dropped (BENCH_SETTLE=0 skips this).
-settle() {
-  [ "${BENCH_SETTLE:-1}" = 1 ] || return 0
-  sync
-  echo 3 >/proc/sys/vm/drop_caches
-}
 
 # The baseline's Maildir is emptied here, before settle, rather than by
 # its bench.sh right before its run. After settling, a few messages warm
@@ -168,33 +144,7 @@ run_postern() { # VARIANT
   settle
   work=$(mktemp -d "$WORKROOT/run.XXXXXX")
   echo "$work" >"$WORKROOT/prev"
-  cat >"$work/postern.toml" <<EOF
-[server]
-hostname = "mx.test"
-spool_dir = "var/spool"
-trusted_networks = ["127.0.0.1/32"]
-run_as_root = true
-
-[[listener]]
-name = "bench"
-address = "127.0.0.1:$PORT"
-
-[dns]
-nameservers = ["127.0.0.1:5353"]
-timeout = "1s"
-
-[smtp]
-max_connections_per_ip = 100
-
-[local]
-domains = ["testdomain.test", "mx.test"]
-users = ["testuser"]
-maildir = "var/mail/{user}/Maildir"
-
-[aliases]
-postmaster = "testuser"
-abuse = "testuser"
-EOF
+  postern_base_config "$work/postern.toml" "$PORT"
   case ${variant#before-} in
     direct) printf '[queue]\njournal = false\n' >>"$work/postern.toml" ;;
     syncfs) printf '[queue]\nsync = "filesystem"\n' >>"$work/postern.toml" ;;
@@ -275,14 +225,7 @@ EOF
   fi
 }
 
-field() { # LINE KEY
-  sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<"$1"
-}
-
-if [ "${BENCH_SETTLE:-1}" = 1 ] && ! [ -w /proc/sys/vm/drop_caches ]; then
-  echo "bench: cannot write /proc/sys/vm/drop_caches (root needed; BENCH_SETTLE=0 skips settling)" >&2
-  exit 1
-fi
+require_settle
 echo "bench: $S sessions, $M messages of $L bytes; $(nproc) cpus; disk: $(disk_probe) single-thread fsync/s"
 if [ "${BENCH_EDITS:-1}" = 1 ]; then
   (cargo bench --locked -p postern --bench header_edits 2>/dev/null || echo "bench: header_edits failed" >&2) |
@@ -306,8 +249,6 @@ if [ "${BENCH_POSTFIX:-1}" = 1 ]; then
   BASELINE_HOME=$(getent passwd testuser | cut -d: -f6) || true
   [ -n "$BASELINE_HOME" ] || { echo "bench: the baseline's setup did not create user testuser" >&2; exit 1; }
 fi
-
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 declare -A acc del syn cpu va vd vs vc
 pf_a=() pf_d=()
