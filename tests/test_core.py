@@ -131,6 +131,26 @@ def test_plus_tag_goes_to_existing_folder_else_inbox(daemon):
     assert "Subject: untagged" in headers_of(g)[0]
 
 
+def test_plus_tag_folders_are_made_on_demand_when_configured(daemon_factory):
+    """local.create_tag_folders: `.tag` is made (tmp, cur, new) for a tag
+    that is a plain folder name; any other tag goes to the INBOX."""
+    d = daemon_factory(start=False)
+    text = d.config_text.replace("[local]\n", "[local]\ncreate_tag_folders = true\n", 1)
+    assert text != d.config_text
+    d.config.write_text(text)
+    d.start()
+    with d.smtp() as s:
+        s.sendmail("sender@example.org", ["alice+lists@example.test"], message(subject="to lists"))
+        s.sendmail("sender@example.org", ["bob+a.b@example.test"], message(subject="dotted"))
+    [f] = d.wait_mail("alice", folder=".lists")
+    assert "Subject: to lists" in headers_of(f)[0]
+    assert all((d.maildir("alice", ".lists") / sub).is_dir() for sub in ("tmp", "cur", "new"))
+    # A dot would be a subfolder in Maildir++: not made, the INBOX instead.
+    [g] = d.wait_mail("bob")
+    assert "Subject: dotted" in headers_of(g)[0]
+    assert not d.maildir("bob", ".a.b").exists()
+
+
 def test_unknown_user_rejected_at_rcpt(daemon):
     with daemon.smtp() as s:
         s.ehlo("client.test")

@@ -293,3 +293,33 @@ def test_a_local_user_removed_before_delivery_is_bounced_5_1_1(daemon):
     report = report_for(daemon, "alice")
     assert "Final-Recipient: rfc822; bob@example.test" in report and "Status: 5.1.1" in report
     wait_queue(daemon, lambda e: e == [])
+
+
+def test_a_delay_warning_is_sent_once_to_whom_asked(daemon_factory):
+    """queue.delay_warning: once the message is that old and still
+    pending, its sender is told once (Action: delayed, the last reason),
+    and only for recipients whose NOTIFY includes DELAY (the default)."""
+    d = daemon_factory(start=False)
+    d.config.write_text(d.config_text.replace('retry_max = "1s"', 'retry_max = "1s"\ndelay_warning = "2s"'))
+    d.start()
+    with d.smtp() as s:
+        s.ehlo("client.test")
+        assert s.docmd("MAIL FROM:<alice@example.test>")[0] == 250
+        assert s.docmd("RCPT TO:<far@dest.test>")[0] == 250
+        assert s.docmd("RCPT TO:<quiet@dest.test> NOTIFY=FAILURE")[0] == 250
+        assert s.data(message(subject="slow one"))[0] == 250
+    text = report_for(d, "alice", timeout=15)
+    assert "Subject: Delayed Mail (still being retried)" in text
+    assert "Final-Recipient: rfc822; far@dest.test" in text and "Action: delayed" in text
+    assert "Status: 4.4.1" in text and "Connection refused" in text
+    assert "quiet@dest.test" not in text.split("message/delivery-status")[1].split("rfc822-headers")[0]
+    # Retried every second, still pending, but told only once.
+    attempts = lambda: d.log_text().count("to=<far@dest.test>, orig_to=")
+    n = attempts()
+    deadline = time.time() + 10
+    while attempts() < n + 3 and time.time() < deadline:
+        time.sleep(0.1)
+    assert attempts() >= n + 3
+    reports = [f for f in d.new_mail("alice") if "multipart/report" in f.read_text()]
+    assert len(reports) == 1
+    assert len(d.queue_files()) == 1

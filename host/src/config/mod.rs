@@ -631,6 +631,11 @@ pub struct Local {
     pub pipe: Pipe,
     /// Separator between user and tag (`recipient_delimiter`); empty disables.
     pub recipient_delimiter: String,
+    /// `user+tag` goes into the Maildir++ folder `.tag`, made on demand
+    /// (Dovecot's LDA with `-m` and `lda_mailbox_autocreate`) when the tag
+    /// is a plain folder name (letters, digits, `-`, `_`). Off: only into
+    /// a `.tag` folder that exists.
+    pub create_tag_folders: bool,
     /// Domains whose addresses exist only as keys of `virtual_alias_maps`
     /// (Postfix `virtual_alias_domains`): any other address is unknown.
     pub virtual_alias_domains: Vec<String>,
@@ -652,6 +657,7 @@ impl Default for Local {
             mbox_lock_timeout: Seconds(std::time::Duration::from_secs(20)),
             pipe: Pipe::default(),
             recipient_delimiter: "+".into(),
+            create_tag_folders: false,
             virtual_alias_domains: Vec::new(),
             virtual_alias_maps: Vec::new(),
             alias_maps: Vec::new(),
@@ -689,9 +695,13 @@ pub struct Queue {
     pub retry_initial: Seconds,
     /// Longest retry delay (the backoff doubles up to this).
     pub retry_max: Seconds,
-    /// After this long in the queue a message is given up (held for the
-    /// operator until bounces exist).
+    /// After this long in the queue a message is given up: what is still
+    /// pending is returned to its sender (a message from `<>` is held).
     pub max_lifetime: Seconds,
+    /// After this long in the queue the sender is told, once, that a
+    /// message is still being tried (Postfix's `delay_warning_time`; off
+    /// when not set, as Postfix's default).
+    pub delay_warning: Option<Seconds>,
     /// How new spool and Maildir files are made durable: `file` (fdatasync
     /// per file, batched directory fsyncs, like Postfix) or `filesystem`
     /// (one syncfs per batch; for a spool and mailboxes on their own file
@@ -722,6 +732,7 @@ impl Default for Queue {
             retry_initial: Seconds(Duration::from_secs(300)),
             retry_max: Seconds(Duration::from_secs(4000)),
             max_lifetime: Seconds(Duration::from_secs(5 * 86400)),
+            delay_warning: None,
             direct_delivery: true,
             journal: true,
             journal_seal_idle: Seconds(Duration::from_millis(100)),

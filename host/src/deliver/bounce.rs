@@ -15,7 +15,10 @@ use crate::spool::{
 /// Settles what this attempt decided: reports what the sender asked to
 /// hear of, queued durably before the failed recipients are marked done
 /// in `state`. With `expired`, every recipient still pending fails too
-/// (`status=expired`). Returns the report's queue ID if one was queued.
+/// (`status=expired`); otherwise, with `delayed`, each recipient still
+/// pending whose sender has not been told yet gets a `delayed` line
+/// (Postfix's `delay_warning_time`). Returns the report's queue ID if one
+/// was queued.
 pub fn settle(
     spool: &Spool,
     hostname: &str,
@@ -23,6 +26,7 @@ pub fn settle(
     state: &mut DeliveryState,
     attempted: &Attempted,
     expired: bool,
+    delayed: bool,
 ) -> Result<Option<String>, SpoolError> {
     let env = &loaded.envelope;
     let now = now_secs();
@@ -55,10 +59,25 @@ pub fn settle(
             failed.push(i);
         }
     }
-    // What the sender asked to hear of: failures and, on request, success.
+    // Still pending, not told yet: a delay warning (once).
+    let late: Vec<usize> = if delayed && !expired {
+        (0..env.recipients.len())
+            .filter(|i| {
+                !state.done.contains(i)
+                    && !failed.contains(i)
+                    && !attempted.sent.contains(i)
+                    && !state.warned.contains(i)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // What the sender asked to hear of: failures and delays and, on
+    // request, success.
     let reports: Vec<RecipientReport> = failed
         .iter()
         .map(|&i| (i, "failed"))
+        .chain(late.iter().map(|&i| (i, "delayed")))
         .chain(
             attempted
                 .sent
@@ -72,10 +91,10 @@ pub fn settle(
         .filter_map(|(i, action)| {
             let rcpt = env.recipients.get(i)?;
             let notify = rcpt.notify();
-            let asked = if action == "failed" {
-                notify.failure
-            } else {
-                notify.success
+            let asked = match action {
+                "failed" => notify.failure,
+                "delayed" => notify.delay,
+                _ => notify.success,
             };
             asked.then(|| recipient_report(rcpt, state.recipients.get(&i), action, now))
         })
@@ -93,6 +112,7 @@ pub fn settle(
         Some(queue_report(spool, hostname, loaded, &reports)?)
     };
     state.done.extend(failed);
+    state.warned.extend(late);
     Ok(queued)
 }
 

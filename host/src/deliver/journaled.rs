@@ -589,6 +589,7 @@ mod tests {
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(200),
             max_lifetime: Duration::from_secs(3600),
+            delay_warning: None,
         };
         Setup {
             dir,

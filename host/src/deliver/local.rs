@@ -115,7 +115,14 @@ impl Agent for Maildir<'_> {
                 maildir::unique_name(msg.hostname)
             };
             let dir = self.router.maildir(local.user);
-            match maildir::deliver(&dir, local.tag, &local.parts, &name, msg.how) {
+            match maildir::deliver(
+                &dir,
+                local.tag,
+                self.router.create_tag_folders(),
+                &local.parts,
+                &name,
+                msg.how,
+            ) {
                 Ok(path) => {
                     Outcome::sent("local", format!("delivered to maildir {}", path.display()))
                 }

@@ -46,6 +46,9 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     /// Give up (hold) after this long.
     pub max_lifetime: Duration,
+    /// Tell the sender once when a message is still pending after this
+    /// long (`None`: never).
+    pub delay_warning: Option<Duration>,
 }
 
 /// Messages sent to the manager.
@@ -601,6 +604,7 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
         &mut state,
         &attempted,
         expired,
+        ctx.cfg.delay_warning.is_some_and(|w| age >= w),
     ) {
         Ok(Some(report)) => {
             let _ = ctx.jobs.send(Job::Queued(report));
@@ -661,6 +665,7 @@ mod tests {
             retry_initial: Duration::from_secs(60),
             retry_max: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(86400),
+            delay_warning: None,
         };
         assert_eq!(backoff(&cfg, 1), Duration::from_secs(60));
         assert_eq!(backoff(&cfg, 2), Duration::from_secs(120));

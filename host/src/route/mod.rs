@@ -96,6 +96,8 @@ pub struct Router {
     transports: HashMap<String, TransportSpec>,
     /// `smtp_client.relayhost`: the next hop of every other domain.
     relayhost: Option<SmtpHop>,
+    /// `local.create_tag_folders`.
+    create_tag_folders: bool,
 }
 
 /// Splits `user+tag` at the first delimiter of the local part as written
@@ -136,6 +138,13 @@ fn own_addresses(config: &Config) -> HashSet<IpAddr> {
         }
     }
     out
+}
+
+impl Router {
+    /// `user+tag` into a `.tag` folder made on demand.
+    pub fn create_tag_folders(&self) -> bool {
+        self.create_tag_folders
+    }
 }
 
 impl Router {
@@ -183,6 +192,7 @@ impl Router {
                 .iter()
                 .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), parse_transport(v).ok()?)))
                 .collect(),
+            create_tag_folders: config.local.create_tag_folders,
             relayhost: config
                 .smtp_client
                 .relayhost

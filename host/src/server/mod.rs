@@ -475,6 +475,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         retry_initial: cfg.queue.retry_initial.0,
         retry_max: cfg.queue.retry_max.0,
         max_lifetime: cfg.queue.max_lifetime.0,
+        delay_warning: cfg.queue.delay_warning.map(|w| w.0),
     };
     let (queue, delivery) = deliver::start(
         spool.clone(),

@@ -107,6 +107,10 @@ pub struct DeliveryState {
     /// Why the message was put on hold, if it was.
     #[serde(default)]
     pub hold_reason: Option<String>,
+    /// Recipients whose sender was already told of a delay
+    /// (`queue.delay_warning`): once each.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub warned: BTreeSet<usize>,
     /// Written by versions that gave derived Maildir names only to mail
     /// that came through the journal; now every spooled message gets them.
     /// Read (state files are checked for unknown fields) and ignored.

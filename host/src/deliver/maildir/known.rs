@@ -324,6 +324,7 @@ mod tests {
         deliver(
             md,
             None,
+            false,
             &[b"x"],
             &unique_name("h"),
             Durability::Synced(&syncer),

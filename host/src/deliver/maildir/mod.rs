@@ -168,6 +168,7 @@ impl Securing<'_> {
 pub fn deliver(
     maildir: &Path,
     tag: Option<&str>,
+    create_tag: bool,
     parts: &[&[u8]],
     name: &str,
     how: Durability<'_>,
@@ -175,14 +176,14 @@ pub fn deliver(
     // cur/ only where an earlier copy is looked for.
     let with_cur = how.look_for_earlier_copy();
     if let Some(known) = KNOWN.get(maildir) {
-        let done = known_folder(&known, tag, with_cur)
+        let done = known_folder(&known, tag, create_tag, with_cur)
             .and_then(|(_acting, folder)| deliver_into(&folder, parts, name, how));
         match done {
             Err(e) if e.gone() => KNOWN.forget(maildir, &known),
             done => return done,
         }
     }
-    let (acting, folder, reached) = walk_to_folder(maildir, tag, with_cur)?;
+    let (acting, folder, reached) = walk_to_folder(maildir, tag, create_tag, with_cur)?;
     let done = deliver_into(&folder, parts, name, how);
     // Kept once the thread is itself again: a sweeper thread it starts
     // would inherit the owner's credentials.
@@ -198,12 +199,18 @@ pub fn deliver(
 fn known_folder(
     known: &Known,
     tag: Option<&str>,
+    create_tag: bool,
     with_cur: bool,
 ) -> Result<(ActingAs, Folder), MaildirError> {
     let acting = known.trust.act(&known.maildir.path)?;
-    let folder = folder_for(&known.maildir, tag, &known.trust, with_cur, || {
-        known.inbox(with_cur)
-    })?;
+    let folder = folder_for(
+        &known.maildir,
+        tag,
+        create_tag,
+        &known.trust,
+        with_cur,
+        || known.inbox(with_cur),
+    )?;
     Ok((acting, folder))
 }
 
@@ -213,6 +220,7 @@ fn known_folder(
 fn walk_to_folder(
     maildir: &Path,
     tag: Option<&str>,
+    create_tag: bool,
     with_cur: bool,
 ) -> Result<(ActingAs, Folder, Option<Known>), MaildirError> {
     // Before the walk asks who the process is.
@@ -224,7 +232,7 @@ fn walk_to_folder(
     let acting = trust.act(maildir)?;
     let dir = Arc::new(walked.make_missing(&trust)?);
     let mut reached = None;
-    let folder = folder_for(&dir, tag, &trust, with_cur, || {
+    let folder = folder_for(&dir, tag, create_tag, &trust, with_cur, || {
         let inbox = walk::open_folder(&dir, &trust, true, with_cur)?
             .ok_or_else(|| err("open", &maildir.join("new"))(io::ErrorKind::NotFound.into()))?;
         reached = Known::new(trust, dir.clone(), &inbox, generation);
@@ -233,17 +241,18 @@ fn walk_to_folder(
     Ok((acting, folder, reached))
 }
 
-/// The folder of `tag` in the Maildir `dir` if it has one, else the
-/// INBOX, from `inbox`.
+/// The folder of `tag` in the Maildir `dir` if it has one (made first
+/// with `create_tag`), else the INBOX, from `inbox`.
 fn folder_for(
     dir: &Dir,
     tag: Option<&str>,
+    create_tag: bool,
     trust: &Trust,
     with_cur: bool,
     inbox: impl FnOnce() -> Result<Folder, MaildirError>,
 ) -> Result<Folder, MaildirError> {
     let tagged = match tag {
-        Some(t) => walk::tag_folder(dir, t, trust, with_cur)?,
+        Some(t) => walk::tag_folder(dir, t, create_tag, trust, with_cur)?,
         None => None,
     };
     match tagged {
@@ -390,7 +399,15 @@ mod tests {
         let syncer = DirSyncer::new(SyncMode::File);
         let synced = Durability::Synced(&syncer);
         let name = || unique_name("mx.test");
-        let p = deliver(&dir, None, &[b"A: b\r\n", b"\r\nhi\r\n"], &name(), synced).unwrap();
+        let p = deliver(
+            &dir,
+            None,
+            false,
+            &[b"A: b\r\n", b"\r\nhi\r\n"],
+            &name(),
+            synced,
+        )
+        .unwrap();
         assert!(p.starts_with(dir.join("new")));
         use std::os::unix::fs::PermissionsExt;
         for d in [
@@ -408,15 +425,15 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"A: b\r\n\r\nhi\r\n");
         assert!(p.to_string_lossy().ends_with(",S=12"));
         // No folder yet: INBOX.
-        let p = deliver(&dir, Some("News"), &[b"x"], &name(), synced).unwrap();
+        let p = deliver(&dir, Some("News"), false, &[b"x"], &name(), synced).unwrap();
         assert!(p.starts_with(dir.join("new")));
         for sub in ["cur", "new", "tmp"] {
             fs::create_dir_all(dir.join(".news").join(sub)).unwrap();
         }
-        let p = deliver(&dir, Some("News"), &[b"x"], &name(), synced).unwrap();
+        let p = deliver(&dir, Some("News"), false, &[b"x"], &name(), synced).unwrap();
         assert!(p.starts_with(dir.join(".news").join("new")));
         assert!(
-            deliver(&dir, Some("../x"), &[b"x"], &name(), synced)
+            deliver(&dir, Some("../x"), false, &[b"x"], &name(), synced)
                 .unwrap()
                 .starts_with(dir.join("new"))
         );
@@ -437,41 +454,50 @@ mod tests {
             recovering: true,
         };
         let name = journal_name(1700000000, "00000000000000AB_0", "mx.test");
-        let p = deliver(&dir, None, &[b"hi\r\n"], &name, first).unwrap();
+        let p = deliver(&dir, None, false, &[b"hi\r\n"], &name, first).unwrap();
         assert_eq!(p, dir.join("new").join(format!("{name},S=4")));
         // Delivered again after a crash: the same file, not a second one.
-        assert_eq!(deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(), p);
+        assert_eq!(
+            deliver(&dir, None, false, &[b"hi\r\n"], &name, again).unwrap(),
+            p
+        );
         assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 1);
         // A copy cut short by the crash is written again.
         fs::write(&p, b"h").unwrap();
-        deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap();
+        deliver(&dir, None, false, &[b"hi\r\n"], &name, again).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         // Already seen by the user (moved to cur/ with flags): it counts.
         let seen = dir.join("cur").join(format!("{name},S=4:2,S"));
         fs::rename(&p, &seen).unwrap();
         assert_eq!(
-            deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(),
+            deliver(&dir, None, false, &[b"hi\r\n"], &name, again).unwrap(),
             seen
         );
         assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 0);
         // ... but only with its content: a name whose data a power loss
         // took is delivered again.
         fs::write(&seen, b"").unwrap();
-        assert_eq!(deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(), p);
+        assert_eq!(
+            deliver(&dir, None, false, &[b"hi\r\n"], &name, again).unwrap(),
+            p
+        );
         assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         // A first delivery never replaces an existing mail.
-        let p2 = deliver(&dir, None, &[b"ho\r\n"], &name, first).unwrap();
+        let p2 = deliver(&dir, None, false, &[b"ho\r\n"], &name, first).unwrap();
         assert_ne!(p2.file_name(), p.file_name());
         assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         assert_eq!(fs::read(&p2).unwrap(), b"ho\r\n");
         // Neither does a repeated one (recovery, spool retries): another
         // message under the name stays; a copy with lost blocks (zeros) is
         // ours and repaired.
-        let p3 = deliver(&dir, None, &[b"hu\r\n"], &name, again).unwrap();
+        let p3 = deliver(&dir, None, false, &[b"hu\r\n"], &name, again).unwrap();
         assert_ne!(p3.file_name(), p.file_name());
         assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         fs::write(&p, b"h\0\0\0").unwrap();
-        assert_eq!(deliver(&dir, None, &[b"hi\r\n"], &name, again).unwrap(), p);
+        assert_eq!(
+            deliver(&dir, None, false, &[b"hi\r\n"], &name, again).unwrap(),
+            p
+        );
         assert_eq!(fs::read(&p).unwrap(), b"hi\r\n");
         let _ = fs::remove_dir_all(&dir);
     }
@@ -497,7 +523,7 @@ mod tests {
         let syncer = DirSyncer::new(SyncMode::File);
         let synced = Durability::Synced(&syncer);
         let refused = |tag: Option<&str>| {
-            let e = deliver(&md, tag, &[b"x"], &unique_name("mx.test"), synced).unwrap_err();
+            let e = deliver(&md, tag, false, &[b"x"], &unique_name("mx.test"), synced).unwrap_err();
             assert!(e.to_string().contains("symbolic link, not followed"), "{e}");
         };
         plant(&victim, &md);
@@ -523,7 +549,15 @@ mod tests {
         }
         // Nothing refused without the links.
         fs::remove_file(md.join(".news")).unwrap();
-        deliver(&md, Some("news"), &[b"x"], &unique_name("mx.test"), synced).unwrap();
+        deliver(
+            &md,
+            Some("news"),
+            false,
+            &[b"x"],
+            &unique_name("mx.test"),
+            synced,
+        )
+        .unwrap();
         assert_eq!(count(&md.join("new")), 1);
         if is_root() {
             // The operator's link (root's, in a directory of root's) is.
@@ -532,6 +566,7 @@ mod tests {
             let p = deliver(
                 &base.join("by-root"),
                 None,
+                false,
                 &[b"y"],
                 &unique_name("h"),
                 synced,
@@ -554,7 +589,15 @@ mod tests {
         let name = journal_name(1700000000, "00000000000000AB_0", "mx.test");
         symlink(&victim, md.join("tmp").join(&name)).unwrap();
         let syncer = DirSyncer::new(SyncMode::File);
-        let p = deliver(&md, None, &[b"mail"], &name, Durability::Requeued(&syncer)).unwrap();
+        let p = deliver(
+            &md,
+            None,
+            false,
+            &[b"mail"],
+            &name,
+            Durability::Requeued(&syncer),
+        )
+        .unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert_eq!(fs::read(&p).unwrap(), b"mail");
         assert!(fs::symlink_metadata(md.join("tmp").join(&name)).is_err());
@@ -570,7 +613,15 @@ mod tests {
             0,
         )
         .unwrap();
-        let p = deliver(&md, None, &[b"mail"], &name2, Durability::Requeued(&syncer)).unwrap();
+        let p = deliver(
+            &md,
+            None,
+            false,
+            &[b"mail"],
+            &name2,
+            Durability::Requeued(&syncer),
+        )
+        .unwrap();
         assert_ne!(p, fifo);
         assert_eq!(fs::read(&p).unwrap(), b"mail");
         let _ = fs::remove_dir_all(&base);
@@ -588,7 +639,7 @@ mod tests {
         let md = user.join("Maildir");
         let syncer = DirSyncer::new(SyncMode::File);
         let synced = Durability::Synced(&syncer);
-        let p = deliver(&md, None, &[b"x"], &unique_name("h"), synced).unwrap();
+        let p = deliver(&md, None, false, &[b"x"], &unique_name("h"), synced).unwrap();
         for made in [p.clone(), md.clone(), md.join("new"), md.join("tmp")] {
             let m = fs::metadata(&made).unwrap();
             assert_eq!((m.uid(), m.gid()), (65534, 65534), "{made:?}");
@@ -603,6 +654,7 @@ mod tests {
         let e = deliver(
             &other.join("alice/Maildir"),
             None,
+            false,
             &[b"x"],
             &unique_name("h"),
             synced,

@@ -341,6 +341,7 @@ pub(super) fn open_folder(
 pub(super) fn tag_folder(
     maildir: &Dir,
     tag: &str,
+    create: bool,
     trust: &Trust,
     with_cur: bool,
 ) -> Result<Option<Folder>, MaildirError> {
@@ -370,5 +371,21 @@ pub(super) fn tag_folder(
             return Ok(Some(found));
         }
     }
+    // Made on demand (Dovecot's LDA with -m and lda_mailbox_autocreate),
+    // only for a tag that is a plain folder name: letters, digits, `-` and
+    // `_` (a `.` would make a subfolder in Maildir++), at most 64 bytes.
+    if create && tag_makes_a_folder(tag) {
+        let dir = make_dir(maildir, &exact, trust)?;
+        return open_folder(&dir, trust, true, with_cur);
+    }
     Ok(None)
+}
+
+/// True if a folder may be made for `tag`.
+pub(super) fn tag_makes_a_folder(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
