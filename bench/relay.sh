@@ -258,6 +258,8 @@ run_postern() { # VARIANT
   work=$(mktemp -d "$WORKROOT/run.XXXXXX")
   echo "$work" >"$WORKROOT/prev"
   postern_base_config "$work/postern.toml" "$PORT"
+  # BENCH_QUEUE='sync = "filesystem"' adds settings to Postern's [queue].
+  [ -z "${BENCH_QUEUE:-}" ] || printf '\n[queue]\n%s\n' "$BENCH_QUEUE" >>"$work/postern.toml"
   case $v in
     relay) printf '\n[smtp_client]\nrelayhost = "[%s]:%s"\ntls = "none"\n' "$SINK_HOST" "$SINK_PORT" >>"$work/postern.toml" ;;
     lmtp) printf '\n[transport]\n"lmtp.test" = "lmtp:127.0.0.1:24"\n' >>"$work/postern.toml" ;;
