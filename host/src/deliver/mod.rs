@@ -9,6 +9,7 @@ pub mod conn;
 pub mod journaled;
 pub mod lmtp;
 pub mod local;
+pub mod mailbox;
 pub mod maildir;
 pub mod mbox;
 pub mod pipe;

@@ -180,6 +180,12 @@ impl Capabilities {
     }
 }
 
+/// True if the message has bytes outside ASCII (it needs `BODY=8BITMIME`
+/// where the server offers it).
+pub fn has_8bit(parts: &[&[u8]]) -> bool {
+    parts.iter().any(|p| !p.is_ascii())
+}
+
 /// The message as DATA sends it: `parts` joined, each line ended by
 /// CRLF (a bare LF or CR too), a line starting with `.` given another,
 /// and the final `.` line.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::agent::{Agent, Message, Outcome, Rcpt};
 use super::cache::{Idle, Reusable};
 use super::conn::{Conn, Stop, Stream, connect, envelope, outcome_of, relay_name};
-use super::wire::{Capabilities, dot_stuffed};
+use super::wire::{Capabilities, dot_stuffed, has_8bit};
 use crate::config::NextHop;
 use crate::route::Transport;
 
@@ -138,11 +138,6 @@ fn connect_tcp(host: &str, port: u16) -> Result<(std::net::TcpStream, String), (
         }
     }
     Err(last)
-}
-
-/// True if the message has bytes outside ASCII.
-pub(super) fn has_8bit(parts: &[&[u8]]) -> bool {
-    parts.iter().any(|p| !p.is_ascii())
 }
 
 impl Agent for Lmtp {

@@ -34,7 +34,7 @@ use rustix::io::Errno;
 use time::OffsetDateTime;
 
 use super::agent::{Agent, Message, Outcome, Rcpt};
-use super::local::each_local;
+use super::mailbox::each_local;
 use super::maildir::MaildirError;
 use super::maildir::walk::{self, Dir};
 use crate::route::Router;

@@ -18,7 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::agent::{Agent, Message, Outcome, Rcpt};
-use super::local::{LocalRcpt, each_local};
+use super::mailbox::{LocalRcpt, each_local};
 use crate::config;
 pub use run::{Ended, Ran};
 pub use verdict::{judge, summary, sysexit};

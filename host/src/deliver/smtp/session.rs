@@ -15,8 +15,7 @@ use crate::config::TlsLevel;
 use crate::deliver::agent::{Handoff, Message, Outcome, Rcpt};
 use crate::deliver::cache::Reusable;
 use crate::deliver::conn::{Conn, Stop, Stream, connect, envelope, outcome_of, relay_name, said};
-use crate::deliver::lmtp::has_8bit;
-use crate::deliver::wire::{Capabilities, Reply, dot_stuffed};
+use crate::deliver::wire::{Capabilities, Reply, dot_stuffed, has_8bit};
 use crate::dsn::params::{Ret, xtext_encode};
 
 /// How a session at one address failed.
