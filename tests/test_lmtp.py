@@ -56,6 +56,30 @@ def transport(**entries):
     return f"\n[transport]\n{lines}\n"
 
 
+def test_an_address_of_a_local_domain_can_have_its_own_transport(daemon_factory, dovecot):
+    """`[transport]` per address (Postfix's transport_maps, looked up by
+    address first): bob@example.test goes to Dovecot by LMTP, with or
+    without a +tag; alice of the same domain stays in her Maildir."""
+    d = daemon_factory(extra=transport(**{"bob@example.test": "lmtp:127.0.0.1:24"}))
+    token = uuid.uuid4().hex[:10]
+    out = d.cli("route", "bob+x@example.test").stdout
+    assert "bob+x@example.test -> bob+x@example.test (lmtp, 127.0.0.1:24)" in out, out
+    with d.smtp() as s:
+        s.sendmail("sender@example.org", ["bob+x@example.test", "alice@example.test"],
+                   message(subject=f"per address {token}"))
+    # Dovecot cuts the +tag itself (its recipient_delimiter); its
+    # mailbox may hold other runs' copies: ours has the token.
+    deadline = time.time() + 15
+    found = []
+    while not found and time.time() < deadline:
+        found = [f for f in dovecot_new("example.test", "bob") if token in f.read_text()]
+        time.sleep(0.1)
+    assert found, "bob's copy is not in Dovecot"
+    [f] = d.wait_mail("alice")
+    assert token in f.read_text()
+    assert d.new_mail("bob") == []
+
+
 def test_two_recipients_arrive_in_one_lmtp_transaction(daemon_factory, dovecot):
     d = daemon_factory(extra=transport(**{"lmtp.test": "lmtp:[127.0.0.1]:24"}))
     u1, u2 = f"a{uuid.uuid4().hex[:10]}", f"b{uuid.uuid4().hex[:10]}"

@@ -137,21 +137,31 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             key: format!("transport.{key:?}"),
             message,
         };
-        if key.contains('@') {
-            out.push(problem(
-                "per-address entries are not supported yet: give a domain or .domain".into(),
-            ));
-            continue;
-        }
-        if !is_hostname(key.strip_prefix('.').unwrap_or(key)) {
-            out.push(problem(format!(
-                "{key:?} is not a domain (or .domain for its subdomains)"
-            )));
-            continue;
-        }
+        // `user@domain` (Postfix's transport_maps: the address first, then
+        // its domain) or `domain` or `.domain`.
+        let domain = match key.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !local.contains(char::is_whitespace) => {
+                if !is_hostname(domain) {
+                    out.push(problem(format!("{domain:?} is not a domain")));
+                    continue;
+                }
+                domain
+            }
+            Some(_) => {
+                out.push(problem(format!("{key:?} is not an address (user@domain)")));
+                continue;
+            }
+            None if is_hostname(key.strip_prefix('.').unwrap_or(key)) => key.as_str(),
+            None => {
+                out.push(problem(format!(
+                    "{key:?} is not a domain (or .domain for its subdomains, or user@domain)"
+                )));
+                continue;
+            }
+        };
         match parse_transport(value) {
             Err(e) => out.push(problem(e)),
-            Ok(TransportSpec::Local) if !locals.contains(&key.to_ascii_lowercase()) => out.push(
+            Ok(TransportSpec::Local) if !locals.contains(&domain.to_ascii_lowercase()) => out.push(
                 problem("local delivery is only for domains in local.domains".into()),
             ),
             Ok(_) => {}
@@ -245,6 +255,7 @@ mod tests {
         let c = with("\"lmtp.test\" = \"lmtp:127.0.0.1:24\"\n\".sub.test\" = \"smtp\"").unwrap();
         assert_eq!(c.transport.len(), 2);
         assert!(with("\"example.test\" = \"local\"").is_ok());
+        assert!(with("\"bob@example.test\" = \"lmtp:127.0.0.1:24\"").is_ok());
         for (line, want) in [
             (
                 "\"lmtp.test\" = \"pipe:x\"",
@@ -259,11 +270,16 @@ mod tests {
                 "transport.\"bad key\": \"bad key\" is not a domain",
             ),
             (
-                "\"a@b.test\" = \"smtp\"",
-                "per-address entries are not supported",
+                "\"@b.test\" = \"smtp\"",
+                "transport.\"@b.test\": \"@b.test\" is not an address",
             ),
+            ("\"a@b_c\" = \"smtp\"", "\"b_c\" is not a domain"),
             (
                 "\"far.test\" = \"local\"",
+                "only for domains in local.domains",
+            ),
+            (
+                "\"a@far.test\" = \"local\"",
                 "only for domains in local.domains",
             ),
         ] {

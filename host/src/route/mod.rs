@@ -190,7 +190,7 @@ impl Router {
             transports: config
                 .transport
                 .iter()
-                .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), parse_transport(v).ok()?)))
+                .filter_map(|(k, v)| Some((k.to_lowercase(), parse_transport(v).ok()?)))
                 .collect(),
             create_tag_folders: config.local.create_tag_folders,
             relayhost: config
@@ -280,6 +280,25 @@ impl Router {
     /// addresses are not local users).
     pub fn accepts_domain(&self, domain: &str) -> bool {
         self.is_local_domain(domain) || self.transport_entry(domain).is_some()
+    }
+
+    /// The `[transport]` entry of an address: the address itself (as
+    /// written, then without its `+tag`), then its domain's
+    /// ([`Router::transport_entry`]), as Postfix's transport_maps.
+    pub fn address_transport_entry(&self, local: &str, domain: &str) -> Option<&TransportSpec> {
+        if self.transports.is_empty() {
+            return None;
+        }
+        let domain_lc = domain.to_ascii_lowercase();
+        let exact = format!("{}@{domain_lc}", local.to_lowercase());
+        let base = self
+            .delimiter
+            .and_then(|d| split_tag(local, d))
+            .map(|(base, _)| format!("{}@{domain_lc}", base.to_lowercase()));
+        self.transports
+            .get(&exact)
+            .or_else(|| base.and_then(|b| self.transports.get(&b)))
+            .or_else(|| self.transport_entry(domain))
     }
 
     /// The `[transport]` entry of `domain`: the domain's own key, else

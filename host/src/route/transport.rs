@@ -62,7 +62,7 @@ impl Router {
             .rsplit_once('@')
             .filter(|(l, d)| !l.is_empty() && !d.is_empty())
             .ok_or_else(|| TransportError::NotAnAddress(address.to_string()))?;
-        match self.transport_entry(domain) {
+        match self.address_transport_entry(local, domain) {
             Some(TransportSpec::Lmtp(next_hop)) => {
                 return Ok(Transport::Lmtp {
                     next_hop: next_hop.clone(),
@@ -123,6 +123,7 @@ abuse = "alice"
 "lmtp.test" = "lmtp:[127.0.0.1]:24"
 ".sub.test" = "lmtp:unix:/run/lmtp"
 "relay.test" = "smtp:[10.0.0.1]"
+"Carol@example.test" = "lmtp:unix:/run/carol"
 "#;
         Router::new(&Config::from_toml(text, std::path::Path::new("t.toml")).unwrap())
     }
@@ -178,6 +179,21 @@ abuse = "alice"
                 next_hop: None
             })
         );
+        // An address's own entry comes before its domain's, with or
+        // without its +tag; other addresses of the domain stay local.
+        for carol in ["carol@example.test", "CAROL+x@example.test"] {
+            assert_eq!(
+                r.transport(carol),
+                Ok(Transport::Lmtp {
+                    next_hop: NextHop::Unix("/run/carol".into())
+                }),
+                "{carol}"
+            );
+        }
+        assert!(matches!(
+            r.transport("alice@example.test"),
+            Ok(Transport::Local { .. })
+        ));
         // `smtp:[10.0.0.1]` names its next hop.
         assert_eq!(
             r.transport("x@relay.test"),
