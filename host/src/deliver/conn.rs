@@ -207,6 +207,24 @@ impl Conn {
         })
     }
 
+    /// Reads the server's greeting (`what` names it in errors). One other
+    /// than 2xx is a temporary failure, `5` made `4` (Postfix's
+    /// `smtp_skip_5xx_greeting`: another server, or later, may take the
+    /// mail); the connection is closed then.
+    pub fn greeting(&mut self, what: &str) -> Result<(), Stop> {
+        let reply = self.read(what)?;
+        if reply.class() == 2 {
+            return Ok(());
+        }
+        let why = format!(
+            "host {} refused to talk to me: {}",
+            self.relay,
+            reply.text()
+        );
+        self.quit();
+        Err(Stop::deferred(&reply.dsn(), why).softened())
+    }
+
     /// Says goodbye; what the server answers no longer matters.
     pub fn quit(&mut self) {
         if self.send(b"QUIT\r\n", "QUIT").is_ok() {

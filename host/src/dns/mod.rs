@@ -156,15 +156,7 @@ impl Dns {
 /// as "no records found" too, with their response code: those are
 /// failures, to be asked again, not answers.
 fn answered_none(e: &hickory_resolver::ResolveError) -> bool {
-    use hickory_resolver::proto::ProtoErrorKind;
-    use hickory_resolver::proto::op::ResponseCode;
-    matches!(
-        e.proto().map(|p| p.kind()),
-        Some(ProtoErrorKind::NoRecordsFound {
-            response_code: ResponseCode::NoError | ResponseCode::NXDomain,
-            ..
-        })
-    )
+    matches!(absent(e), Absent::NxDomain | Absent::NoData)
 }
 
 /// Why a lookup gave no records: the name does not exist, it exists

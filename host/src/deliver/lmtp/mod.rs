@@ -65,23 +65,12 @@ impl Session {
             caps: Capabilities::default(),
             born: Instant::now(),
         };
-        match session.conn.read("the greeting") {
-            Ok(r) if r.class() == 2 => match session.lhlo(hostname) {
-                Ok(()) => Ok(session),
-                Err(stop) => Err((session.conn.relay, stop)),
-            },
-            Ok(r) => {
-                let why = format!(
-                    "host {} refused to talk to me: {}",
-                    session.conn.relay,
-                    r.text()
-                );
-                session.conn.quit();
-                Err((
-                    session.conn.relay,
-                    Stop::deferred(&r.dsn().replacen('5', "4", 1), why),
-                ))
-            }
+        match session
+            .conn
+            .greeting("the greeting")
+            .and_then(|()| session.lhlo(hostname))
+        {
+            Ok(()) => Ok(session),
             Err(stop) => Err((session.conn.relay, stop)),
         }
     }

@@ -151,9 +151,8 @@ impl Agent for Client {
                 .collect();
         };
         let dest = Destination::of(domain, next_hop.as_ref(), self.cfg.port);
-        let _slot = self
-            .slots
-            .acquire(&dest.label(), self.cfg.destination_concurrency);
+        let label = dest.label();
+        let _slot = self.slots.acquire(&label, self.cfg.destination_concurrency);
         let plan = Plan {
             tls: self.tls_level(domain, next_hop.as_ref()),
             // Credentials go to a configured next hop, never to the MX
@@ -162,22 +161,14 @@ impl Agent for Client {
         };
         let key = Key {
             client: self.serial,
-            dest: dest.label(),
+            dest: label,
             tls: plan.tls,
             auth: plan.auth.is_some(),
         };
-        if let Some(mut s) = IDLE.take(&key) {
-            let relay = s.conn.relay.clone();
-            return match transaction(self, &mut s, msg, rcpts) {
-                Ok(outcomes) => {
-                    IDLE.put(&key, s);
-                    outcomes
-                }
-                Err(stop) => {
-                    s.conn.quit();
-                    rcpts.iter().map(|_| stop.outcome(&relay)).collect()
-                }
-            };
+        if let Some(s) = IDLE.take(&key) {
+            let (relay, result) = self.finish(&key, s, msg, rcpts);
+            return result
+                .unwrap_or_else(|stop| rcpts.iter().map(|_| stop.outcome(&relay)).collect());
         }
         let mut pick = random_below;
         let found = self.runtime.block_on(async {
@@ -190,12 +181,7 @@ impl Agent for Client {
             );
             tokio::time::timeout(self.dns_budget, work)
                 .await
-                .unwrap_or_else(|_| {
-                    Err(Stop::deferred(
-                        "4.4.3",
-                        format!("Host or domain name not found. Name service error for name={} type=MX: Host not found, try again", dest.name),
-                    ))
-                })
+                .unwrap_or_else(|_| Err(mx::try_again(&dest.name, "MX", "timed out")))
         });
         let targets = match found {
             Ok(t) => t,
@@ -239,20 +225,7 @@ impl Client {
                 other => other,
             };
             match opened {
-                Ok(mut s) => {
-                    return match transaction(self, &mut s, msg, rcpts) {
-                        Ok(outcomes) => {
-                            // Kept for the next message to this
-                            // destination.
-                            IDLE.put(key, s);
-                            (relay, Ok(outcomes))
-                        }
-                        Err(stop) => {
-                            s.conn.quit();
-                            (relay, Err(stop))
-                        }
-                    };
-                }
+                Ok(s) => return self.finish(key, s, msg, rcpts),
                 Err(Failure::Next(stop) | Failure::Plain(stop)) => {
                     tracing::info!("{id}: {}", stop.detail);
                     last = (relay, stop);
@@ -260,5 +233,25 @@ impl Client {
             }
         }
         (last.0, Err(last.1))
+    }
+
+    /// The transaction on an open session (new or reused); a session that
+    /// ended it cleanly is kept for the next message to the destination,
+    /// any other is closed. Returns its relay and the outcomes or why the
+    /// transaction failed as a whole.
+    fn finish(
+        &self,
+        key: &Key,
+        mut s: Session,
+        msg: Message<'_>,
+        rcpts: &[Rcpt<'_>],
+    ) -> (String, Result<Vec<Outcome>, Stop>) {
+        let relay = s.conn.relay.clone();
+        let result = transaction(self, &mut s, msg, rcpts);
+        match &result {
+            Ok(_) => IDLE.put(key, s),
+            Err(_) => s.conn.quit(),
+        }
+        (relay, result)
     }
 }

@@ -249,7 +249,7 @@ fn not_found(name: &str, rtype: &str) -> Stop {
     )
 }
 
-fn try_again(name: &str, rtype: &str, why: &str) -> Stop {
+pub(super) fn try_again(name: &str, rtype: &str, why: &str) -> Stop {
     tracing::debug!("lookup of {name} {rtype} failed: {why}");
     Stop::deferred(
         "4.4.3",

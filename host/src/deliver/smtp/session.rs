@@ -67,22 +67,9 @@ pub fn open(
     let relay = relay_name(&target.host, &target.addr);
     let sock = connect(&target.addr, &relay, cfg.connect_timeout.0).map_err(Failure::Next)?;
     let mut conn = Conn::new(Stream::Tcp(sock), relay, cfg.command_timeout.0);
-    let greeting = conn
-        .read("initial server greeting")
+    // A refused greeting: the next MX host may take it.
+    conn.greeting("initial server greeting")
         .map_err(Failure::Next)?;
-    if greeting.class() != 2 {
-        let why = format!(
-            "host {} refused to talk to me: {}",
-            conn.relay,
-            greeting.text()
-        );
-        conn.quit();
-        // Postfix's smtp_skip_5xx_greeting: the next MX host may take it.
-        return Err(Failure::Next(Stop::deferred(
-            &greeting.dsn().replacen('5', "4", 1),
-            why,
-        )));
-    }
     let caps = ehlo(&mut conn, &client.helo).map_err(Failure::Next)?;
     let born = Instant::now();
     let mut s = Session { conn, caps, born };
