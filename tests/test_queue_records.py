@@ -34,6 +34,20 @@ def wait_queue(daemon, pred, timeout=10.0):
     raise AssertionError(f"queue never matched: {entries}\n{daemon.log_text()[-2000:]}")
 
 
+def attempts_of(daemon, address):
+    """Delivery attempts logged for `address` so far."""
+    return daemon.log_text().count(f"to=<{address}>, orig_to=")
+
+
+def wait_more_attempts(daemon, address, more, timeout=10.0):
+    """Waits until `address` has had `more` attempts beyond now."""
+    n = attempts_of(daemon, address)
+    deadline = time.time() + timeout
+    while attempts_of(daemon, address) < n + more and time.time() < deadline:
+        time.sleep(0.1)
+    assert attempts_of(daemon, address) >= n + more, daemon.log_text()[-3000:]
+
+
 def test_dsn_parameters_are_parsed_and_kept_with_each_recipient(daemon):
     with daemon.smtp() as s:
         s.ehlo("client.test")
@@ -86,12 +100,7 @@ def test_each_recipient_keeps_its_outcome_and_retries_only_what_is_pending(daemo
     daemon.wait_log_re(r"to=<far@dest.test>, orig_to=<far@dest.test>, relay=mx2\.dest\.test\[127\.0\.0\.11\]:9, delay=[0-9.]+, dsn=4\.4\.1, status=deferred")
     # Retried (retry is 1 s here, and flushed): bob's copy is not made again.
     daemon.cli("queue", "flush")
-    attempts = lambda: daemon.log_text().count("to=<far@dest.test>, orig_to=")
-    n = attempts()
-    deadline = time.time() + 10
-    while attempts() < n + 2 and time.time() < deadline:
-        time.sleep(0.1)
-    assert attempts() >= n + 2
+    wait_more_attempts(daemon, "far@dest.test", 2)
     assert len(daemon.new_mail("bob")) == 1
     assert daemon.log_text().count("to=<bob@example.test>, orig_to=") == 1
 
@@ -160,7 +169,7 @@ def test_queue_hold_show_and_requeue_while_the_daemon_delivers(daemon_factory):
     assert out.returncode == 0 and "held" in out.stdout
     [entry] = queue_json(d)
     assert entry["queue_name"] == "hold" and entry["queue_id"] == qid
-    attempts = lambda: d.log_text().count("to=<far@dest.test>, orig_to=")
+    attempts = lambda: attempts_of(d, "far@dest.test")
     n = attempts()
     time.sleep(2.5)
     assert attempts() == n, "a held message was attempted"
@@ -314,12 +323,7 @@ def test_a_delay_warning_is_sent_once_to_whom_asked(daemon_factory):
     assert "Status: 4.4.1" in text and "Connection refused" in text
     assert "quiet@dest.test" not in text.split("message/delivery-status")[1].split("rfc822-headers")[0]
     # Retried every second, still pending, but told only once.
-    attempts = lambda: d.log_text().count("to=<far@dest.test>, orig_to=")
-    n = attempts()
-    deadline = time.time() + 10
-    while attempts() < n + 3 and time.time() < deadline:
-        time.sleep(0.1)
-    assert attempts() >= n + 3
+    wait_more_attempts(d, "far@dest.test", 3)
     reports = [f for f in d.new_mail("alice") if "multipart/report" in f.read_text()]
     assert len(reports) == 1
     assert len(d.queue_files()) == 1
