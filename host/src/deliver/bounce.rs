@@ -5,6 +5,7 @@
 //! none for `NOTIFY=NEVER`.
 
 use super::Attempted;
+use super::agent::Handoff;
 use crate::dsn::report::{self, Original, RecipientReport};
 use crate::spool::format::ENVELOPE_VERSION;
 use crate::spool::{
@@ -59,15 +60,11 @@ pub fn settle(
             failed.push(i);
         }
     }
-    // Still pending, not told yet: a delay warning (once).
+    // Still pending (`done` holds this attempt's deliveries too), not
+    // told yet: a delay warning (once).
     let late: Vec<usize> = if delayed && !expired {
         (0..env.recipients.len())
-            .filter(|i| {
-                !state.done.contains(i)
-                    && !failed.contains(i)
-                    && !attempted.sent.contains(i)
-                    && !state.warned.contains(i)
-            })
+            .filter(|i| !state.done.contains(i) && !failed.contains(i) && !state.warned.contains(i))
             .collect()
     } else {
         Vec::new()
@@ -82,10 +79,11 @@ pub fn settle(
             attempted
                 .sent
                 .iter()
-                .filter(|i| !attempted.passed_on.contains(i))
-                .map(|&i| {
-                    let relayed = attempted.relayed.contains(&i);
-                    (i, if relayed { "relayed" } else { "delivered" })
+                .filter_map(|&(i, handoff)| match handoff {
+                    Handoff::Delivered => Some((i, "delivered")),
+                    Handoff::Relayed => Some((i, "relayed")),
+                    // The next server has the request: it reports, not we.
+                    Handoff::PassedOn => None,
                 }),
         )
         .filter_map(|(i, action)| {

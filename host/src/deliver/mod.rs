@@ -354,14 +354,9 @@ pub struct Attempted {
     /// Recipients that failed for good in this attempt: not yet done, as
     /// their sender must be told first ([`bounce::settle`]).
     pub bounced: Vec<usize>,
-    /// Recipients delivered in this attempt.
-    pub sent: Vec<usize>,
-    /// Of those, the ones sent on to a server without DSN (a success
-    /// report says `relayed`).
-    pub relayed: Vec<usize>,
-    /// Of those, the ones sent on with their DSN request to a server that
-    /// takes it on (it reports success, not we).
-    pub passed_on: Vec<usize>,
+    /// Recipients delivered in this attempt, with who reports a success
+    /// the sender asked for.
+    pub sent: Vec<(usize, Handoff)>,
 }
 
 impl Attempted {
@@ -458,12 +453,7 @@ pub fn deliver_pending(
             Status::Sent => {
                 tracing::info!("{line}");
                 state.done.insert(index);
-                attempted.sent.push(index);
-                match outcome.handoff {
-                    Handoff::Delivered => {}
-                    Handoff::Relayed => attempted.relayed.push(index),
-                    Handoff::PassedOn => attempted.passed_on.push(index),
-                }
+                attempted.sent.push((index, outcome.handoff));
             }
             Status::Bounced => {
                 tracing::warn!("{line}");
