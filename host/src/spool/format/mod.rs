@@ -167,16 +167,7 @@ pub fn read_envelope(file: &mut std::fs::File) -> Result<(Envelope, u64), Format
     file.seek(SeekFrom::Start(size - TRAILER as u64))
         .map_err(io)?;
     file.read_exact(&mut t).map_err(io)?;
-    if &t[TRAILER - 8..] != MAGIC {
-        return Err(FormatError::Incomplete);
-    }
-    let word = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
-    let (content_len, env_len) = (word(0), word(8));
-    if content_len.checked_add(env_len) != Some(size - TRAILER as u64) {
-        return Err(FormatError::Corrupt(
-            "lengths do not match file size".into(),
-        ));
-    }
+    let (content_len, env_len, _) = trailer(&t, size)?;
     let mut json = vec![0u8; usize::try_from(env_len).map_err(|_| FormatError::Incomplete)?];
     file.seek(SeekFrom::Start(content_len)).map_err(io)?;
     file.read_exact(&mut json).map_err(io)?;
@@ -203,21 +194,30 @@ fn envelope_of(json: &[u8]) -> Result<Envelope, FormatError> {
     }
 }
 
-/// Parses a queue file, returning the envelope and the content's range.
-pub fn decode(file: &[u8]) -> Result<(Envelope, std::ops::Range<usize>), FormatError> {
-    if file.len() < TRAILER || &file[file.len() - 8..] != MAGIC {
+/// The trailer of a file of `size` bytes: content length, envelope
+/// length and CRC, checked against the magic and the file's size.
+fn trailer(t: &[u8], size: u64) -> Result<(u64, u64, u32), FormatError> {
+    if t.len() != TRAILER || &t[TRAILER - 8..] != MAGIC {
         return Err(FormatError::Incomplete);
     }
-    let t = &file[file.len() - TRAILER..];
     let word = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
     let (content_len, env_len) = (word(0), word(8));
     let crc = u32::from_le_bytes(t[16..20].try_into().unwrap_or([0; 4]));
-    let body_len = file.len() - TRAILER;
-    if content_len.checked_add(env_len) != Some(body_len as u64) {
+    if content_len.checked_add(env_len) != Some(size - TRAILER as u64) {
         return Err(FormatError::Corrupt(
             "lengths do not match file size".into(),
         ));
     }
+    Ok((content_len, env_len, crc))
+}
+
+/// Parses a queue file, returning the envelope and the content's range.
+pub fn decode(file: &[u8]) -> Result<(Envelope, std::ops::Range<usize>), FormatError> {
+    if file.len() < TRAILER {
+        return Err(FormatError::Incomplete);
+    }
+    let body_len = file.len() - TRAILER;
+    let (content_len, _, crc) = trailer(&file[body_len..], file.len() as u64)?;
     if crc32fast::hash(&file[..body_len]) != crc {
         return Err(FormatError::Corrupt("checksum mismatch".into()));
     }
