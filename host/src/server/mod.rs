@@ -8,6 +8,8 @@ pub mod contain;
 pub mod generation;
 pub mod limits;
 pub mod offload;
+pub mod reply;
+pub mod stage;
 pub mod trace;
 pub mod wire;
 
@@ -31,7 +33,6 @@ use crate::plugin::cache::CacheSetting;
 use crate::plugin::runtime::CACHE_KEEP_UNUSED;
 use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
-use crate::smtp::reply::r;
 use crate::spool::journal::{Journal, Touched};
 use crate::spool::{DirSyncer, Spool};
 use crate::tls::{Stream, Tls};
@@ -648,10 +649,10 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
                 });
             }
             Err(why) => {
-                let (text, what) = match why {
-                    Refused::Total => ("Error: too many connections", "max_connections"),
+                let (refusal, what) = match why {
+                    Refused::Total => (reply::too_many_connections(), "max_connections"),
                     Refused::PerIp => (
-                        "Error: too many connections from your address",
+                        reply::too_many_connections_from_address(),
                         "max_connections_per_ip",
                     ),
                 };
@@ -661,7 +662,7 @@ async fn accept_loop(index: usize, sock: TcpListener, shared: Arc<Shared>, track
                 let deadline = smtp.command_timeout.0;
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(deadline, async {
-                        stream.write_all(&r(421, 4, 7, 0, text).to_bytes()).await?;
+                        stream.write_all(&refusal.to_bytes()).await?;
                         stream.shutdown().await
                     })
                     .await;

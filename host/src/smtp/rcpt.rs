@@ -1,4 +1,8 @@
-//! RCPT TO (RFC 5321 §4.1.1.3): sequence, recipient limit, delayed rejects.
+//! RCPT TO (RFC 5321 §4.1.1.3): the session's protocol checks (sequence,
+//! SMTPUTF8, recipient limit, rejects held back until RCPT). The recipient
+//! itself (relay control, routing, plugins, scores) is judged by the driver's
+//! RCPT stage, `server/stage/rcpt.rs`, between [`Step::Rcpt`] and
+//! [`Session::rcpt_done`].
 
 use super::address::ForwardPath;
 use super::command::{EsmtpParams, check_rcpt_utf8};

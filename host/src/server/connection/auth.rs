@@ -11,8 +11,8 @@ use tokio::time::{Instant, timeout_at};
 use super::Connection;
 use crate::sasl::{AuthContext, AuthError, Backend, Exchange};
 use crate::server::limits::client_key;
+use crate::server::reply;
 use crate::smtp::receiver::{Event, Receiver};
-use crate::smtp::reply::r;
 use crate::smtp::session::Step;
 
 /// Longest AUTH continuation line (RFC 4954 §4: 12288 octets).
@@ -55,9 +55,7 @@ impl Connection {
             .listener(self.listener)
             .and_then(|l| l.auth.clone())
         else {
-            return self
-                .session
-                .fail(r(502, 5, 5, 1, "Error: authentication not enabled"));
+            return self.session.fail(reply::auth_not_enabled());
         };
         let smtp = &self.generation.config.smtp;
         let client = client_key(self.peer.ip(), smtp.ipv6_client_prefix);
@@ -67,13 +65,7 @@ impl Connection {
                 "{}: AUTH {mechanism} refused: {before} recent failures from this client",
                 self.client
             );
-            return self.session.fail(r(
-                454,
-                4,
-                7,
-                0,
-                "Too many authentication failures from your address, try again later",
-            ));
+            return self.session.fail(reply::auth_tarpit());
         }
         // Fixed before the exchange, from what the client did before it:
         // the tarpit of its recent failures, and the error delay a failure
@@ -100,7 +92,7 @@ impl Connection {
                     self.client,
                     crate::sasl::mechanism::printable(&user)
                 );
-                std::sync::Arc::make_mut(&mut self.info).auth_user = Some(user.clone());
+                self.judge.authenticated(Some(user.clone()));
                 Step::Reply(self.session.authenticated(user))
             }
             Outcome::Failure(reason) => {
@@ -113,11 +105,9 @@ impl Connection {
                 );
                 tokio::time::sleep(delay).await;
                 if self.auth_failures >= self.generation.config.smtp.max_auth_failures {
-                    return Step::Close(r(421, 4, 7, 0, "Error: too many authentication failures"));
+                    return Step::Close(reply::auth_too_many_failures());
                 }
-                let step = self
-                    .session
-                    .fail(r(535, 5, 7, 8, "Authentication credentials invalid"));
+                let step = self.session.fail(reply::auth_invalid());
                 self.reply_delayed = matches!(step, Step::Reply(_));
                 step
             }
@@ -146,9 +136,7 @@ impl Connection {
             Err(_) => return Err(self.backend_timeout(mechanism)),
             Ok(Ok(x)) => x,
             Ok(Err(AuthError::UnsupportedMechanism(_))) => {
-                return Err(self
-                    .session
-                    .fail(r(504, 5, 5, 4, "Unrecognized authentication type")));
+                return Err(self.session.fail(reply::auth_unknown_mechanism()));
             }
             Ok(Err(e)) => return Err(self.backend_failed(mechanism, &e)),
         };
@@ -158,9 +146,7 @@ impl Connection {
             Some(b64) => match BASE64.decode(b64) {
                 Ok(v) => Some(v),
                 Err(_) => {
-                    return Err(self
-                        .session
-                        .fail(r(501, 5, 5, 2, "Cannot decode AUTH parameter")));
+                    return Err(self.session.fail(reply::auth_bad_initial()));
                 }
             },
         };
@@ -178,37 +164,31 @@ impl Connection {
             let line = format!("334 {}\r\n", BASE64.encode(&challenge));
             self.wire.push_raw(line.as_bytes());
             if self.flush().await.is_err() {
-                return Err(Step::Close(r(421, 4, 4, 2, "Error: lost connection")));
+                return Err(Step::Close(reply::lost_connection()));
             }
             let line_deadline = deadline_after(self.generation.config.smtp.command_timeout.0);
             let answer = match self.read_auth_line(line_deadline.min(deadline)).await {
                 Ok(answer) => answer,
                 Err(NoLine::Timeout) => {
                     tracing::info!("timeout after AUTH from {}", self.client);
-                    return Err(Step::Close(r(421, 4, 4, 2, "Error: timeout exceeded")));
+                    return Err(Step::Close(reply::timeout()));
                 }
                 Err(NoLine::TooLong) => {
                     tracing::info!("{}: AUTH {mechanism}: response line too long", self.client);
-                    return Err(Step::Close(r(
-                        500,
-                        5,
-                        5,
-                        6,
-                        "Authentication Exchange line is too long",
-                    )));
+                    return Err(Step::Close(reply::auth_line_too_long()));
                 }
                 Err(NoLine::Lost) => {
                     tracing::info!("lost connection after AUTH from {}", self.client);
-                    return Err(Step::Close(r(421, 4, 4, 2, "Error: lost connection")));
+                    return Err(Step::Close(reply::lost_connection()));
                 }
             };
             if answer == b"*" {
-                return Err(self.session.fail(r(501, 5, 0, 0, "Authentication aborted")));
+                return Err(self.session.fail(reply::auth_aborted()));
             }
             match BASE64.decode(answer.trim_ascii()) {
                 Ok(v) => response = Some(v),
                 Err(_) => {
-                    return Err(self.session.fail(r(501, 5, 5, 2, "Cannot decode response")));
+                    return Err(self.session.fail(reply::auth_bad_response()));
                 }
             }
         }
@@ -238,14 +218,12 @@ impl Connection {
             "{}: AUTH {mechanism}: the authentication backend did not answer in time",
             self.client
         );
-        self.session
-            .fail(r(454, 4, 7, 0, "Temporary authentication failure"))
+        self.session.fail(reply::auth_temporary())
     }
 
     /// The backend failed (unreachable, broken): not the client's doing.
     fn backend_failed(&mut self, mechanism: &str, e: &AuthError) -> Step {
         tracing::error!("{}: AUTH {mechanism}: {e}", self.client);
-        self.session
-            .fail(r(454, 4, 7, 0, "Temporary authentication failure"))
+        self.session.fail(reply::auth_temporary())
     }
 }

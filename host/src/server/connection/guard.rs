@@ -3,13 +3,12 @@
 //! (unless trusted or authenticated), or keep relaying under the rules of an
 //! old configuration generation.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Connection, loggable};
-use crate::plugin::PluginSession;
 use crate::server::limits::Expired;
-use crate::smtp::reply::{Reply, r};
+use crate::server::reply;
+use crate::smtp::reply::Reply;
 
 impl Connection {
     /// The session reached its age or command limit: it ends at this
@@ -29,13 +28,7 @@ impl Connection {
             self.lifetime.commands(),
             humantime::format_duration(Duration::from_secs(self.lifetime.age(now).as_secs()))
         );
-        r(
-            421,
-            4,
-            7,
-            0,
-            "Error: session limit reached, closing transmission channel",
-        )
+        reply::session_limit()
     }
 
     /// Postfix's `smtpd_forbid_unauth_pipelining`: a client neither
@@ -51,7 +44,7 @@ impl Connection {
             .listeners
             .get(self.listener)
             .is_some_and(|l| l.forbid_unauth_pipelining);
-        if !forbidden || self.info.trusted || self.session.auth_user.is_some() {
+        if !forbidden || self.judge.info().trusted || self.session.auth_user.is_some() {
             return None;
         }
         if !self.wire.input_pending() {
@@ -69,7 +62,7 @@ impl Connection {
             loggable(line),
             pending.len()
         );
-        Some(r(554, 5, 5, 0, "Error: SMTP protocol synchronization"))
+        Some(reply::pipelining())
     }
 
     /// Between transactions (at MAIL), moves the session to the current
@@ -93,13 +86,7 @@ impl Connection {
             self.session.set_config(lgen.session.clone());
             self.receiver
                 .set_max_line(current.config.smtp.max_line_length);
-            if self.in_transaction {
-                self.end_transaction();
-            }
-            self.plugins = PluginSession::new(current.chains.clone());
-            let info = Arc::make_mut(&mut self.info);
-            info.listener = lgen.name.clone();
-            info.trusted = current.router.is_trusted(self.peer.ip());
+            self.judge.renew(&current, &lgen.name);
             self.generation = current;
         }
         self.recheck_login();
@@ -127,6 +114,6 @@ impl Connection {
             crate::sasl::mechanism::printable(&user)
         );
         self.session.auth_user = None;
-        Arc::make_mut(&mut self.info).auth_user = None;
+        self.judge.authenticated(None);
     }
 }
