@@ -205,6 +205,19 @@ def test_defer_if_permit_tempfails_unless_a_later_entry_rejects(daemon_factory, 
     d.wait_log_re(r"450 4\.7\.0 Come back later.*first")
 
 
+def test_defer_if_reject_and_hold_wait_for_the_end_of_the_stage(daemon_factory, policy):
+    # DEFER_IF_REJECT: a later rejection becomes its tempfail; HOLD: the
+    # message is held unless a later entry rejects (Postfix's DUNNO with a flag).
+    p = policy(lambda a: {"alice": "HOLD look at it", "bob": "DEFER_IF_REJECT 4.7.1 Cannot verify now",
+                          "postmaster": "HOLD never"}[a["recipient"].split("@")[0]])
+    q = policy(lambda a: "DUNNO" if a["recipient"].startswith("alice") else "REJECT 5.7.1 No")
+    d = daemon_factory(extra=chain(p.address, name="first") + chain(q.address, name="second"))
+    replies, _ = rcpt(d, ["alice@example.test", "bob@example.test", "postmaster@example.test"], data=False)
+    assert replies == [(250, b"2.1.5 Ok"), (450, b"4.7.1 Cannot verify now"), (554, b"5.7.1 No")], replies
+    d.wait_log_re(r"hold: RCPT from .*look at it; plugin=first")
+    assert "never" not in d.log_text()
+
+
 def test_a_server_that_does_not_answer_in_time_gets_the_default_action(daemon_factory, policy):
     def slow(a):
         time.sleep(3)

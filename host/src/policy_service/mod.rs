@@ -51,13 +51,17 @@ impl std::fmt::Debug for PolicyService {
 }
 
 /// A verdict that depends on how the stage ends (`DEFER_IF_PERMIT`,
-/// `DEFER_IF_REJECT`).
+/// `DEFER_IF_REJECT`, `HOLD`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Conditional {
     /// Tempfail with this reply if the stage would otherwise accept.
     IfPermit(Reply),
     /// Tempfail with this reply if the stage would otherwise reject.
     IfReject(Reply),
+    /// Quarantine for this reason if the stage would otherwise accept:
+    /// Postfix's `HOLD` marks the message and goes on, so a later
+    /// rejection still rejects.
+    Hold(String),
 }
 
 impl Conditional {
@@ -73,6 +77,9 @@ impl Conditional {
             ) => Some(Verdict::Tempfail(r.clone())),
             (Conditional::IfReject(r), Some(Verdict::Reject(_))) => {
                 Some(Verdict::Tempfail(r.clone()))
+            }
+            (Conditional::Hold(why), None | Some(Verdict::Continue | Verdict::Accept)) => {
+                Some(Verdict::Quarantine(why.clone()))
             }
             _ => None,
         }
@@ -194,7 +201,10 @@ impl PolicyService {
                 Verdict::Continue
             }
             Action::Discard(why) => Verdict::Discard(why),
-            Action::Hold(why) => Verdict::Quarantine(why),
+            Action::Hold(why) => {
+                conditional = Some(Conditional::Hold(why));
+                Verdict::Continue
+            }
             Action::Log(text) => {
                 tracing::info!("{context}: policy service {}: {text}", self.label);
                 Verdict::Continue
@@ -251,7 +261,9 @@ mod tests {
         assert_eq!(a("DUNNO").outcome.verdict, Verdict::Continue);
         assert!(matches!(a("550 no").outcome.verdict, Verdict::Reject(r) if r.code == 550));
         assert!(matches!(a("DEFER x").outcome.verdict, Verdict::Tempfail(r) if r.code == 450));
-        assert_eq!(a("HOLD h").outcome.verdict, Verdict::Quarantine("h".into()));
+        let h = a("HOLD h");
+        assert_eq!(h.outcome.verdict, Verdict::Continue);
+        assert_eq!(h.conditional, Some(Conditional::Hold("h".into())));
         assert_eq!(a("DISCARD d").outcome.verdict, Verdict::Discard("d".into()));
         let p = a("PREPEND X-Test: yes");
         assert_eq!(p.outcome.verdict, Verdict::Continue);
@@ -280,6 +292,10 @@ mod tests {
         let if_reject = Conditional::IfReject(r.clone());
         assert_eq!(if_reject.apply(None), None);
         assert_eq!(if_reject.apply(Some(&reject)), Some(Verdict::Tempfail(r)));
+        let hold = Conditional::Hold("look".into());
+        assert_eq!(hold.apply(None), Some(Verdict::Quarantine("look".into())));
+        assert_eq!(hold.apply(Some(&reject)), None);
+        assert_eq!(hold.apply(Some(&Verdict::Discard("d".into()))), None);
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub enum Action {
     Prepend(HeaderAction),
     /// `DISCARD`: accept and drop the message.
     Discard(String),
-    /// `HOLD`: accept and keep the message on hold (quarantine).
+    /// `HOLD`: keep the message on hold (quarantine) unless the stage
+    /// rejects it.
     Hold(String),
     /// `WARN`, `INFO`: a log line, no opinion.
     Log(String),
