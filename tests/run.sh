@@ -3,7 +3,7 @@
 #   1. installs what the tests need (the peers kit's Debian packages, the
 #      wasm32-wasip2 target, pytest),
 #   2. builds Postern once in release mode (the tests reuse that build),
-#   3. runs the unit tests, starts the real peers (DNS, Dovecot) and runs the
+#   3. runs the unit tests, starts the real peers (DNS, Dovecot, policyd-weight) and runs the
 #      end-to-end tests against the real binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +33,8 @@ step "unit tests"
 cargo test --release --locked --workspace --lib
 
 step "starting peers"
-"$PEERS/start.sh" dns dovecot
-trap '"$PEERS/stop.sh" dns dovecot >/dev/null 2>&1 || true' EXIT
+"$PEERS/start.sh" dns dovecot policyd-weight
+trap '"$PEERS/stop.sh" dns dovecot policyd-weight >/dev/null 2>&1 || true' EXIT
 
 step "end-to-end tests"
 POSTERN_BIN=$ROOT/target/release/postern python3 -m pytest -q -p no:cacheprovider "$@" tests/

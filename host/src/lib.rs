@@ -13,6 +13,7 @@ pub mod dsn;
 pub mod durable;
 pub mod message;
 pub mod plugin;
+pub mod policy_service;
 pub mod privileges;
 pub mod route;
 pub mod sasl;

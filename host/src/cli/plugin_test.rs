@@ -39,7 +39,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::config::{
-    Bytes, ChainEntry, Chains as ChainConfig, Grant, OnError, PluginDef, Seconds, Wasm,
+    Bytes, ChainEntry, Chains as ChainConfig, Grant, OnError, PluginDef, Seconds, Wasm, WasmEntry,
 };
 use crate::message::HeaderAction;
 use crate::message::limits::{HeaderLimits, check_header};
@@ -254,11 +254,11 @@ pub(super) async fn prepare(
     base: &Path,
 ) -> anyhow::Result<Prepared> {
     let st = stage(&case.stage)?;
-    let entry = ChainEntry {
+    let entry = ChainEntry::Wasm(WasmEntry {
         plugin: def.name.clone(),
         name: Some("under-test".into()),
         config: case.config.as_ref().unwrap_or(config).clone(),
-    };
+    });
     let mut chain = ChainConfig::default();
     match st {
         Stage::Connect => chain.connect.push(entry),

@@ -4,6 +4,7 @@
 mod bounds;
 mod client;
 mod mailbox;
+mod policy_service;
 mod route;
 mod transport;
 mod units;
@@ -18,6 +19,9 @@ use serde::Deserialize;
 
 pub use client::{SMTP_PORT, SmtpClient, SmtpHop, TlsLevel, parse_smtp_hop, read_password};
 pub use mailbox::{Mailbox, PLACEHOLDERS, Pipe, expand};
+pub use policy_service::{
+    ChainEntry, PolicyEndpoint, PolicyServiceEntry, WasmEntry, parse_policy_endpoint,
+};
 pub use transport::{LMTP_PORT, NextHop, TransportSpec, parse_transport};
 pub use units::{Bytes, Seconds};
 pub use wasm::Wasm;
@@ -210,26 +214,6 @@ impl Chains {
             ("rcpt", &self.rcpt),
             ("data", &self.data),
         ]
-    }
-}
-
-/// One chain entry: a plugin with its own config table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChainEntry {
-    /// The `[[plugin]]` name.
-    pub plugin: String,
-    /// Label in logs (default: the plugin name).
-    pub name: Option<String>,
-    /// This entry's config, handed to the plugin as JSON.
-    #[serde(default)]
-    pub config: toml::Table,
-}
-
-impl ChainEntry {
-    /// The entry's label.
-    pub fn label(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.plugin)
     }
 }
 
@@ -785,7 +769,7 @@ impl Config {
             .chain
             .stages()
             .iter()
-            .flat_map(|(_, entries)| entries.iter().map(|e| e.plugin.as_str()))
+            .flat_map(|(_, entries)| entries.iter().filter_map(ChainEntry::plugin))
             .collect();
         let (mut fresh, mut warm) = (0u64, 0u64);
         for p in self
@@ -1074,11 +1058,17 @@ impl Config {
         }
         for (stage, entries) in self.chain.stages() {
             for (i, e) in entries.iter().enumerate() {
-                if !names.contains(e.plugin.as_str()) {
-                    bad(
+                match e {
+                    ChainEntry::Wasm(w) if !names.contains(w.plugin.as_str()) => bad(
                         &format!("chain.{stage}[{i}].plugin"),
-                        format!("no [[plugin]] named {:?}", e.plugin),
-                    );
+                        format!("no [[plugin]] named {:?}", w.plugin),
+                    ),
+                    ChainEntry::Wasm(_) => {}
+                    ChainEntry::PolicyService(p) => {
+                        for (key, problem) in p.problems() {
+                            bad(&format!("chain.{stage}[{i}].{key}"), problem);
+                        }
+                    }
                 }
             }
         }

@@ -25,8 +25,9 @@ use super::meter::TimeLimitExceeded;
 use super::outcome::{Outcome, OverLimit, Score, Verdict};
 use super::runtime::{Live, LoadedPlugin, Runtime, call_limit};
 use super::state::EntryConf;
-use crate::config::{Chains as ChainConfig, Config, OnError, PluginDef};
+use crate::config::{ChainEntry, Chains as ChainConfig, Config, OnError, PluginDef};
 use crate::message::HeaderAction;
+use crate::policy_service::{Conditional, PolicyService, Query};
 use crate::smtp::reply::r;
 
 /// Warm instances kept per plugin when `reuse_instances` is on.
@@ -102,15 +103,33 @@ pub struct Slot {
     retired: AtomicBool,
 }
 
-/// One entry of a chain: a plugin with its own config.
-pub struct Entry {
+/// One entry of a chain.
+pub enum Entry {
+    /// A WebAssembly plugin with its own config.
+    Wasm(WasmEntry),
+    /// A Postfix SMTPD policy server (`check_policy_service`).
+    PolicyService(Box<PolicyService>),
+}
+
+impl Entry {
+    /// Label for logs.
+    pub fn label(&self) -> &Arc<str> {
+        match self {
+            Entry::Wasm(w) => w.label(),
+            Entry::PolicyService(p) => p.label(),
+        }
+    }
+}
+
+/// A chain entry that runs a plugin with its own config.
+pub struct WasmEntry {
     /// The plugin.
     pub slot: Arc<Slot>,
     /// This entry's place in `slot.confs`.
     index: usize,
 }
 
-impl Entry {
+impl WasmEntry {
     /// Label for logs.
     pub fn label(&self) -> &Arc<str> {
         &self.slot.confs[self.index].label
@@ -288,7 +307,13 @@ impl Chains {
     /// entry's plugin exports the stage's hook and accepts the entry's
     /// config (`configure.check-config`).
     pub async fn build(config: &Config, runtime: Option<&Arc<Runtime>>) -> anyhow::Result<Chains> {
-        let mut chains = Chains::build_from(&config.plugins, &config.chain, runtime).await?;
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| (l.name(), l.address))
+            .collect();
+        let mut chains =
+            Chains::build_inner(&config.plugins, &config.chain, runtime, listeners).await?;
         chains.transaction_cpu = config.wasm.transaction_cpu.0;
         Ok(chains)
     }
@@ -299,15 +324,36 @@ impl Chains {
         chain: &ChainConfig,
         runtime: Option<&Arc<Runtime>>,
     ) -> anyhow::Result<Chains> {
-        if plugin_defs.is_empty() {
+        Chains::build_inner(plugin_defs, chain, runtime, HashMap::new()).await
+    }
+
+    /// [`Chains::build_from`], with the listeners' addresses for the
+    /// policy services' requests.
+    async fn build_inner(
+        plugin_defs: &[PluginDef],
+        chain: &ChainConfig,
+        runtime: Option<&Arc<Runtime>>,
+        listeners: HashMap<String, std::net::SocketAddr>,
+    ) -> anyhow::Result<Chains> {
+        let has_policy = chain
+            .stages()
+            .iter()
+            .any(|(_, entries)| entries.iter().any(|e| e.plugin().is_none()));
+        if plugin_defs.is_empty() && !has_policy {
             return Ok(Chains::empty());
         }
-        let runtime = runtime
-            .context("plugins are configured but the WebAssembly runtime is not available")?
-            .clone();
+        let runtime = match plugin_defs.is_empty() {
+            true => None,
+            false => Some(
+                runtime
+                    .context("plugins are configured but the WebAssembly runtime is not available")?
+                    .clone(),
+            ),
+        };
         let mut loaded: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
         let mut plugins = Vec::new();
         for (i, def) in plugin_defs.iter().enumerate() {
+            let Some(runtime) = &runtime else { break };
             let p = runtime
                 .load(def)
                 .await
@@ -327,12 +373,22 @@ impl Chains {
         // then the chains.
         let mut configs: HashMap<(String, Arc<str>), u32> = HashMap::new();
         let mut confs: HashMap<String, Vec<EntryConf>> = HashMap::new();
-        let mut placed: Vec<(Stage, String, usize)> = Vec::new();
+        let mut placed: Vec<(Stage, Placed)> = Vec::new();
         for (stage_name, entries) in chain.stages() {
             let stage = Stage::from_name(stage_name)
                 .with_context(|| format!("chain.{stage_name}: not a stage"))?;
             for (i, e) in entries.iter().enumerate() {
                 let key = format!("chain.{stage_name}[{i}]");
+                let label = e.label();
+                let e = match e {
+                    ChainEntry::Wasm(w) => w,
+                    ChainEntry::PolicyService(p) => {
+                        let service = PolicyService::new(p, e.label(), listeners.clone())
+                            .map_err(|m| anyhow::anyhow!("{key}.{m}"))?;
+                        placed.push((stage, Placed::Policy(Box::new(service))));
+                        continue;
+                    }
+                };
                 let plugin = loaded
                     .get(&e.plugin)
                     .with_context(|| format!("{key}: no [[plugin]] named {:?}", e.plugin))?;
@@ -348,19 +404,19 @@ impl Chains {
                 let config: Arc<str> = Arc::from(json.as_str());
                 let known = configs.get(&(e.plugin.clone(), config.clone())).copied();
                 let conf = EntryConf::new(
-                    Arc::from(e.label()),
+                    Arc::from(label),
                     config,
                     known.unwrap_or_else(|| u32::try_from(configs.len()).unwrap_or(u32::MAX)),
                 );
-                if known.is_none() {
-                    check_config(&runtime, plugin, &conf)
+                if let (None, Some(runtime)) = (known, &runtime) {
+                    check_config(runtime, plugin, &conf)
                         .await
                         .with_context(|| format!("{key} ({})", conf.label))?;
                     configs.insert((e.plugin.clone(), conf.config.clone()), conf.config_id);
                 }
                 let list = confs.entry(e.plugin.clone()).or_default();
                 list.push(conf);
-                placed.push((stage, e.plugin.clone(), list.len() - 1));
+                placed.push((stage, Placed::Wasm(e.plugin.clone(), list.len() - 1)));
             }
         }
         let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
@@ -379,15 +435,18 @@ impl Chains {
             );
         }
         let mut stages: HashMap<Stage, Vec<Arc<Entry>>> = HashMap::new();
-        for (stage, name, index) in placed {
-            let slot = slots[&name].clone();
-            stages
-                .entry(stage)
-                .or_default()
-                .push(Arc::new(Entry { slot, index }));
+        for (stage, placed) in placed {
+            let entry = match placed {
+                Placed::Wasm(name, index) => Entry::Wasm(WasmEntry {
+                    slot: slots[&name].clone(),
+                    index,
+                }),
+                Placed::Policy(service) => Entry::PolicyService(service),
+            };
+            stages.entry(stage).or_default().push(Arc::new(entry));
         }
         Ok(Chains {
-            runtime: Some(runtime),
+            runtime,
             transaction_cpu: crate::config::Wasm::default().transaction_cpu.0,
             stages,
             plugins,
@@ -399,7 +458,11 @@ impl Chains {
     /// fresh instances); the chains, and the builds only they use, are
     /// freed when the last of them ends.
     pub fn retire(&self) {
-        for slot in self.stages.values().flatten().map(|e| &e.slot) {
+        let slots = self.stages.values().flatten().filter_map(|e| match &**e {
+            Entry::Wasm(w) => Some(&w.slot),
+            Entry::PolicyService(_) => None,
+        });
+        for slot in slots {
             slot.retired.store(true, Ordering::Relaxed);
             let dropped = std::mem::take(&mut *slot.warm.lock().unwrap_or_else(|p| p.into_inner()));
             drop(dropped);
@@ -420,6 +483,14 @@ impl Chains {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Where a chain entry goes, before the plugins' slots exist.
+enum Placed {
+    /// Plugin name and the entry's place in its slot's table.
+    Wasm(String, usize),
+    /// A policy service, complete.
+    Policy(Box<PolicyService>),
 }
 
 async fn check_config(
@@ -553,9 +624,7 @@ impl PluginSession {
         let Some(entries) = chains.stages.get(&stage) else {
             return result;
         };
-        let Some(runtime) = chains.runtime.as_ref() else {
-            return result;
-        };
+        let runtime = chains.runtime.as_deref();
         let Some(args) = Args::new(input, stage, context) else {
             return result;
         };
@@ -565,8 +634,21 @@ impl PluginSession {
         // The stage's actions, each once (a hash, not a scan: an RCPT
         // stage of many entries each asking for many).
         let mut seen: HashSet<HeaderAction> = HashSet::new();
+        // DEFER_IF_PERMIT / DEFER_IF_REJECT of policy services, applied
+        // when the stage's verdict is known.
+        let mut conditionals: Vec<(Arc<str>, Conditional)> = Vec::new();
         for entry in entries {
-            let call = self.call(runtime, entry, &args, &mut held).await;
+            let call = match (&**entry, runtime) {
+                (Entry::Wasm(w), Some(runtime)) => self.call(runtime, w, &args, &mut held).await,
+                (Entry::Wasm(_), None) => Err(Failure::Trap("no WebAssembly runtime".into())),
+                (Entry::PolicyService(p), _) => {
+                    let answer = p.check(&args.query()).await;
+                    if let Some(c) = answer.conditional {
+                        conditionals.push((p.label().clone(), c));
+                    }
+                    Ok(answer.outcome)
+                }
+            };
             let call = call.and_then(|o| {
                 self.tally
                     .admit(&o)
@@ -578,9 +660,10 @@ impl PluginSession {
                 Err(failure) => {
                     // No free slot is never skipped: clients that hold
                     // slots must not be able to switch policy off.
-                    let on_error = match failure {
-                        Failure::Overloaded(_) | Failure::Budget(_) => OnError::Tempfail,
-                        _ => entry.slot.plugin.def.on_error,
+                    let on_error = match (&failure, &**entry) {
+                        (Failure::Overloaded(_) | Failure::Budget(_), _) => OnError::Tempfail,
+                        (_, Entry::Wasm(w)) => w.slot.plugin.def.on_error,
+                        (_, Entry::PolicyService(_)) => OnError::Tempfail,
                     };
                     tracing::warn!(
                         "{context}: plugin {} failed at {}: {failure}; on_error={}",
@@ -627,6 +710,13 @@ impl PluginSession {
         for h in held {
             self.release(h);
         }
+        let verdict = result.decision.as_ref().map(|d| &d.verdict);
+        if let Some((entry, verdict)) = conditionals
+            .iter()
+            .find_map(|(label, c)| Some((label.clone(), c.apply(verdict)?)))
+        {
+            result.decision = Some(Decision { entry, verdict });
+        }
         result
     }
 
@@ -646,7 +736,7 @@ impl PluginSession {
     async fn acquire(
         &mut self,
         runtime: &Runtime,
-        entry: &Entry,
+        entry: &WasmEntry,
         args: &Args<'_>,
         held: &mut Vec<Held>,
     ) -> Result<usize, Failure> {
@@ -703,7 +793,7 @@ impl PluginSession {
     async fn call(
         &mut self,
         runtime: &Runtime,
-        entry: &Entry,
+        entry: &WasmEntry,
         args: &Args<'_>,
         held: &mut Vec<Held>,
     ) -> Result<Outcome, Failure> {
@@ -838,6 +928,18 @@ struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
+    /// The same, as a policy service's query.
+    fn query(&self) -> Query<'_> {
+        Query {
+            stage: self.stage,
+            context: &self.context,
+            session: &self.session,
+            envelope: &self.envelope,
+            recipient: self.input.recipient,
+            message_size: self.input.message.as_ref().map(|m| m.len()),
+        }
+    }
+
     fn new(input: &'a Input<'a>, stage: Stage, context: &str) -> Option<Args<'a>> {
         Some(Args {
             stage,
