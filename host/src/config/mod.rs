@@ -3,6 +3,7 @@
 
 mod bounds;
 mod client;
+mod kv;
 mod mailbox;
 mod route;
 mod transport;
@@ -17,6 +18,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use client::{SMTP_PORT, SmtpClient, SmtpHop, TlsLevel, parse_smtp_hop, read_password};
+pub use kv::{Kv, KvBackend};
 pub use mailbox::{Mailbox, PLACEHOLDERS, Pipe, expand};
 pub use transport::{LMTP_PORT, NextHop, TransportSpec, parse_transport};
 pub use units::{Bytes, Seconds};
@@ -100,6 +102,9 @@ pub struct Config {
     /// Thresholds for the scores plugins contribute.
     #[serde(default)]
     pub scoring: Scoring,
+    /// The store behind plugins' `kv` capability (`[kv]`).
+    #[serde(default)]
+    pub kv: Kv,
     /// Certificates.
     #[serde(default)]
     pub tls: Tls,
@@ -152,6 +157,12 @@ pub struct PluginDef {
     /// calls end at a wall-clock backstop of 4x (at least 2 s more).
     #[serde(default = "default_plugin_time")]
     pub time_limit: Seconds,
+    /// Wall-clock time one call's DNS lookups (`dns` capability) may take
+    /// together; it does not count against `time_limit`, and extends the
+    /// call's wall-clock backstop. Past it, further lookups of the call
+    /// answer `temporary("time limit")`.
+    #[serde(default = "default_dns_time")]
+    pub dns_time_limit: Seconds,
     /// Capabilities beyond the base interfaces (`host`, `types`, WASI)
     /// that the plugin may import; one it imports without a grant is
     /// refused at load.
@@ -165,6 +176,10 @@ pub struct PluginDef {
 pub enum Grant {
     /// `postern:filter/edit`: header edits by host call.
     Edit,
+    /// `postern:filter/dns`: DNS lookups through the host's resolver.
+    Dns,
+    /// `postern:filter/kv`: the key-value store (`[kv]`).
+    Kv,
 }
 
 impl Grant {
@@ -172,6 +187,8 @@ impl Grant {
     pub fn name(self) -> &'static str {
         match self {
             Grant::Edit => "edit",
+            Grant::Dns => "dns",
+            Grant::Kv => "kv",
         }
     }
 }
@@ -182,6 +199,10 @@ fn default_plugin_memory() -> Bytes {
 
 fn default_plugin_time() -> Seconds {
     Seconds(std::time::Duration::from_millis(500))
+}
+
+fn default_dns_time() -> Seconds {
+    Seconds(std::time::Duration::from_secs(5))
 }
 
 /// `[chain]`: an ordered list of plugin entries per stage.
@@ -224,6 +245,11 @@ pub struct ChainEntry {
     /// This entry's config, handed to the plugin as JSON.
     #[serde(default)]
     pub config: toml::Table,
+    /// The `kv` namespace of the entry: by default its own (the stage and
+    /// its label), or a shared one of this name, which every entry (and
+    /// every node on the same Redis) naming it sees.
+    #[serde(default)]
+    pub kv_namespace: Option<String>,
 }
 
 impl ChainEntry {
@@ -841,6 +867,7 @@ impl Config {
             })
         };
         self.wasm.validate(&mut bad);
+        self.kv.validate(&mut bad);
         if !is_hostname(&self.server.hostname) || !self.server.hostname.contains('.') {
             bad(
                 "server.hostname",
@@ -1071,6 +1098,12 @@ impl Config {
                     "must be at least 10ms".into(),
                 );
             }
+            if p.dns_time_limit.0 < std::time::Duration::from_millis(10) {
+                bad(
+                    &format!("plugin[{i}].dns_time_limit"),
+                    "must be at least 10ms".into(),
+                );
+            }
         }
         for (stage, entries) in self.chain.stages() {
             for (i, e) in entries.iter().enumerate() {
@@ -1079,6 +1112,11 @@ impl Config {
                         &format!("chain.{stage}[{i}].plugin"),
                         format!("no [[plugin]] named {:?}", e.plugin),
                     );
+                }
+                if let Some(ns) = &e.kv_namespace
+                    && let Err(m) = kv::check_namespace(ns)
+                {
+                    bad(&format!("chain.{stage}[{i}].kv_namespace"), m);
                 }
             }
         }
