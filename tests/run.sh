@@ -20,6 +20,12 @@ if ! command -v saslauthd >/dev/null; then
   apt-get install -y -q --no-install-recommends sasl2-bin >/dev/null 2>&1 \
     || { apt-get update -qq && apt-get install -y -q --no-install-recommends sasl2-bin >/dev/null; }
 fi
+# redis-server for the kv capability's Redis backend (each test starts its own).
+if ! command -v redis-server >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -q --no-install-recommends redis-server >/dev/null; }
+fi
 rustup target add wasm32-wasip2 >/dev/null
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
 command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py==0.25.1

@@ -148,7 +148,8 @@ def test_guest_stderr_is_logged_a_line_per_line(daemon_factory):
 
 def test_a_plugin_built_against_0_2_0_runs_in_this_host(daemon_factory):
     # tests/plugins/frozen is built against wit/ frozen at 0.2.0; the host
-    # speaks 0.2.1 (a new interface, new methods on message).
+    # speaks the current 0.2.x (new interfaces, new methods on message and
+    # session).
     d = daemon_factory(extra=f"""
 [[plugin]]
 name = "frozen"
@@ -194,7 +195,7 @@ def test_a_capability_needs_a_grant_and_check_names_who_lacks_it(daemon_factory)
     p = d.cli("check", check=False)
     assert p.returncode == 1
     assert ('plugin[0] "editor"' in p.stderr
-            and "it imports `postern:filter/edit@0.2.1`, which its grants do not cover" in p.stderr
+            and "it imports `postern:filter/edit@0.2.2`, which its grants do not cover" in p.stderr
             and 'grants = ["edit"]' in p.stderr), p.stderr
     d.start(wait=False)
     assert d.proc.wait(timeout=20) != 0

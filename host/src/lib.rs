@@ -11,6 +11,7 @@ pub mod deliver;
 pub mod dns;
 pub mod dsn;
 pub mod durable;
+pub mod kv;
 pub mod message;
 pub mod plugin;
 pub mod policy_service;

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py==0.25.1
-componentize-py -d ../../../wit -w postern:filter/content-filter@0.2.1 componentize app -o subject_score.wasm
+# The world of the WIT in the tree, whatever its (patch) version.
+version=$(sed -n 's/^package postern:filter@\(.*\);$/\1/p' ../../../wit/types.wit)
+componentize-py -d ../../../wit -w "postern:filter/content-filter@$version" componentize app -o subject_score.wasm

@@ -179,6 +179,7 @@ pub(super) async fn load(
             .time_limit
             .unwrap_or(Seconds(std::time::Duration::from_millis(500))),
         grants: fixture.grants.clone(),
+        dns_time_limit: Seconds(std::time::Duration::from_secs(5)),
     };
     let runtime = crate::plugin::Runtime::new(
         &Wasm {
@@ -258,6 +259,7 @@ pub(super) async fn prepare(
         plugin: def.name.clone(),
         name: Some("under-test".into()),
         config: case.config.as_ref().unwrap_or(config).clone(),
+        kv_namespace: None,
     });
     let mut chain = ChainConfig::default();
     match st {
@@ -274,6 +276,10 @@ pub(super) async fn prepare(
         client_ip: case.client_ip.clone(),
         client_port: 40000,
         client_ptr: case.client_ptr.clone(),
+        client_rdns: match &case.client_ptr {
+            Some(name) => crate::dns::Rdns::Confirmed(name.clone()),
+            None => crate::dns::Rdns::None,
+        },
         trusted: case.trusted,
         helo: case.helo.clone(),
         tls: None,

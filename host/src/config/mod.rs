@@ -3,6 +3,7 @@
 
 mod bounds;
 mod client;
+mod kv;
 mod mailbox;
 mod policy_service;
 mod route;
@@ -18,6 +19,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use client::{SMTP_PORT, SmtpClient, SmtpHop, TlsLevel, parse_smtp_hop, read_password};
+pub use kv::{Kv, KvBackend};
 pub use mailbox::{Mailbox, PLACEHOLDERS, Pipe, expand};
 pub use policy_service::{
     ChainEntry, PolicyEndpoint, PolicyServiceEntry, WasmEntry, parse_policy_endpoint,
@@ -104,6 +106,9 @@ pub struct Config {
     /// Thresholds for the scores plugins contribute.
     #[serde(default)]
     pub scoring: Scoring,
+    /// The store behind plugins' `kv` capability (`[kv]`).
+    #[serde(default)]
+    pub kv: Kv,
     /// Certificates.
     #[serde(default)]
     pub tls: Tls,
@@ -156,6 +161,12 @@ pub struct PluginDef {
     /// calls end at a wall-clock backstop of 4x (at least 2 s more).
     #[serde(default = "default_plugin_time")]
     pub time_limit: Seconds,
+    /// Wall-clock time one call's DNS lookups (`dns` capability) may take
+    /// together; it does not count against `time_limit`, and extends the
+    /// call's wall-clock backstop. Past it, further lookups of the call
+    /// answer `temporary("time limit")`.
+    #[serde(default = "default_dns_time")]
+    pub dns_time_limit: Seconds,
     /// Capabilities beyond the base interfaces (`host`, `types`, WASI)
     /// that the plugin may import; one it imports without a grant is
     /// refused at load.
@@ -169,6 +180,10 @@ pub struct PluginDef {
 pub enum Grant {
     /// `postern:filter/edit`: header edits by host call.
     Edit,
+    /// `postern:filter/dns`: DNS lookups through the host's resolver.
+    Dns,
+    /// `postern:filter/kv`: the key-value store (`[kv]`).
+    Kv,
 }
 
 impl Grant {
@@ -176,6 +191,8 @@ impl Grant {
     pub fn name(self) -> &'static str {
         match self {
             Grant::Edit => "edit",
+            Grant::Dns => "dns",
+            Grant::Kv => "kv",
         }
     }
 }
@@ -186,6 +203,10 @@ fn default_plugin_memory() -> Bytes {
 
 fn default_plugin_time() -> Seconds {
     Seconds(std::time::Duration::from_millis(500))
+}
+
+fn default_dns_time() -> Seconds {
+    Seconds(std::time::Duration::from_secs(5))
 }
 
 /// `[chain]`: an ordered list of plugin entries per stage.
@@ -825,6 +846,7 @@ impl Config {
             })
         };
         self.wasm.validate(&mut bad);
+        self.kv.validate(&mut bad);
         if !is_hostname(&self.server.hostname) || !self.server.hostname.contains('.') {
             bad(
                 "server.hostname",
@@ -1055,6 +1077,12 @@ impl Config {
                     "must be at least 10ms".into(),
                 );
             }
+            if p.dns_time_limit.0 < std::time::Duration::from_millis(10) {
+                bad(
+                    &format!("plugin[{i}].dns_time_limit"),
+                    "must be at least 10ms".into(),
+                );
+            }
         }
         for (stage, entries) in self.chain.stages() {
             for (i, e) in entries.iter().enumerate() {
@@ -1069,6 +1097,12 @@ impl Config {
                             bad(&format!("chain.{stage}[{i}].{key}"), problem);
                         }
                     }
+                }
+                if let ChainEntry::Wasm(w) = e
+                    && let Some(ns) = &w.kv_namespace
+                    && let Err(m) = kv::check_namespace(ns)
+                {
+                    bad(&format!("chain.{stage}[{i}].kv_namespace"), m);
                 }
             }
         }

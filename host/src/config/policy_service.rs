@@ -74,6 +74,11 @@ pub struct WasmEntry {
     /// This entry's config, handed to the plugin as JSON.
     #[serde(default)]
     pub config: toml::Table,
+    /// The `kv` namespace of the entry: by default its own (the stage and
+    /// its label), or a shared one of this name, which every entry (and
+    /// every node on the same Redis) naming it sees.
+    #[serde(default)]
+    pub kv_namespace: Option<String>,
 }
 
 /// A policy-service chain entry (Postfix `check_policy_service` with the

@@ -1,18 +1,24 @@
 //! The resolver: built from `[dns]` (explicit nameservers, never the system
-//! resolver when they are given) and the connect-time PTR check.
+//! resolver when they are given), the connect-time reverse check, and the
+//! typed lookups of the plugins' `dns` capability ([`lookup`]).
+
+pub mod lookup;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::config::{
+    NameServerConfig, NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::name_server::{NameServerPool, TokioConnectionProvider};
 use hickory_resolver::proto::xfer::Protocol;
 
 use crate::config::Dns as DnsConfig;
+pub use lookup::{Answer, Kind, Listing, Rdata};
 
-/// How long a client's verified PTR is remembered.
+/// How long a client's reverse DNS is remembered.
 const PTR_TTL: Duration = Duration::from_secs(60);
 /// Clients remembered at most.
 const PTR_CACHE: usize = 4096;
@@ -21,15 +27,46 @@ const PTR_CACHE: usize = 4096;
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
+    /// The same nameservers, asked directly: for the reverse zones of
+    /// loopback addresses, which the resolver answers itself (RFC 6761)
+    /// with no option to ask instead.
+    pool: NameServerPool<TokioConnectionProvider>,
     timeout: Duration,
     reverse_lookup: bool,
-    /// FCrDNS results by client address: a busy client reconnects many
-    /// times a second, and two lookups per connection add up.
+    /// Reverse DNS results by client address: a busy client reconnects
+    /// many times a second, and two lookups per connection add up.
     ptr_cache: std::sync::Arc<std::sync::Mutex<PtrCache>>,
 }
 
-/// Verified PTR (or none) by client address, with when it was looked up.
-type PtrCache = HashMap<IpAddr, (Option<String>, Instant)>;
+/// Reverse DNS by client address, with when it was looked up.
+type PtrCache = HashMap<IpAddr, (Rdns, Instant)>;
+
+/// What a client's reverse DNS said (the WIT's `rdns-status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Rdns {
+    /// A PTR name whose addresses include the client's (Postfix's
+    /// `client_name`).
+    Confirmed(String),
+    /// A PTR name that does not resolve back to the client.
+    Unconfirmed(String),
+    /// No PTR record.
+    None,
+    /// A lookup failed for now.
+    Temporary,
+    /// Not looked up (`dns.reverse_lookup = false`).
+    #[default]
+    NotLookedUp,
+}
+
+impl Rdns {
+    /// The forward-confirmed name, if any.
+    pub fn confirmed(&self) -> Option<String> {
+        match self {
+            Rdns::Confirmed(n) => Some(n.clone()),
+            _ => None,
+        }
+    }
+}
 
 impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,51 +84,64 @@ impl Dns {
         opts.attempts = 2;
         opts.use_hosts_file = ResolveHosts::Never;
         opts.ndots = 0;
-        let resolver = if cfg.nameservers.is_empty() {
-            TokioResolver::builder_tokio()?.with_options(opts).build()
+        let rc = if cfg.nameservers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()?.0
         } else {
             let mut rc = ResolverConfig::new();
             for addr in &cfg.nameservers {
                 rc.add_name_server(NameServerConfig::new(*addr, Protocol::Udp));
                 rc.add_name_server(NameServerConfig::new(*addr, Protocol::Tcp));
             }
-            TokioResolver::builder_with_config(rc, TokioConnectionProvider::default())
-                .with_options(opts)
-                .build()
+            rc
         };
+        let pool = NameServerPool::from_config(
+            NameServerConfigGroup::from(rc.name_servers().to_vec()),
+            opts.clone(),
+            TokioConnectionProvider::default(),
+        );
+        let resolver = TokioResolver::builder_with_config(rc, TokioConnectionProvider::default())
+            .with_options(opts)
+            .build();
         Ok(Dns {
             resolver,
+            pool,
             timeout: cfg.timeout.0,
             reverse_lookup: cfg.reverse_lookup,
             ptr_cache: Default::default(),
         })
     }
 
-    /// The underlying resolver (for plugins' DNS capability).
+    /// The underlying resolver (for delivery's MX lookups).
     pub fn resolver(&self) -> &TokioResolver {
         &self.resolver
     }
 
     /// The client's forward-confirmed PTR name (FCrDNS), like Postfix's
-    /// `client_name`: `None` when there is no PTR, it does not point back,
-    /// or the lookup failed (a failure is not remembered, so the next
-    /// connection asks again).
+    /// `client_name`, or `None` (see [`Dns::client_rdns`] for why).
     pub async fn verified_ptr(&self, ip: IpAddr) -> Option<String> {
+        self.client_rdns(ip).await.confirmed()
+    }
+
+    /// The client's reverse DNS, typed. Answers are remembered for a
+    /// minute; a temporary failure is not (the next connection asks
+    /// again).
+    pub async fn client_rdns(&self, ip: IpAddr) -> Rdns {
         if !self.reverse_lookup {
-            return None;
+            return Rdns::NotLookedUp;
         }
         let ip = ip.to_canonical();
         {
             let cache = self.ptr_cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((name, at)) = cache.get(&ip)
+            if let Some((rdns, at)) = cache.get(&ip)
                 && at.elapsed() < PTR_TTL
             {
-                return name.clone();
+                return rdns.clone();
             }
         }
-        let Ok(name) = self.lookup_ptr(ip).await else {
-            return None;
-        };
+        let rdns = self.lookup_ptr(ip).await;
+        if rdns == Rdns::Temporary {
+            return rdns;
+        }
         let mut cache = self.ptr_cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= PTR_CACHE {
             cache.retain(|_, (_, at)| at.elapsed() < PTR_TTL);
@@ -99,64 +149,60 @@ impl Dns {
                 cache.clear();
             }
         }
-        cache.insert(ip, (name.clone(), Instant::now()));
-        name
+        cache.insert(ip, (rdns.clone(), Instant::now()));
+        rdns
     }
 
-    /// `Ok(Some(name))` verified, `Ok(None)` no PTR or none pointing back,
-    /// `Err` a temporary failure (timeout, SERVFAIL). Names are taken in
-    /// their ASCII (punycode) form, and only if they are valid host names.
-    async fn lookup_ptr(&self, ip: IpAddr) -> Result<Option<String>, TempFail> {
+    /// The PTR names of `ip`, each checked for pointing back. Names are
+    /// taken in their ASCII (punycode) form, and only if they are valid
+    /// host names.
+    async fn lookup_ptr(&self, ip: IpAddr) -> Rdns {
         let budget = self.timeout * 2;
         let work = async {
-            let names = match self.resolver.reverse_lookup(ip).await {
-                Ok(names) => names,
-                Err(e) if answered_none(&e) => return Ok(None),
-                Err(_) => return Err(TempFail),
+            let names = match self.reverse(&ip.to_string()).await {
+                Answer::Records(r) => r,
+                Answer::NxDomain | Answer::NoData => return Rdns::None,
+                Answer::Temporary(_) | Answer::Invalid(_) => return Rdns::Temporary,
+            };
+            let names: Vec<String> = names
+                .into_iter()
+                .filter_map(|r| match r {
+                    Rdata::Ptr(n) if valid_hostname(&n) => Some(n),
+                    _ => None,
+                })
+                .collect();
+            let Some(first) = names.first().cloned() else {
+                return Rdns::None;
             };
             let mut failed = false;
-            for name in names.iter() {
-                let host = name.0.to_ascii();
-                let host = host.trim_end_matches('.');
-                if !valid_hostname(host) {
-                    continue;
-                }
-                let fqdn = format!("{host}.");
+            for host in names {
                 // Only the address family of the client: a name with both
                 // A and AAAA records must verify an IPv6 client too.
-                let back = match ip {
-                    IpAddr::V4(v4) => self
-                        .resolver
-                        .ipv4_lookup(fqdn)
-                        .await
-                        .map(|l| l.iter().any(|a| a.0 == v4)),
-                    IpAddr::V6(v6) => self
-                        .resolver
-                        .ipv6_lookup(fqdn)
-                        .await
-                        .map(|l| l.iter().any(|a| a.0 == v6)),
-                };
-                match back {
-                    Ok(true) => return Ok(Some(host.to_string())),
-                    Ok(false) => {}
-                    Err(e) if answered_none(&e) => {}
-                    Err(_) => failed = true,
+                let kind = if ip.is_ipv4() { Kind::A } else { Kind::Aaaa };
+                match self.query(&host, kind).await {
+                    Answer::Records(addrs) => {
+                        let back = addrs.iter().any(|a| match a {
+                            Rdata::A(a) | Rdata::Aaaa(a) => a.parse::<IpAddr>() == Ok(ip),
+                            _ => false,
+                        });
+                        if back {
+                            return Rdns::Confirmed(host);
+                        }
+                    }
+                    Answer::NxDomain | Answer::NoData | Answer::Invalid(_) => {}
+                    Answer::Temporary(_) => failed = true,
                 }
             }
-            if failed { Err(TempFail) } else { Ok(None) }
+            if failed {
+                Rdns::Temporary
+            } else {
+                Rdns::Unconfirmed(first)
+            }
         };
         tokio::time::timeout(budget, work)
             .await
-            .unwrap_or(Err(TempFail))
+            .unwrap_or(Rdns::Temporary)
     }
-}
-
-/// True if the server answered that there is no such record (NXDOMAIN,
-/// or NOERROR without one). hickory reports SERVFAIL, REFUSED and the like
-/// as "no records found" too, with their response code: those are
-/// failures, to be asked again, not answers.
-fn answered_none(e: &hickory_resolver::ResolveError) -> bool {
-    matches!(absent(e), Absent::NxDomain | Absent::NoData)
 }
 
 /// Why a lookup gave no records: the name does not exist, it exists
@@ -188,10 +234,6 @@ pub fn absent(e: &hickory_resolver::ResolveError) -> Absent {
     }
 }
 
-/// A DNS lookup that failed for now (not "no such record").
-#[derive(Debug)]
-struct TempFail;
-
 /// A host name as Postfix's `valid_hostname` accepts it: labels of ASCII
 /// letters, digits, `-` and `_`, not starting or ending with `-`, at most
 /// 63 bytes each and 253 in all, and not all digits (an address in
@@ -219,7 +261,7 @@ pub fn valid_hostname(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{answered_none, valid_hostname};
+    use super::{Absent, absent, valid_hostname};
     use hickory_resolver::ResolveError;
     use hickory_resolver::proto::op::{Query, ResponseCode};
     use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
@@ -234,6 +276,13 @@ mod tests {
             trusted: true,
             authorities: None,
         }))
+    }
+
+    /// True if the server answered that there is no such record. hickory
+    /// reports SERVFAIL, REFUSED and the like as "no records found" too,
+    /// with their response code: those are failures, not answers.
+    fn answered_none(e: &ResolveError) -> bool {
+        matches!(absent(e), Absent::NxDomain | Absent::NoData)
     }
 
     #[test]

@@ -7,9 +7,14 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "postern:filter/full",
-    // Every host import answers from memory; none needs to await. (The
-    // dns/kv/scan capabilities will be async and get their own rules.)
-    imports: { default: trappable },
+    // The base interfaces answer from memory; the capabilities that wait
+    // on the network or the disk are async, so that a guest waiting on
+    // them is not running (and not charged CPU time).
+    imports: {
+        "postern:filter/dns": async | trappable,
+        "postern:filter/kv": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     with: {
         "postern:filter/types.message": crate::plugin::host::message::MessageData,

@@ -374,6 +374,7 @@ impl Chains {
         let mut configs: HashMap<(String, Arc<str>), u32> = HashMap::new();
         let mut confs: HashMap<String, Vec<EntryConf>> = HashMap::new();
         let mut placed: Vec<(Stage, Placed)> = Vec::new();
+        let mut namespaces = std::collections::HashSet::new();
         for (stage_name, entries) in chain.stages() {
             let stage = Stage::from_name(stage_name)
                 .with_context(|| format!("chain.{stage_name}: not a stage"))?;
@@ -403,11 +404,25 @@ impl Chains {
                     .with_context(|| format!("{key}.config: cannot convert to JSON"))?;
                 let config: Arc<str> = Arc::from(json.as_str());
                 let known = configs.get(&(e.plugin.clone(), config.clone())).copied();
+                let namespace = match &e.kv_namespace {
+                    Some(shared) => shared.clone(),
+                    None => crate::kv::entry_namespace(stage_name, label),
+                };
+                if e.kv_namespace.is_none()
+                    && plugin.def.grants.contains(&crate::config::Grant::Kv)
+                    && !namespaces.insert(namespace.clone())
+                {
+                    anyhow::bail!(
+                        "{key}: another {stage_name} entry is labelled {:?}, and their kv namespaces would be one: give one a `name`, or both `kv_namespace = \"...\"` to share",
+                        label
+                    );
+                }
                 let conf = EntryConf::new(
                     Arc::from(label),
                     config,
                     known.unwrap_or_else(|| u32::try_from(configs.len()).unwrap_or(u32::MAX)),
-                );
+                )
+                .with_kv_namespace(&namespace);
                 if let (None, Some(runtime)) = (known, &runtime) {
                     check_config(runtime, plugin, &conf)
                         .await

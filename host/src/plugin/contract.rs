@@ -30,8 +30,13 @@ const EXPORTS: &[&str] = &[
 
 /// The interfaces a component may import, and the grant each needs
 /// (`None`: every plugin may import it).
-const IMPORTS: &[(&str, Option<Grant>)] =
-    &[("host", None), ("types", None), ("edit", Some(Grant::Edit))];
+const IMPORTS: &[(&str, Option<Grant>)] = &[
+    ("host", None),
+    ("types", None),
+    ("edit", Some(Grant::Edit)),
+    ("dns", Some(Grant::Dns)),
+    ("kv", Some(Grant::Kv)),
+];
 
 /// Refuses a component built against another minor line of the WIT, that
 /// exports or imports `postern:filter` interfaces this host does not know,
@@ -123,6 +128,7 @@ mod tests {
             reuse_instances: false,
             memory_limit: crate::config::Bytes(16 << 20),
             time_limit: crate::config::Seconds(std::time::Duration::from_millis(500)),
+            dns_time_limit: crate::config::Seconds(std::time::Duration::from_secs(5)),
             grants,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -153,9 +159,9 @@ mod tests {
 
     #[test]
     fn a_plugin_built_against_0_2_0_links_and_its_hooks_are_found() {
-        // The linker defines 0.2.1 interfaces; wasmtime matches the 0.2.0
-        // imports to them, and the host's 0.2.1 export names find the
-        // component's 0.2.0 exports.
+        // The linker defines the current 0.2.x interfaces; wasmtime
+        // matches the 0.2.0 imports to them, and the host's export names
+        // find the component's 0.2.0 exports.
         let dir = tmp("frozen");
         let wasm = component("tests/plugins/frozen/wit", "plugin", &dir);
         let hooks = load(wasm, vec![], &dir).unwrap();
@@ -166,15 +172,37 @@ mod tests {
     #[test]
     fn a_capability_needs_its_grant() {
         let dir = tmp("grants");
+        // `full` imports every capability: each needs its grant, and the
+        // refusal names the first one missing.
         let wasm = component("wit", "full", &dir);
-        let e = load(wasm.clone(), vec![], &dir).unwrap_err();
-        let e = format!("{e:#}");
-        assert!(
-            e.contains("it imports `postern:filter/edit@0.2.1`, which its grants do not cover")
-                && e.contains("grants = [\"edit\"]"),
-            "{e}"
-        );
-        assert_eq!(load(wasm, vec![Grant::Edit], &dir).unwrap().len(), 5);
+        let version = wit_version();
+        for (grants, missing) in [
+            (vec![], "edit"),
+            (vec![Grant::Edit], "dns"),
+            (vec![Grant::Edit, Grant::Dns], "kv"),
+        ] {
+            let e = load(wasm.clone(), grants, &dir).unwrap_err();
+            let e = format!("{e:#}");
+            assert!(
+                e.contains(&format!(
+                    "it imports `postern:filter/{missing}@{version}`, which its grants do not cover"
+                )) && e.contains(&format!("grants = [\"{missing}\"]")),
+                "{e}"
+            );
+        }
+        let all = vec![Grant::Edit, Grant::Dns, Grant::Kv];
+        assert_eq!(load(wasm, all, &dir).unwrap().len(), 5);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The version of the WIT package in `wit/` (what "current" means).
+    fn wit_version() -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/types.wit");
+        let text = std::fs::read_to_string(root).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("package postern:filter@"))
+            .and_then(|v| v.strip_suffix(';'))
+            .unwrap()
+            .to_string()
     }
 }

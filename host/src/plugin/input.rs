@@ -17,6 +17,8 @@ pub struct SessionInfo {
     pub client_port: u16,
     /// Verified PTR.
     pub client_ptr: Option<String>,
+    /// What the client's reverse DNS said.
+    pub client_rdns: crate::dns::Rdns,
     /// In trusted networks.
     pub trusted: bool,
     /// HELO name.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,11 +20,12 @@ use super::bindings::exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
 use super::cache::{Cache, CacheSetting};
+use super::host::Caps;
 use super::limits::{MAX_HANDLES, MAX_HOST_RESOURCES};
 use super::meter::{Limit, Meter, TICK};
 use super::pool::{Needs, Pool};
 use super::state::{EntryConf, HOSTCALL_FUEL, HostState};
-use crate::config::{PluginDef, Wasm};
+use crate::config::{Grant, PluginDef, Wasm};
 
 /// How long an artifact no generation uses stays in the cache (a rollback
 /// within this time loads instead of compiling).
@@ -154,6 +155,9 @@ pub struct Runtime {
     pool: Pool,
     /// The `[wasm]` settings the engine was made with (fixed until restart).
     settings: Wasm,
+    /// The services behind the capabilities, once the daemon provides
+    /// them ([`Runtime::provide`]).
+    caps: OnceLock<Arc<Caps>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -248,7 +252,15 @@ impl Runtime {
             staged: Mutex::new(staged),
             pool,
             settings: cfg.clone(),
+            caps: OnceLock::new(),
         }))
+    }
+
+    /// Gives the instances made from now on the daemon's resolver and
+    /// store (once; later calls are ignored: both are fixed until
+    /// restart).
+    pub fn provide(&self, caps: Caps) {
+        let _ = self.caps.set(Arc::new(caps));
     }
 
     /// The pool's totals.
@@ -410,7 +422,8 @@ impl Runtime {
         current: usize,
     ) -> wasmtime::Result<Live> {
         let memory = usize::try_from(plugin.def.memory_limit.0).unwrap_or(usize::MAX);
-        let state = HostState::new(confs, current, memory);
+        let caps = self.caps.get().cloned().unwrap_or_default();
+        let state = HostState::new(confs, current, memory, caps, plugin.def.dns_time_limit.0);
         let mut store = Store::new(&self.engine, state);
         store.set_hostcall_fuel(HOSTCALL_FUEL);
         store.limiter(|s| &mut s.limits);
@@ -528,9 +541,15 @@ fn keep_resident(cfg: &Wasm, pagemap: bool) -> usize {
     }
 }
 
-/// The limits of one call of the plugin: its `time_limit` of CPU.
+/// The limits of one call of the plugin: its `time_limit` of CPU, and a
+/// wall-clock backstop that leaves room for `dns_time_limit` of lookups
+/// when it may look up.
 pub fn call_limit(plugin: &LoadedPlugin) -> Limit {
-    Limit::cpu(plugin.def.time_limit.0)
+    let mut limit = Limit::cpu(plugin.def.time_limit.0);
+    if plugin.def.grants.contains(&Grant::Dns) {
+        limit.wall = limit.wall.saturating_add(plugin.def.dns_time_limit.0);
+    }
+    limit
 }
 
 /// The limits of instantiating the plugin: start-up code (a Python

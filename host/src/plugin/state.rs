@@ -8,6 +8,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::postern::filter::types;
+use super::host::Caps;
+use super::host::dns::Budget;
 use super::host::stderr::{Rate, Stderr};
 use super::limits::Limits;
 use crate::message::HeaderAction;
@@ -31,16 +33,27 @@ pub struct EntryConf {
     pub config_id: u32,
     /// How fast its instances' stderr may reach the log, all together.
     pub stderr_rate: Arc<Rate>,
+    /// Its `kv` namespace.
+    pub kv_namespace: Arc<str>,
 }
 
 impl EntryConf {
     /// An entry with its own stderr rate.
     pub fn new(label: Arc<str>, config: Arc<str>, config_id: u32) -> EntryConf {
         EntryConf {
+            kv_namespace: label.clone(),
             label,
             config,
             config_id,
             stderr_rate: Arc::default(),
+        }
+    }
+
+    /// The same entry with the `kv` namespace `ns`.
+    pub fn with_kv_namespace(self, ns: &str) -> EntryConf {
+        EntryConf {
+            kv_namespace: Arc::from(ns),
+            ..self
         }
     }
 }
@@ -65,11 +78,23 @@ pub struct HostState {
     pub(super) edits: Vec<HeaderAction>,
     /// What the guest writes to stderr, until it is logged.
     stderr: Stderr,
+    /// The services behind the capabilities.
+    pub(super) caps: Arc<Caps>,
+    /// Wall-clock time one call's DNS lookups may take (`dns_time_limit`).
+    dns_limit: std::time::Duration,
+    /// What the current call has left of it.
+    pub(super) dns_budget: Budget,
 }
 
 impl HostState {
     /// State for a new store serving `confs`, with `confs[current]` current.
-    pub fn new(confs: Arc<[EntryConf]>, current: usize, memory: usize) -> HostState {
+    pub fn new(
+        confs: Arc<[EntryConf]>,
+        current: usize,
+        memory: usize,
+        caps: Arc<Caps>,
+        dns_limit: std::time::Duration,
+    ) -> HostState {
         let stderr = Stderr::default();
         HostState {
             // No environment, arguments, preopens or network: the guest's
@@ -83,6 +108,9 @@ impl HostState {
             logged: 0,
             edits: Vec::new(),
             stderr,
+            caps,
+            dns_limit,
+            dns_budget: Budget::new(dns_limit),
         }
     }
 
@@ -90,6 +118,7 @@ impl HostState {
     pub(super) fn set_current(&mut self, index: usize) {
         self.current = index;
         self.logged = 0;
+        self.dns_budget = Budget::new(self.dns_limit);
         // Edits asked for outside a call (while the guest started) or by
         // a call that failed are nobody's.
         self.edits.clear();

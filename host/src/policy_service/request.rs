@@ -60,10 +60,13 @@ impl Query<'_> {
         r.push("protocol_name", "ESMTP");
         r.push("client_address", &s.client_ip);
         r.push("client_name", s.client_ptr.as_deref().unwrap_or("unknown"));
-        r.push(
-            "reverse_client_name",
-            s.client_ptr.as_deref().unwrap_or("unknown"),
-        );
+        // Postfix's reverse_client_name: the PTR name even when it does
+        // not resolve back to the client.
+        let reverse = match &s.client_rdns {
+            crate::dns::Rdns::Confirmed(n) | crate::dns::Rdns::Unconfirmed(n) => n.as_str(),
+            _ => "unknown",
+        };
+        r.push("reverse_client_name", reverse);
         r.push("client_port", s.client_port.to_string());
         r.push("helo_name", s.helo.as_deref().unwrap_or(""));
         r.push("sender", if before_mail { "" } else { &e.mail_from });
@@ -163,6 +166,7 @@ mod tests {
             helo: Some("mail.good.test".into()),
             tls: Some(("TLSv1_3".into(), "TLS13_AES_256_GCM_SHA384".into())),
             auth_user: None,
+            client_rdns: crate::dns::Rdns::Confirmed("mail.good.test".into()),
         };
         let envelope = EnvelopeInfo {
             queue_id: "Q1".into(),
@@ -233,6 +237,7 @@ mod tests {
         // Before MAIL: no envelope, no PTR.
         let bare = SessionInfo {
             client_ptr: None,
+            client_rdns: crate::dns::Rdns::None,
             ..session.clone()
         };
         let q = Query {
@@ -242,6 +247,7 @@ mod tests {
         };
         let r = q.request(&service());
         assert_eq!(r.get("client_name"), Some("unknown"));
+        assert_eq!(r.get("reverse_client_name"), Some("unknown"));
         assert_eq!(r.get("instance"), Some("S1"));
         assert_eq!(r.get("sender"), Some(""));
         assert_eq!(r.get("encryption_keysize"), Some("256"));

@@ -97,7 +97,8 @@ impl Connection {
         };
         let started = Instant::now();
         let cfg = lgen.session.clone();
-        let ptr = shared.dns.verified_ptr(peer.ip()).await;
+        let rdns = shared.dns.client_rdns(peer.ip()).await;
+        let ptr = rdns.confirmed();
         let client = format!("{}[{}]", ptr.as_deref().unwrap_or("unknown"), peer.ip());
         tracing::info!("connect from {client} on {}", lgen.name);
         let max_line = generation.config.smtp.max_line_length;
@@ -118,6 +119,7 @@ impl Connection {
             client_ip: peer.ip().to_string(),
             client_port: peer.port(),
             client_ptr: ptr.clone(),
+            client_rdns: rdns,
             trusted: generation.router.is_trusted(peer.ip()),
             ..SessionInfo::default()
         };

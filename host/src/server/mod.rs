@@ -30,6 +30,7 @@ use crate::deliver::journaled::{self, Journaled};
 use crate::deliver::{self, DeliveryConfig};
 use crate::dns::Dns;
 use crate::plugin::cache::CacheSetting;
+use crate::plugin::host::Caps;
 use crate::plugin::runtime::CACHE_KEEP_UNUSED;
 use crate::plugin::{Chains, Runtime};
 use crate::route::Router;
@@ -71,6 +72,8 @@ pub struct Shared {
     next_generation: AtomicU64,
     /// The WebAssembly runtime, created when the first plugin is configured.
     runtime: std::sync::Mutex<Option<Arc<Runtime>>>,
+    /// The services behind the plugins' capabilities (fixed until restart).
+    caps: Caps,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     /// TLS certificates and acceptor, when any listener uses TLS.
@@ -219,6 +222,9 @@ impl Shared {
                 tracing::warn!("reload: {key} changes for delivery at the next restart");
             }
         }
+        if config.kv != current.config.kv {
+            tracing::warn!("reload: [kv] changes take effect at the next restart");
+        }
         let runtime = self.runtime_for(&config).await?;
         if let Some(rt) = &runtime
             && rt.settings().needs_restart_for(&config.wasm)
@@ -294,6 +300,7 @@ impl Shared {
             return Ok(Some(rt));
         }
         let made = Runtime::new(&config.wasm, &daemon_cache(config, true), &config.plugins).await?;
+        made.provide(self.caps.clone());
         let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Some(rt.get_or_insert(made).clone()))
     }
@@ -394,10 +401,22 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     } else {
         Tls::from_config(&config).context("TLS set-up failed")?
     };
+    // The plugins' capabilities share the daemon's resolver; the store
+    // opens (or connects) on first use, as server.user.
+    let dns = Dns::new(&config.dns).context("cannot set up the resolver")?;
+    let caps = Caps {
+        dns: Some(Arc::new(dns.clone())),
+        kv: Some(Arc::new(crate::kv::Kv::new(
+            &config.kv,
+            &config.server.spool_dir,
+        ))),
+    };
     let runtime = if config.plugins.is_empty() {
         None
     } else {
-        Some(Runtime::new(&config.wasm, &daemon_cache(&config, true), &config.plugins).await?)
+        let rt = Runtime::new(&config.wasm, &daemon_cache(&config, true), &config.plugins).await?;
+        rt.provide(caps.clone());
+        Some(rt)
     };
     let current = Generation::build(config, 1, runtime.as_ref()).await?;
     current.router.watch();
@@ -459,7 +478,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let router = Arc::new(ArcSwap::from(current.router.clone()));
-    let dns = Dns::new(&cfg.dns).context("cannot set up the resolver")?;
     let smtp_slots: Arc<deliver::smtp::Slots> = Arc::default();
     let smtp = Arc::new(ArcSwap::from_pointee(
         deliver::smtp::Client::new(
@@ -543,6 +561,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path: config_path.to_path_buf(),
         next_generation: AtomicU64::new(2),
         runtime: std::sync::Mutex::new(runtime),
+        caps,
         reloading: tokio::sync::Mutex::new(()),
         tls,
         auth_failures: std::sync::Mutex::new(AuthFailures::default()),

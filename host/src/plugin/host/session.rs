@@ -34,6 +34,17 @@ impl types::HostSession for HostState {
         Ok(self.table.get(&s)?.0.client_ptr.clone())
     }
 
+    fn client_rdns(&mut self, s: Resource<SessionData>) -> wasmtime::Result<types::RdnsStatus> {
+        use crate::dns::Rdns;
+        Ok(match &self.table.get(&s)?.0.client_rdns {
+            Rdns::Confirmed(n) => types::RdnsStatus::Confirmed(n.clone()),
+            Rdns::Unconfirmed(n) => types::RdnsStatus::Unconfirmed(n.clone()),
+            Rdns::None => types::RdnsStatus::None,
+            Rdns::Temporary => types::RdnsStatus::Temporary,
+            Rdns::NotLookedUp => types::RdnsStatus::NotLookedUp,
+        })
+    }
+
     fn trusted(&mut self, s: Resource<SessionData>) -> wasmtime::Result<bool> {
         Ok(self.table.get(&s)?.0.trusted)
     }
