@@ -21,6 +21,33 @@ use crate::resolve::{
     list_query_name,
 };
 use crate::store::{KvError, Store};
+use crate::{Outcome, Verdict};
+
+/// An outcome in one line, for assertions: `reject: 554 5.7.1 TEXT`,
+/// `tempfail: 450 4.1.8 TEXT`, `continue`, `accept`, with any scores
+/// after the verdict as ` SYMBOL=POINTS`.
+pub fn describe(outcome: &Outcome) -> String {
+    let reply = |kind: &str, r: &crate::Reply| {
+        format!(
+            "{kind}: {} {} {}",
+            r.code,
+            r.enhanced.as_deref().unwrap_or("-"),
+            r.text
+        )
+    };
+    let mut line = match &outcome.verdict {
+        Verdict::Continue => "continue".to_string(),
+        Verdict::Accept => "accept".to_string(),
+        Verdict::Reject(r) => reply("reject", r),
+        Verdict::Tempfail(r) => reply("tempfail", r),
+        Verdict::Discard(why) => format!("discard: {why}"),
+        Verdict::Quarantine(why) => format!("quarantine: {why}"),
+    };
+    for s in &outcome.scores {
+        line.push_str(&format!(" {}={}", s.symbol, s.points));
+    }
+    line
+}
 
 /// A resolver over records held in memory. A name with no record (and
 /// no record below it) is NXDOMAIN; a name with records of other types

@@ -3,7 +3,7 @@
 //! `reject_unknown_{sender,recipient}_domain` (with RFC 7505 null MX), in
 //! Postfix's words and codes.
 
-use super::TempfailAction;
+use super::{Exempt, TempfailAction, check_code};
 use crate::name::{address_domain, is_address_literal, is_fqdn, valid_address_literal};
 use crate::resolve::{MailDomain, Resolver, mail_domain};
 use crate::{Outcome, log};
@@ -23,6 +23,14 @@ impl Role {
         match self {
             Role::Sender => "Sender address",
             Role::Recipient => "Recipient address",
+        }
+    }
+
+    /// The word in this role's config keys.
+    fn word(self) -> &'static str {
+        match self {
+            Role::Sender => "sender",
+            Role::Recipient => "recipient",
         }
     }
 
@@ -67,6 +75,84 @@ pub struct AddressChecks {
     pub null_mx_code: u16,
     /// `unknown_address_tempfail_action`.
     pub tempfail: TempfailAction,
+}
+
+/// The config of a `sender` or `recipient` chain entry, with Postfix's
+/// names for the role: `reject_non_fqdn_ROLE`,
+/// `reject_unknown_ROLE_domain` (both true by default),
+/// `non_fqdn_reject_code` (504), `unknown_address_reject_code` (450),
+/// `nullmx_reject_code` ([`Role::null_mx_code`]),
+/// `unknown_address_tempfail_action` (`defer`), `skip_trusted` and
+/// `skip_authenticated` (true). Any other key is an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddressConfig {
+    /// Which address the entry judges.
+    pub role: Role,
+    /// What is checked, with which codes.
+    pub checks: AddressChecks,
+    /// The clients left alone.
+    pub exempt: Exempt,
+}
+
+impl AddressConfig {
+    /// Parses and validates a config JSON object for `role`.
+    pub fn from_json(role: Role, json: &str) -> Result<AddressConfig, String> {
+        use serde_json::Value;
+        let map: serde_json::Map<String, Value> = crate::parse_config(json)?;
+        let mut c = AddressConfig {
+            role,
+            checks: AddressChecks {
+                non_fqdn: true,
+                unknown_domain: true,
+                non_fqdn_code: 504,
+                unknown_code: 450,
+                null_mx_code: role.null_mx_code(),
+                tempfail: TempfailAction::Defer,
+            },
+            exempt: Exempt::default(),
+        };
+        let non_fqdn = format!("reject_non_fqdn_{}", role.word());
+        let unknown = format!("reject_unknown_{}_domain", role.word());
+        for (key, value) in map {
+            let flag = || {
+                value
+                    .as_bool()
+                    .ok_or_else(|| format!("{key}: expected true or false"))
+            };
+            let code = || {
+                value
+                    .as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| format!("{key}: expected a reply code"))
+            };
+            match key.as_str() {
+                k if k == non_fqdn => c.checks.non_fqdn = flag()?,
+                k if k == unknown => c.checks.unknown_domain = flag()?,
+                "non_fqdn_reject_code" => c.checks.non_fqdn_code = code()?,
+                "unknown_address_reject_code" => c.checks.unknown_code = code()?,
+                "nullmx_reject_code" => c.checks.null_mx_code = code()?,
+                "unknown_address_tempfail_action" => {
+                    c.checks.tempfail = serde_json::from_value(value.clone())
+                        .map_err(|e| format!("{key}: {e} (defer or dunno)"))?
+                }
+                "skip_trusted" => c.exempt.trusted = flag()?,
+                "skip_authenticated" => c.exempt.authenticated = flag()?,
+                _ => return Err(format!("unknown config key {key:?}")),
+            }
+        }
+        check_code("non_fqdn_reject_code", c.checks.non_fqdn_code, None)?;
+        check_code("unknown_address_reject_code", c.checks.unknown_code, None)?;
+        check_code("nullmx_reject_code", c.checks.null_mx_code, Some(5))?;
+        Ok(c)
+    }
+
+    /// Judges `address`; the null sender always passes.
+    pub fn check(&self, address: &str, dns: &impl Resolver) -> Outcome {
+        if address.is_empty() {
+            return Outcome::cont();
+        }
+        check_address(self.role, &self.checks, address, dns)
+    }
 }
 
 fn refuse(code: u16, enhanced: &str, role: Role, address: &str, why: &str) -> Outcome {
@@ -144,8 +230,7 @@ pub fn check_address(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Verdict;
-    use crate::fake::FakeResolver;
+    use crate::fake::{FakeResolver, describe};
 
     fn checks() -> AddressChecks {
         AddressChecks {
@@ -159,15 +244,8 @@ mod tests {
     }
 
     fn text(o: &Outcome) -> Option<String> {
-        match &o.verdict {
-            Verdict::Reject(r) | Verdict::Tempfail(r) => Some(format!(
-                "{} {} {}",
-                r.code,
-                r.enhanced.as_deref().unwrap_or(""),
-                r.text
-            )),
-            _ => None,
-        }
+        let d = describe(o);
+        (d != "continue").then(|| d.split_once(": ").map_or(d.clone(), |(_, r)| r.to_string()))
     }
 
     #[test]
@@ -195,5 +273,39 @@ mod tests {
             None
         );
         assert!(dns.calls().is_empty());
+    }
+
+    #[test]
+    fn config_keys_follow_the_role() {
+        let s = AddressConfig::from_json(Role::Sender, r#"{"reject_non_fqdn_sender": false}"#)
+            .expect("sender");
+        assert!(!s.checks.non_fqdn && s.checks.unknown_domain);
+        assert_eq!(s.checks.null_mx_code, 550);
+        assert!(
+            AddressConfig::from_json(Role::Sender, r#"{"reject_non_fqdn_recipient": false}"#)
+                .is_err()
+        );
+        let r = AddressConfig::from_json(Role::Recipient, "{}").expect("recipient");
+        assert_eq!(r.checks.null_mx_code, 556);
+        for bad in [
+            r#"{"nullmx_reject_code": 450}"#,
+            r#"{"unknown_address_reject_code": 200}"#,
+            r#"{"non_fqdn_reject_code": "504"}"#,
+            r#"{"skip_trusted": 1}"#,
+            r#"{"unknown_address_tempfail_action": "ok"}"#,
+            "[]",
+        ] {
+            assert!(
+                AddressConfig::from_json(Role::Recipient, bad).is_err(),
+                "{bad}"
+            );
+        }
+        let d = AddressConfig::from_json(
+            Role::Sender,
+            r#"{"unknown_address_tempfail_action": "defer_if_permit"}"#,
+        )
+        .expect("alias");
+        assert_eq!(d.checks.tempfail, TempfailAction::Defer);
+        assert_eq!(d.check("", &FakeResolver::new()), Outcome::cont());
     }
 }
