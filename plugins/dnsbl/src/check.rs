@@ -3,7 +3,7 @@
 //! with the SDK's fake resolver over the test zones).
 
 use crate::config::{Action, Check, Config, List};
-use postern_sdk::name::{address_domain, is_address_literal};
+use postern_sdk::name::{address_domain, is_address_literal, valid_hostname};
 use postern_sdk::resolve::{ListQuery, ListResult, Resolver};
 use postern_sdk::restrict::{Client, TempfailAction};
 use postern_sdk::{Outcome, log};
@@ -45,6 +45,9 @@ impl Subjects<'_> {
             Check::RhsblSender => self.sender.and_then(rhs_domain),
             Check::RhsblRecipient => self.recipient.and_then(rhs_domain),
         }
+        // A name that is no host name (garbage in HELO) is not asked
+        // about, as Postfix does not look it up.
+        .filter(|s| check == Check::RblClient || valid_hostname(s))
     }
 }
 
@@ -358,6 +361,11 @@ mod tests {
             Subjects {
                 client: Some(&c),
                 sender: Some("a@[127.0.0.1]"),
+                ..Default::default()
+            },
+            Subjects {
+                client: Some(&c),
+                sender: Some("a@bad..name"),
                 ..Default::default()
             },
         ] {
