@@ -533,4 +533,4 @@ pub fn check(cfg: &Config, dns: &dyn Dns, req: &Request<'_>) -> Report {
 
 #[cfg(test)]
 #[path = "check_tests.rs"]
-mod tests;
+pub(crate) mod tests;

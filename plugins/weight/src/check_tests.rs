@@ -2,14 +2,14 @@ use super::*;
 use std::collections::HashMap;
 
 /// The test zones (`../shared/peers/conf/dns`), as policyd-weight sees them.
-struct Zones {
+pub(crate) struct Zones {
     mx: HashMap<&'static str, Vec<&'static str>>,
     a: HashMap<&'static str, Vec<&'static str>>,
     ptr: HashMap<&'static str, &'static str>,
     listed: Vec<(&'static str, &'static str)>,
 }
 
-fn zones() -> Zones {
+pub(crate) fn zones() -> Zones {
     let mx = HashMap::from([
         ("example.test", vec!["mx.example.test"]),
         ("dest.test", vec!["mx1.dest.test", "mx2.dest.test"]),
@@ -85,7 +85,7 @@ impl Dns for Zones {
     }
 }
 
-fn test_config() -> Config {
+pub(crate) fn test_config() -> Config {
     Config::from_json(
         r#"{"dnsbl": [{"zone": "dnsbl.test", "hit": 4.35, "miss": -1.5, "name": "DNSBL_TEST"}],
             "rhsbl": [{"zone": "rhsbl.test", "hit": 4, "miss": 0, "name": "RHSBL_TEST"}]}"#,

@@ -307,4 +307,69 @@ mod tests {
         );
         assert_eq!(symbol("IN_DNSBL_TEST"), "PW_IN_DNSBL_TEST");
     }
+
+    #[test]
+    fn decide_gives_policyd_weight_answers_on_the_test_zones() {
+        let mut cfg = crate::check::tests::test_config();
+        cfg.decide = true;
+        let z = crate::check::tests::zones();
+        let spam = "Mail appeared to be SPAM or forged. Ask your Mail/DNS-Administrator to correct HELO and DNS MX settings or to get removed from DNSBLs";
+        // (client, name, HELO, sender, what policyd-weight answered)
+        for (ip, name, helo, sender, code, suffix) in [
+            (
+                "198.18.0.25",
+                "mail.good.test",
+                "mail.good.test",
+                "bob@good.test",
+                250,
+                "",
+            ),
+            (
+                "127.0.0.2",
+                "client.example.test",
+                "client.example.test",
+                "a@example.test",
+                550,
+                "; Please use DynDNS",
+            ),
+            (
+                "198.18.0.25",
+                "mail.good.test",
+                "mail.good.test",
+                "x@nomx.test",
+                450,
+                "",
+            ),
+            (
+                "127.0.0.2",
+                "client.example.test",
+                "foo.example.org",
+                "a@example.test",
+                550,
+                "",
+            ),
+            (
+                "127.0.0.2",
+                "unknown",
+                "client.example.test",
+                "bob+tag@good.test",
+                550,
+                "; please relay via your ISP (good.test); Please use DynDNS",
+            ),
+        ] {
+            let req = Request {
+                ip: ip.parse().expect("ip"),
+                client_name: name,
+                helo,
+                sender,
+                recipient: "alice@example.test",
+            };
+            let r = check::check(&cfg, &z, &req);
+            let (got, text) = reply(decision(&cfg, &r, helo, &format!("{name}[{ip}]")));
+            assert_eq!(got, code, "{helo} {sender}");
+            if code != 250 {
+                assert_eq!(text, format!("{spam}{suffix}"), "{helo} {sender}");
+            }
+        }
+    }
 }
