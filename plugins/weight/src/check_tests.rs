@@ -98,9 +98,29 @@ fn line(r: &Report) -> String {
     format!("{scores}; rate: {}", r.rate)
 }
 
+/// Client address, client name, HELO, sender, what policyd-weight logged.
+pub(crate) type Scenario = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+/// The request of a scenario, to alice@example.test.
+pub(crate) fn request(s: &Scenario) -> Request<'static> {
+    Request {
+        ip: s.0.parse().expect("ip"),
+        client_name: s.1,
+        helo: s.2,
+        sender: s.3,
+        recipient: "alice@example.test",
+    }
+}
+
 /// Each scenario with what policyd-weight 0.1.15.2 logged for it (peers
 /// kit config, the same zones), `(check from: ...)` cut out.
-const SCENARIOS: &[(&str, &str, &str, &str, &str)] = &[
+pub(crate) const SCENARIOS: &[Scenario] = &[
     (
         "198.18.0.25",
         "mail.good.test",
@@ -248,15 +268,9 @@ fn every_scenario_scores_as_policyd_weight_logged_it() {
     let cfg = test_config();
     let z = zones();
     let mut wrong = Vec::new();
-    for (ip, name, helo, sender, want) in SCENARIOS {
-        let req = Request {
-            ip: ip.parse().expect("ip"),
-            client_name: name,
-            helo,
-            sender,
-            recipient: "alice@example.test",
-        };
-        let got = line(&check(&cfg, &z, &req));
+    for s in SCENARIOS {
+        let (ip, _, helo, sender, want) = s;
+        let got = line(&check(&cfg, &z, &request(s)));
         if got != *want {
             wrong.push(format!("{ip} {helo} {sender}\n  want {want}\n  got  {got}"));
         }

@@ -314,61 +314,24 @@ mod tests {
         cfg.decide = true;
         let z = crate::check::tests::zones();
         let spam = "Mail appeared to be SPAM or forged. Ask your Mail/DNS-Administrator to correct HELO and DNS MX settings or to get removed from DNSBLs";
-        // (client, name, HELO, sender, what policyd-weight answered)
-        for (ip, name, helo, sender, code, suffix) in [
+        // (scenario, what policyd-weight answered)
+        for (i, code, suffix) in [
+            (0, 250, ""),
+            (1, 550, "; Please use DynDNS"),
+            (6, 450, ""),
+            (15, 550, ""),
             (
-                "198.18.0.25",
-                "mail.good.test",
-                "mail.good.test",
-                "bob@good.test",
-                250,
-                "",
-            ),
-            (
-                "127.0.0.2",
-                "client.example.test",
-                "client.example.test",
-                "a@example.test",
-                550,
-                "; Please use DynDNS",
-            ),
-            (
-                "198.18.0.25",
-                "mail.good.test",
-                "mail.good.test",
-                "x@nomx.test",
-                450,
-                "",
-            ),
-            (
-                "127.0.0.2",
-                "client.example.test",
-                "foo.example.org",
-                "a@example.test",
-                550,
-                "",
-            ),
-            (
-                "127.0.0.2",
-                "unknown",
-                "client.example.test",
-                "bob+tag@good.test",
+                17,
                 550,
                 "; please relay via your ISP (good.test); Please use DynDNS",
             ),
         ] {
-            let req = Request {
-                ip: ip.parse().expect("ip"),
-                client_name: name,
-                helo,
-                sender,
-                recipient: "alice@example.test",
-            };
-            let r = check::check(&cfg, &z, &req);
-            let (got, text) = reply(decision(&cfg, &r, helo, &format!("{name}[{ip}]")));
-            assert_eq!(got, code, "{helo} {sender}");
+            let s = &crate::check::tests::SCENARIOS[i];
+            let r = check::check(&cfg, &z, &crate::check::tests::request(s));
+            let (got, text) = reply(decision(&cfg, &r, s.2, &format!("{}[{}]", s.1, s.0)));
+            assert_eq!(got, code, "scenario {i}");
             if code != 250 {
-                assert_eq!(text, format!("{spam}{suffix}"), "{helo} {sender}");
+                assert_eq!(text, format!("{spam}{suffix}"), "scenario {i}");
             }
         }
     }
