@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-pkgs=(-p postern-plugin-access)
+pkgs=(-p postern-plugin-access -p postern-plugin-helo -p postern-plugin-sender -p postern-plugin-recipient -p postern-plugin-client -p postern-plugin-dnsbl -p postern-plugin-greylist -p postern-plugin-spf -p postern-plugin-weight)
 if [ "${1:-}" = --tests ]; then
   for d in tests/plugins/*/; do
     [ -f "$d/Cargo.toml" ] && pkgs+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$d/Cargo.toml" | head -n1)")

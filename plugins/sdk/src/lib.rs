@@ -105,8 +105,18 @@
 //!   (bounded and rate-limited), with the entry's name; a panic's message
 //!   goes there before the call fails ([`panic_to_stderr`]).
 //! - A capability beyond `host` and `types` (header edits by host call,
-//!   [`edit`]) is imported only if your code calls it, and must then be
-//!   granted in the `[[plugin]]` table (`grants = ["edit"]`).
+//!   [`edit`]; DNS, [`resolve`]; the key-value store, [`store`]) is
+//!   imported only if your code calls it, and must then be granted in the
+//!   `[[plugin]]` table (`grants = ["edit"]`, `["dns"]`, `["kv"]`).
+//!
+//! ## Unit tests without a host
+//!
+//! Host imports cannot be called in a native `cargo test`. Keep the
+//! decisions in functions of plain data and of a [`resolve::Resolver`] /
+//! [`store::Store`]; the hooks pass [`resolve::HostResolver`] /
+//! [`store::HostStore`], the tests [`fake::FakeResolver`] (with
+//! [`fake::FakeResolver::test_zones`], the peers kit's zones) and
+//! [`fake::MemoryStore`]. [`name`] has Postfix's host name syntax checks.
 //! - The message header is complete (the host refuses messages over its
 //!   limits) and at most `smtp.max_header_size` (1 MiB at most);
 //!   [`each_header`] reads it in bounded batches.
@@ -120,19 +130,32 @@ wit_bindgen::generate!({
     path: "../../wit",
     world: "postern:filter/sdk",
     pub_export_macro: false,
+    additional_derives: [PartialEq],
 });
 
+/// DNS lookups (since 0.2.2), the raw imports; [`resolve`] wraps them in
+/// a trait that unit tests fake. Needs `grants = ["dns"]`.
+pub use postern::filter::dns;
 /// Header edits by host call (since 0.2.1): `edit::add_header(name,
 /// value)` and friends. A plugin that calls them imports `edit`, and
 /// needs `grants = ["edit"]` in its `[[plugin]]` table; the
 /// [`Outcome`] builders (`add_header`, ...) need no grant.
 pub use postern::filter::edit;
 pub use postern::filter::host;
+/// The key-value store (since 0.2.2), the raw imports; [`store`] wraps
+/// them in a trait that unit tests fake. Needs `grants = ["kv"]`.
+pub use postern::filter::kv;
 pub use postern::filter::types;
 pub use types::{
-    Action, Envelope, Header, HeaderChange, HeaderPart, HeaderRef, Message, Outcome, Param, Reply,
-    Score, Session, TlsInfo, Verdict,
+    Action, Envelope, Header, HeaderChange, HeaderPart, HeaderRef, Message, Outcome, Param,
+    RdnsStatus, Reply, Score, Session, TlsInfo, Verdict,
 };
+
+pub mod fake;
+pub mod name;
+pub mod resolve;
+pub mod restrict;
+pub mod store;
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
@@ -193,6 +216,23 @@ impl Outcome {
     /// Refuse with a 4xx reply: the client retries later.
     pub fn tempfail(code: u16, enhanced: &str, text: impl Into<String>) -> Outcome {
         Outcome::with(Verdict::Tempfail(reply(code, enhanced, text)))
+    }
+
+    /// Refuse with `code`: a reject for 5xx, a tempfail for 4xx, with the
+    /// class of `enhanced` made to match the code as Postfix does
+    /// (`refuse(550, "4.1.8", ..)` says `5.1.8`). For replies whose code
+    /// an operator configures.
+    pub fn refuse(code: u16, enhanced: &str, text: impl Into<String>) -> Outcome {
+        let class = if code / 100 == 4 { '4' } else { '5' };
+        let enhanced = match enhanced.split_once('.') {
+            Some((_, rest)) => format!("{class}.{rest}"),
+            None => enhanced.to_string(),
+        };
+        if class == '4' {
+            Outcome::tempfail(code, &enhanced, text)
+        } else {
+            Outcome::reject(code, &enhanced, text)
+        }
     }
 
     /// Accept the message and drop it.
@@ -304,8 +344,20 @@ fn read_header(message: &Message, index: u32, part: &HeaderPart) -> String {
 }
 
 /// Writing to the host log (prefixed with the plugin entry and queue ID).
+///
+/// Outside WebAssembly (a plugin's native unit tests) there is no host:
+/// the lines go to stderr instead, so that decisions which log can be
+/// tested.
 pub mod log {
-    use super::host::{Level, log};
+    use super::host::Level;
+
+    #[cfg(target_arch = "wasm32")]
+    use super::host::log;
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn log(level: Level, msg: &str) {
+        eprintln!("{level:?}: {msg}");
+    }
 
     /// Debug detail.
     pub fn debug(msg: &str) {
@@ -413,6 +465,14 @@ mod tests {
         let o = Outcome::cont().add_header("X-A", "b");
         assert!(matches!(o.verdict, Verdict::Continue));
         assert_eq!(o.actions.len(), 1);
+        let o = Outcome::refuse(550, "4.1.8", "x");
+        assert!(
+            matches!(o.verdict, Verdict::Reject(ref r) if r.code == 550 && r.enhanced.as_deref() == Some("5.1.8"))
+        );
+        let o = Outcome::refuse(450, "5.7.25", "x");
+        assert!(
+            matches!(o.verdict, Verdict::Tempfail(ref r) if r.code == 450 && r.enhanced.as_deref() == Some("4.7.25"))
+        );
     }
 
     #[test]
