@@ -265,15 +265,13 @@ mod file_tests {
              gone.test error:5.1.2 moved\n* retry:4.7.1 closed\n",
         )
         .unwrap();
-        let text = crate::config::tests::MINIMAL
-            .replace(
-                "users = [\"alice\"]",
-                &format!(
-                    "users = [\"alice\", \"bob\"]\ntransport_maps = [\"{}\"]",
-                    file.display()
-                ),
-            )
-            + "[transport]\n\"bob@example.test\" = \"maildir\"\n";
+        let text = crate::config::tests::MINIMAL.replace(
+            "users = [\"alice\"]",
+            &format!(
+                "users = [\"alice\", \"bob\"]\ntransport_maps = [\"{}\"]",
+                file.display()
+            ),
+        ) + "[transport]\n\"bob@example.test\" = \"maildir\"\n";
         let r = Router::load(&Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap())
             .unwrap();
         let local = |user: &str, tag: Option<&str>, mailbox| Transport::Local {
