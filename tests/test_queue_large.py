@@ -35,10 +35,9 @@ def plant(queue, qid, n, next_attempt):
     content_crc = zlib.crc32(content)
     state = json.loads((queue / f"{qid}.state").read_text())
     state["next_attempt"] = next_attempt
-    # One state file, linked under every ID: the daemon only reads them
-    # (a new state replaces its own link by a rename).
+    # One state file linked under many IDs (ext4 allows 65,000 links): the
+    # daemon only reads them (a new state replaces its own link by a rename).
     shared_state = queue / "planted-state"
-    shared_state.write_text(json.dumps(state))
     old = qid.encode()
     assert env.count(old) >= 1
     base = int(qid, 16)
@@ -50,6 +49,9 @@ def plant(queue, qid, n, next_attempt):
         fd = os.open(queue / new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, content + new_env + struct.pack("<QQI", content_len, len(new_env), crc) + MAGIC)
         os.close(fd)
+        if i % 50_000 == 1:
+            shared_state.unlink(missing_ok=True)
+            shared_state.write_text(json.dumps(state))
         os.link(shared_state, queue / f"{new}.state")
         ids.append(new)
     shared_state.unlink()
