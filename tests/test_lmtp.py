@@ -267,7 +267,7 @@ def test_a_connection_is_reused_for_the_next_message(daemon_factory, fake_lmtp):
 
 
 def test_check_names_a_bad_transport_entry(daemon_factory):
-    d = daemon_factory(start=False, extra=transport(**{"lmtp.test": "pipe:x"}))
+    d = daemon_factory(start=False, extra=transport(**{"lmtp.test": "frob:x"}))
     p = d.cli("check", check=False)
     assert p.returncode != 0
-    assert 'transport."lmtp.test": unknown transport "pipe"' in p.stdout + p.stderr
+    assert 'transport."lmtp.test": unknown transport "frob"' in p.stdout + p.stderr

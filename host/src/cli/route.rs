@@ -24,9 +24,9 @@ pub fn describe(router: &Router, address: &str) -> (Vec<String>, bool) {
                     // The transport a delivery attempt would pick for what
                     // the queue file will keep.
                     let to = d.address(router.delimiter());
-                    match router.transport(&to) {
-                        Ok(Transport::Local { user, .. }) => {
-                            let mailbox = match router.mailbox().kind {
+                    let line = match router.transport(&to) {
+                        Ok(Transport::Local { user, mailbox, .. }) => {
+                            let mailbox = match mailbox {
                                 Mailbox::Maildir => {
                                     format!("maildir {}", router.maildir(&user).display())
                                 }
@@ -48,7 +48,22 @@ pub fn describe(router: &Router, address: &str) -> (Vec<String>, bool) {
                         Ok(Transport::Lmtp { next_hop }) => {
                             format!("{written} -> {to} (lmtp, {next_hop})")
                         }
-                        Err(e) => format!("{written} -> {to} (no transport: {e})"),
+                        Ok(Transport::Refuse { bounce, dsn, text }) => format!(
+                            "{written} -> {to} ({}, {dsn} {text})",
+                            if bounce { "error" } else { "retry" }
+                        ),
+                        Ok(Transport::Discard { text }) => {
+                            format!("{written} -> {to} (discard, {text})")
+                        }
+                        Err(e) => return format!("{written} -> {to} (no transport: {e})"),
+                    };
+                    // Which entry chose it, if one did.
+                    match to
+                        .rsplit_once('@')
+                        .and_then(|(l, d)| router.address_transport_entry(l, d))
+                    {
+                        Some((_, origin)) => format!("{line} via {origin}"),
+                        None => line,
                     }
                 })
                 .collect();

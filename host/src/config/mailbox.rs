@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{Config, Problem, Seconds};
 
 /// Where the local agent puts a local user's mail.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mailbox {
     /// `local.maildir` (the default).
@@ -21,6 +21,17 @@ pub enum Mailbox {
     Mbox,
     /// `local.pipe.command`, the message on its standard input.
     Pipe,
+}
+
+impl Mailbox {
+    /// Its name in the configuration and transport tables.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mailbox::Maildir => "maildir",
+            Mailbox::Mbox => "mbox",
+            Mailbox::Pipe => "pipe",
+        }
+    }
 }
 
 /// `[local.pipe]`: the command local mail is handed to.
@@ -91,8 +102,33 @@ fn delivering_uid(config: &Config) -> Option<(u32, String)> {
     }
 }
 
-/// What is wrong with the mailbox settings of `[local]`, each with its key.
+/// What is wrong with the mailbox settings of `[local]`, each with its
+/// key: those of `local.mailbox`'s kind and of every kind `[transport]`
+/// names.
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
+    let mut kinds = vec![config.local.mailbox];
+    for kind in super::transport::mailbox_kinds(config) {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+        .into_iter()
+        .flat_map(|kind| kind_problems(config, kind))
+        .collect()
+}
+
+/// The first thing wrong with the settings of one mailbox kind, as
+/// `key: message`: a transport table naming it cannot be used.
+pub fn kind_problem(config: &Config, kind: Mailbox) -> Option<String> {
+    kind_problems(config, kind)
+        .into_iter()
+        .next()
+        .map(|p| format!("{}: {}", p.key, p.message))
+}
+
+/// What is wrong with the settings of one mailbox kind.
+fn kind_problems(config: &Config, kind: Mailbox) -> Vec<Problem> {
     let local = &config.local;
     let mut out = Vec::new();
     let mut bad = |key: &str, message: String| {
@@ -101,7 +137,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             message,
         })
     };
-    match local.mailbox {
+    match kind {
         Mailbox::Maildir => {}
         Mailbox::Mbox => {
             if local.mbox.is_empty() || local.mbox.ends_with('/') {

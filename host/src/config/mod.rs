@@ -20,11 +20,11 @@ use serde::Deserialize;
 
 pub use client::{SMTP_PORT, SmtpClient, SmtpHop, TlsLevel, parse_smtp_hop, read_password};
 pub use kv::{Kv, KvBackend};
-pub use mailbox::{Mailbox, PLACEHOLDERS, Pipe, expand};
+pub use mailbox::{Mailbox, PLACEHOLDERS, Pipe, expand, kind_problem};
 pub use policy_service::{
     ChainEntry, PolicyEndpoint, PolicyServiceEntry, WasmEntry, parse_policy_endpoint,
 };
-pub use transport::{LMTP_PORT, NextHop, TransportSpec, parse_transport};
+pub use transport::{LMTP_PORT, NextHop, TransportSpec, check_entry, key_domain, parse_transport};
 pub use units::{Bytes, Seconds};
 pub use wasm::Wasm;
 
@@ -637,9 +637,11 @@ pub struct Local {
     /// Separator between user and tag (`recipient_delimiter`); empty disables.
     pub recipient_delimiter: String,
     /// `user+tag` goes into the Maildir++ folder `.tag`, made on demand
-    /// (Dovecot's LDA with `-m` and `lda_mailbox_autocreate`) when the tag
-    /// is a plain folder name (letters, digits, `-`, `_`). Off: only into
-    /// a `.tag` folder that exists.
+    /// (Dovecot's LDA with `-m`, `lda_mailbox_autocreate` and
+    /// `lda_mailbox_autosubscribe`: with its `maildirfolder` marker, and
+    /// added to the Maildir's `subscriptions`) when the tag is a plain
+    /// folder name (letters, digits, `-`, `_`). Off: only into a `.tag`
+    /// folder that exists.
     pub create_tag_folders: bool,
     /// Domains whose addresses exist only as keys of `virtual_alias_maps`
     /// (Postfix `virtual_alias_domains`): any other address is unknown.
@@ -649,6 +651,9 @@ pub struct Local {
     pub virtual_alias_maps: Vec<PathBuf>,
     /// aliases(5) tables for the local domains, after `[aliases]`.
     pub alias_maps: Vec<PathBuf>,
+    /// transport(5) tables (Postfix `transport_maps`), read as they are;
+    /// for the same key `[transport]` comes first, then the files in order.
+    pub transport_maps: Vec<PathBuf>,
 }
 
 impl Default for Local {
@@ -666,6 +671,7 @@ impl Default for Local {
             virtual_alias_domains: Vec::new(),
             virtual_alias_maps: Vec::new(),
             alias_maps: Vec::new(),
+            transport_maps: Vec::new(),
         }
     }
 }
@@ -1148,11 +1154,11 @@ pub fn is_hostname(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// The smallest valid config (the bounds' tests share it).
-    pub(super) const MINIMAL: &str = r#"
+    /// The smallest valid config (the bounds' and routing tests share it).
+    pub(crate) const MINIMAL: &str = r#"
 [server]
 hostname = "mx.example.test"
 [[listener]]

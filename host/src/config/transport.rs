@@ -1,12 +1,18 @@
-//! `[transport]`: which delivery agent takes a domain's mail (Postfix's
-//! `transport_maps`, inline for now). Keys are domains (`.example.com`
-//! matches its subdomains); values are `lmtp:HOST:PORT`,
-//! `lmtp:[HOST]:PORT`, `lmtp:unix:/PATH`, `local` or `smtp[:NEXTHOP]`.
+//! `[transport]` and the `local.transport_maps` files: which delivery
+//! agent takes an address's or a domain's mail (Postfix's
+//! `transport_maps`). Keys are `user@domain`, `domain`, `.domain` (its
+//! subdomains) and `*` (any other address); values are
+//! `lmtp:HOST:PORT`, `lmtp:[HOST]:PORT`, `lmtp:unix:/PATH`,
+//! `smtp[:NEXTHOP]`, `local` (the `[local] mailbox`), `maildir`, `mbox`,
+//! `pipe` (one local mailbox kind, whatever `[local] mailbox` says),
+//! `error[:TEXT]` (bounced), `retry[:TEXT]` (deferred) and
+//! `discard[:TEXT]` (dropped as delivered), as Postfix's error(8) and
+//! discard(8) do.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use super::{Config, Problem, is_hostname};
+use super::{Config, Mailbox, Problem, is_hostname};
 
 /// The LMTP port (RFC 2033 names none; 24 is what Dovecot and Cyrus use).
 pub const LMTP_PORT: u16 = 24;
@@ -45,6 +51,72 @@ pub enum TransportSpec {
     Smtp(Option<super::SmtpHop>),
     /// LMTP to one server.
     Lmtp(NextHop),
+    /// One local mailbox kind (`maildir`, `mbox`, `pipe`), whatever
+    /// `[local] mailbox` says.
+    Mailbox(Mailbox),
+    /// `error:TEXT` (bounced) or `retry:TEXT` (deferred): Postfix's
+    /// error(8) and retry(8).
+    Refuse {
+        /// Bounced (`error`) rather than deferred (`retry`).
+        bounce: bool,
+        /// The enhanced status code: the one TEXT starts with, else
+        /// `5.0.0` / `4.0.0`.
+        dsn: String,
+        /// What the sender is told (the text after the code).
+        text: String,
+    },
+    /// `discard[:TEXT]`: counted as delivered, not stored (discard(8)).
+    Discard(String),
+}
+
+impl TransportSpec {
+    /// True for the agents that deliver into a local user's mailbox.
+    pub fn is_local(&self) -> bool {
+        matches!(self, TransportSpec::Local | TransportSpec::Mailbox(_))
+    }
+}
+
+/// `error:`/`retry:` text: an optional enhanced status code of the right
+/// class first, then the words.
+fn parse_refusal(word: &str, rest: Option<&str>) -> Result<TransportSpec, String> {
+    let bounce = word == "error";
+    let class = if bounce { '5' } else { '4' };
+    let text = rest.unwrap_or("").trim();
+    let (first, after) = text.split_once(' ').unwrap_or((text, ""));
+    let is_code = |c: &str| {
+        let parts: Vec<&str> = c.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let (dsn, text) = if is_code(first) {
+        if !first.starts_with(class) {
+            return Err(format!(
+                "{word}: the status code {first} must be {class}.X.X ({})",
+                if bounce {
+                    "error bounces; use retry: for a temporary failure"
+                } else {
+                    "retry defers; use error: to bounce"
+                }
+            ));
+        }
+        (first.to_string(), after.trim().to_string())
+    } else {
+        (format!("{class}.0.0"), text.to_string())
+    };
+    let text = if text.is_empty() {
+        format!(
+            "delivery {} by the transport table",
+            if bounce { "refused" } else { "deferred" }
+        )
+    } else {
+        text
+    };
+    if text.contains(['\r', '\n']) {
+        return Err(format!("{word}: the text must be one line"));
+    }
+    Ok(TransportSpec::Refuse { bounce, dsn, text })
 }
 
 /// Parses a `[transport]` value; the error says what is wrong.
@@ -54,17 +126,40 @@ pub fn parse_transport(value: &str) -> Result<TransportSpec, String> {
         Some((w, r)) => (w, Some(r)),
         None => (value, None),
     };
-    match (word.to_ascii_lowercase().as_str(), rest) {
-        ("local", None) => Ok(TransportSpec::Local),
+    let word = word.to_ascii_lowercase();
+    let mailbox = match word.as_str() {
+        "maildir" => Some(Mailbox::Maildir),
+        "mbox" => Some(Mailbox::Mbox),
+        "pipe" => Some(Mailbox::Pipe),
+        _ => None,
+    };
+    match (word.as_str(), rest) {
+        ("", _) => Err(format!(
+            "{value:?}: an empty transport (`:NEXTHOP`) is not supported: name it (smtp:NEXTHOP)"
+        )),
+        ("local", None | Some("")) => Ok(TransportSpec::Local),
         ("local", Some(_)) => Err("local takes no next hop".into()),
-        ("smtp", None) => Ok(TransportSpec::Smtp(None)),
-        ("smtp", Some(hop)) if !hop.is_empty() => {
-            super::parse_smtp_hop(hop).map(|h| TransportSpec::Smtp(Some(h)))
+        (_, None | Some("")) if mailbox.is_some() => {
+            Ok(TransportSpec::Mailbox(mailbox.unwrap_or_default()))
         }
-        ("lmtp", Some(hop)) => parse_lmtp(hop).map(TransportSpec::Lmtp),
-        ("lmtp", None) => Err("lmtp needs a next hop: lmtp:HOST:PORT or lmtp:unix:/PATH".into()),
+        (w, Some(_)) if mailbox.is_some() => Err(format!(
+            "{w} takes no next hop (its mailbox is local.{})",
+            if w == "pipe" { "pipe.command" } else { w }
+        )),
+        ("smtp", None | Some("")) => Ok(TransportSpec::Smtp(None)),
+        ("smtp", Some(hop)) => super::parse_smtp_hop(hop).map(|h| TransportSpec::Smtp(Some(h))),
+        ("lmtp", Some(hop)) if !hop.is_empty() => parse_lmtp(hop).map(TransportSpec::Lmtp),
+        ("lmtp", _) => Err("lmtp needs a next hop: lmtp:HOST:PORT or lmtp:unix:/PATH".into()),
+        ("error" | "retry", rest) => parse_refusal(&word, rest),
+        ("discard", rest) => Ok(TransportSpec::Discard(
+            rest.map(str::trim)
+                .filter(|t| !t.is_empty())
+                .unwrap_or("discarded")
+                .to_string(),
+        )),
         (w, _) => Err(format!(
-            "unknown transport {w:?}: only lmtp, local and smtp are known"
+            "unknown transport {w:?}: known are smtp, lmtp, local, maildir, mbox, pipe, \
+             error, retry and discard"
         )),
     }
 }
@@ -123,6 +218,42 @@ pub(super) fn split_host_port(hop: &str) -> Result<(&str, Option<u16>, bool), St
     Ok((host, port, bracketed))
 }
 
+/// The domain a transport key names: `Some(domain)` for `user@domain`
+/// and `domain`, `Some(".domain")` for subdomains, `None` for `*`; the
+/// error says what is wrong with the key.
+pub fn key_domain(key: &str) -> Result<Option<&str>, String> {
+    if key == "*" {
+        return Ok(None);
+    }
+    // `user@domain` (Postfix's transport_maps: the address first, then
+    // its domain) or `domain` or `.domain`.
+    match key.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !local.contains(char::is_whitespace) => {
+            if is_hostname(domain) {
+                Ok(Some(domain))
+            } else {
+                Err(format!("{domain:?} is not a domain"))
+            }
+        }
+        Some(_) => Err(format!("{key:?} is not an address (user@domain)")),
+        None if is_hostname(key.strip_prefix('.').unwrap_or(key)) => Ok(Some(key)),
+        None => Err(format!(
+            "{key:?} is not a domain (or .domain for its subdomains, user@domain, or *)"
+        )),
+    }
+}
+
+/// Checks one transport entry (from `[transport]` or a file): its key,
+/// and that a local mailbox agent is only for a local domain's keys.
+/// `locals`: `local.domains` in lower case.
+pub fn check_entry(key: &str, spec: &TransportSpec, locals: &[String]) -> Result<(), String> {
+    let domain = key_domain(key)?;
+    if spec.is_local() && !domain.is_some_and(|d| locals.contains(&d.to_ascii_lowercase())) {
+        return Err("local delivery is only for domains in local.domains".into());
+    }
+    Ok(())
+}
+
 /// What is wrong with `[transport]`, each with its key.
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -133,41 +264,35 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         .map(|d| d.to_ascii_lowercase())
         .collect();
     for (key, value) in &config.transport {
-        let problem = |message: String| Problem {
-            key: format!("transport.{key:?}"),
-            message,
-        };
-        // `user@domain` (Postfix's transport_maps: the address first, then
-        // its domain) or `domain` or `.domain`.
-        let domain = match key.rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !local.contains(char::is_whitespace) => {
-                if !is_hostname(domain) {
-                    out.push(problem(format!("{domain:?} is not a domain")));
-                    continue;
-                }
-                domain
-            }
-            Some(_) => {
-                out.push(problem(format!("{key:?} is not an address (user@domain)")));
-                continue;
-            }
-            None if is_hostname(key.strip_prefix('.').unwrap_or(key)) => key.as_str(),
-            None => {
-                out.push(problem(format!(
-                    "{key:?} is not a domain (or .domain for its subdomains, or user@domain)"
-                )));
-                continue;
-            }
-        };
-        match parse_transport(value) {
-            Err(e) => out.push(problem(e)),
-            Ok(TransportSpec::Local) if !locals.contains(&domain.to_ascii_lowercase()) => out.push(
-                problem("local delivery is only for domains in local.domains".into()),
-            ),
-            Ok(_) => {}
+        let checked = parse_transport(value).and_then(|spec| check_entry(key, &spec, &locals));
+        if let Err(message) = checked {
+            out.push(Problem {
+                key: format!("transport.{key:?}"),
+                message,
+            });
+        }
+    }
+    for (i, p) in config.local.transport_maps.iter().enumerate() {
+        if p.as_os_str().is_empty() {
+            out.push(Problem {
+                key: format!("local.transport_maps[{i}]"),
+                message: "is empty: give the path of a file".into(),
+            });
         }
     }
     out
+}
+
+/// The mailbox kinds `[transport]` names, for their settings' checks.
+pub(super) fn mailbox_kinds(config: &Config) -> Vec<Mailbox> {
+    config
+        .transport
+        .values()
+        .filter_map(|v| match parse_transport(v) {
+            Ok(TransportSpec::Mailbox(kind)) => Some(kind),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -256,10 +381,25 @@ mod tests {
         assert_eq!(c.transport.len(), 2);
         assert!(with("\"example.test\" = \"local\"").is_ok());
         assert!(with("\"bob@example.test\" = \"lmtp:127.0.0.1:24\"").is_ok());
+        assert!(with("\"bob@example.test\" = \"mbox\"").is_ok());
+        assert!(with("\"*\" = \"error:5.7.1 no\"").is_ok());
+        assert!(with("\"gone.test\" = \"discard\"").is_ok());
         for (line, want) in [
             (
+                "\"lmtp.test\" = \"frob:x\"",
+                "transport.\"lmtp.test\": unknown transport \"frob\"",
+            ),
+            (
                 "\"lmtp.test\" = \"pipe:x\"",
-                "transport.\"lmtp.test\": unknown transport \"pipe\"",
+                "transport.\"lmtp.test\": pipe takes no next hop",
+            ),
+            (
+                "\"*\" = \"mbox\"",
+                "transport.\"*\": local delivery is only for domains in local.domains",
+            ),
+            (
+                "\"example.test\" = \"pipe\"",
+                "local.pipe.command: is empty",
             ),
             (
                 "\"lmtp.test\" = \"lmtp:h:x\"",

@@ -1,7 +1,7 @@
 //! The local delivery agent (Postfix's local(8)): a user's Maildir, mbox
-//! file or mailbox command (`[local] mailbox`), with the `Delivered-To:`
-//! loop check and the `Return-Path:` and `Delivered-To:` fields every
-//! copy gets.
+//! file or mailbox command (`[local] mailbox`, or the kind a transport
+//! entry names), with the `Delivered-To:` loop check and the
+//! `Return-Path:` and `Delivered-To:` fields every copy gets.
 
 use super::agent::{Agent, Message, Outcome, Rcpt};
 use super::mailbox::each_local;
@@ -10,8 +10,10 @@ use super::mbox::Mbox;
 use super::pipe::Pipe;
 use crate::config::Mailbox;
 use crate::route::Router;
+use crate::route::Transport;
 
-/// Delivers to local users' mailboxes as one configuration says.
+/// Delivers to local users' mailboxes as one configuration says. The
+/// recipients of one call share a mailbox kind (the caller groups them).
 pub struct Local<'r> {
     /// The routing tables (mailbox paths and kind, the delimiter).
     pub router: &'r Router,
@@ -19,7 +21,11 @@ pub struct Local<'r> {
 
 impl Agent for Local<'_> {
     fn deliver(&self, msg: Message<'_>, rcpts: &[Rcpt<'_>]) -> Vec<Outcome> {
-        match self.router.mailbox().kind {
+        let kind = match rcpts.first().map(|r| r.transport) {
+            Some(Transport::Local { mailbox, .. }) => *mailbox,
+            _ => self.router.mailbox().kind,
+        };
+        match kind {
             Mailbox::Maildir => Maildir {
                 router: self.router,
             }

@@ -36,7 +36,7 @@ pub fn each_local<'a>(
         .iter()
         .map(|rcpt| {
             let to = &rcpt.record.address;
-            let Transport::Local { user, tag } = rcpt.transport else {
+            let Transport::Local { user, tag, .. } = rcpt.transport else {
                 return Outcome::deferred("local", "4.3.5", "not a local recipient");
             };
             if looped.contains(&to.to_lowercase()) {

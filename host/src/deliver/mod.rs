@@ -13,6 +13,7 @@ pub mod mailbox;
 pub mod maildir;
 pub mod mbox;
 pub mod pipe;
+pub mod refuse;
 pub mod smtp;
 pub mod wire;
 
@@ -420,6 +421,9 @@ pub fn deliver_pending(
             Some(Ok(Transport::Local { .. })) => local.deliver(msg, &rcpts),
             Some(Ok(Transport::Smtp { .. })) => remote.deliver(msg, &rcpts),
             Some(Ok(Transport::Lmtp { .. })) => Lmtp.deliver(msg, &rcpts),
+            Some(Ok(Transport::Refuse { .. } | Transport::Discard { .. })) => {
+                refuse::Refuse.deliver(msg, &rcpts)
+            }
             _ => Vec::new(),
         };
         outcomes.extend(
@@ -495,14 +499,15 @@ fn unroutable(e: &TransportError) -> Outcome {
 /// server, for SMTP by destination (routing failures last).
 fn group_key(t: &Result<Transport, TransportError>) -> (u8, Option<String>) {
     match t {
-        Ok(Transport::Local { .. }) => (0, None),
+        Ok(Transport::Local { mailbox, .. }) => (0, Some(mailbox.as_str().to_string())),
         Ok(Transport::Lmtp { next_hop }) => (1, Some(next_hop.to_string())),
         Ok(Transport::Smtp {
             next_hop: Some(hop),
             ..
         }) => (2, Some(hop.to_string())),
         Ok(Transport::Smtp { domain, .. }) => (2, Some(domain.clone())),
-        Err(_) => (3, None),
+        Ok(Transport::Refuse { .. } | Transport::Discard { .. }) => (3, None),
+        Err(_) => (4, None),
     }
 }
 

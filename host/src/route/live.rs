@@ -14,6 +14,8 @@ use crate::durable::stamp::Stamp;
 use super::table::{
     AliasTable, Entry, TableError, VirtualTable, fold, parse_aliases, parse_virtual,
 };
+use super::transport_table::{TransportEntry, TransportTable, parse_transport_table};
+use crate::config::{Mailbox, TransportSpec, check_entry};
 
 /// How often [`watch`] looks at the files.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -25,6 +27,8 @@ pub enum Kind {
     Virtual,
     /// aliases(5).
     Aliases,
+    /// transport(5).
+    Transport,
 }
 
 /// The parsed tables, in configuration order (the first table with a key
@@ -35,6 +39,8 @@ pub struct Tables {
     pub virtuals: Vec<VirtualTable>,
     /// `alias_maps`.
     pub aliases: Vec<AliasTable>,
+    /// `transport_maps`.
+    pub transports: Vec<TransportTable>,
 }
 
 impl Tables {
@@ -54,10 +60,19 @@ impl Tables {
         self.aliases.iter().find_map(|t| t.entries.get(&name))
     }
 
+    /// The transport of a transport(5) key (already case-folded): the
+    /// first file's that has it, with that file.
+    pub fn transport(&self, key: &str) -> Option<(&TransportEntry, &Path)> {
+        self.transports
+            .iter()
+            .find_map(|t| t.entries.get(key).map(|e| (e, t.path.as_path())))
+    }
+
     /// Keys over all tables.
     pub fn len(&self) -> usize {
         let v: usize = self.virtuals.iter().map(|t| t.entries.len()).sum();
-        v + self.aliases.iter().map(|t| t.entries.len()).sum::<usize>()
+        let t: usize = self.transports.iter().map(|t| t.entries.len()).sum();
+        v + t + self.aliases.iter().map(|t| t.entries.len()).sum::<usize>()
     }
 
     /// True without any key.
@@ -78,6 +93,9 @@ pub struct Context {
     /// `[aliases]` as written: name → targets (their bare targets may be
     /// names of the alias_maps files, checked once these are read).
     pub toml_targets: Vec<(String, Vec<String>)>,
+    /// Mailbox kinds whose settings cannot be used, with why: a
+    /// transport table may not name them.
+    pub unusable: Vec<(Mailbox, String)>,
 }
 
 impl Context {
@@ -93,6 +111,28 @@ impl Context {
                             "{domain:?} is in local.domains: a domain is either local or a virtual alias domain"
                         ),
                     });
+                }
+            }
+        }
+        let mut locals: Vec<String> = self.local_domains.iter().cloned().collect();
+        locals.sort();
+        for t in &tables.transports {
+            let mut keys: Vec<(&String, &TransportEntry)> = t.entries.iter().collect();
+            keys.sort_by_key(|(_, e)| e.line);
+            for (key, e) in keys {
+                let line_err = |message: String| TableError::Line {
+                    path: t.path.clone(),
+                    line: e.line,
+                    message,
+                };
+                check_entry(key, &e.spec, &locals).map_err(line_err)?;
+                if let TransportSpec::Mailbox(kind) = &e.spec
+                    && let Some((_, why)) = self.unusable.iter().find(|(k, _)| k == kind)
+                {
+                    return Err(line_err(format!(
+                        "cannot deliver by {}: {why}",
+                        kind.as_str()
+                    )));
                 }
             }
         }
@@ -251,6 +291,7 @@ fn read_all(
         match kind {
             Kind::Virtual => tables.virtuals.push(parse_virtual(path, &bytes)?),
             Kind::Aliases => tables.aliases.push(parse_aliases(path, &bytes)?),
+            Kind::Transport => tables.transports.push(parse_transport_table(path, &bytes)?),
         }
     }
     context.check(&tables)?;

@@ -4,6 +4,7 @@
 mod expand;
 pub mod live;
 pub mod table;
+pub mod transport_table;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, SmtpHop, TransportSpec, parse_transport};
+use crate::config::{Config, Mailbox, SmtpHop, TransportSpec, parse_transport};
 use live::{Context, Kind, Live};
 pub use table::TableError;
 
@@ -92,7 +93,8 @@ pub struct Router {
     origin: String,
     trusted: Vec<IpNet>,
     tables: Arc<Live>,
-    /// `[transport]`: domain or `.domain` (lower case) → its agent.
+    /// `[transport]`: key (lower case) → its agent; before the
+    /// `transport_maps` files for the same key.
     transports: HashMap<String, TransportSpec>,
     /// `smtp_client.relayhost`: the next hop of every other domain.
     relayhost: Option<SmtpHop>,
@@ -113,6 +115,40 @@ pub fn split_tag(local: &str, delimiter: char) -> Option<(&str, &str)> {
     let (base, rest) = local.split_at_checked(at)?;
     let tag = rest.get(c.len_utf8()..)?;
     (!base.is_empty()).then_some((base, tag))
+}
+
+/// The domain keys of a transport lookup: the domain itself, then the
+/// `.parent` keys, nearest first (`.domain` matches subdomains only).
+fn domain_keys(domain: &str) -> impl Iterator<Item = String> {
+    let domain = domain.to_ascii_lowercase();
+    let parents: Vec<String> = domain
+        .match_indices('.')
+        .filter_map(|(i, _)| domain.get(i..).map(str::to_string))
+        .collect();
+    std::iter::once(domain).chain(parents)
+}
+
+/// Where a transport entry was found, for `postern route`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `[transport]`, with its key.
+    Toml(String),
+    /// A `transport_maps` file, with the line of the key.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The line.
+        line: usize,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Toml(key) => write!(f, "[transport] {key:?}"),
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+        }
+    }
 }
 
 /// The IP address of an address literal (`[192.0.2.1]`, `[IPv6:::1]`).
@@ -217,6 +253,13 @@ impl Router {
                     .iter()
                     .map(|p| (p.clone(), Kind::Aliases)),
             )
+            .chain(
+                config
+                    .local
+                    .transport_maps
+                    .iter()
+                    .map(|p| (p.clone(), Kind::Transport)),
+            )
             .collect();
         let context = Context {
             local_domains: router.local_domains.clone(),
@@ -232,6 +275,14 @@ impl Router {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.list()))
                 .collect(),
+            unusable: if config.local.transport_maps.is_empty() {
+                Vec::new()
+            } else {
+                [Mailbox::Maildir, Mailbox::Mbox, Mailbox::Pipe]
+                    .into_iter()
+                    .filter_map(|k| Some((k, crate::config::kind_problem(config, k)?)))
+                    .collect()
+            },
         };
         router.tables = Arc::new(Live::load(sources, context)?);
         Ok(router)
@@ -274,51 +325,62 @@ impl Router {
     }
 
     /// True if mail for `domain` is accepted from any client: ours
-    /// ([`Router::is_local_domain`]) or in `[transport]` (Postfix's
-    /// `relay_domains`: its next hop decides on the user). Relay control
-    /// asks this; RCPT-time expansion does not (a `[transport]` domain's
-    /// addresses are not local users).
+    /// ([`Router::is_local_domain`]) or the key of a transport entry that
+    /// delivers, `domain` or `.parent` (Postfix's `relay_domains`: its
+    /// next hop decides on the user). Neither `*` nor an `error`, `retry`
+    /// or `discard` entry opens a domain to the world. Relay control asks
+    /// this; RCPT-time expansion does not (a transport domain's addresses
+    /// are not local users).
     pub fn accepts_domain(&self, domain: &str) -> bool {
-        self.is_local_domain(domain) || self.transport_entry(domain).is_some()
+        self.is_local_domain(domain)
+            || domain_keys(domain).any(|key| {
+                self.lookup_key(&key).is_some_and(|(spec, _)| {
+                    !matches!(
+                        spec,
+                        TransportSpec::Refuse { .. } | TransportSpec::Discard(_)
+                    )
+                })
+            })
     }
 
-    /// The `[transport]` entry of an address: the address itself (as
-    /// written, then without its `+tag`), then its domain's
-    /// ([`Router::transport_entry`]), as Postfix's transport_maps.
-    pub fn address_transport_entry(&self, local: &str, domain: &str) -> Option<&TransportSpec> {
-        if self.transports.is_empty() {
-            return None;
-        }
+    /// The transport entry of an address, as Postfix's transport_maps
+    /// looks it up: the address as written, then without its `+tag`, then
+    /// its domain, its parents' `.domain` keys, then `*`. For each key
+    /// `[transport]` answers first, then each `transport_maps` file in
+    /// order; the first key found wins. With where it was found.
+    pub fn address_transport_entry(
+        &self,
+        local: &str,
+        domain: &str,
+    ) -> Option<(TransportSpec, Origin)> {
         let domain_lc = domain.to_ascii_lowercase();
         let exact = format!("{}@{domain_lc}", local.to_lowercase());
         let base = self
             .delimiter
             .and_then(|d| split_tag(local, d))
             .map(|(base, _)| format!("{}@{domain_lc}", base.to_lowercase()));
-        self.transports
-            .get(&exact)
-            .or_else(|| base.and_then(|b| self.transports.get(&b)))
-            .or_else(|| self.transport_entry(domain))
+        std::iter::once(exact)
+            .chain(base)
+            .chain(domain_keys(domain))
+            .chain(std::iter::once("*".to_string()))
+            .find_map(|key| self.lookup_key(&key))
     }
 
-    /// The `[transport]` entry of `domain`: the domain's own key, else
-    /// the nearest `.parent` key (Postfix's `.domain` form).
-    pub fn transport_entry(&self, domain: &str) -> Option<&TransportSpec> {
-        if self.transports.is_empty() {
-            return None;
+    /// One key, in `[transport]` then the files.
+    fn lookup_key(&self, key: &str) -> Option<(TransportSpec, Origin)> {
+        if let Some(spec) = self.transports.get(key) {
+            return Some((spec.clone(), Origin::Toml(key.to_string())));
         }
-        let domain = domain.to_ascii_lowercase();
-        if let Some(t) = self.transports.get(&domain) {
-            return Some(t);
-        }
-        let mut rest = domain.as_str();
-        while let Some((_, parent)) = rest.split_once('.') {
-            if let Some(t) = self.transports.get(&format!(".{parent}")) {
-                return Some(t);
-            }
-            rest = parent;
-        }
-        None
+        let tables = self.tables.tables();
+        tables.transport(key).map(|(e, path)| {
+            (
+                e.spec.clone(),
+                Origin::File {
+                    path: path.to_path_buf(),
+                    line: e.line,
+                },
+            )
+        })
     }
 
     /// True if mail for `domain` is delivered here (Postfix's

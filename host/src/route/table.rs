@@ -68,9 +68,9 @@ pub fn fold(key: &str) -> String {
 }
 
 /// A piece of a logical line: its physical line number and text.
-type Segment<'a> = (usize, &'a str);
+pub(super) type Segment<'a> = (usize, &'a str);
 
-fn err(path: &Path, line: usize, message: impl Into<String>) -> TableError {
+pub(super) fn err(path: &Path, line: usize, message: impl Into<String>) -> TableError {
     TableError::Line {
         path: path.to_path_buf(),
         line,
@@ -79,7 +79,7 @@ fn err(path: &Path, line: usize, message: impl Into<String>) -> TableError {
 }
 
 /// The file's text, or where it stops being UTF-8.
-fn text<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, TableError> {
+pub(super) fn text<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, TableError> {
     std::str::from_utf8(bytes).map_err(|e| {
         let good = bytes.get(..e.valid_up_to()).unwrap_or_default();
         let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
@@ -90,7 +90,10 @@ fn text<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, TableError> {
 /// Logical lines (Postfix's rules): blank lines and lines whose first
 /// non-blank character is `#` are skipped; a line starting with
 /// whitespace continues the logical line before it.
-fn logical_lines<'a>(path: &Path, text: &'a str) -> Result<Vec<Vec<Segment<'a>>>, TableError> {
+pub(super) fn logical_lines<'a>(
+    path: &Path,
+    text: &'a str,
+) -> Result<Vec<Vec<Segment<'a>>>, TableError> {
     let mut out: Vec<Vec<Segment<'a>>> = Vec::new();
     for (i, raw) in text.split('\n').enumerate() {
         let number = i + 1;

@@ -4,7 +4,7 @@
 //! never names a transport.
 
 use super::{Router, split_tag};
-use crate::config::{NextHop, SmtpHop, TransportSpec};
+use crate::config::{Mailbox, NextHop, SmtpHop, TransportSpec};
 use crate::smtp::address::local_value;
 
 /// The delivery agent for one address, with what it needs to know.
@@ -16,6 +16,8 @@ pub enum Transport {
         user: String,
         /// The `+tag` of the address, if any (a Maildir folder).
         tag: Option<String>,
+        /// Its mailbox kind: `[local] mailbox`, or a transport entry's.
+        mailbox: Mailbox,
     },
     /// Another domain: by SMTP to its mail exchangers, or to a next hop.
     Smtp {
@@ -30,6 +32,20 @@ pub enum Transport {
         /// The server.
         next_hop: NextHop,
     },
+    /// A transport entry's `error:` (bounced) or `retry:` (deferred).
+    Refuse {
+        /// Bounced rather than deferred.
+        bounce: bool,
+        /// The enhanced status code.
+        dsn: String,
+        /// What the sender is told.
+        text: String,
+    },
+    /// A transport entry's `discard:`: done without a copy.
+    Discard {
+        /// What the log says.
+        text: String,
+    },
 }
 
 impl Transport {
@@ -39,6 +55,9 @@ impl Transport {
             Transport::Local { .. } => "local",
             Transport::Smtp { .. } => "smtp",
             Transport::Lmtp { .. } => "lmtp",
+            Transport::Refuse { bounce: true, .. } => "error",
+            Transport::Refuse { bounce: false, .. } => "retry",
+            Transport::Discard { .. } => "discard",
         }
     }
 }
@@ -62,18 +81,20 @@ impl Router {
             .rsplit_once('@')
             .filter(|(l, d)| !l.is_empty() && !d.is_empty())
             .ok_or_else(|| TransportError::NotAnAddress(address.to_string()))?;
-        match self.address_transport_entry(local, domain) {
-            Some(TransportSpec::Lmtp(next_hop)) => {
-                return Ok(Transport::Lmtp {
-                    next_hop: next_hop.clone(),
-                });
-            }
+        let mut mailbox = self.mailbox().kind;
+        match self.address_transport_entry(local, domain).map(|(s, _)| s) {
+            Some(TransportSpec::Lmtp(next_hop)) => return Ok(Transport::Lmtp { next_hop }),
             Some(TransportSpec::Smtp(hop)) => {
                 return Ok(Transport::Smtp {
                     domain: domain.to_ascii_lowercase(),
-                    next_hop: hop.clone().or_else(|| self.relayhost.clone()),
+                    next_hop: hop.or_else(|| self.relayhost.clone()),
                 });
             }
+            Some(TransportSpec::Refuse { bounce, dsn, text }) => {
+                return Ok(Transport::Refuse { bounce, dsn, text });
+            }
+            Some(TransportSpec::Discard(text)) => return Ok(Transport::Discard { text }),
+            Some(TransportSpec::Mailbox(kind)) => mailbox = kind,
             Some(TransportSpec::Local) | None => {}
         }
         if !self.is_local_domain(domain) {
@@ -88,6 +109,7 @@ impl Router {
             return Ok(Transport::Local {
                 user: user.clone(),
                 tag: None,
+                mailbox,
             });
         }
         if let Some((base, tag)) = self.delimiter.and_then(|d| split_tag(local, d))
@@ -96,6 +118,7 @@ impl Router {
             return Ok(Transport::Local {
                 user: user.clone(),
                 tag: (!tag.is_empty()).then(|| tag.to_string()),
+                mailbox,
             });
         }
         Err(TransportError::NoSuchUser(local.to_string()))
@@ -135,14 +158,16 @@ abuse = "alice"
             r.transport("alice+News@Example.Test"),
             Ok(Transport::Local {
                 user: "alice".into(),
-                tag: Some("News".into())
+                tag: Some("News".into()),
+                mailbox: Mailbox::Maildir
             })
         );
         assert_eq!(
             r.transport("bob@example.test"),
             Ok(Transport::Local {
                 user: "Bob".into(),
-                tag: None
+                tag: None,
+                mailbox: Mailbox::Maildir
             })
         );
         assert_eq!(
@@ -221,5 +246,75 @@ abuse = "alice"
         );
         // An alias is not expanded again at delivery.
         assert!(r.transport("postmaster@example.test").is_err());
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn file_entries_after_toml_for_a_key_and_star_last() {
+        let dir = std::env::temp_dir().join(format!("postern-tt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("transport");
+        std::fs::write(
+            &file,
+            "bob@example.test mbox\nbob+x@example.test discard\nexample.test mbox\n\
+             gone.test error:5.1.2 moved\n* retry:4.7.1 closed\n",
+        )
+        .unwrap();
+        let text = crate::config::tests::MINIMAL.replace(
+            "users = [\"alice\"]",
+            &format!(
+                "users = [\"alice\", \"bob\"]\ntransport_maps = [\"{}\"]",
+                file.display()
+            ),
+        ) + "[transport]\n\"bob@example.test\" = \"maildir\"\n";
+        let r = Router::load(&Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap())
+            .unwrap();
+        let local = |user: &str, tag: Option<&str>, mailbox| Transport::Local {
+            user: user.into(),
+            tag: tag.map(String::from),
+            mailbox,
+        };
+        // The same key: [transport] first.
+        assert_eq!(
+            r.transport("bob@example.test"),
+            Ok(local("bob", None, Mailbox::Maildir))
+        );
+        // A more specific key of a file wins over the TOML's.
+        assert_eq!(
+            r.transport("bob+x@example.test"),
+            Ok(Transport::Discard {
+                text: "discarded".into()
+            })
+        );
+        assert_eq!(
+            r.transport("alice+y@example.test"),
+            Ok(local("alice", Some("y"), Mailbox::Mbox))
+        );
+        assert_eq!(
+            r.transport("a@gone.test"),
+            Ok(Transport::Refuse {
+                bounce: true,
+                dsn: "5.1.2".into(),
+                text: "moved".into()
+            })
+        );
+        assert_eq!(
+            r.transport("a@far.test"),
+            Ok(Transport::Refuse {
+                bounce: false,
+                dsn: "4.7.1".into(),
+                text: "closed".into()
+            })
+        );
+        // Neither `*` nor a refusal opens a domain to the world.
+        assert!(!r.accepts_domain("far.test") && !r.accepts_domain("gone.test"));
+        let (_, origin) = r.address_transport_entry("a", "gone.test").unwrap();
+        assert_eq!(origin.to_string(), format!("{}:4", file.display()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

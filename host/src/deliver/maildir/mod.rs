@@ -12,6 +12,7 @@
 mod earlier;
 mod known;
 mod names;
+mod subscribe;
 pub(super) mod walk;
 
 use std::ffi::OsStr;

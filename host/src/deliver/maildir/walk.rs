@@ -371,12 +371,20 @@ pub(super) fn tag_folder(
             return Ok(Some(found));
         }
     }
-    // Made on demand (Dovecot's LDA with -m and lda_mailbox_autocreate),
-    // only for a tag that is a plain folder name: letters, digits, `-` and
-    // `_` (a `.` would make a subfolder in Maildir++), at most 64 bytes.
+    // Made on demand (Dovecot's LDA with -m, lda_mailbox_autocreate and
+    // lda_mailbox_autosubscribe), only for a tag that is a plain folder
+    // name: letters, digits, `-` and `_` (a `.` would make a subfolder in
+    // Maildir++), at most 64 bytes. The marker comes before `new/`
+    // (whose existence says "complete"); a subscription that cannot be
+    // written is logged and the mail delivered all the same.
     if create && tag_makes_a_folder(tag) {
         let dir = make_dir(maildir, &exact, trust)?;
-        return open_folder(&dir, trust, true, with_cur);
+        super::subscribe::mark_folder(&dir)?;
+        let folder = open_folder(&dir, trust, true, with_cur)?;
+        if let Err(e) = super::subscribe::subscribe(maildir, tag) {
+            tracing::warn!("cannot subscribe folder {tag:?}: {e}");
+        }
+        return Ok(folder);
     }
     Ok(None)
 }

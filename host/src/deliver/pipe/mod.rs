@@ -181,6 +181,7 @@ mod tests {
         let transport = Transport::Local {
             user: "alice".into(),
             tag: Some("news".into()),
+            mailbox: crate::config::Mailbox::Pipe,
         };
         let rcpt = Rcpt {
             index: 0,
