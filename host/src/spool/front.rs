@@ -59,9 +59,15 @@ impl Front {
     }
 
     /// Makes the message durable in the journal and keeps it for the
-    /// manager. `Err` gives the message back (no room, or the journal
-    /// failed or is closed): the caller writes a queue file instead.
+    /// manager. `Err` gives the message back (no room, the journal failed,
+    /// is closed, or can no longer reclaim segments): the caller writes a
+    /// queue file instead.
     pub async fn commit(&self, content: Vec<u8>, env: Envelope) -> Result<(), (Vec<u8>, Envelope)> {
+        if !self.journal.healthy() {
+            // Its segments would never be reclaimed (as for local mail,
+            // which takes the fsynced path then).
+            return Err((content, env));
+        }
         let (tail, crc) = format::encode_tail_crc(&content, &env);
         let size = content.len() + tail.len();
         {

@@ -407,6 +407,13 @@ impl Journal {
         }
     }
 
+    /// False once a bulk sync of the mailboxes failed (or where syncfs
+    /// cannot report errors): segments are no longer reclaimed, so new
+    /// mail should go elsewhere.
+    pub fn healthy(&self) -> bool {
+        !self.inner.touched.failed()
+    }
+
     /// Records not yet released, for the log at shutdown.
     pub fn outstanding(&self) -> usize {
         lock(&self.inner.state)
