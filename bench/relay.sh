@@ -34,6 +34,9 @@
 #
 # BENCH_REPEAT rounds (default 3) each run Postfix and Postern on every
 # variant once, interleaved; the summary uses the medians.
+# BENCH_BEFORE=BIN adds an older Postern binary to every round ("before-"
+# lines, run next to Postern, so that the VM's phases hit both alike) and
+# prints after-vs-before ratios of the medians.
 # BENCH_SETTLE, BENCH_PERF=DIR, BENCH_PERF_FREQ, BENCH_POSTFIX=0, BENCH_PORT
 # (Postern's port, default 2625) and POSTERN_BIN are as in bench/run.sh.
 #
@@ -49,6 +52,8 @@ PEERS=$ROOT/../shared/peers
 S=${1:-20} M=${2:-2000} L=${3:-4096}
 BIN=${POSTERN_BIN:-$ROOT/target/release/postern}
 VARIANTS=${BENCH_VARIANTS:-relay lmtp}
+BEFORE=${BENCH_BEFORE:-}
+[ -z "$BEFORE" ] || [ -x "$BEFORE" ] || { echo "bench: BENCH_BEFORE=$BEFORE is not an executable" >&2; exit 1; }
 REPEAT=${BENCH_REPEAT:-3}
 [ "$REPEAT" -ge 1 ] || { echo "bench: BENCH_REPEAT must be at least 1" >&2; exit 1; }
 PORT=${BENCH_PORT:-2625}
@@ -249,8 +254,8 @@ run_postfix() { # VARIANT
   }
 }
 
-run_postern() { # VARIANT
-  local v=$1 work pid rc=0
+run_postern() { # VARIANT [BIN NAME]
+  local v=$1 bin=${2:-$BIN} name=${3:-postern} work pid rc=0
   # The previous run's spool goes first, then settling (see run.sh).
   if [ -f "$WORKROOT/prev" ]; then rm -rf "$(cat "$WORKROOT/prev")"; fi
   clear_next_hop "$v"
@@ -264,11 +269,11 @@ run_postern() { # VARIANT
     relay) printf '\n[smtp_client]\nrelayhost = "[%s]:%s"\ntls = "none"\n' "$SINK_HOST" "$SINK_PORT" >>"$work/postern.toml" ;;
     lmtp) printf '\n[transport]\n"lmtp.test" = "lmtp:127.0.0.1:24"\n' >>"$work/postern.toml" ;;
   esac
-  (cd "$work" && exec "$BIN" run --config postern.toml >"$work/postern.log" 2>&1) &
+  (cd "$work" && exec "$bin" run --config postern.toml >"$work/postern.log" 2>&1) &
   pid=$!
   echo "$pid" >"$WORKROOT/daemon.pid"
   wait_tcp "$PORT" 10 || { tail -n 20 "$work/postern.log" >&2; return 1; }
-  timed_run "postern-$v" "$v" "$PORT" "$pid" || rc=$?
+  timed_run "$name-$v" "$v" "$PORT" "$pid" || rc=$?
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -f "$WORKROOT/daemon.pid"
@@ -314,24 +319,36 @@ case " $VARIANTS " in
 esac
 [ "${BENCH_POSTFIX:-1}" != 1 ] || postfix_start
 
-declare -A pa pd va vd
+run_before() { # VARIANT
+  run_postern "$1" "$BEFORE" before
+}
+
+declare -A pa pd va vd ba bd
 for r in $(seq "$REPEAT"); do
   for v in $VARIANTS; do
     # Postfix first in odd rounds, Postern first in even ones, so that
     # neither always follows the other's clean-up.
-    if [ $((r % 2)) = 1 ]; then order="postfix postern"; else order="postern postfix"; fi
+    if [ $((r % 2)) = 1 ]; then order="postfix before postern"; else order="postern before postfix"; fi
     for mta in $order; do
-      [ "$mta" = postern ] || [ "${BENCH_POSTFIX:-1}" = 1 ] || continue
+      [ "$mta" != postfix ] || [ "${BENCH_POSTFIX:-1}" = 1 ] || continue
+      [ "$mta" != before ] || [ -n "$BEFORE" ] || continue
       line=$("run_$mta" "$v") || { echo "$line"; echo "bench: $mta $v failed" >&2; exit 1; }
       echo "$line"
       k=$(out_key "$v")
-      if [ "$mta" = postfix ]; then
-        pa[$v]+="$(field "$line" accepted_msg_s) "
-        pd[$v]+="$(field "$line" "${k}_msg_s") "
-      else
-        va[$v]+="$(field "$line" accepted_msg_s) "
-        vd[$v]+="$(field "$line" "${k}_msg_s") "
-      fi
+      case $mta in
+        postfix)
+          pa[$v]+="$(field "$line" accepted_msg_s) "
+          pd[$v]+="$(field "$line" "${k}_msg_s") "
+          ;;
+        before)
+          ba[$v]+="$(field "$line" accepted_msg_s) "
+          bd[$v]+="$(field "$line" "${k}_msg_s") "
+          ;;
+        *)
+          va[$v]+="$(field "$line" accepted_msg_s) "
+          vd[$v]+="$(field "$line" "${k}_msg_s") "
+          ;;
+      esac
     done
   done
 done
@@ -341,9 +358,18 @@ for v in $VARIANTS; do
   k=$(out_key "$v")
   a=$(printf '%s\n' ${va[$v]} | median) d=$(printf '%s\n' ${vd[$v]} | median)
   echo "postern-$v accepted_msg_s=$a ${k}_msg_s=$d"
+  if [ -n "$BEFORE" ]; then
+    ea=$(printf '%s\n' ${ba[$v]} | median) ed=$(printf '%s\n' ${bd[$v]} | median)
+    echo "before-$v accepted_msg_s=$ea ${k}_msg_s=$ed"
+    awk -v v="$v" -v k="$k" -v a="$a" -v d="$d" -v ea="$ea" -v ed="$ed" 'BEGIN {
+      if (ea > 0 && ed > 0) printf "after vs before, %s: accepted %+.1f%% %s %+.1f%%\n", v, (a / ea - 1) * 100, k, (d / ed - 1) * 100 }'
+  fi
   [ "${BENCH_POSTFIX:-1}" = 1 ] || continue
   fa=$(printf '%s\n' ${pa[$v]} | median) fd=$(printf '%s\n' ${pd[$v]} | median)
   echo "postfix-$v accepted_msg_s=$fa ${k}_msg_s=$fd"
   awk -v v="$v" -v k="$k" -v a="$a" -v d="$d" -v fa="$fa" -v fd="$fd" 'BEGIN {
     if (fa > 0 && fd > 0) printf "ratio postern-%s/postfix: accepted %.1fx %s %.1fx\n", v, a / fa, k, d / fd }'
+  [ -n "$BEFORE" ] || continue
+  awk -v v="$v" -v k="$k" -v a="$ea" -v d="$ed" -v fa="$fa" -v fd="$fd" 'BEGIN {
+    if (fa > 0 && fd > 0) printf "ratio before-%s/postfix: accepted %.1fx %s %.1fx\n", v, a / fa, k, d / fd }'
 done

@@ -139,6 +139,11 @@ class Daemon:
         self.log = self.dir / "postern.log"
         self.proc = None
 
+    def add_queue_setting(self, line):
+        """Adds `line` to the config's [queue] table (before a start)."""
+        self.config_text = self.config_text.replace("[queue]\n", f"[queue]\n{line}\n", 1)
+        self.config.write_text(self.config_text)
+
     def start(self, wait=True):
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(

@@ -437,3 +437,57 @@ def test_kill_9_during_remote_delivery_loses_nothing(daemon_factory, scripted):
         time.sleep(0.1)
     assert got() == set(subjects), (got(), d.log_text()[-3000:])
     wait_queue(d, lambda e: e == [], timeout=20)
+
+
+def test_kill_9_while_relaying_from_the_journal_loses_nothing_resends_only_in_flight(
+        daemon_factory, scripted):
+    """Relayed mail is durable in the journal before 250 and leaves from
+    memory, with no queue file; what the server took is marked delivered
+    in the journal. Killed with messages delivered, in flight and waiting
+    in one journal segment (sealed only after an hour), the next start
+    sends again only what the server had not answered: every message
+    arrives, none of those answered before the kill twice."""
+    port = mx_port("127.0.0.10")
+    mx1 = scripted("127.0.0.10", port)
+    d = daemon_factory(start=False, client=client_config(port))
+    d.add_queue_setting('journal_seal_idle = "1h"')
+    d.start()
+    before = [f"before {i}" for i in range(5)]
+    with d.smtp() as s:
+        for subject in before:
+            assert s.sendmail("alice@example.test", ["far@dest.test"], message(subject=subject)) == {}
+    # A session's lines hold every message it carried, each once.
+    count = lambda subject: sum(f"Subject: {subject}" in sess for sess in list(mx1.sessions))
+    deadline = time.time() + 10
+    while any(count(s) == 0 for s in before) and time.time() < deadline:
+        time.sleep(0.05)
+    while d.log_text().count(": removed") < len(before) and time.time() < deadline:
+        time.sleep(0.05)
+    # Delivered from memory: no queue file was ever written for them.
+    assert d.queue_files() == []
+    mx1.slow.set()
+    crash = [f"crash {i}" for i in range(8)]
+    with d.smtp() as s:
+        for subject in crash:
+            assert s.sendmail("alice@example.test", ["far@dest.test"], message(subject=subject)) == {}
+    deadline = time.time() + 10
+    while not any(count(s) for s in crash) and time.time() < deadline:
+        time.sleep(0.05)
+    in_flight = sum(count(s) for s in crash)
+    assert in_flight, "nothing reached the server"
+    d.kill9()
+    mx1.slow.clear()
+    d.start()
+    deadline = time.time() + 30
+    while any(count(s) == 0 for s in crash) and time.time() < deadline:
+        time.sleep(0.1)
+    missing = [s for s in crash if count(s) == 0]
+    assert not missing, (missing, d.log_text()[-3000:])
+    # Marked delivered before the kill: not sent again.
+    assert [count(s) for s in before] == [1] * len(before), d.log_text()[-3000:]
+    # Sent twice at most: those the server had not answered at the kill.
+    assert sum(count(s) for s in crash) - len(crash) <= in_flight
+    marked = re.search(r"journal: (\d+) messages left by an earlier run were delivered or queued already",
+                       d.log_text())
+    assert marked and int(marked[1]) >= len(before), d.log_text()[-3000:]
+    wait_queue(d, lambda e: e == [], timeout=20)

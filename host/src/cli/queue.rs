@@ -13,12 +13,15 @@ use crate::spool::{QueueEntry, Spool, format, journal, now_secs};
 /// one by one, marked `*`.
 pub fn list(config: &Config, journal: bool) -> anyhow::Result<()> {
     crate::spool::format::set_v1_delimiter(config.local.recipient_delimiter.chars().next());
-    let spool = Spool::open_readonly(&config.server.spool_dir);
-    let mut entries = spool.list()?;
-    let (segments, journaled) = in_journal(config, &entries)?;
-    let count = journaled.len();
+    let Listing {
+        mut entries,
+        local,
+        segments,
+    } = listing(config)?;
+    let count = local.len();
     if journal {
-        entries.extend(journaled);
+        entries.extend(local);
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
     }
     let summary = || {
         if count > 0 && !journal {
@@ -156,10 +159,11 @@ pub fn show(config: &Config, id: &str) -> anyhow::Result<()> {
 /// delivered to local mailboxes: they are listed as `active`.
 pub fn list_json(config: &Config) -> anyhow::Result<()> {
     crate::spool::format::set_v1_delimiter(config.local.recipient_delimiter.chars().next());
-    let spool = Spool::open_readonly(&config.server.spool_dir);
-    let mut entries = spool.list()?;
-    let (_, journaled) = in_journal(config, &entries)?;
-    entries.extend(journaled);
+    let Listing {
+        mut entries, local, ..
+    } = listing(config)?;
+    entries.extend(local);
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out = std::io::stdout().lock();
     for e in &entries {
         serde_json::to_writer(&mut out, &json_entry(e))?;
@@ -208,19 +212,35 @@ fn json_entry(e: &QueueEntry) -> serde_json::Value {
     })
 }
 
-/// The messages in the journal that are not in the spool too (one that a
-/// failed delivery moved there is listed from there), and the number of
-/// segments they are in. Read-only: a running daemon may be writing and
-/// removing segments meanwhile.
-fn in_journal(config: &Config, spooled: &[QueueEntry]) -> anyhow::Result<(usize, Vec<QueueEntry>)> {
+/// What `queue list` shows.
+struct Listing {
+    /// The spool's messages, and the journal's for the delivery manager
+    /// (relayed mail in its first attempt: `active`, marked `*`).
+    entries: Vec<QueueEntry>,
+    /// The journal's messages for local mailboxes: being delivered, or
+    /// delivered and waiting for their bulk sync.
+    local: Vec<QueueEntry>,
+    /// The segments those are in.
+    segments: usize,
+}
+
+/// The spool's messages and the journal's that are not in the spool too
+/// (one that a failed delivery moved there is listed from there).
+/// Read-only: a running daemon may be writing and removing segments
+/// meanwhile. The journal is read first: a message is marked out of it
+/// only once its queue file is there, so none falls between the two.
+fn listing(config: &Config) -> anyhow::Result<Listing> {
     let dir = config.server.spool_dir.join("journal");
-    if !dir.is_dir() {
-        return Ok((0, Vec::new()));
-    }
-    let left = journal::read(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    let spooled: HashSet<&str> = spooled.iter().map(|e| e.id.as_str()).collect();
+    let left = if dir.is_dir() {
+        journal::read(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+    } else {
+        journal::Leftovers::default()
+    };
+    let mut entries = Spool::open_readonly(&config.server.spool_dir).list()?;
+    let spooled: HashSet<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let router = crate::route::Router::new(config);
     let mut segments = HashSet::new();
-    let mut out: Vec<QueueEntry> = Vec::new();
+    let mut local: Vec<QueueEntry> = Vec::new();
     for r in &left.records {
         let Ok((envelope, content)) = format::decode(&r.file) else {
             continue;
@@ -228,14 +248,25 @@ fn in_journal(config: &Config, spooled: &[QueueEntry]) -> anyhow::Result<(usize,
         if spooled.contains(envelope.id.as_str()) {
             continue;
         }
-        segments.insert(r.segment);
-        out.push(QueueEntry {
+        let for_local = crate::deliver::journaled::for_local_delivery(&router, &envelope);
+        let entry = QueueEntry {
             id: envelope.id.clone(),
             size: content.len() as u64,
             envelope,
             state: None,
             area: "journal",
-        });
+        };
+        if for_local {
+            segments.insert(r.segment);
+            local.push(entry);
+        } else {
+            entries.push(entry);
+        }
     }
-    Ok((segments.len(), out))
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Listing {
+        entries,
+        local,
+        segments: segments.len(),
+    })
 }

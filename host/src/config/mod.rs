@@ -726,7 +726,9 @@ pub struct Queue {
     /// fdatasync shared by every session's messages of the moment) and
     /// answer 250 before the Maildir copies are written; they are synced in
     /// bulk before the journal lets go of the message. Off: each copy is
-    /// fsynced into its Maildir before the 250.
+    /// fsynced into its Maildir before the 250. With direct delivery, mail
+    /// for the delivery manager is journaled too, and gets a queue file
+    /// only if its first attempt leaves it unfinished.
     pub journal: bool,
     /// A journal segment is sealed after this long without a new message
     /// (then its mailboxes are synced and it is removed): shorter means

@@ -152,6 +152,14 @@ impl Journaled {
         })
     }
 
+    /// From now on, mail the sessions spool (for the delivery manager)
+    /// goes into the journal too, and is handed to the manager from
+    /// memory ([`crate::spool::front`]): no queue file unless its first
+    /// attempt leaves it unfinished.
+    pub fn take_spooled_mail(&self) {
+        self.ctx.spool.attach_journal(self.ctx.journal.clone());
+    }
+
     /// False once a sync of the mailboxes failed (or where syncfs cannot
     /// report errors): then the journal can no longer let go of messages,
     /// and new ones take the fsynced path.
@@ -346,8 +354,9 @@ fn work_loop(ctx: &Ctx) {
 }
 
 /// Delivers to every recipient; one that cannot be delivered now puts the
-/// message into the spool with the others marked done. Returns the queue
-/// ID if it was spooled.
+/// message into the spool with the others marked done. A message for the
+/// delivery manager is spooled as it is. Returns the queue ID if it was
+/// spooled.
 fn deliver(
     router: &Router,
     env: &Envelope,
@@ -357,6 +366,14 @@ fn deliver(
     touched: &Touched,
     how: Durability<'_>,
 ) -> Result<Option<String>, SpoolError> {
+    if !for_local_delivery(router, env) {
+        // Accepted for the delivery manager ([`crate::spool::front`]),
+        // whose first attempt a crash cut short or never began: queued as
+        // the session would have, with no attempt counted.
+        let id = spool_message(spool, content, env, DeliveryState::default())?;
+        tracing::info!("{id}: queued for delivery");
+        return Ok(Some(id));
+    }
     let mut state = DeliveryState::default();
     let Some(last_error) =
         deliver_pending(&LocalOnly, router, env, content, &mut state, hostname, how).left()
@@ -373,27 +390,53 @@ fn deliver(
         })?;
     }
     let state = state.first_attempt_failed(last_error);
+    let id = spool_message(spool, content, env, state)?;
+    tracing::info!("{id}: queued for retry");
+    Ok(Some(id))
+}
+
+/// Writes a journaled message into the spool with its delivery state
+/// (blocking); returns the queue ID it went under. A queue file already
+/// there under its ID that is this message's stands (a hand-off repeated);
+/// one that is another message's (an ID reissued before IDs were kept
+/// unique across restarts) is not replaced: this message gets a new ID.
+/// Its Maildir copies made so far keep their names.
+pub(crate) fn spool_message(
+    spool: &Spool,
+    content: &[u8],
+    env: &Envelope,
+    state: DeliveryState,
+) -> Result<String, SpoolError> {
     match spool.commit_blocking(content, env, state.clone()) {
-        Ok(()) => {
-            tracing::info!("{}: queued for retry", env.id);
-            Ok(Some(env.id.clone()))
-        }
+        Ok(()) => Ok(env.id.clone()),
         Err(SpoolError::Taken(_)) => {
-            // Another message holds the ID (one reissued before IDs were
-            // kept unique across restarts): this one gets a new ID rather
-            // than replace it. Its copies made so far keep their names.
             let mut renamed = env.clone();
             renamed.id = crate::spool::new_queue_id();
             spool.commit_blocking(content, &renamed, state)?;
             tracing::warn!(
-                "{}: queue ID taken by another message; queued for retry as {}",
+                "{}: queue ID taken by another message; queued as {}",
                 env.id,
                 renamed.id
             );
-            Ok(Some(renamed.id))
+            Ok(renamed.id)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the server would have delivered `env` straight from the
+/// journal: every recipient a local mailbox, and no success report asked
+/// for. Otherwise the record came from the spool's front ([`crate::spool::front`]),
+/// and recovery queues it for the delivery manager as the session would
+/// have.
+pub(crate) fn for_local_delivery(router: &Router, env: &Envelope) -> bool {
+    env.recipients.iter().all(|r| {
+        !r.notify().success
+            && matches!(
+                router.transport(&r.address),
+                Ok(crate::route::Transport::Local { .. })
+            )
+    })
 }
 
 /// Start-up: delivers the messages of journal segments an earlier run left
@@ -421,6 +464,12 @@ pub fn recover(
         return out;
     }
     let total = left.records.len();
+    if left.delivered > 0 {
+        tracing::info!(
+            "journal: {} messages left by an earlier run were delivered or queued already",
+            left.delivered
+        );
+    }
     if !left.records.is_empty() {
         tracing::info!(
             "journal: delivering {} messages left by an earlier run",

@@ -27,8 +27,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::route::{Router, Transport, TransportError};
+use crate::spool::front::Front;
+use crate::spool::journal::Placed;
 use crate::spool::{
-    DeliveryState, DirSyncer, Envelope, Recipient, RecipientState, Spool, SpoolError, now_secs,
+    DeliveryState, DirSyncer, Envelope, Loaded, Recipient, RecipientState, Spool, SpoolError,
+    now_secs,
 };
 use agent::{Agent, Handoff, Message, Outcome, Rcpt, Status};
 use lmtp::Lmtp;
@@ -538,8 +541,75 @@ pub fn delivered_before(
     found
 }
 
+/// Where the message of an attempt lives, and so what ending the attempt
+/// does with it.
+enum Store<'a> {
+    /// A queue file in `queue/`, with its state file.
+    File,
+    /// A journal record taken from the spool's front for its first
+    /// attempt: a queue file is written only if the message is not
+    /// finished ([`crate::spool::front`]).
+    Journal { front: &'a Front, at: Placed },
+}
+
+impl Store<'_> {
+    /// Every recipient is done: the message leaves.
+    fn finished(&self, spool: &Spool, id: &str) -> Result<(), SpoolError> {
+        match self {
+            Store::File => spool.remove(id),
+            Store::Journal { front, at } => {
+                front.delivered(*at);
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps the message with its state: saved beside its queue file, or
+    /// a queue file made (in `hold/` with a hold reason). Returns the ID
+    /// it is queued under (new only if its own was taken).
+    fn keep(
+        &self,
+        spool: &Spool,
+        loaded: &Loaded,
+        state: &DeliveryState,
+    ) -> Result<String, SpoolError> {
+        let id = &loaded.envelope.id;
+        match self {
+            Store::File if state.hold_reason.is_some() => {
+                spool.hold(id, state).map(|()| id.clone())
+            }
+            Store::File => spool.save_state(id, state).map(|()| id.clone()),
+            Store::Journal { front, at } => {
+                let id = journaled::spool_message(
+                    spool,
+                    loaded.content(),
+                    &loaded.envelope,
+                    state.clone(),
+                )?;
+                front.spooled(*at);
+                Ok(id)
+            }
+        }
+    }
+}
+
 /// One delivery attempt of one message (blocking).
 fn attempt(ctx: &Ctx, id: &str) -> Attempt {
+    if let Some(front) = ctx.spool.front()
+        && let Some(m) = front.take(id)
+    {
+        let store = Store::Journal {
+            front,
+            at: m.placed,
+        };
+        let outcome = attempt_on(ctx, id, &m.loaded, DeliveryState::default(), &store);
+        if matches!(outcome, Attempt::Failed(_)) {
+            // Neither finished nor spooled: still the journal's, and the
+            // next attempt takes it from there again.
+            front.put_back(m);
+        }
+        return outcome;
+    }
     let loaded = match ctx.spool.read(id) {
         Ok(l) => l,
         // Removed meanwhile (delivered by an attempt whose state could
@@ -550,10 +620,21 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
         }
         Err(e) => return Attempt::Failed(e.to_string()),
     };
-    let mut state = match ctx.spool.load_state(id) {
+    let state = match ctx.spool.load_state(id) {
         Ok(s) => s.unwrap_or_default(),
         Err(e) => return Attempt::Failed(e.to_string()),
     };
+    attempt_on(ctx, id, &loaded, state, &Store::File)
+}
+
+/// One delivery attempt of `loaded`, stored as `store` says.
+fn attempt_on(
+    ctx: &Ctx,
+    id: &str,
+    loaded: &Loaded,
+    mut state: DeliveryState,
+    store: &Store<'_>,
+) -> Attempt {
     let env = &loaded.envelope;
     let router = ctx.router.load();
     let started = now_secs();
@@ -586,8 +667,8 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
             "{id}: giving up after {} attempts, message from <> held: {last_error}",
             state.attempts
         );
-        return match ctx.spool.hold(id, &state) {
-            Ok(()) => Attempt::Finished,
+        return match store.keep(&ctx.spool, loaded, &state) {
+            Ok(_) => Attempt::Finished,
             Err(e) => Attempt::Failed(e.to_string()),
         };
     }
@@ -596,7 +677,7 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
     match bounce::settle(
         &ctx.spool,
         &ctx.cfg.hostname,
-        &loaded,
+        loaded,
         &mut state,
         &attempted,
         expired,
@@ -609,7 +690,7 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
         Err(e) => return Attempt::Failed(e.to_string()),
     }
     if state.done.len() >= env.recipients.len() {
-        return match ctx.spool.remove(id) {
+        return match store.finished(&ctx.spool, id) {
             Ok(()) => {
                 tracing::info!("{id}: removed");
                 Attempt::Finished
@@ -622,10 +703,16 @@ fn attempt(ctx: &Ctx, id: &str) -> Attempt {
     state.last_error = Some(last_error);
     let wait = backoff(&ctx.cfg, state.attempts);
     state.next_attempt = started + wait.as_secs();
-    if let Err(e) = ctx.spool.save_state(id, &state) {
-        return Attempt::Failed(e.to_string());
+    match store.keep(&ctx.spool, loaded, &state) {
+        Ok(kept) if kept == id => Attempt::Retry(Instant::now() + wait),
+        Ok(kept) => {
+            // Queued under a new ID (its own was taken): that one is
+            // scheduled, this one is done.
+            let _ = ctx.jobs.send(Job::Queued(kept));
+            Attempt::Finished
+        }
+        Err(e) => Attempt::Failed(e.to_string()),
     }
-    Attempt::Retry(Instant::now() + wait)
 }
 
 #[cfg(test)]

@@ -518,6 +518,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         )
         .context("cannot start the delivery threads")?,
     );
+    // Spooled mail (for the delivery manager) is journaled too: no queue
+    // file unless its first attempt leaves it unfinished. Not with
+    // direct_delivery = false, which asks for a queue file before 250.
+    if cfg.queue.journal && cfg.queue.direct_delivery {
+        journaled.take_spooled_mail();
+    }
     if !recovery.unfinished.is_empty() {
         journaled.retry_recovered(
             recovery.unfinished,

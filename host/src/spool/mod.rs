@@ -13,6 +13,7 @@
 //! step across concurrent sessions).
 
 pub mod format;
+pub mod front;
 pub mod journal;
 mod queue_id;
 
@@ -186,6 +187,8 @@ pub struct Spool {
     hold: PathBuf,
     corrupt: PathBuf,
     syncer: Option<DirSyncer>,
+    /// The journal, once it takes spooled mail ([`front`]).
+    front: std::sync::OnceLock<front::Front>,
     _lock: Option<File>,
 }
 
@@ -252,6 +255,7 @@ impl Spool {
             hold: root.join("hold"),
             corrupt: root.join("corrupt"),
             syncer: None,
+            front: std::sync::OnceLock::new(),
             _lock: None,
         }
     }
@@ -269,9 +273,28 @@ impl Spool {
             .map_err(io_err("fsync", dir))
     }
 
-    /// Writes a message durably into `queue/`. Returns only once the file
-    /// and its directory entry are on disk: the caller may then send 250.
+    /// From now on, [`Spool::commit`] makes messages durable in `journal`
+    /// and keeps them for their first attempt ([`front`]). Once only.
+    pub fn attach_journal(&self, journal: journal::Journal) {
+        let _ = self.front.set(front::Front::new(journal));
+    }
+
+    /// The journal in front of the spool, if one is attached.
+    pub fn front(&self) -> Option<&front::Front> {
+        self.front.get()
+    }
+
+    /// Writes a message durably into `queue/` (or, with a journal
+    /// attached, into the journal: [`front`]). Returns only once it is on
+    /// disk: the caller may then send 250.
     pub async fn commit(&self, content: Vec<u8>, env: Envelope) -> Result<(), SpoolError> {
+        let (content, env) = match self.front.get() {
+            Some(front) => match front.commit(content, env).await {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            },
+            None => (content, env),
+        };
         self.commit_to(content, env, None).await
     }
 

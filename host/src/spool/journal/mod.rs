@@ -68,6 +68,8 @@ pub struct Leftovers {
     /// Bytes of the segments that are no record: damage, or (at the end
     /// of a segment) a batch whose write was cut short.
     pub damaged: Vec<Damaged>,
+    /// Records marked delivered (handed on for good): not in `records`.
+    pub delivered: usize,
 }
 
 /// One record found in a segment left by an earlier run.
@@ -98,7 +100,17 @@ pub struct Damaged {
 /// An append waiting for the writer.
 struct Pending {
     record: Record,
-    done: oneshot::Sender<io::Result<u64>>,
+    done: oneshot::Sender<io::Result<Placed>>,
+}
+
+/// Where an appended record is: its segment, and its offset there (for
+/// [`Journal::mark_delivered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The segment, to [`Journal::release`] the record from.
+    pub segment: u64,
+    /// The record's offset in the segment file.
+    pub offset: u64,
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +144,8 @@ struct Inner {
     /// Wakes the reclaimer.
     reclaim_ready: Condvar,
     touched: Arc<Touched>,
+    /// The segment [`Journal::mark_delivered`] wrote to last, kept open.
+    marking: Mutex<Option<(u64, File)>>,
 }
 
 /// Reads the segments under `dir` and their complete records (what a
@@ -160,6 +174,7 @@ pub fn read(dir: &Path) -> io::Result<Leftovers> {
             Err(e) => return Err(ctx("read", &path)(e)),
         };
         let parsed = parse(&bytes);
+        left.delivered += parsed.delivered;
         left.records
             .extend(parsed.records.iter().map(|&(offset, r)| Leftover {
                 segment: seq,
@@ -234,6 +249,7 @@ impl Journal {
             reclaim: Mutex::new(ReclaimQueue::default()),
             reclaim_ready: Condvar::new(),
             touched,
+            marking: Mutex::new(None),
         });
         let writer = {
             let inner = inner.clone();
@@ -289,6 +305,11 @@ impl Journal {
     /// Appends a record and returns once it is durable, with its segment,
     /// to be [`Journal::release`]d once the message is safe elsewhere.
     pub async fn append(&self, record: Record) -> io::Result<u64> {
+        self.append_placed(record).await.map(|p| p.segment)
+    }
+
+    /// [`Journal::append`], returning where the record went.
+    pub async fn append_placed(&self, record: Record) -> io::Result<Placed> {
         let (done, rx) = oneshot::channel();
         {
             let mut st = lock(&self.inner.state);
@@ -349,6 +370,48 @@ impl Journal {
         if let Some(h) = reclaimer {
             let _ = h.join();
         }
+    }
+
+    /// Marks the record at `at` delivered for good (a remote server took
+    /// it), before it is released: a restart before its segment is
+    /// reclaimed leaves it alone instead of sending it again. In place,
+    /// without a sync (blocking): a mark lost in a crash costs a
+    /// duplicate, never a message. A failure is logged, never fatal.
+    pub fn mark_delivered(&self, at: Placed) {
+        let mut cached = lock(&self.inner.marking);
+        if cached.as_ref().is_none_or(|(seq, _)| *seq != at.segment) {
+            let path = segment_path(&self.inner.dir, at.segment);
+            // Not the writer's descriptor: that one appends wherever it
+            // is told to write.
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => *cached = Some((at.segment, f)),
+                Err(e) => {
+                    *cached = None;
+                    tracing::warn!(
+                        "journal: cannot mark a record of {} delivered ({e}); a restart before its segment goes would send it again",
+                        path.display()
+                    );
+                    return;
+                }
+            }
+        }
+        if let Some((_, f)) = cached.as_ref()
+            && let Err(e) =
+                std::os::unix::fs::FileExt::write_all_at(f, segment::DELIVERED_MAGIC, at.offset)
+        {
+            tracing::warn!(
+                "journal: cannot mark the record at {} of segment {:016x} delivered ({e}); a restart before the segment goes would send it again",
+                at.offset,
+                at.segment
+            );
+        }
+    }
+
+    /// False once a bulk sync of the mailboxes failed (or where syncfs
+    /// cannot report errors): segments are no longer reclaimed, so new
+    /// mail should go elsewhere.
+    pub fn healthy(&self) -> bool {
+        !self.inner.touched.failed()
     }
 
     /// Records not yet released, for the log at shutdown.
@@ -534,7 +597,9 @@ fn write_loop(inner: &Inner, first: u64) {
         let Some(a) = active.as_mut() else { continue };
         buf.clear();
         buf.reserve(batch.iter().map(|p| p.record.framed_len()).sum());
+        let mut offsets = Vec::with_capacity(batch.len());
         for p in &batch {
+            offsets.push(a.size + buf.len() as u64);
             segment::frame(a.salt, &p.record, &mut buf);
         }
         match a.file.write_all(&buf).and_then(|()| a.file.sync_data()) {
@@ -546,8 +611,11 @@ fn write_loop(inner: &Inner, first: u64) {
                     .entry(a.seq)
                     .or_default()
                     .outstanding += batch.len();
-                for p in batch {
-                    let _ = p.done.send(Ok(a.seq));
+                for (p, offset) in batch.into_iter().zip(offsets) {
+                    let _ = p.done.send(Ok(Placed {
+                        segment: a.seq,
+                        offset,
+                    }));
                 }
                 if a.size >= SEGMENT_BYTES || a.opened.elapsed() >= max_age(inner) {
                     let seq = a.seq;

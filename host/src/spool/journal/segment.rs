@@ -5,6 +5,13 @@
 //! record:  "PJRECORD" len(u64 LE) payload-crc(u32 LE) header-crc(u32 LE) payload(len)
 //! ```
 //!
+//! A record whose message no longer needs the journal (taken by its next
+//! hop, or in a synced queue file) has its magic overwritten in place with `"PJDELIVD"`
+//! ([`DELIVERED_MAGIC`]), without a sync of its own: its checksums are
+//! those it was written with (the header's is computed as if the magic
+//! were `"PJRECORD"`). A restart then leaves it alone instead of sending
+//! it again; a mark lost in a crash costs one message sent twice.
+//!
 //! Every record carries its own checksums (CRC-32): `payload-crc` of its
 //! payload (a whole queue file, [`crate::spool::format`]) and `header-crc`
 //! of the segment's salt and the record's first 24 bytes. Damage in the
@@ -29,6 +36,8 @@ const SEGMENT_MAGIC: &[u8; 8] = b"PSTRNJ02";
 const V1_MAGIC: &[u8; 8] = b"PSTRNJ01";
 /// Starts every record.
 const RECORD_MAGIC: &[u8; 8] = b"PJRECORD";
+/// Replaces [`RECORD_MAGIC`] once the record's message is delivered.
+pub(super) const DELIVERED_MAGIC: &[u8; 8] = b"PJDELIVD";
 /// Magic and salt.
 pub(super) const SEGMENT_HEADER: usize = 16;
 /// Magic, length, payload checksum, header checksum.
@@ -94,6 +103,8 @@ pub(super) fn frame(salt: u64, record: &Record, out: &mut Vec<u8>) {
 pub struct Parsed<'a> {
     /// Its records: offset and payload.
     pub records: Vec<(usize, &'a [u8])>,
+    /// Records marked delivered ([`DELIVERED_MAGIC`]): nothing to do.
+    pub delivered: usize,
     /// Stretches that are no record but are followed by one: damage.
     pub damaged: Vec<Range<usize>>,
     /// What follows the last record, if it is not one: a batch whose
@@ -117,32 +128,47 @@ pub fn parse(bytes: &[u8]) -> Parsed<'_> {
                 bytes,
                 SEGMENT_HEADER,
                 |b, at| record_at(b, at, salt),
-                RECORD_MAGIC,
+                &[RECORD_MAGIC, DELIVERED_MAGIC],
             )
         }
-        None => walk(bytes, 0, v1_record_at, V1_MAGIC),
+        None => walk(
+            bytes,
+            0,
+            |b, at| v1_record_at(b, at).map(|r| (r, false)),
+            &[V1_MAGIC],
+        ),
     }
 }
 
-/// Reads records from `start` with `at` (offset → payload range), and
-/// resynchronises after damage at the next `magic` where `at` finds a
-/// record.
+/// Reads records from `start` with `at` (offset → payload range, and
+/// whether the record is marked delivered), and resynchronises after
+/// damage at the nearest of `magics` where `at` finds a record.
 fn walk<'a>(
     bytes: &'a [u8],
     start: usize,
-    at: impl Fn(&[u8], usize) -> Option<Range<usize>>,
-    magic: &[u8; 8],
+    at: impl Fn(&[u8], usize) -> Option<(Range<usize>, bool)>,
+    magics: &[&[u8; 8]],
 ) -> Parsed<'a> {
     let mut parsed = Parsed::default();
     let mut pos = start;
     let resync = |from: usize| {
-        memchr::memmem::find_iter(bytes.get(from + 1..).unwrap_or_default(), magic)
-            .map(|p| from + 1 + p)
-            .find(|&p| at(bytes, p).is_some())
+        let rest = bytes.get(from + 1..).unwrap_or_default();
+        magics
+            .iter()
+            .filter_map(|m| {
+                memchr::memmem::find_iter(rest, m)
+                    .map(|p| from + 1 + p)
+                    .find(|&p| at(bytes, p).is_some())
+            })
+            .min()
     };
     while pos < bytes.len() {
-        if let Some(payload) = at(bytes, pos) {
-            parsed.records.push((pos, &bytes[payload.clone()]));
+        if let Some((payload, delivered)) = at(bytes, pos) {
+            if delivered {
+                parsed.delivered += 1;
+            } else {
+                parsed.records.push((pos, &bytes[payload.clone()]));
+            }
             pos = payload.end;
             continue;
         }
@@ -160,22 +186,32 @@ fn walk<'a>(
     parsed
 }
 
-/// The payload of the record at `at`, if its checksums hold.
-fn record_at(bytes: &[u8], at: usize, salt: u64) -> Option<Range<usize>> {
+/// The payload of the record at `at`, if its checksums hold, and whether
+/// it is marked delivered.
+fn record_at(bytes: &[u8], at: usize, salt: u64) -> Option<(Range<usize>, bool)> {
     let head = bytes.get(at..at.checked_add(RECORD_HEADER)?)?;
     let word = |i: usize| {
         head.get(i..i + 4)
             .and_then(|w| w.try_into().ok())
             .map(u32::from_le_bytes)
     };
-    if &head[..8] != RECORD_MAGIC || header_crc(salt, &head[..20]) != word(20)? {
+    let delivered = match &head[..8] {
+        m if m == RECORD_MAGIC => false,
+        m if m == DELIVERED_MAGIC => true,
+        _ => return None,
+    };
+    // The header as it was framed: the delivered mark came later.
+    let mut framed = [0u8; 20];
+    framed[..8].copy_from_slice(RECORD_MAGIC);
+    framed[8..].copy_from_slice(&head[8..20]);
+    if header_crc(salt, &framed) != word(20)? {
         return None;
     }
     let len = usize::try_from(u64::from_le_bytes(head[8..16].try_into().ok()?)).ok()?;
     let start = at + RECORD_HEADER;
     let payload = start..start.checked_add(len)?;
     let body = bytes.get(payload.clone())?;
-    (crc32fast::hash(body) == word(16)?).then_some(payload)
+    (crc32fast::hash(body) == word(16)?).then_some((payload, delivered))
 }
 
 /// The payload of the `v1` record at `at`, if its framing fits.
@@ -244,6 +280,28 @@ pub(crate) mod tests {
         // Empty, or a header cut short: nothing at all.
         assert_eq!(parse(b""), Parsed::default());
         assert_eq!(parse(&seg[..5]), Parsed::default());
+    }
+
+    #[test]
+    fn a_record_marked_delivered_is_skipped_and_resynchronised_to() {
+        let seg = segment(5, &[b"one", b"two", b"three"]);
+        let at_two = SEGMENT_HEADER + RECORD_HEADER + 3;
+        let mut marked = seg.clone();
+        marked[at_two..at_two + 8].copy_from_slice(DELIVERED_MAGIC);
+        let p = parse(&marked);
+        assert_eq!(payloads(&p), [&b"one"[..], b"three"]);
+        assert_eq!(p.delivered, 1);
+        assert!(p.damaged.is_empty() && p.torn.is_none());
+        // Damage in "one": reading resumes at the marked record.
+        marked[SEGMENT_HEADER + RECORD_HEADER] ^= 1;
+        let p = parse(&marked);
+        assert_eq!(payloads(&p), [&b"three"[..]]);
+        assert_eq!((p.delivered, p.damaged.len()), (1, 1));
+        // A mark is no licence: a damaged marked header is damage.
+        let mut bad = seg.clone();
+        bad[at_two..at_two + 8].copy_from_slice(DELIVERED_MAGIC);
+        bad[at_two + 9] ^= 1;
+        assert_eq!(parse(&bad).delivered, 0);
     }
 
     #[test]
