@@ -113,3 +113,59 @@ def test_the_seed_example_serves_what_its_contract_says(seed):
         time.sleep(0.1)
     [got] = [m for m in mx.received if f"submitted {token}" in m]
     assert "RCPT TO:<far@dest.test>" in got and "MAIL FROM:<alice@example.test>" in got
+
+
+# The MX's restriction chain (issue 14): from untrusted clients to
+# alice@example.test, through the DNS peer's zones. Each case is
+# (client address, HELO, sender, expected code, enhanced code prefix, text).
+RESTRICTED = [
+    # reject_rbl_client dnsbl.test: both listed addresses, the list named.
+    ("127.0.0.2", "client.example.test", "a@example.test", 554, "5.7.1", "dnsbl.test"),
+    ("127.0.0.99", "dyn-127-0-0-99.pool.test", "a@example.test", 554, "5.7.1", "dnsbl.test"),
+    # reject_rhsbl_sender rhsbl.test.
+    ("198.18.0.25", "mail.good.test", "x@spammer.test", 554, "5.7.1", "rhsbl.test"),
+    # reject_unknown_sender_domain.
+    ("198.18.0.25", "mail.good.test", "x@doesnotexist.test", 450, "4.1.8", "Domain not found"),
+    # reject_non_fqdn_helo_hostname.
+    ("198.18.0.25", "mailhost", "x@good.test", 504, "5.5.2", "fully-qualified"),
+    # SPF -all from an address the record does not name.
+    ("198.18.0.25", "mail.good.test", "x@spf-fail.test", 550, "5.7.23", "SPF fail"),
+]
+
+
+@pytest.mark.parametrize("source,helo,sender,code,enhanced,text", RESTRICTED,
+                         ids=["dnsbl-127.0.0.2", "dnsbl-127.0.0.99", "rhsbl-sender",
+                              "unknown-sender-domain", "non-fqdn-helo", "spf-fail"])
+def test_the_seed_mx_refuses_what_its_restrictions_refuse(seed, source, helo, sender, code,
+                                                          enhanced, text):
+    with smtplib.SMTP("127.0.0.1", 2525, source_address=(source, 0), timeout=20) as s:
+        s.ehlo(helo)
+        assert s.mail(sender)[0] == 250
+        got, resp = s.rcpt("alice@example.test")
+    assert got == code, resp
+    assert resp.startswith(enhanced.encode()), resp
+    assert text.encode() in resp, resp
+
+
+def test_the_seed_mx_accepts_a_clean_client_with_score_and_spf_headers(seed):
+    token = uuid.uuid4().hex[:10]
+    with smtplib.SMTP("127.0.0.1", 2525, source_address=("198.18.0.25", 0), timeout=20) as s:
+        s.ehlo("mail.good.test")
+        assert s.sendmail("bob@good.test", ["alice@example.test"],
+                          message(subject=f"clean {token}")) == {}
+    [f] = wait_subject("alice", token)
+    text = f.read_text()
+    head = text.split("\n\n", 1)[0]
+    assert "\nX-Postern-Score: " in head, head
+    assert "PW_CL_IP_EQ_FROM_MX" in head, head
+    assert "\nReceived-SPF: pass (mx.example.test:" in head, head
+
+
+def test_the_seed_restrictions_leave_trusted_and_authenticated_clients_alone(seed):
+    # 127.0.0.1 is in trusted_networks: a HELO that is not a domain and a
+    # sender domain that does not exist pass, as permit_mynetworks does
+    # before every other restriction.
+    with smtplib.SMTP("127.0.0.1", 2525, timeout=20) as s:
+        s.ehlo("mailhost")
+        assert s.mail("x@doesnotexist.test")[0] == 250
+        assert s.rcpt("alice@example.test")[0] == 250
