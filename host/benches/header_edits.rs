@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use postern::config::Smtp;
 use postern::deliver::delivered_before;
 use postern::message::{HeaderAction, edit, inspect};
-use postern::plugin::host::message::ParsedMessage;
+use postern::plugin::input::ParsedMessage;
 
 /// Runs `f` a few times on what `setup` makes (not timed); the median.
 fn median<T>(mut setup: impl FnMut() -> T, mut f: impl FnMut(T)) -> Duration {

@@ -17,8 +17,8 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
     with: {
-        "postern:filter/types.message": crate::plugin::host::message::MessageData,
-        "postern:filter/types.session": crate::plugin::host::session::SessionData,
-        "postern:filter/types.envelope": crate::plugin::host::envelope::EnvelopeData,
+        "postern:filter/types.message": crate::plugin::input::MessageData,
+        "postern:filter/types.session": crate::plugin::input::SessionData,
+        "postern:filter/types.envelope": crate::plugin::input::EnvelopeData,
     },
 });

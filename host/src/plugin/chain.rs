@@ -16,9 +16,7 @@ use wasmtime::component::Resource;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 
 use super::bindings::postern::filter::types as wit;
-use super::host::envelope::EnvelopeData;
-use super::host::message::{MessageData, ParsedMessage};
-use super::host::session::SessionData;
+use super::input::{EnvelopeData, MessageData, ParsedMessage, SessionData};
 use super::input::{EnvelopeInfo, Input, SessionInfo};
 use super::limits::MemoryLimitExceeded;
 use super::meter::TimeLimitExceeded;

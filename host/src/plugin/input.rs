@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::message::limits::MAX_HEADER_SIZE_CEILING;
+use crate::message::{parse_headers, scan_headers};
+
 /// Host-side view of the session, converted for each call.
 #[derive(Debug, Clone, Default)]
 pub struct SessionInfo {
@@ -57,3 +60,59 @@ pub struct Input<'a> {
     /// The message content (data).
     pub message: Option<Arc<Vec<u8>>>,
 }
+
+/// The session behind a `session` resource handle (lent to one call).
+#[derive(Debug)]
+pub struct SessionData(pub Arc<SessionInfo>);
+
+/// The envelope behind an `envelope` resource handle (lent to one call).
+#[derive(Debug)]
+pub struct EnvelopeData(pub Arc<EnvelopeInfo>);
+
+/// Message content with its header section parsed: once per stage,
+/// whatever the number of plugins that read it.
+///
+/// The view is complete or there is none: the daemon refuses a message
+/// over `smtp.max_header_fields`/`max_header_size` before any filter
+/// runs (`message::limits`), and a header section over the ceiling that
+/// setting may have (1 MiB) is not parsed at all, so that reading it
+/// fails the call instead of handing a guest a part of it.
+#[derive(Debug)]
+pub struct ParsedMessage {
+    pub(super) content: Arc<Vec<u8>>,
+    headers: Vec<(String, String)>,
+    pub(super) body_start: usize,
+}
+
+impl ParsedMessage {
+    /// Parses message content (header section and body).
+    pub fn new(content: Arc<Vec<u8>>) -> ParsedMessage {
+        let body_start = scan_headers(&content, |_, _| {});
+        let headers = if body_start as u64 > MAX_HEADER_SIZE_CEILING {
+            Vec::new()
+        } else {
+            let (fields, _) = parse_headers(&content);
+            fields.into_iter().map(|f| (f.name, f.value)).collect()
+        };
+        ParsedMessage {
+            headers,
+            content,
+            body_start,
+        }
+    }
+
+    /// The fields, unless the header section is over the ceiling.
+    pub(super) fn fields(&self) -> Result<&[(String, String)], String> {
+        if self.body_start as u64 > MAX_HEADER_SIZE_CEILING {
+            return Err(format!(
+                "the message header of {} bytes is over the {MAX_HEADER_SIZE_CEILING} a plugin may read",
+                self.body_start
+            ));
+        }
+        Ok(&self.headers)
+    }
+}
+
+/// The message behind a `message` resource handle (lent to one call).
+#[derive(Debug)]
+pub struct MessageData(pub Arc<ParsedMessage>);

@@ -1,6 +1,8 @@
 //! What one plugin instance may take: its linear memory (all its memories
 //! together) and its tables, failing with typed errors the host recognises.
 
+use std::time::Duration;
+
 use wasmtime::ResourceLimiter;
 
 /// A plugin asked for more memory than its limit.
@@ -197,5 +199,34 @@ mod tests {
         assert_eq!((m.desired, m.limit), (101 * e, 100 * e));
         assert!(l.memory_growing(50 * e, 70 * e, None).unwrap());
         assert!(l.memory_growing(70 * e, 71 * e, None).is_err());
+    }
+}
+
+/// Query names one call may look up (a DNSBL check counts one per list).
+pub const MAX_LOOKUPS: u32 = 100;
+
+/// A call's DNS allowance: wall-clock time and query names left.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Time the call's lookups may still take.
+    pub left: Duration,
+    /// Query names the call may still look up.
+    pub lookups: u32,
+}
+
+impl Budget {
+    /// A fresh call's allowance.
+    pub fn new(limit: Duration) -> Budget {
+        Budget {
+            left: limit,
+            lookups: MAX_LOOKUPS,
+        }
+    }
+
+    /// Takes `n` lookups from the allowance; how many were granted.
+    pub(crate) fn take(&mut self, n: usize) -> usize {
+        let granted = n.min(self.lookups as usize);
+        self.lookups -= u32::try_from(granted).unwrap_or(0);
+        granted
     }
 }

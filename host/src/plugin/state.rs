@@ -9,9 +9,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::postern::filter::types;
 use super::host::Caps;
-use super::host::dns::Budget;
 use super::host::stderr::{Rate, Stderr};
-use super::limits::Limits;
+use super::limits::{Budget, Limits};
 use crate::message::HeaderAction;
 
 /// Bytes a guest may hand the host in one host call or in one hook's

@@ -13,6 +13,7 @@ mod earlier;
 mod known;
 mod names;
 mod subscribe;
+mod tag;
 pub(super) mod walk;
 
 use std::ffi::OsStr;
@@ -253,7 +254,7 @@ fn folder_for(
     inbox: impl FnOnce() -> Result<Folder, MaildirError>,
 ) -> Result<Folder, MaildirError> {
     let tagged = match tag {
-        Some(t) => walk::tag_folder(dir, t, create_tag, trust, with_cur)?,
+        Some(t) => tag::tag_folder(dir, t, create_tag, trust, with_cur)?,
         None => None,
     };
     match tagged {

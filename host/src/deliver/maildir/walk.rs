@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -270,7 +270,7 @@ impl Walked {
 
 /// Makes `name` in `parent` (private, durable) unless it exists, and
 /// opens it.
-fn make_dir(parent: &Dir, name: &OsStr, trust: &Trust) -> Result<Dir, MaildirError> {
+pub(super) fn make_dir(parent: &Dir, name: &OsStr, trust: &Trust) -> Result<Dir, MaildirError> {
     if open_dir_at(parent, name)?.is_none() {
         create_dir_at(&parent.file, name, 0o700).map_err(err("create", &parent.path.join(name)))?;
     } else {
@@ -334,66 +334,4 @@ pub(super) fn open_folder(
         new: Arc::new(new),
         cur,
     }))
-}
-
-/// The folder for a tag: `.tag` (exact, then case-insensitive) if it is a
-/// folder. One that is a link, or someone else's, refuses the delivery.
-pub(super) fn tag_folder(
-    maildir: &Dir,
-    tag: &str,
-    create: bool,
-    trust: &Trust,
-    with_cur: bool,
-) -> Result<Option<Folder>, MaildirError> {
-    if tag.is_empty() || tag.contains(['/', '\0']) || tag.starts_with('.') {
-        return Ok(None);
-    }
-    let exact = OsString::from(format!(".{tag}"));
-    let open = |name: &OsStr| -> Result<Option<Folder>, MaildirError> {
-        let Some(dir) = open_dir_at(maildir, name)? else {
-            return Ok(None);
-        };
-        trust.check(&dir)?;
-        open_folder(&dir, trust, false, with_cur)
-    };
-    if let Some(found) = open(&exact)? {
-        return Ok(Some(found));
-    }
-    let wanted = format!(".{}", tag.to_lowercase());
-    let entries = rustix::fs::Dir::read_from(&maildir.file)
-        .map_err(|e| err("read", &maildir.path)(e.into()))?;
-    for entry in entries.flatten() {
-        let name = OsStr::from_bytes(entry.file_name().to_bytes());
-        if name != exact
-            && name.to_string_lossy().to_lowercase() == wanted
-            && let Some(found) = open(name)?
-        {
-            return Ok(Some(found));
-        }
-    }
-    // Made on demand (Dovecot's LDA with -m, lda_mailbox_autocreate and
-    // lda_mailbox_autosubscribe), only for a tag that is a plain folder
-    // name: letters, digits, `-` and `_` (a `.` would make a subfolder in
-    // Maildir++), at most 64 bytes. The marker comes before `new/`
-    // (whose existence says "complete"); a subscription that cannot be
-    // written is logged and the mail delivered all the same.
-    if create && tag_makes_a_folder(tag) {
-        let dir = make_dir(maildir, &exact, trust)?;
-        super::subscribe::mark_folder(&dir)?;
-        let folder = open_folder(&dir, trust, true, with_cur)?;
-        if let Err(e) = super::subscribe::subscribe(maildir, tag) {
-            tracing::warn!("cannot subscribe folder {tag:?}: {e}");
-        }
-        return Ok(folder);
-    }
-    Ok(None)
-}
-
-/// True if a folder may be made for `tag`.
-pub(super) fn tag_makes_a_folder(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= 64
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -11,36 +11,8 @@ use crate::dns::{Answer, Dns, Kind, Listing};
 use crate::plugin::bindings::postern::filter::dns::{
     self, ListQuery, ListResult, LookupResult, MxRecord, Query, RecordType,
 };
+use crate::plugin::limits::MAX_LOOKUPS;
 use crate::plugin::state::HostState;
-
-/// Query names one call may look up (a DNSBL check counts one per list).
-pub const MAX_LOOKUPS: u32 = 100;
-
-/// A call's DNS allowance: wall-clock time and query names left.
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    /// Time the call's lookups may still take.
-    pub left: Duration,
-    /// Query names the call may still look up.
-    pub lookups: u32,
-}
-
-impl Budget {
-    /// A fresh call's allowance.
-    pub fn new(limit: Duration) -> Budget {
-        Budget {
-            left: limit,
-            lookups: MAX_LOOKUPS,
-        }
-    }
-
-    /// Takes `n` lookups from the allowance; how many were granted.
-    fn take(&mut self, n: usize) -> usize {
-        let granted = n.min(self.lookups as usize);
-        self.lookups -= u32::try_from(granted).unwrap_or(0);
-        granted
-    }
-}
 
 const TIME_LIMIT: &str = "time limit";
 

@@ -1,17 +1,11 @@
 //! The `envelope` resource: the transaction in progress, lent to each call
 //! and read field by field.
 
-use std::sync::Arc;
-
 use wasmtime::component::Resource;
 
 use crate::plugin::bindings::postern::filter::types;
-use crate::plugin::input::EnvelopeInfo;
+use crate::plugin::input::EnvelopeData;
 use crate::plugin::state::HostState;
-
-/// The envelope behind an `envelope` resource handle (lent to one call).
-#[derive(Debug)]
-pub struct EnvelopeData(pub Arc<EnvelopeInfo>);
 
 impl types::HostEnvelope for HostState {
     fn queue_id(&mut self, e: Resource<EnvelopeData>) -> wasmtime::Result<String> {

@@ -1,13 +1,10 @@
 //! The `message` resource: the content at the data stage, its header
 //! section parsed once per stage and its body read in chunks.
 
-use std::sync::Arc;
-
 use wasmtime::component::Resource;
 
-use crate::message::limits::MAX_HEADER_SIZE_CEILING;
-use crate::message::{parse_headers, scan_headers};
 use crate::plugin::bindings::postern::filter::types;
+use crate::plugin::input::MessageData;
 use crate::plugin::outcome::OverLimit;
 use crate::plugin::state::HostState;
 
@@ -22,59 +19,11 @@ const MAX_PART: usize = 64 << 10;
 /// values (it always returns at least one field when there is one).
 const MAX_LIST: usize = 1 << 20;
 
-/// Message content with its header section parsed: once per stage,
-/// whatever the number of plugins that read it.
-///
-/// The view is complete or there is none: the daemon refuses a message
-/// over `smtp.max_header_fields`/`max_header_size` before any filter
-/// runs (`message::limits`), and a header section over the ceiling that
-/// setting may have (1 MiB) is not parsed at all, so that reading it
-/// fails the call instead of handing a guest a part of it.
-#[derive(Debug)]
-pub struct ParsedMessage {
-    content: Arc<Vec<u8>>,
-    headers: Vec<(String, String)>,
-    body_start: usize,
-}
-
-impl ParsedMessage {
-    /// Parses message content (header section and body).
-    pub fn new(content: Arc<Vec<u8>>) -> ParsedMessage {
-        let body_start = scan_headers(&content, |_, _| {});
-        let headers = if body_start as u64 > MAX_HEADER_SIZE_CEILING {
-            Vec::new()
-        } else {
-            let (fields, _) = parse_headers(&content);
-            fields.into_iter().map(|f| (f.name, f.value)).collect()
-        };
-        ParsedMessage {
-            headers,
-            content,
-            body_start,
-        }
-    }
-
-    /// The fields, unless the header section is over the ceiling.
-    fn fields(&self) -> wasmtime::Result<&[(String, String)]> {
-        if self.body_start as u64 > MAX_HEADER_SIZE_CEILING {
-            return Err(OverLimit(format!(
-                "the message header of {} bytes is over the {MAX_HEADER_SIZE_CEILING} a plugin may read",
-                self.body_start
-            ))
-            .into());
-        }
-        Ok(&self.headers)
-    }
-}
-
-/// The message behind a `message` resource handle (lent to one call).
-#[derive(Debug)]
-pub struct MessageData(pub Arc<ParsedMessage>);
-
 impl types::HostMessage for HostState {
     fn headers(&mut self, m: Resource<MessageData>) -> wasmtime::Result<Vec<types::Header>> {
         let m = &self.table.get(&m)?.0;
-        Ok(m.fields()?
+        Ok(m.fields()
+            .map_err(OverLimit)?
             .iter()
             .map(|(name, value)| types::Header {
                 name: name.clone(),
@@ -85,7 +34,8 @@ impl types::HostMessage for HostState {
 
     fn header(&mut self, m: Resource<MessageData>, name: String) -> wasmtime::Result<Vec<String>> {
         let m = &self.table.get(&m)?.0;
-        Ok(m.fields()?
+        Ok(m.fields()
+            .map_err(OverLimit)?
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
             .map(|(_, v)| v.clone())
@@ -93,7 +43,10 @@ impl types::HostMessage for HostState {
     }
 
     fn header_count(&mut self, m: Resource<MessageData>) -> wasmtime::Result<u32> {
-        Ok(u32::try_from(self.table.get(&m)?.0.fields()?.len()).unwrap_or(u32::MAX))
+        Ok(
+            u32::try_from(self.table.get(&m)?.0.fields().map_err(OverLimit)?.len())
+                .unwrap_or(u32::MAX),
+        )
     }
 
     fn header_list(
@@ -107,7 +60,13 @@ impl types::HostMessage for HostState {
         let max_value = (max_value as usize).min(MAX_PART);
         let mut out = Vec::new();
         let mut total = 0usize;
-        for (name, value) in m.fields()?.iter().skip(start as usize).take(max as usize) {
+        for (name, value) in m
+            .fields()
+            .map_err(OverLimit)?
+            .iter()
+            .skip(start as usize)
+            .take(max as usize)
+        {
             let cut = floor_boundary(value, max_value);
             total += name.len() + cut;
             if !out.is_empty() && total > MAX_LIST {
@@ -130,7 +89,7 @@ impl types::HostMessage for HostState {
         len: u32,
     ) -> wasmtime::Result<Vec<u8>> {
         let m = &self.table.get(&m)?.0;
-        let Some((_, value)) = m.fields()?.get(index as usize) else {
+        let Some((_, value)) = m.fields().map_err(OverLimit)?.get(index as usize) else {
             return Ok(Vec::new());
         };
         let value = value.as_bytes();

@@ -1,17 +1,11 @@
 //! The `session` resource: the SMTP connection a hook is called for, lent
 //! to each call and read field by field.
 
-use std::sync::Arc;
-
 use wasmtime::component::Resource;
 
 use crate::plugin::bindings::postern::filter::types;
-use crate::plugin::input::SessionInfo;
+use crate::plugin::input::SessionData;
 use crate::plugin::state::HostState;
-
-/// The session behind a `session` resource handle (lent to one call).
-#[derive(Debug)]
-pub struct SessionData(pub Arc<SessionInfo>);
 
 impl types::HostSession for HostState {
     fn id(&mut self, s: Resource<SessionData>) -> wasmtime::Result<String> {
