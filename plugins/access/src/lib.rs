@@ -50,7 +50,7 @@ postern_sdk::bindings!(path: "../../wit", world: "postern:filter/plugin");
 use exports::postern::filter::{
     configure, connect_hook, data_hook, helo_hook, mail_hook, rcpt_hook,
 };
-use postern_sdk::{Envelope, Message, Outcome, Param, Session, log};
+use postern_sdk::{Envelope, Message, Outcome, Param, Session, log, restrict};
 use rules::{Action, Rules};
 
 struct Access;
@@ -58,9 +58,7 @@ struct Access;
 /// The parsed tables of the current call's entry (one instance serves
 /// every entry, each with its own config; each is parsed once).
 fn rules() -> Result<&'static Rules, String> {
-    postern_sdk::config_cached(Rules::from_json)
-        .as_ref()
-        .map_err(Clone::clone)
+    restrict::cached(Rules::from_json)
 }
 
 /// One lookup result in Postfix wording.
@@ -143,10 +141,7 @@ fn decide(hits: Vec<Hit<'_>>) -> Outcome {
 fn check(session: &Session, envelope: Option<&Envelope>, recipient: Option<&str>) -> Outcome {
     let rules = match rules() {
         Ok(r) => r,
-        Err(e) => {
-            log::error(&e);
-            return Outcome::tempfail(451, "4.3.5", "Server configuration problem");
-        }
+        Err(e) => return restrict::config_error(&e),
     };
     let mut hits = Vec::new();
     if let Some(a) = rules.authenticated()
@@ -231,10 +226,7 @@ impl data_hook::Guest for Access {
     fn on_data(_session: &Session, _envelope: &Envelope, message: &Message) -> Outcome {
         let rules = match rules() {
             Ok(r) => r,
-            Err(e) => {
-                log::error(&e);
-                return Outcome::tempfail(451, "4.3.5", "Server configuration problem");
-            }
+            Err(e) => return restrict::config_error(&e),
         };
         if !rules.has_header_checks() {
             return Outcome::cont();

@@ -18,7 +18,7 @@ postern_sdk::bindings!(path: "wit", world: "postern:greylist/greylist");
 use exports::postern::filter::{configure, rcpt_hook};
 use grey::{Decision, Greylist, Request, Store, StoreError};
 use postern::filter::kv;
-use postern_sdk::{Envelope, Outcome, Param, Session, log};
+use postern_sdk::{Envelope, Outcome, Param, Session, log, restrict};
 
 /// The host's kv store.
 struct HostStore;
@@ -46,12 +46,6 @@ impl Store for HostStore {
     }
 }
 
-fn config() -> Result<&'static Greylist, String> {
-    postern_sdk::config_cached(Greylist::from_json)
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -68,12 +62,9 @@ impl rcpt_hook::Guest for Plugin {
         recipient: String,
         _p: Vec<Param>,
     ) -> Outcome {
-        let g = match config() {
+        let g = match restrict::cached(Greylist::from_json) {
             Ok(g) => g,
-            Err(e) => {
-                log::error(&e);
-                return Outcome::tempfail(451, "4.3.5", "Server configuration problem");
-            }
+            Err(e) => return restrict::config_error(&e),
         };
         let ip = session.client_ip();
         let sender = envelope.mail_from();

@@ -23,7 +23,7 @@ use eval::{DnsError, Resolver};
 use exports::postern::filter::{configure, mail_hook, rcpt_hook};
 use policy::{Config, Input};
 use postern::filter::dns::{self, LookupResult, Rdata, RecordType};
-use postern_sdk::{Envelope, Outcome, Param, Session, log};
+use postern_sdk::{Envelope, Outcome, Param, Session, log, restrict};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The host's resolver.
@@ -76,21 +76,12 @@ impl Resolver for HostDns {
     }
 }
 
-fn config() -> Result<&'static Config, String> {
-    postern_sdk::config_cached(Config::from_json)
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
 /// Checks and builds the outcome; `header` false leaves headers out (a
 /// second recipient of the same transaction).
 fn check(session: &Session, envelope: &Envelope, header: bool) -> Outcome {
-    let cfg = match config() {
+    let cfg = match restrict::cached(Config::from_json) {
         Ok(c) => c,
-        Err(e) => {
-            log::error(&e);
-            return Outcome::tempfail(451, "4.3.5", "Server configuration problem");
-        }
+        Err(e) => return restrict::config_error(&e),
     };
     // Trusted and authenticated clients are not checked (policyd-spf's
     // skip_addresses, and Postfix's order: permit_* first).

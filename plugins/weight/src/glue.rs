@@ -7,7 +7,7 @@ use crate::exports::postern::filter::{configure, rcpt_hook};
 use crate::postern::filter::dns::{
     self, ListQuery, ListResult, LookupResult, Query, Rdata, RecordType,
 };
-use postern_sdk::{Envelope, Outcome, Param, Session, log};
+use postern_sdk::{Envelope, Outcome, Param, Session, log, restrict};
 use std::net::IpAddr;
 
 /// The host's resolver.
@@ -91,12 +91,6 @@ impl Dns for HostDns {
     }
 }
 
-fn config() -> Result<&'static Config, String> {
-    postern_sdk::config_cached(Config::from_json)
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
 /// A policyd-weight token as a score symbol: `PW_` and A-Z, 0-9, `_`.
 pub fn symbol(token: &str) -> String {
     let mut s = String::from("PW_");
@@ -158,12 +152,9 @@ impl rcpt_hook::Guest for Plugin {
         recipient: String,
         _p: Vec<Param>,
     ) -> Outcome {
-        let cfg = match config() {
+        let cfg = match restrict::cached(Config::from_json) {
             Ok(c) => c,
-            Err(e) => {
-                log::error(&e);
-                return Outcome::tempfail(451, "4.3.5", "Server configuration problem");
-            }
+            Err(e) => return restrict::config_error(&e),
         };
         if session.trusted() || session.auth_user().is_some() {
             return Outcome::cont();
