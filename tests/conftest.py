@@ -7,6 +7,7 @@ Environment:
   PEERS_RUN     the peers kit run directory (default /tmp/postern-peers)
 """
 
+import contextlib
 import os
 import pathlib
 import re
@@ -120,6 +121,34 @@ def quickstart_account():
     as ./quickstart.sh makes it."""
     subprocess.run([str(ROOT / "quickstart.sh"), "--account"], check=True, capture_output=True)
     return "postern"
+
+
+@contextlib.contextmanager
+def example_daemon(config, spool, log_dir, ports):
+    """Runs an example config (`examples/.../postern.toml`) from the repo
+    root, as its README says, as its server.user: checks that its ports
+    are free, starts from an empty spool, waits for every port, and stops
+    it and removes the spool afterwards. Needs root (skips otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("the example runs as server.user postern: started as root")
+    quickstart_account()
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    shutil.rmtree(spool, ignore_errors=True)
+    log = open(log_dir / "postern.log", "wb")
+    proc = subprocess.Popen([str(BIN), "run", "--config", config], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for port in ports:
+            wait_port(port, proc=proc)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 class Daemon:

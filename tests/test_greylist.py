@@ -2,15 +2,10 @@
 example config as its contract says, and two Postern processes sharing
 one real redis-server, through real SMTP sessions."""
 
-import os
-import shutil
-import socket
 import subprocess
 import time
 
-import pytest
-
-from conftest import BIN, ROOT, plugin_path, quickstart_account, swaks, wait_port
+from conftest import BIN, ROOT, example_daemon, plugin_path, swaks
 from test_plugin_caps import redis, redis_kv  # noqa: F401  (the redis fixture)
 
 GREYLIST = "450 4.7.1 Greylisted, see https://postgrey.schweikert.ch/help/example.test.html"
@@ -95,23 +90,11 @@ SPOOL = ROOT / "var" / "greylist"
 
 
 def test_the_greylist_example_greylists_then_accepts_after_its_delay(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("the example runs as server.user postern: started as root")
-    quickstart_account()
-    p = subprocess.run([str(BIN), "check", "--config", str(EXAMPLE)], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    for port in (2525, 5870, 4650):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-    shutil.rmtree(SPOOL, ignore_errors=True)
-    log = open(tmp_path / "postern.log", "wb")
-    proc = subprocess.Popen([str(BIN), "run", "--config", "examples/greylist/postern.toml"], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
     args = ("--server", "127.0.0.1:2525", "--local-interface", "127.0.0.2", "--helo", "client.example.test",
             "--from", "someone@example.org", "--to", "alice@example.test")
-    try:
-        wait_port(2525, proc=proc)
+    with example_daemon("examples/greylist/postern.toml", SPOOL, tmp_path, (2525, 5870, 4650)):
+        p = subprocess.run([str(BIN), "check", "--config", str(EXAMPLE)], capture_output=True, text=True, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
         rc, out = swaks(*args)
         assert rc != 0 and f"<** {GREYLIST}" in out, out
         first = time.time()
@@ -119,7 +102,3 @@ def test_the_greylist_example_greylists_then_accepts_after_its_delay(tmp_path):
             time.sleep(0.1)
         rc, out = swaks(*args)
         assert rc == 0 and "<-  250 2.0.0 Ok: queued as" in out, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(SPOOL, ignore_errors=True)

@@ -4,8 +4,6 @@ over the kit's DNS zones), and against a small scripted policy server for
 what policyd-weight does not answer (DEFER_IF_PERMIT, 4NN/5NN with enhanced
 codes, time-outs, closed connections, connection reuse)."""
 
-import os
-import shutil
 import socket
 import socketserver
 import subprocess
@@ -15,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, ROOT, message, quickstart_account, swaks, wait_port
+from conftest import BIN, ROOT, example_daemon, message, swaks
 
 POLICYD_WEIGHT = ("127.0.0.1", 12525)
 SPAM_TEXT = "Mail appeared to be SPAM or forged"
@@ -296,21 +294,9 @@ SPOOL = ROOT / "var" / "policy-service"
 
 
 def test_the_example_checks_and_rejects_what_policyd_weight_rejects(tmp_path, policyd_weight):
-    if os.geteuid() != 0:
-        pytest.skip("the example runs as server.user postern: started as root")
-    quickstart_account()
-    p = subprocess.run([str(BIN), "check", "--config", str(EXAMPLE)], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    for port in (2525, 5870, 4650):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-    shutil.rmtree(SPOOL, ignore_errors=True)
-    log = open(tmp_path / "postern.log", "wb")
-    proc = subprocess.Popen([str(BIN), "run", "--config", "examples/policy-service/postern.toml"], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_port(2525, proc=proc)
+    with example_daemon("examples/policy-service/postern.toml", SPOOL, tmp_path, (2525, 5870, 4650)):
+        p = subprocess.run([str(BIN), "check", "--config", str(EXAMPLE)], capture_output=True, text=True, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
         rc, out = swaks("--server", "127.0.0.1:2525", "--local-interface", "127.0.0.2", "--helo", "client.test",
                         "--from", "someone@example.org", "--to", "alice@example.test")
         assert rc != 0 and f"<** 550 5.7.1 {SPAM_TEXT}" in out, out
@@ -327,7 +313,3 @@ def test_the_example_checks_and_rejects_what_policyd_weight_rejects(tmp_path, po
             time.sleep(0.1)
         [f] = found
         assert "X-policyd-weight:" in f.read_text()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(SPOOL, ignore_errors=True)

@@ -4,18 +4,14 @@ it serves example.test, the virtual alias domains of examples/seed/virtual,
 lmtp.test through Dovecot, and everything else by MX on port 25 (a
 scripted server on 127.0.0.10:25 plays dest.test's best MX)."""
 
-import os
-import shutil
 import smtplib
-import socket
-import subprocess
 import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import BIN, ROOT, message, quickstart_account, swaks, wait_port
+from conftest import ROOT, example_daemon, message, swaks
 from test_lmtp import wait_dovecot
 from test_smtp_client import Scripted, Server
 
@@ -43,31 +39,16 @@ def wait_subject(user, subject, count=1, timeout=15.0):
 
 @pytest.fixture
 def seed(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("the seed example runs as server.user postern: started as root")
-    quickstart_account()
-    for port in (2525, 5870):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
     mx = Server(("127.0.0.10", 25), Scripted)
     mx.sessions, mx.offer, mx.cert, mx.password = [], ["PIPELINING", "8BITMIME"], None, ""
     mx.tmp_ok, mx.slow, mx.received = False, threading.Event(), []
     threading.Thread(target=mx.serve_forever, daemon=True).start()
-    shutil.rmtree(SPOOL, ignore_errors=True)
-    log = open(tmp_path / "postern.log", "wb")
-    proc = subprocess.Popen([str(BIN), "run", "--config", "examples/seed/postern.toml"], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_port(2525, proc=proc)
-        wait_port(5870, proc=proc)
-        yield mx
+        with example_daemon("examples/seed/postern.toml", SPOOL, tmp_path, (2525, 5870)):
+            yield mx
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         mx.shutdown()
         mx.server_close()
-        shutil.rmtree(SPOOL, ignore_errors=True)
 
 
 def test_the_seed_example_serves_what_its_contract_says(seed):
