@@ -7,27 +7,17 @@ use std::sync::Arc;
 
 use super::{By, Judge, SmtpSession};
 use crate::config::Config;
+use crate::config::tests::MINIMAL;
 use crate::plugin::SessionInfo;
 use crate::server::generation::Generation;
 use crate::smtp::address::{ForwardPath, ReversePath, parse_forward_path, parse_reverse_path};
 use crate::smtp::command::{EsmtpParams, MailParams};
 use crate::smtp::session::Session;
 
-const CONFIG: &str = r#"
-[server]
-hostname = "mx.example.test"
-[[listener]]
-address = "127.0.0.1:2525"
-[local]
-domains = ["example.test"]
-users = ["alice", "bob"]
-[aliases]
-postmaster = "alice"
-abuse = "alice"
-"#;
-
 async fn generation() -> Generation {
-    let config = Config::from_toml(CONFIG, Path::new("t.toml")).expect("config");
+    // The config tests' smallest config, with bob as a second user.
+    let text = MINIMAL.replace(r#"users = ["alice"]"#, r#"users = ["alice", "bob"]"#);
+    let config = Config::from_toml(&text, Path::new("t.toml")).expect("config");
     Generation::build(config, 1, None)
         .await
         .expect("generation")
