@@ -275,7 +275,6 @@ pub(super) async fn prepare(
         listener: case.listener.clone(),
         client_ip: case.client_ip.clone(),
         client_port: 40000,
-        client_ptr: case.client_ptr.clone(),
         client_rdns: match &case.client_ptr {
             Some(name) => crate::dns::Rdns::Confirmed(name.clone()),
             None => crate::dns::Rdns::None,

@@ -18,9 +18,8 @@ pub struct SessionInfo {
     pub client_ip: String,
     /// Client port.
     pub client_port: u16,
-    /// Verified PTR.
-    pub client_ptr: Option<String>,
-    /// What the client's reverse DNS said.
+    /// What the client's reverse DNS said (its forward-confirmed name is
+    /// [`SessionInfo::client_ptr`]).
     pub client_rdns: crate::dns::Rdns,
     /// In trusted networks.
     pub trusted: bool,
@@ -30,6 +29,17 @@ pub struct SessionInfo {
     pub tls: Option<(String, String)>,
     /// SASL identity.
     pub auth_user: Option<String>,
+}
+
+impl SessionInfo {
+    /// The client's forward-confirmed PTR name, if any (Postfix's
+    /// `client_name`).
+    pub fn client_ptr(&self) -> Option<&str> {
+        match &self.client_rdns {
+            crate::dns::Rdns::Confirmed(name) => Some(name),
+            _ => None,
+        }
+    }
 }
 
 /// Host-side view of the envelope.

@@ -59,7 +59,7 @@ impl Query<'_> {
         r.push("protocol_state", protocol_state(self.stage));
         r.push("protocol_name", "ESMTP");
         r.push("client_address", &s.client_ip);
-        r.push("client_name", s.client_ptr.as_deref().unwrap_or("unknown"));
+        r.push("client_name", s.client_ptr().unwrap_or("unknown"));
         // Postfix's reverse_client_name: the PTR name even when it does
         // not resolve back to the client.
         let reverse = match &s.client_rdns {
@@ -161,7 +161,6 @@ mod tests {
             listener: "mx".into(),
             client_ip: "198.18.0.25".into(),
             client_port: 40000,
-            client_ptr: Some("mail.good.test".into()),
             trusted: false,
             helo: Some("mail.good.test".into()),
             tls: Some(("TLSv1_3".into(), "TLS13_AES_256_GCM_SHA384".into())),
@@ -236,7 +235,6 @@ mod tests {
         assert_eq!(r.get("size"), Some("99"));
         // Before MAIL: no envelope, no PTR.
         let bare = SessionInfo {
-            client_ptr: None,
             client_rdns: crate::dns::Rdns::None,
             ..session.clone()
         };

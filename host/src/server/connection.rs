@@ -118,7 +118,6 @@ impl Connection {
             listener: lgen.name.clone(),
             client_ip: peer.ip().to_string(),
             client_port: peer.port(),
-            client_ptr: ptr.clone(),
             client_rdns: rdns,
             trusted: generation.router.is_trusted(peer.ip()),
             ..SessionInfo::default()

@@ -25,7 +25,7 @@ impl types::HostSession for HostState {
     }
 
     fn client_ptr(&mut self, s: Resource<SessionData>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&s)?.0.client_ptr.clone())
+        Ok(self.table.get(&s)?.0.client_ptr().map(str::to_string))
     }
 
     fn client_rdns(&mut self, s: Resource<SessionData>) -> wasmtime::Result<types::RdnsStatus> {
